@@ -1,0 +1,346 @@
+"""The `lmlab` command: parse arguments, then call one stage function.
+
+Each handler imports its stage lazily so `lmlab --help` stays fast. A user error
+(:class:`~lmlab.errors.LmlabError`) is printed as one line ``lmlab: error: ...`` with exit
+status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lmlab.errors import LmlabError
+
+EXAMPLES = {
+    "demo": "lmlab demo --minutes 3 --out runs/demo",
+    "run": "lmlab run recipes/shakespeare-char.toml --train.max_steps=500",
+    "tokenizer train": "lmlab tokenizer train --input data/*.txt --vocab-size 8192 --special-token '<|endoftext|>' --out tok/",
+    "tokenizer stats": "lmlab tokenizer stats --tokenizer tok/ --input data/valid.txt",
+    "data prepare": "lmlab data prepare --input src/ --tokenizer tok/ --out ds/ --filter code --workers 2",
+    "train": "lmlab train recipes/tinystories.toml --train.lr=1e-3 --out runs/ts",
+    "eval": "lmlab eval runs/ts --json",
+    "sample": "lmlab sample runs/ts --prompt 'Once upon a time' --num-samples 3 --top-p 0.9",
+    "chat": "lmlab chat runs/ts-sft",
+    "sft": "lmlab sft recipes/sft-mbpp.toml --train.init_from=runs/demo",
+    "export": "lmlab export runs/ts --format hf --out hf/ts",
+    "sweep": "lmlab sweep sweeps/lr.toml",
+    "compare": "lmlab compare runs/a runs/b --out cmp/",
+    "account": "lmlab account recipes/gpt2-small.toml --seq-len 1024 --batch-size 8 --json",
+}
+
+
+def _parser(sub: Any, name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
+    example = EXAMPLES.get(name if " " not in name else name, "")
+    p = sub.add_parser(
+        name.split()[-1],
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}" if example else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kw,
+    )
+    return p
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.demo import run_demo
+
+    run_demo(minutes=args.minutes, out=Path(args.out), overrides=overrides)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.pipeline import run_recipe
+
+    run_recipe(Path(args.recipe), overrides=overrides, force=args.force)
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(
+        inputs=args.input,
+        vocab_size=args.vocab_size,
+        out=Path(args.out),
+        kind=args.kind,
+        special_tokens=args.special_token or [],
+    )
+    print(f"tokenizer: {args.kind}, vocab {len(tok.vocab)} -> {args.out}")
+    return 0
+
+
+def cmd_tokenizer_stats(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.tokenizer import load_tokenizer
+    from lmlab.tokenizer.stats import format_stats, tokenizer_stats
+
+    stats = tokenizer_stats(load_tokenizer(args.tokenizer), args.input)
+    _print_json(stats) if args.json else print(format_stats(stats))
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.config import PrepareConfig
+    from lmlab.data.prepare import format_report, prepare_dataset
+
+    pcfg = PrepareConfig(
+        input=args.input,
+        out=args.out,
+        filter=args.filter,
+        format=args.format,
+        text_field=args.text_field,
+        separator=args.separator,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        seed=args.seed,
+        errors=args.errors,
+    )
+    meta = prepare_dataset(pcfg, tokenizer_path=args.tokenizer, progress=not args.no_progress)
+    _print_json(meta) if args.json else print(format_report(meta))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.config import load_config
+    from lmlab.train.loop import train
+
+    if args.out:
+        overrides = [*overrides, f"train.out={args.out}"]
+    cfg = load_config(args.config, overrides)
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.eval.metrics import evaluate_path, format_metrics
+
+    result = evaluate_path(args.run, data=args.data, batches=args.batches)
+    _print_json(result) if args.json else print(format_metrics(result))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.sample import sample_command
+
+    sample_command(args)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.chat import chat_loop
+
+    chat_loop(args.run, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.config import load_config
+    from lmlab.train.sft import run_sft
+
+    cfg = load_config(args.config, overrides)
+    run_sft(cfg, resume=args.resume)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.export import export_hf
+
+    if args.format != "hf":
+        raise LmlabError(f"--format: only 'hf' is supported, got {args.format!r}")
+    export_hf(args.run, Path(args.out))
+    print(f"exported {args.run} -> {args.out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.experiments.sweep import run_sweep
+
+    run_sweep(Path(args.sweep), overrides=overrides)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.experiments.compare import compare_runs
+
+    compare_runs([Path(r) for r in args.runs], out=Path(args.out) if args.out else None)
+    return 0
+
+
+def cmd_account(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmlab.accounting import account_command
+
+    account_command(args, overrides)
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lmlab",
+        description="Train, evaluate, fine-tune and export small language models from raw files.",
+        epilog="Config overrides: any recipe key as --section.key=value, e.g. --train.lr=3e-4.\n"
+        "Run `lmlab <command> --help` for examples; `lmlab config-keys` lists every key.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    d = _parser(sub, "demo", "the main job: tokenizer, data, training, eval and report on the Python stdlib")
+    d.add_argument("--minutes", type=float, default=4.0, help="training time budget (default 4)")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.set_defaults(func=cmd_demo)
+
+    r = _parser(sub, "run", "run every stage a recipe declares, skipping stages already up to date")
+    r.add_argument("recipe", help="a TOML recipe")
+    r.add_argument("--force", action="store_true", help="redo every stage even if up to date")
+    r.set_defaults(func=cmd_run)
+
+    tok = sub.add_parser("tokenizer", help="train a tokenizer or measure one")
+    tsub = tok.add_subparsers(dest="tok_command", metavar="ACTION")
+    tsub.required = True
+    tt = _parser(tsub, "tokenizer train", "train a byte-level BPE, char-level or symbolic tokenizer")
+    tt.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
+    tt.add_argument("--vocab-size", type=int, required=True, help="target vocabulary size")
+    tt.add_argument("--special-token", action="append", help="a special token (repeatable)")
+    tt.add_argument("--kind", choices=("bpe", "char", "symbolic"), default="bpe")
+    tt.add_argument("--out", required=True, help="tokenizer folder to write")
+    tt.set_defaults(func=cmd_tokenizer_train)
+    ts = _parser(tsub, "tokenizer stats", "bytes per token and encode speed on given files")
+    ts.add_argument("--tokenizer", required=True, help="tokenizer folder, tokenizer.json or GPT-2 files folder")
+    ts.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
+    ts.add_argument("--json", action="store_true", help="print JSON")
+    ts.set_defaults(func=cmd_tokenizer_stats)
+
+    data = sub.add_parser("data", help="prepare token shards")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+    dp = _parser(dsub, "data prepare", "filter, tokenize and pack documents into train/val shards")
+    dp.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
+    dp.add_argument("--tokenizer", required=True, help="tokenizer folder")
+    dp.add_argument("--out", required=True, help="dataset folder to write")
+    dp.add_argument("--filter", choices=("none", "code"), default="none")
+    dp.add_argument("--format", choices=("auto", "text", "jsonl", "parquet"), default="auto")
+    dp.add_argument("--text-field", default="text", help="JSONL/parquet field with the document")
+    dp.add_argument("--separator", default="", help="split text files on this string (e.g. '\\n\\n')")
+    dp.add_argument("--val-fraction", type=float, default=0.05)
+    dp.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--errors", choices=("skip", "replace"), default="skip", help="non-UTF-8 files")
+    dp.add_argument("--no-progress", action="store_true")
+    dp.add_argument("--json", action="store_true", help="print meta.json")
+    dp.set_defaults(func=cmd_data_prepare)
+
+    t = _parser(sub, "train", "train a model from a TOML config")
+    t.add_argument("config", help="TOML config")
+    t.add_argument("--out", default="", help="run folder (overrides train.out)")
+    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    e = _parser(sub, "eval", "loss, perplexity, accuracy and bits per byte of a run or checkpoint")
+    e.add_argument("run", help="run folder or checkpoint folder")
+    e.add_argument("--data", default=None, help="dataset folder (default: the run's)")
+    e.add_argument("--batches", type=int, default=None, help="val batches (default: whole split)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    s = _parser(sub, "sample", "generate text from a run or checkpoint")
+    s.add_argument("run", help="run folder or checkpoint folder")
+    s.add_argument("--prompt", default="")
+    s.add_argument("--num-samples", type=int, default=1)
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--repetition-penalty", type=float, default=1.0)
+    s.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-stream", action="store_true", help="print whole samples at the end")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    c = _parser(sub, "chat", "talk to a run interactively (/reset, /temp T, /quit)")
+    c.add_argument("run", help="run folder or checkpoint folder")
+    c.add_argument("--temperature", type=float, default=0.7)
+    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.set_defaults(func=cmd_chat)
+
+    f = _parser(sub, "sft", "instruction fine-tuning with response-only loss")
+    f.add_argument("config", help="TOML config")
+    f.add_argument("--resume", action="store_true")
+    f.set_defaults(func=cmd_sft)
+
+    x = _parser(sub, "export", "write a Hugging Face transformers model folder")
+    x.add_argument("run", help="run folder or checkpoint folder")
+    x.add_argument("--format", default="hf")
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+
+    w = _parser(sub, "sweep", "run a grid or list of overrides over a base recipe")
+    w.add_argument("sweep", help="sweep TOML")
+    w.set_defaults(func=cmd_sweep)
+
+    cm = _parser(sub, "compare", "tables and overlaid curves for existing runs")
+    cm.add_argument("runs", nargs="+")
+    cm.add_argument("--out", default="")
+    cm.set_defaults(func=cmd_compare)
+
+    a = _parser(sub, "account", "parameters, FLOPs, memory and time of a config")
+    a.add_argument("config", help="TOML config")
+    a.add_argument("--seq-len", type=int, default=0, help="default: model.context_length")
+    a.add_argument("--batch-size", type=int, default=0, help="default: train.batch_size")
+    a.add_argument("--memory-gb", type=float, default=0.0, help="find the largest batch fitting this memory")
+    a.add_argument("--tokens", type=float, default=0.0, help="estimate time to train this many tokens")
+    a.add_argument("--mfu", type=float, default=0.4)
+    a.add_argument("--peak-tflops", type=float, default=0.0, help="default: the device's known peak")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_account)
+
+    k = sub.add_parser("config-keys", help="list every config key with its default and meaning")
+    k.set_defaults(func=lambda args, ov: print(__import__("lmlab.config").config.describe_fields()) or 0)
+    return p
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate ``--section.key=value`` overrides from ordinary arguments."""
+    rest, overrides = [], []
+    for a in argv:
+        head = a[2:].split("=", 1)[0] if a.startswith("--") else ""
+        if "." in head and "=" in a:
+            overrides.append(a[2:])
+        else:
+            rest.append(a)
+    return rest, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, overrides = split_overrides(argv)
+    parser = build_parser()
+    args = parser.parse_args(rest)
+    func: Callable[[argparse.Namespace, list[str]], int] = args.func
+    try:
+        return int(func(args, overrides) or 0)
+    except LmlabError as e:
+        print(f"lmlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""The config tree: one dataclass per section, every field documented.
+
+A recipe is a TOML file whose tables are the sections below. Any field can be overridden as
+``--section.key=value`` on the command line; values are converted to the field's type. Unknown
+keys and bad values raise :class:`~lmlab.errors.ConfigError` naming the key. The resolved
+config is written beside every output (``config.toml``) and later stages rebuild from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmlab.errors import ConfigError
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, minimum: float | None = None):
+    """A dataclass field with a one-line ``help`` (shown by ``--help`` and the docs)."""
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if minimum is not None:
+        meta["minimum"] = minimum
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    """The network: a decoder-only transformer or one of the baselines."""
+
+    arch: str = opt("transformer", "model family", choices=("transformer", "bigram", "bow", "one_head", "no_residual"))
+    vocab_size: int = opt(0, "vocabulary size; 0 takes it from the tokenizer", minimum=0)
+    n_layer: int = opt(4, "number of transformer blocks", minimum=1)
+    n_head: int = opt(4, "attention heads per block", minimum=1)
+    n_kv_head: int = opt(0, "key/value heads for grouped-query attention; 0 means n_head", minimum=0)
+    d_model: int = opt(128, "residual stream width", minimum=1)
+    d_ff: int = opt(0, "MLP hidden width; 0 means 8/3*d_model rounded up to 64 for swiglu, else 4*d_model", minimum=0)
+    context_length: int = opt(256, "maximum sequence length in tokens", minimum=1)
+    norm: str = opt("rmsnorm", "normalisation layer", choices=("rmsnorm", "layernorm", "none"))
+    norm_position: str = opt("pre", "norm before (pre) or after (post) each sublayer", choices=("pre", "post"))
+    norm_eps: float = opt(1e-5, "epsilon inside the norm", minimum=0.0)
+    position: str = opt("rope", "positional scheme", choices=("rope", "learned", "none"))
+    rope_theta: float = opt(10000.0, "RoPE base frequency", minimum=1.0)
+    mlp: str = opt("swiglu", "MLP type (gelu is GPT-2's tanh approximation)", choices=("swiglu", "gelu", "silu", "relu"))
+    bias: bool = opt(False, "biases in linear layers and norms")
+    tie_embeddings: bool = opt(True, "share the token embedding with the output head")
+    dropout: float = opt(0.0, "dropout probability on attention, MLP and embeddings", minimum=0.0)
+    init_std: float = opt(0.02, "standard deviation of the normal weight init", minimum=0.0)
+
+
+@dataclass
+class DataConfig:
+    """What the trainer reads."""
+
+    path: str = opt("", "a prepared dataset folder (from `lmlab data prepare`)")
+    tokenizer: str = opt("", "tokenizer folder; empty takes the one recorded in the dataset's meta.json")
+    mix: list[str] = opt([], "extra prepared datasets mixed into each batch, as PATH:FRACTION (replay)")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the update guards."""
+
+    weight_decay: float = opt(0.1, "AdamW weight decay, applied to matrices only", minimum=0.0)
+    beta1: float = opt(0.9, "AdamW beta1", minimum=0.0)
+    beta2: float = opt(0.95, "AdamW beta2", minimum=0.0)
+    eps: float = opt(1e-8, "AdamW epsilon", minimum=0.0)
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this; 0 disables", minimum=0.0)
+    spike_factor: float = opt(0.0, "skip an update whose grad norm exceeds this times the running median; 0 disables", minimum=0.0)
+    spike_window: int = opt(50, "how many recent grad norms the spike guard's median looks at", minimum=1)
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    max_steps: int = opt(1000, "optimizer steps to run", minimum=0)
+    batch_size: int = opt(32, "sequences per optimizer step (the global batch)", minimum=1)
+    batch_tokens: int = opt(0, "global batch in tokens; when set it overrides batch_size", minimum=0)
+    micro_batch_size: int = opt(0, "sequences per forward pass; 0 means the whole batch (no accumulation)", minimum=0)
+    lr: float = opt(3e-4, "peak learning rate", minimum=0.0)
+    min_lr: float = opt(3e-5, "learning rate at the end of the decay", minimum=0.0)
+    warmup_steps: int = opt(100, "linear warmup steps", minimum=0)
+    lr_schedule: str = opt("cosine", "decay after warmup", choices=("cosine", "constant", "wsd", "linear"))
+    decay_fraction: float = opt(0.2, "wsd: fraction of max_steps spent in the final decay", minimum=0.0)
+    eval_every: int = opt(100, "evaluate every N steps; 0 only at the end", minimum=0)
+    checkpoint_every: int = opt(500, "checkpoint every N steps; 0 only at the end", minimum=0)
+    keep_checkpoints: int = opt(2, "keep the newest N checkpoints (the best is always kept too)", minimum=1)
+    patience: int = opt(0, "stop when val loss has not improved for this many evals; 0 disables", minimum=0)
+    min_delta: float = opt(0.0, "an improvement smaller than this does not count for patience", minimum=0.0)
+    max_minutes: float = opt(0.0, "stop (and checkpoint) after this much wall time; 0 disables", minimum=0.0)
+    seed: int = opt(1337, "seed for init, batches and dropout")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = opt("auto", "compute precision", choices=("auto", "float32", "bfloat16", "float16"))
+    compile: bool = opt(False, "wrap the model in torch.compile")
+    log_every: int = opt(10, "print a step line every N steps", minimum=1)
+    out: str = opt("runs/run", "the run folder")
+    init_from: str = opt("", "start from this run or checkpoint's weights (fine-tuning)")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during and after training."""
+
+    batches: int = opt(20, "batches of val data per evaluation; 0 means the whole split", minimum=0)
+    batch_size: int = opt(0, "sequences per eval batch; 0 means train.micro_batch_size or train.batch_size", minimum=0)
+    samples: int = opt(2, "samples written to samples.md at each eval", minimum=0)
+    sample_tokens: int = opt(128, "tokens per sample written at each eval", minimum=1)
+    syntax_samples: int = opt(0, "completions for the syntax pass rate in the final report; 0 skips it", minimum=0)
+
+
+@dataclass
+class SampleConfig:
+    """Text generation defaults."""
+
+    prompt: str = opt("", "prompt text; empty starts from end-of-text")
+    num_samples: int = opt(1, "how many samples", minimum=1)
+    max_new_tokens: int = opt(200, "tokens to generate per sample", minimum=1)
+    temperature: float = opt(0.8, "softmax temperature; 0 is greedy", minimum=0.0)
+    top_k: int = opt(0, "keep only the k most likely tokens; 0 disables", minimum=0)
+    top_p: float = opt(1.0, "nucleus sampling mass; 1 disables", minimum=0.0)
+    repetition_penalty: float = opt(1.0, "divide logits of tokens already seen by this; 1 disables", minimum=0.0)
+    seed: int = opt(0, "sampling seed")
+
+
+@dataclass
+class LogConfig:
+    """Where progress goes."""
+
+    progress: bool = opt(True, "show a progress bar")
+    tensorboard: bool = opt(False, "also write TensorBoard event files into the run folder")
+    wandb_project: str = opt("", "also log to this Weights & Biases project")
+
+
+@dataclass
+class TokenizerConfig:
+    """The tokenizer stage of a recipe (`lmlab run`)."""
+
+    kind: str = opt("bpe", "tokenizer type", choices=("bpe", "char", "symbolic", "gpt2"))
+    input: list[str] = opt([], "files, folders or globs to train on")
+    vocab_size: int = opt(8192, "target vocabulary size", minimum=1)
+    special_tokens: list[str] = opt(["<|endoftext|>"], "special tokens, never split or merged")
+    out: str = opt("", "tokenizer folder; empty skips this stage")
+    path: str = opt("", "use an existing tokenizer (folder, tokenizer.json or GPT-2 files) instead of training")
+
+
+@dataclass
+class PrepareConfig:
+    """The data preparation stage of a recipe (`lmlab run`)."""
+
+    input: list[str] = opt([], "files, folders or globs")
+    out: str = opt("", "dataset folder; empty skips this stage")
+    filter: str = opt("none", "quality filter", choices=("none", "code"))
+    format: str = opt("auto", "input format", choices=("auto", "text", "jsonl", "parquet"))
+    text_field: str = opt("text", "JSONL/parquet field holding the document")
+    separator: str = opt("", "split text files into documents on this string; empty keeps one document per file")
+    val_fraction: float = opt(0.05, "fraction of documents held out for validation", minimum=0.0)
+    workers: int = opt(0, "worker processes; 0 means all cores", minimum=0)
+    seed: int = opt(0, "seed for the train/val split")
+    errors: str = opt("skip", "files that are not UTF-8: skip them or decode with replacement", choices=("skip", "replace"))
+    suffixes: list[str] = opt([], "when a folder is given, only files ending in these (empty: .py for code, else all)")
+
+
+@dataclass
+class Config:
+    """The whole tree. Section names are the TOML tables."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+
+    def validate(self) -> Config:
+        """Check every value and the cross-field rules; raise ConfigError naming the key."""
+        for section in dataclasses.fields(self):
+            obj = getattr(self, section.name)
+            for f in dataclasses.fields(obj):
+                _check_field(f"{section.name}.{f.name}", f, getattr(obj, f.name))
+        m = self.model
+        if m.arch == "transformer" or m.arch == "no_residual":
+            if m.d_model % m.n_head:
+                raise ConfigError(f"model.d_model: {m.d_model} is not divisible by model.n_head={m.n_head}")
+            kv = m.n_kv_head or m.n_head
+            if m.n_head % kv:
+                raise ConfigError(f"model.n_kv_head: {kv} does not divide model.n_head={m.n_head}")
+            if m.position == "rope" and (m.d_model // m.n_head) % 2:
+                raise ConfigError(f"model.position: rope needs an even head size, got {m.d_model // m.n_head}")
+        if m.dropout >= 1.0:
+            raise ConfigError(f"model.dropout: must be below 1, got {m.dropout}")
+        t = self.train
+        if t.min_lr > t.lr:
+            raise ConfigError(f"train.min_lr: {t.min_lr} is above train.lr={t.lr}")
+        if t.micro_batch_size and t.batch_tokens == 0 and t.batch_size % t.micro_batch_size:
+            raise ConfigError(
+                f"train.micro_batch_size: {t.micro_batch_size} does not divide train.batch_size={t.batch_size}"
+            )
+        if not 0.0 <= self.sample.top_p <= 1.0:
+            raise ConfigError(f"sample.top_p: must be in [0, 1], got {self.sample.top_p}")
+        if not 0.0 <= self.prepare.val_fraction < 1.0:
+            raise ConfigError(f"prepare.val_fraction: must be in [0, 1), got {self.prepare.val_fraction}")
+        return self
+
+
+def _check_field(key: str, f: dataclasses.Field, value: Any) -> None:
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: expected one of {'|'.join(choices)}, got {value!r}")
+    minimum = f.metadata.get("minimum")
+    if minimum is not None and isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
+
+
+# --- conversion ---------------------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(key: str, tp: Any, value: Any) -> Any:
+    """Convert a TOML value or a command-line string to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = tomllib.loads(f"v = {text}")["v"]
+                except tomllib.TOMLDecodeError as e:
+                    raise ConfigError(f"{key}: cannot read {value!r} as a list ({e})") from None
+            else:
+                value = [v for v in text.split(",") if v] if text else []
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(key, item_tp, v) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _convert(key, args[0], value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number) and number.is_integer():
+                return int(number)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{key}: config keys look like section.name (e.g. train.lr)")
+    section_name, name = parts
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    if section_name not in sections:
+        raise ConfigError(f"{key}: unknown section {section_name!r} (known: {', '.join(sorted(sections))})")
+    section = getattr(cfg, section_name)
+    hints = _field_types(type(section))
+    if name not in hints:
+        raise ConfigError(f"{key}: unknown key in [{section_name}] (known: {', '.join(sorted(hints))})")
+    setattr(section, name, _convert(key, hints[name], value))
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from nested dicts (a parsed TOML file); unknown keys raise ConfigError."""
+    cfg = Config()
+    for section_name, body in data.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: {section_name}: expected a [{section_name}] table")
+        for name, value in body.items():
+            try:
+                _set(cfg, f"{section_name}.{name}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a TOML recipe, apply ``section.key=value`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    cfg = from_dict(data, source=str(path))
+    apply_overrides(cfg, overrides or [])
+    return cfg.validate()
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings (a leading ``--`` is allowed)."""
+    for item in overrides:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text:
+            raise ConfigError(f"{item}: overrides look like --section.key=value")
+        key, value = text.split("=", 1)
+        _set(cfg, key.strip(), value)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if math.isnan(value):
+            return "nan"
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML text that :func:`load_config` reads back unchanged."""
+    lines: list[str] = []
+    for section_name, body in to_dict(cfg).items():
+        lines.append(f"[{section_name}]")
+        for name, value in body.items():
+            lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config atomically."""
+    from lmlab.io import atomic_write_text
+
+    atomic_write_text(Path(path), to_toml(cfg))
+
+
+def describe_fields() -> str:
+    """Every key with its default and help line, for `--help` and the docs."""
+    out: list[str] = []
+    cfg = Config()
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        out.append(f"[{section.name}]  {type(obj).__doc__ or ''}".rstrip())
+        for f in dataclasses.fields(obj):
+            choices = f.metadata.get("choices")
+            extra = f" ({'|'.join(choices)})" if choices else ""
+            out.append(f"  {section.name}.{f.name} = {_toml_value(getattr(obj, f.name))}  {f.metadata.get('help', '')}{extra}")
+    return "\n".join(out)

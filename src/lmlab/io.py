@@ -1,0 +1,124 @@
+"""Small file helpers shared by every stage: atomic writes, hashing, JSON, path expansion."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lmlab.errors import DataError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename, so readers never see half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file; a missing or malformed file raises DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
+
+    On any error the temporary folder is removed and ``final`` is left as it was, so an
+    interrupted stage never leaves a folder that looks complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Path]:
+    """Files, folders (recursive) and globs to a sorted, de-duplicated list of files.
+
+    A folder contributes files ending in one of ``suffixes`` (all files when empty). An input
+    that matches nothing raises DataError naming it.
+    """
+    if not inputs:
+        raise DataError("no input given: pass files, folders or globs")
+    seen: set[Path] = set()
+    files: list[Path] = []
+
+    def add(p: Path) -> None:
+        rp = p.resolve()
+        if rp not in seen:
+            seen.add(rp)
+            files.append(p)
+
+    for item in inputs:
+        p = Path(item)
+        if p.is_file():
+            add(p)
+        elif p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and (not suffixes or q.name.endswith(suffixes)))
+            for q in found:
+                add(q)
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise DataError(f"{item}: no such file, folder or glob match")
+            for m in matches:
+                mp = Path(m)
+                if mp.is_file():
+                    add(mp)
+                elif mp.is_dir():
+                    for q in sorted(mp.rglob("*")):
+                        if q.is_file() and (not suffixes or q.name.endswith(suffixes)):
+                            add(q)
+    return files
