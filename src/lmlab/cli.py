@@ -35,7 +35,7 @@ EXAMPLES = {
 
 
 def _parser(sub: Any, name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
-    example = EXAMPLES.get(name if " " not in name else name, "")
+    example = EXAMPLES.get(name, "")
     p = sub.add_parser(
         name.split()[-1],
         help=help,
@@ -114,11 +114,12 @@ def cmd_data_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmlab.config import load_config
-    from lmlab.train.loop import train
 
     if args.out:
         overrides = [*overrides, f"train.out={args.out}"]
     cfg = load_config(args.config, overrides)
+    from lmlab.train.loop import train
+
     train(cfg, resume=args.resume)
     return 0
 
