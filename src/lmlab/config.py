@@ -144,8 +144,8 @@ class LogConfig:
 class TokenizerConfig:
     """The tokenizer stage of a recipe (`lmlab run`)."""
 
-    kind: str = opt("bpe", "tokenizer type", choices=("bpe", "char", "symbolic", "gpt2"))
-    input: list[str] = opt([], "files, folders or globs to train on")
+    kind: str = opt("bpe", "tokenizer type", choices=("bpe", "char", "symbolic"))
+    input: list[str] = opt([], "files, folders or globs to train on (@stdlib: this Python's standard library)")
     vocab_size: int = opt(8192, "target vocabulary size", minimum=1)
     special_tokens: list[str] = opt(["<|endoftext|>"], "special tokens, never split or merged")
     out: str = opt("", "tokenizer folder; empty skips this stage")
@@ -156,7 +156,7 @@ class TokenizerConfig:
 class PrepareConfig:
     """The data preparation stage of a recipe (`lmlab run`)."""
 
-    input: list[str] = opt([], "files, folders or globs")
+    input: list[str] = opt([], "files, folders or globs (@stdlib: this Python's standard library)")
     out: str = opt("", "dataset folder; empty skips this stage")
     filter: str = opt("none", "quality filter", choices=("none", "code"))
     format: str = opt("auto", "input format", choices=("auto", "text", "jsonl", "parquet"))

@@ -84,11 +84,22 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+STDLIB_ALIAS = "@stdlib"
+
+
+def stdlib_path() -> Path:
+    """The running interpreter's standard library folder (the embedded default corpus)."""
+    import sysconfig
+
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
 def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Path]:
     """Files, folders (recursive) and globs to a sorted, de-duplicated list of files.
 
-    A folder contributes files ending in one of ``suffixes`` (all files when empty). An input
-    that matches nothing raises DataError naming it.
+    A folder contributes files ending in one of ``suffixes`` (all files when empty). The
+    input ``@stdlib`` names this interpreter's standard library. An input that matches
+    nothing raises DataError naming it.
     """
     if not inputs:
         raise DataError("no input given: pass files, folders or globs")
@@ -102,6 +113,8 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Pat
             files.append(p)
 
     for item in inputs:
+        if item == STDLIB_ALIAS:
+            item = str(stdlib_path())
         p = Path(item)
         if p.is_file():
             add(p)
