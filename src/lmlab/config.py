@@ -325,11 +325,26 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     return cfg
 
 
+def builtin_recipes() -> dict[str, Path]:
+    """The recipes shipped inside the package, by name (file stem)."""
+    folder = Path(__file__).resolve().parent / "recipes"
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: the path itself, or a shipped recipe's name such as ``shakespeare-char``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = builtin_recipes()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise ConfigError(f"{path}: config file not found (shipped recipes: {', '.join(shipped)})")
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a TOML recipe, apply ``section.key=value`` overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    """Read a TOML recipe (a path or a shipped recipe's name), apply overrides, validate."""
+    path = find_recipe(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
