@@ -211,7 +211,7 @@ def _context_length(model: torch.nn.Module) -> int | None:
 
 
 def _supports_cache(model: torch.nn.Module) -> bool:
-    return callable(getattr(model, "new_kv_cache", None))
+    return bool(getattr(model, "supports_kv_cache", False))
 
 
 class _Stepper:
@@ -240,7 +240,9 @@ class _Stepper:
         window = self._window(seq)
         if not self.use_cache:
             return self.model(window)[:, -1, :]
-        self.cache = self.model.new_kv_cache(self.batch_size, self.ctx or window.shape[1])
+        if self.cache is None:
+            self.cache = self.model.new_kv_cache(self.batch_size, self.ctx)
+        self.cache.reset()
         return self.model(window, kv_cache=self.cache)[:, -1, :]
 
     def first(self, seq: torch.Tensor) -> torch.Tensor:
@@ -250,7 +252,7 @@ class _Stepper:
         """Logits after ``seq`` whose last column is the token just chosen."""
         if not self.use_cache:
             return self._prefill(seq).float()
-        if self.ctx is not None and len(self.cache) + 1 > self.ctx:
+        if self.cache.pos + 1 > self.cache.max_len:
             # Full: re-prefill the last ctx tokens (raises ContextFull for learned positions).
             return self._prefill(seq).float()
         return self.model(seq[:, -1:], kv_cache=self.cache)[:, -1, :].float()
