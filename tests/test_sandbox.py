@@ -1,0 +1,207 @@
+"""The sandbox contains hostile programs: loops, memory and fork bombs, writes, secrets, network.
+
+Each hostile program is bounded by itself too (a fork loop of at most 300 attempts, children
+that only sleep), so even a broken sandbox cannot take the shared test machine down.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lmlab.errors import LmlabError
+from lmlab.eval.sandbox import SandboxConfig, processes_of_uid, run_in_sandbox
+
+pytestmark = pytest.mark.filterwarnings("ignore:lmlab will execute model-written code")
+
+
+def cfg(**kw) -> SandboxConfig:
+    kw.setdefault("timeout_s", 10.0)
+    return SandboxConfig(allow_code_execution=True, **kw)
+
+
+def test_refuses_without_opt_in():
+    with pytest.raises(LmlabError, match="--allow-code-execution"):
+        run_in_sandbox("print('hi')", SandboxConfig())
+
+
+def test_opt_in_warns_once_and_runs(recwarn):
+    import lmlab.eval.sandbox as sb
+
+    sb._warned = False
+    r = run_in_sandbox("print(6 * 7)", cfg())
+    assert r.passed and r.reason == "passed" and r.exit_code == 0
+    assert r.stdout_tail.strip() == "42"
+    assert any("model-written code" in str(w.message) for w in recwarn.list)
+
+
+def test_failure_is_reported_with_last_error_line():
+    r = run_in_sandbox("def f():\n    return 1\nassert f() == 2, 'wrong answer'", cfg())
+    assert not r.passed and not r.timed_out
+    assert r.exit_code == 1
+    assert r.reason == "error: AssertionError: wrong answer"
+    assert "Traceback" in r.stderr_tail
+
+
+def test_infinite_loop_times_out():
+    t0 = time.monotonic()
+    r = run_in_sandbox("while True:\n    pass", cfg(timeout_s=1.0))
+    assert r.timed_out and not r.passed and r.reason == "timeout"
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_memory_bomb_fails_and_parent_is_fine():
+    bomb = "chunks = []\nwhile True:\n    chunks.append(b'x' * 10_000_000)"
+    r = run_in_sandbox(bomb, cfg(memory_mb=256))
+    assert not r.passed and r.reason == "memory limit", r
+    # The parent can still allocate and run normally.
+    assert len(bytearray(50_000_000)) == 50_000_000
+    assert run_in_sandbox("print('still fine')", cfg()).passed
+
+
+def _fork_bomb(tail: str = "") -> str:
+    # At most 300 attempts; half the children try to escape the process group with setsid().
+    return (
+        textwrap.dedent(
+            """
+        import os, time
+        ok = fail = 0
+        for i in range(300):
+            try:
+                pid = os.fork()
+            except OSError:
+                fail += 1
+                continue
+            if pid == 0:
+                if i % 2:
+                    os.setsid()
+                print("child", os.readlink("/proc/self"), flush=True)
+                time.sleep(60)
+                os._exit(0)
+            ok += 1
+        print("forked", ok, "failed", fail, flush=True)
+        """
+        )
+        + tail
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("tail,timeout", [("", 10.0), ("time.sleep(60)\n", 2.0)])
+def test_fork_bomb_is_contained_and_cleaned_up(tail, timeout):
+    r = run_in_sandbox(_fork_bomb(tail), cfg(max_processes=16, timeout_s=timeout))
+    lines = r.stdout_tail.splitlines()
+    children = [int(ln.split()[1]) for ln in lines if ln.startswith("child")]
+    summary = [ln for ln in lines if ln.startswith("forked")]
+    assert summary, r
+    forked, failed = int(summary[0].split()[1]), int(summary[0].split()[3])
+    assert forked < 16 and failed >= 300 - 16  # the process limit stopped it
+    assert children and len(children) == forked
+    assert r.timed_out == bool(tail)
+    time.sleep(0.2)
+    assert [p for p in children if _alive(p)] == []  # every child was killed afterwards
+    if r.uid is not None:
+        assert processes_of_uid(r.uid) == []
+
+
+def test_write_outside_its_folder_is_blocked(tmp_path):
+    private = tmp_path / "private"  # owned by the test, not world-writable
+    shared = tmp_path / "shared"  # world-writable like /tmp
+    private.mkdir()
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    prog = textwrap.dedent(
+        f"""
+        import os
+        with open("inside.txt", "w") as f:  # its own folder works
+            f.write("ok")
+        results = []
+        for target in [{str(private / "evil.txt")!r}, {str(shared / "evil.txt")!r}]:
+            try:
+                with open(target, "w") as f:
+                    f.write("pwned")
+                results.append("wrote")
+            except OSError as e:
+                results.append(type(e).__name__)
+        print(os.getcwd())
+        print(*results)
+        """
+    )
+    r = run_in_sandbox(prog, cfg())
+    assert r.passed, r
+    cwd, results = r.stdout_tail.splitlines()
+    assert not (private / "evil.txt").exists()
+    assert results.split()[0] == "PermissionError"
+    assert not os.path.exists(cwd)  # its own folder is deleted afterwards
+    if "landlock-fs" not in r.isolation:
+        pytest.skip(f"no Landlock here ({r.isolation}): world-writable folders stay writable")
+    assert not (shared / "evil.txt").exists()
+    assert results.split()[1] == "PermissionError"
+
+
+def test_environment_secret_is_not_visible(monkeypatch):
+    monkeypatch.setenv("LMLAB_TEST_SECRET", "hunter2-lmlab")
+    prog = textwrap.dedent(
+        """
+        import os
+        leaks = [k for k, v in os.environ.items() if "hunter2" in v or k == "LMLAB_TEST_SECRET"]
+        # Also look for it in other processes' environments (the harness's own included).
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open(f"/proc/{pid}/environ", "rb") as f:
+                        if b"hunter2-lmlab" in f.read():
+                            leaks.append(pid)
+                except OSError:
+                    pass
+        print(sorted(os.environ))
+        print("leaks", leaks)
+        """
+    )
+    r = run_in_sandbox(prog, cfg())
+    assert r.passed, r
+    assert "leaks []" in r.stdout_tail
+    assert "LMLAB_TEST_SECRET" not in r.stdout_tail
+    assert os.environ["LMLAB_TEST_SECRET"] == "hunter2-lmlab"
+
+
+def test_network_is_unreachable():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    prog = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')"
+    try:
+        r = run_in_sandbox(prog, cfg())
+        assert not r.passed and "connected" not in r.stdout_tail
+        assert r.reason.startswith("error: ") and "Error" in r.reason
+        with pytest.raises(TimeoutError):
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_file_size_limit():
+    r = run_in_sandbox("open('big', 'wb').write(b'x' * (3 << 20))", cfg(max_file_mb=1))
+    assert not r.passed and r.reason == "file size limit"
+
+
+def test_parallel_threads():
+    progs = [f"import sys\nsys.exit({i % 2})" for i in range(6)]
+    with ThreadPoolExecutor(3) as ex:
+        results = list(ex.map(lambda p: run_in_sandbox(p, cfg()), progs))
+    assert [r.passed for r in results] == [True, False] * 3
+    assert all(r.exit_code == i % 2 for i, r in enumerate(results))
