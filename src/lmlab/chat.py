@@ -1,0 +1,201 @@
+"""`lmlab chat RUN`: an interactive loop over :func:`lmlab.sample.generate`.
+
+Instruction-tuned runs format each user turn with the run's prompt template and end the
+model's reply at end-of-text (or at the template's stop strings); base runs do plain
+completion: each line extends the transcript and the model continues it. Commands:
+``/reset`` forgets the conversation, ``/temp T`` sets the temperature (0 is greedy),
+``/quit`` (or end of input) leaves.
+
+The loop itself, :func:`chat_session`, reads and writes plain text streams, so it runs and is
+tested without a terminal.
+
+Where the template comes from (first found): a ``template.json`` file in the checkpoint or
+run folder (``{"prompt": "...{prompt}...", "stop": [...]}``), or the run config's ``sft``
+section (``template``: a format string containing ``{prompt}``, or a name known to
+``lmlab.data.sft``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.io import read_json
+from lmlab.sample import generate
+
+HELP = "commands: /reset (forget the conversation), /temp T (temperature, 0 = greedy), /quit"
+
+
+@dataclass
+class ChatTemplate:
+    """How one user turn is written for an instruction-tuned model."""
+
+    prompt: str  # contains "{prompt}", e.g. "### Instruction:\n{prompt}\n\n### Response:\n"
+    stop: list[str] = field(default_factory=list)  # strings that end a reply besides eot
+
+    def render(self, message: str) -> str:
+        # str.replace, not str.format: user text may contain braces.
+        return self.prompt.replace("{prompt}", message).replace("{instruction}", message)
+
+
+def _template_from(value: Any, where: str) -> ChatTemplate | None:
+    if isinstance(value, ChatTemplate):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("prompt"), str):
+        return ChatTemplate(value["prompt"], [str(s) for s in value.get("stop", []) if s])
+    if isinstance(value, str) and value:
+        if "{prompt}" in value or "{instruction}" in value:
+            return ChatTemplate(value)
+        with contextlib.suppress(ImportError):
+            sft = importlib.import_module("lmlab.data.sft")
+            named = getattr(sft, "TEMPLATES", {}).get(value)
+            if named is not None:
+                return _template_from(named, where) or _template_from(vars(named), where)
+        raise LmlabError(f"{where}: unknown chat template {value!r}")
+    return None
+
+
+def find_template(run: str | Path, cfg: Any) -> ChatTemplate | None:
+    """The run's prompt template, or None for a base (plain completion) run."""
+    run = Path(run)
+    for folder in (run, run.parent, run.parent.parent):
+        f = folder / "template.json"
+        if f.is_file():
+            t = _template_from(read_json(f), str(f))
+            if t is None:
+                raise LmlabError(f"{f}: expected {{\"prompt\": \"...{{prompt}}...\", \"stop\": [...]}}")
+            return t
+    sft = getattr(cfg, "sft", None)
+    if sft is not None:
+        value = sft.get("template") if isinstance(sft, dict) else getattr(sft, "template", None)
+        return _template_from(value, "config sft.template")
+    return None
+
+
+class Conversation:
+    """The transcript as token ids, trimmed from the oldest turn to fit the context."""
+
+    def __init__(self, tokenizer: Any, template: ChatTemplate | None) -> None:
+        self.tok = tokenizer
+        self.template = template
+        self.turns: list[list[int]] = []  # each: user turn + reply (+ eot) ids
+
+    def reset(self) -> None:
+        self.turns = []
+
+    def prompt_ids(self, message: str, budget: int | None) -> tuple[list[int], list[int]]:
+        """(history + new user turn, new user turn), dropping whole old turns to fit ``budget``."""
+        text = self.template.render(message) if self.template else message
+        if self.template is None and self.turns:
+            text = "\n" + text
+        new = self.tok.encode(text)
+        eot = getattr(self.tok, "eot_id", None)
+        if not self.turns and self.template is not None and eot is not None:
+            new = [eot, *new]  # SFT examples start after a document boundary
+        while budget is not None and self.turns and sum(map(len, self.turns)) + len(new) > budget:
+            self.turns.pop(0)
+        return [t for turn in self.turns for t in turn] + new, new
+
+    def add(self, new_ids: list[int], reply: str) -> None:
+        """Record a finished exchange; an instruction reply is closed with end-of-text."""
+        encode = getattr(self.tok, "encode_ordinary", self.tok.encode)
+        turn = new_ids + encode(reply)
+        eot = getattr(self.tok, "eot_id", None)
+        if self.template is not None and eot is not None:
+            turn.append(eot)
+        self.turns.append(turn)
+
+
+def chat_session(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    template: ChatTemplate | None,
+    inp: TextIO,
+    out: TextIO,
+    *,
+    temperature: float = 0.7,
+    max_new_tokens: int = 256,
+    top_p: float = 0.95,
+    seed: int = 0,
+    stop: Sequence[str] = (),
+    interactive: bool = False,
+) -> list[tuple[str, str]]:
+    """Run the chat loop over text streams; returns the (user, reply) pairs exchanged."""
+    if temperature < 0:
+        raise LmlabError(f"temperature: must be >= 0, got {temperature}")
+    conv = Conversation(tokenizer, template)
+    ctx = int(getattr(getattr(model, "config", None), "context_length", 0) or 0) or None
+    budget = max(1, ctx - max_new_tokens) if ctx else None
+    stops = list(stop) + (template.stop if template else [])
+    if template is None:
+        stops.append("\n")  # base model: one line answers one line
+    mode = "instruction template" if template else "plain completion (base run)"
+    out.write(f"lmlab chat: {mode}. {HELP}\n")
+    exchanged: list[tuple[str, str]] = []
+    turn = 0
+    while True:
+        if interactive:
+            out.write("> ")
+            out.flush()
+        line = inp.readline()
+        if not line:
+            break
+        message = line.rstrip("\n")
+        command = message.strip()
+        if command.startswith("/"):
+            name, _, arg = command.partition(" ")
+            if name == "/quit":
+                break
+            if name == "/reset":
+                conv.reset()
+                out.write("(conversation reset)\n")
+            elif name == "/temp":
+                try:
+                    value = float(arg)
+                except ValueError:
+                    value = -1.0
+                if not value >= 0:
+                    out.write(f"(/temp needs a number >= 0, got {arg!r})\n")
+                else:
+                    temperature = value
+                    out.write(f"(temperature {temperature:g})\n")
+            else:
+                out.write(f"(unknown command {name}; {HELP})\n")
+            continue
+        if not command:
+            continue
+        ids, new_ids = conv.prompt_ids(message, budget)
+        sample = generate(
+            model, tokenizer, ids,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            stop=stops, seed=seed + turn,
+            stream_callback=lambda _i, text: (out.write(text), out.flush()),
+        )[0]
+        out.write("\n")
+        if sample.message:
+            out.write(f"({sample.message})\n")
+        conv.add(new_ids, sample.text)
+        exchanged.append((message, sample.text))
+        turn += 1
+    return exchanged
+
+
+def chat_loop(run: str | Path, temperature: float = 0.7, max_new_tokens: int = 256) -> None:
+    """`lmlab chat RUN`: load the run and talk on stdin/stdout."""
+    from lmlab.sample import _pick_device
+    from lmlab.train.checkpoint import load_model_for_inference, resolve_checkpoint
+
+    model, cfg, tokenizer = load_model_for_inference(run, device=_pick_device())
+    template = find_template(resolve_checkpoint(run), cfg)
+    chat_session(
+        model, tokenizer, template, sys.stdin, sys.stdout,
+        temperature=temperature, max_new_tokens=max_new_tokens, interactive=sys.stdin.isatty(),
+    )
