@@ -5,8 +5,11 @@ by the same loop, and share its pieces (attention, MLP, norms, init) so that the
 that changes between rungs is the architecture named here:
 
 - ``bigram``: logits from the current token alone. A factorised bigram table
-  ``tok_emb`` (V, d_model) -> ``head`` (V, d_model) (tied when ``tie_embeddings``); with
-  d_model >= V it can express any bigram table. Positions, norms and layers are ignored.
+  ``tok_emb`` (V, d_model) -> ``head`` (V, d_model); with d_model >= V it can express any
+  bigram table. ``tok_emb`` starts at normal(0, 1) (nothing rescales it before the head;
+  at init_std both factors start near zero and the product learns very slowly). The head
+  is never tied (``tie_embeddings`` is ignored): a tied one would
+  force a symmetric table, logit(j | i) = e_i . e_j. Positions, norms and layers are ignored.
 - ``bow``: causal bag of words. ``h = x + cummean(x)`` (the current token plus the mean of
   every token so far, itself included), then one pre-norm residual MLP and a final norm,
   then the head. No positions; ``n_layer``/``n_head``/``norm_position`` are ignored.
@@ -15,6 +18,11 @@ that changes between rungs is the architecture named here:
   Positions as configured.
 - ``no_residual``: ``n_layer`` blocks of attention then MLP with no residual connections
   and no norms at all (``norm`` is ignored): ``x = mlp(attn(x))``. Positions as configured.
+  With no norm to rescale activations it is initialised to keep them O(1): embeddings
+  normal(0, 1), linear layers normal(0, 1/sqrt(fan_in)) (no residual scaling). With
+  init_std=0.02 throughout the signal shrinks ~10x per layer and the network cannot train
+  at all, so the ablation would measure the init rather than depth without skip
+  connections. An untied head keeps init_std.
 
 Parameter names follow the transformer's (``tok_emb``, ``pos_emb``, ``attn.qkv``, ``mlp.fc``,
 ``norm1``, ``norm_f``, ``head``). Baselines have no KV cache (``supports_kv_cache = False``):
@@ -49,8 +57,8 @@ class _Baseline(nn.Module):
             self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
-    def _finish(self, n_layer: int) -> None:
-        if self.config.tie_embeddings:
+    def _finish(self, n_layer: int, tie: bool = True) -> None:
+        if tie and self.config.tie_embeddings:
             self.head.weight = self.tok_emb.weight
         init_weights(self, self.config, n_layer)
 
@@ -89,7 +97,8 @@ class _Baseline(nn.Module):
 class Bigram(_Baseline):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self._finish(1)
+        self._finish(1, tie=False)
+        nn.init.normal_(self.tok_emb.weight, mean=0.0, std=1.0)
 
     def _logits(self, idx: torch.Tensor) -> torch.Tensor:
         return self.head(self.tok_emb(idx))  # (B, T, V)
@@ -157,6 +166,12 @@ class NoResidual(_Baseline):
             self.rotary = Rotary(cfg.d_model // cfg.n_head, cfg.context_length, cfg.rope_theta)
         self.blocks = nn.ModuleList(_PlainBlock(cfg) for _ in range(cfg.n_layer))
         self._finish(cfg.n_layer)
+        for emb in (self.tok_emb, self.pos_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, mean=0.0, std=1.0)
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
 
     def _logits(self, idx: torch.Tensor) -> torch.Tensor:
         x = self._embed(idx)

@@ -1,0 +1,291 @@
+"""The transformer: every switch builds and learns; shapes, causality, GQA, tying, init, KV cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab.config import ModelConfig
+from lmlab.errors import ConfigError, LmlabError
+from lmlab.model import build_model
+from lmlab.model.presets import PRESETS
+from lmlab.model.transformer import resolve_d_ff
+
+V = 64
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(vocab_size=V, d_model=32, n_layer=2, n_head=4, context_length=16)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def loss_of(model, idx):
+    logits = model(idx[:, :-1])
+    return F.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten())
+
+
+def train_steps(model, steps: int = 12, seed: int = 0) -> tuple[float, float]:
+    torch.manual_seed(seed)
+    idx = torch.randint(0, V, (4, 17))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = last = None
+    for _ in range(steps):
+        loss = loss_of(model, idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+        last = loss.item()
+    return first, last
+
+
+SWITCHES = [
+    {"norm": "rmsnorm"},
+    {"norm": "layernorm"},
+    {"norm": "layernorm", "bias": True},
+    {"norm": "none"},
+    {"norm_position": "post"},
+    {"norm_position": "post", "norm": "layernorm", "bias": True},
+    {"position": "learned"},
+    {"position": "none"},
+    {"mlp": "gelu"},
+    {"mlp": "silu"},
+    {"mlp": "relu"},
+    {"mlp": "swiglu", "d_ff": 48},
+    {"bias": True},
+    {"tie_embeddings": False},
+    {"n_kv_head": 2},
+    {"n_kv_head": 1},
+    {"dropout": 0.1},
+    PRESETS["gpt2"],
+    PRESETS["llama"],
+]
+
+
+@pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_every_switch_builds_runs_and_learns(switch):
+    torch.manual_seed(0)
+    model = build_model(tiny(**switch))
+    idx = torch.randint(0, V, (2, 16))
+    logits = model(idx)
+    assert logits.shape == (2, 16, V)
+    assert torch.isfinite(logits).all()
+    first, last = train_steps(model)
+    assert last < first - 0.5, (first, last)
+
+
+def test_d_ff_defaults():
+    assert resolve_d_ff(tiny(mlp="swiglu", d_model=96)) == 256  # 8/3*96 = 256
+    assert resolve_d_ff(tiny(mlp="swiglu", d_model=32)) == 128  # 85.3 -> 128
+    assert resolve_d_ff(tiny(mlp="gelu", d_model=32)) == 128
+    assert resolve_d_ff(tiny(mlp="gelu", d_ff=50)) == 50
+    m = build_model(tiny(mlp="swiglu", d_model=96, n_head=4))
+    assert m.blocks[0].mlp.fc.weight.shape == (2 * 256, 96)
+    assert m.blocks[0].mlp.proj.weight.shape == (96, 256)
+
+
+@pytest.mark.parametrize("position", ["rope", "learned", "none"])
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_causal(position, norm_position):
+    torch.manual_seed(0)
+    model = build_model(tiny(position=position, norm_position=norm_position)).eval()
+    idx = torch.randint(0, V, (1, 12))
+    changed = idx.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % V
+    a, b = model(idx), model(changed)
+    assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6)
+    assert not torch.allclose(a[:, 8:], b[:, 8:], atol=1e-4)
+
+
+def test_positions_matter_except_none():
+    # One layer without positions: the last token's output depends on the earlier tokens as
+    # a set, so permuting them changes nothing. With rope or learned positions it does.
+    torch.manual_seed(0)
+    a = torch.tensor([[5, 7, 9, 3]])
+    b = torch.tensor([[9, 5, 7, 3]])
+    for position in ("rope", "learned"):
+        model = build_model(tiny(position=position, n_layer=1)).eval()
+        assert not torch.allclose(model(a)[0, -1], model(b)[0, -1], atol=1e-5), position
+    model = build_model(tiny(position="none", n_layer=1)).eval()
+    assert torch.allclose(model(a)[0, -1], model(b)[0, -1], atol=1e-5)
+
+
+def test_gqa_shapes_and_matches_repeated_heads():
+    torch.manual_seed(0)
+    model = build_model(tiny(n_head=4, n_kv_head=2)).eval()
+    attn = model.blocks[0].attn
+    hd = 32 // 4
+    assert attn.qkv.weight.shape == ((4 + 2 * 2) * hd, 32)
+    # Same result as full multi-head attention whose k/v heads are each repeated twice.
+    full = build_model(tiny(n_head=4, n_kv_head=4)).eval()
+    with torch.no_grad():
+        for b_g, b_f in zip(model.blocks, full.blocks):
+            q, k, v = b_g.attn.qkv.weight.split((4 * hd, 2 * hd, 2 * hd))
+            k = k.view(2, hd, 32).repeat_interleave(2, dim=0).reshape(4 * hd, 32)
+            v = v.view(2, hd, 32).repeat_interleave(2, dim=0).reshape(4 * hd, 32)
+            b_f.attn.qkv.weight.copy_(torch.cat([q, k, v]))
+        for name, p in full.named_parameters():
+            if "attn.qkv" not in name:
+                p.copy_(dict(model.named_parameters())[name])
+    idx = torch.randint(0, V, (2, 10))
+    assert torch.allclose(model(idx), full(idx), atol=1e-5)
+
+
+def test_bad_configs_raise():
+    with pytest.raises(ConfigError, match="n_kv_head"):
+        build_model(tiny(n_head=4, n_kv_head=3))
+    with pytest.raises(ConfigError, match="vocab_size"):
+        build_model(tiny(vocab_size=0))
+    with pytest.raises(ConfigError, match="d_model"):
+        build_model(tiny(d_model=30, n_head=4))
+    with pytest.raises(ConfigError, match="rope"):
+        build_model(tiny(d_model=36, n_head=4))
+
+
+def test_weight_tying_shares_storage():
+    model = build_model(tiny(tie_embeddings=True))
+    assert model.head.weight is model.tok_emb.weight
+    assert model.head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
+    untied = build_model(tiny(tie_embeddings=False))
+    assert untied.head.weight.data_ptr() != untied.tok_emb.weight.data_ptr()
+    assert untied.num_params() - model.num_params() == V * 32
+    # tied: the one matrix gets gradient from both uses
+    loss_of(model, torch.randint(0, V, (2, 9))).backward()
+    assert model.tok_emb.weight.grad is not None
+
+
+def test_num_params_and_config():
+    cfg = tiny(position="learned", tie_embeddings=False)
+    model = build_model(cfg)
+    assert model.config is cfg
+    total = sum(p.numel() for p in model.parameters())
+    assert model.num_params() == total
+    assert model.num_params(exclude_embeddings=True) == total - V * 32 - 16 * 32
+
+
+def test_init_scale():
+    torch.manual_seed(0)
+    cfg = tiny(d_model=128, n_layer=8, n_head=4, bias=True, norm="layernorm", vocab_size=512)
+    model = build_model(cfg)
+    std = cfg.init_std
+    assert abs(model.tok_emb.weight.std().item() - std) < 0.1 * std
+    assert abs(model.blocks[0].attn.qkv.weight.std().item() - std) < 0.1 * std
+    scaled = std / math.sqrt(2 * cfg.n_layer)
+    for block in model.blocks:
+        assert abs(block.attn.proj.weight.std().item() - scaled) < 0.1 * scaled
+        assert abs(block.mlp.proj.weight.std().item() - scaled) < 0.1 * scaled
+        assert torch.all(block.attn.qkv.bias == 0) and torch.all(block.mlp.fc.bias == 0)
+        assert torch.all(block.norm1.weight == 1) and torch.all(block.norm1.bias == 0)
+    assert abs(model.tok_emb.weight.mean().item()) < 0.1 * std
+
+
+def test_rope_buffers_not_saved():
+    model = build_model(tiny(position="rope"))
+    assert not any("rotary" in k for k in model.state_dict())
+    assert "pos_emb.weight" in build_model(tiny(position="learned")).state_dict()
+
+
+def test_parameter_names_are_plain():
+    model = build_model(tiny(**PRESETS["gpt2"]))
+    names = set(dict(model.named_parameters()))
+    assert {"tok_emb.weight", "pos_emb.weight", "blocks.0.norm1.weight", "blocks.0.norm1.bias",
+            "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight",
+            "blocks.0.norm2.weight", "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.bias",
+            "norm_f.weight", "norm_f.bias"} <= names
+    assert "head.weight" in model.state_dict()
+
+
+# --- KV cache ---------------------------------------------------------------------------------
+
+
+def greedy(model, prompt, steps: int, cached: bool):
+    idx = prompt
+    if cached:
+        cache = model.new_kv_cache(prompt.shape[0], max_len=prompt.shape[1] + steps)
+        logits = model(prompt, kv_cache=cache)
+    out = []
+    for _ in range(steps):
+        if not cached:
+            logits = model(idx)
+        nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        out.append(nxt)
+        idx = torch.cat([idx, nxt], dim=1)
+        if cached:
+            logits = model(nxt, kv_cache=cache)
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("position", ["rope", "learned", "none"])
+@pytest.mark.parametrize("extra", [{}, {"n_kv_head": 2, "norm_position": "post"}, PRESETS["gpt2"]])
+def test_kv_cache_greedy_equals_uncached(position, extra):
+    torch.manual_seed(0)
+    model = build_model(tiny(**{**extra, "position": position}, context_length=24)).eval()
+    prompt = torch.randint(0, V, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(greedy(model, prompt, 12, cached=True), greedy(model, prompt, 12, cached=False))
+        # logits themselves agree, including a multi-token chunk after a prefill
+        idx = torch.randint(0, V, (2, 14))
+        cache = model.new_kv_cache(2)
+        parts = [model(idx[:, :4], kv_cache=cache), model(idx[:, 4:5], kv_cache=cache),
+                 model(idx[:, 5:11], kv_cache=cache), model(idx[:, 11:], kv_cache=cache)]
+        assert cache.pos == 14
+        assert torch.allclose(torch.cat(parts, dim=1), model(idx), atol=1e-5)
+
+
+def test_kv_cache_limits_and_reset():
+    model = build_model(tiny(position="learned", context_length=8)).eval()
+    with pytest.raises(LmlabError, match="context_length"):
+        model.new_kv_cache(1, max_len=9)
+    with pytest.raises(LmlabError, match="context_length"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    cache = model.new_kv_cache(1)
+    idx = torch.randint(0, V, (1, 8))
+    with torch.no_grad():
+        model(idx, kv_cache=cache)
+        with pytest.raises(LmlabError, match="KV cache full"):
+            model(idx[:, :1], kv_cache=cache)
+        # sliding window: reset and re-prefill the last context_length - 1 tokens
+        cache.reset()
+        a = model(idx[:, 1:], kv_cache=cache)
+        assert torch.allclose(a, model(idx[:, 1:]), atol=1e-6)
+    with pytest.raises(LmlabError, match="sequences"):
+        model(idx[:, :1].repeat(2, 1), kv_cache=model.new_kv_cache(1))
+
+
+def test_rope_runs_past_context_length_uncached():
+    model = build_model(tiny(position="rope", context_length=8)).eval()
+    with torch.no_grad():
+        out = model(torch.randint(0, V, (1, 12)))
+    assert out.shape == (1, 12, V) and torch.isfinite(out).all()
+
+
+def test_autocast_bfloat16_forward_backward():
+    model = build_model(tiny(n_kv_head=2))
+    idx = torch.randint(0, V, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_of(model, idx)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_compiles_fullgraph():
+    pytest.importorskip("torch._dynamo")
+    torch._dynamo.reset()
+    model = build_model(tiny(n_kv_head=2))
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    idx = torch.randint(0, V, (2, 16))
+    assert torch.allclose(compiled(idx), model(idx), atol=1e-6)
+
+
+def test_presets_are_model_fields():
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    for preset in PRESETS.values():
+        assert set(preset) <= fields
+    m = build_model(tiny(**PRESETS["llama"]))
+    assert m.pos_emb is None and m.rotary is not None and m.head.weight is not m.tok_emb.weight
+    assert all(p.ndim == 2 or "norm" in n for n, p in m.named_parameters())  # no biases
