@@ -1,0 +1,73 @@
+"""The code filter: each reason on a tiny document, and the syntax check never executes code."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmlab.data.filters import (
+    REASONS,
+    CodeFilter,
+    alnum_fraction,
+    code_reject_reason,
+    digest,
+    syntax_ok,
+)
+
+GOOD = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+
+
+def reason(text: str, **kw) -> str | None:
+    return code_reject_reason(text, text.encode("utf-8"), "x.py", CodeFilter(**kw))
+
+
+def test_good_code_passes():
+    assert reason(GOOD) is None
+
+
+@pytest.mark.parametrize(
+    "text, kw, expected",
+    [
+        ("", {}, "empty"),
+        ("  \n\t\n", {}, "empty"),
+        ("x = 1\ny = 2\n", {"min_chars": 20}, "too_short"),
+        (GOOD, {"max_chars": 10}, "too_long"),
+        ("x_value_long_enough = 12345\n", {}, "too_few_lines"),
+        (GOOD, {"max_lines": 3}, "too_many_lines"),
+        (GOOD + "s = '" + "a" * 1200 + "'\n", {}, "long_line"),
+        (GOOD, {"max_mean_line_length": 5}, "long_mean_line"),
+        ("x = [\n" + "  (), {}, [], (), {},\n" * 20 + "]\n", {}, "low_alnum"),
+        ("def broken(:\n    pass\n    pass\n", {}, "syntax"),
+        ("x = 1\nreturn x  # compiler error\n", {}, "syntax"),
+        ("x = 1\ny = 2\0\nz = 3 + 4\n", {}, "syntax"),
+    ],
+)
+def test_each_reason(text, kw, expected):
+    assert expected in REASONS
+    assert reason(text, **kw) == expected
+
+
+def test_syntax_check_is_off_when_disabled():
+    assert reason("def broken(:\n    pass\n    pass\n", syntax=False) is None
+
+
+def test_compile_never_executes(tmp_path):
+    marker = tmp_path / "ran"
+    src = f"open({str(marker)!r}, 'w').write('x')\nraise SystemExit(3)\n"
+    assert syntax_ok(src, "evil.py")
+    assert not marker.exists()
+
+
+def test_pathological_nesting_is_a_syntax_failure_not_a_crash():
+    assert not syntax_ok("x = " + "(" * 5000 + ")" * 5000 + "\n", "deep.py")
+    assert not syntax_ok("x = " + "-" * 200_000 + "1\n", "unary.py")
+
+
+def test_alnum_fraction_matches_isalnum():
+    for text in ["ab_12 !!", "héllo wörld ☃ 42", "___", "日本語 code = 1"]:
+        want = sum(c.isalnum() for c in text) / len(text)
+        assert alnum_fraction(text, text.encode()) == pytest.approx(want)
+
+
+def test_digest_is_content_only():
+    assert digest(b"a") == digest(b"a") != digest(b"b")
+    assert len(digest(b"")) == 16
