@@ -1,0 +1,395 @@
+"""`lmlab data prepare`: filter, tokenize and pack documents into train/val token shards.
+
+Procedure:
+1. Expand the inputs (files, folders, globs; with ``--filter code`` a folder gives its
+   ``.py`` files) and load the tokenizer, which must have an end-of-text token.
+2. The main process reads the files in order and cuts them into pieces of ~512 KiB
+   (:mod:`lmlab.data.sources`); at most ``2 * workers`` pieces are in flight, so memory stays
+   flat in corpus size.
+3. Each worker process (``spawn``; it loads the tokenizer once) decodes its piece, applies
+   the filter (:mod:`lmlab.data.filters`) and tokenizes the surviving documents, each
+   followed by the eot token.
+4. The main process takes results back in input order, drops exact duplicates (code
+   filter), assigns each document to train or val by a hash of (seed, content) and appends
+   its tokens to that split's shards (:mod:`lmlab.data.shards`): ``doc eot doc eot ...``, no
+   padding. Input order in, input order out: the shards are byte-identical for any number
+   of workers.
+5. Everything is written into a temporary folder renamed to ``out`` at the end, with
+   ``meta.json`` (counts, tokenizer fingerprint, filter report, config).
+
+Splitting by content means identical documents always land in the same split. When
+``val_fraction > 0`` and at least two distinct documents survive, val gets at least one
+document (the last distinct train document moves there if the hash gave val none); train
+is never left empty while there are documents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmlab.config import PrepareConfig
+from lmlab.data.filters import REASONS, CodeFilter, code_reject_reason, digest
+from lmlab.data.shards import DEFAULT_SHARD_TOKENS, FORMAT, SPLITS, ShardWriter, dtype_for_vocab
+from lmlab.data.sources import (
+    Piece,
+    SourceSettings,
+    entry_documents,
+    iter_pieces,
+    unescape_separator,
+)
+from lmlab.errors import ConfigError, DataError
+from lmlab.io import atomic_dir, expand_inputs, write_json
+
+PIECE_BYTES = 512 * 1024
+MAX_WARNINGS = 20  # skipped files named on stderr (all are counted; the first few kept in meta)
+
+# ---- worker side -------------------------------------------------------------------------
+
+
+@dataclass
+class PieceResult:
+    """What a worker sends back for one piece (kept documents only carry tokens)."""
+
+    tokens: np.ndarray  # kept documents, each followed by eot
+    lengths: list[int]  # tokens per kept document, eot included
+    nbytes: list[int]  # UTF-8 bytes per kept document
+    digests: bytes  # 16 bytes per kept document
+    documents: int = 0  # documents seen (before filtering)
+    dropped: Counter = field(default_factory=Counter)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
+    input_bytes: int = 0
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer_path: str, settings: SourceSettings, code_filter: CodeFilter | None, tok: Any = None) -> None:
+    """Load the tokenizer once per process (``tok`` reuses one already loaded in-process)."""
+    if tok is None:
+        from lmlab.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer_path)
+    _STATE.update(
+        tok=tok,
+        settings=settings,
+        code_filter=code_filter,
+        eot=tok.eot_id,
+        dtype=dtype_for_vocab(tok.vocab_size),
+    )
+
+
+def _process_piece(piece: Piece) -> PieceResult:
+    settings: SourceSettings = _STATE["settings"]
+    code_filter: CodeFilter | None = _STATE["code_filter"]
+    texts: list[str] = []
+    nbytes: list[int] = []
+    digests: list[bytes] = []
+    dropped: Counter = Counter()
+    skipped: list[tuple[str, str, str]] = []
+    seen = 0
+    for entry in piece.entries:
+        docs, skip = entry_documents(entry, settings)
+        if skip is not None:
+            skipped.append((entry[1], "undecodable", skip))
+            continue
+        path = entry[1]
+        for doc in docs:
+            seen += 1
+            if not doc or doc.isspace():
+                dropped["empty"] += 1
+                continue
+            try:
+                data = doc.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates from JSON escapes
+                doc = doc.encode("utf-8", "replace").decode("utf-8")
+                data = doc.encode("utf-8")
+            if code_filter is not None:
+                reason = code_reject_reason(doc, data, path, code_filter)
+                if reason is not None:
+                    dropped[reason] += 1
+                    continue
+            texts.append(doc)
+            nbytes.append(len(data))
+            digests.append(digest(data))
+    ids = _STATE["tok"].encode_ordinary_batch(texts) if texts else []
+    lengths = [len(x) + 1 for x in ids]
+    tokens = np.empty(sum(lengths), dtype=_STATE["dtype"])
+    pos = 0
+    eot = _STATE["eot"]
+    for x in ids:
+        n = len(x)
+        tokens[pos : pos + n] = x
+        tokens[pos + n] = eot
+        pos += n + 1
+    return PieceResult(tokens, lengths, nbytes, b"".join(digests), seen, dropped, skipped, piece.nbytes)
+
+
+def _run_pieces(pieces: Iterator[Piece], workers: int, init_args: tuple) -> Iterator[PieceResult]:
+    """Results in piece order; with workers > 1 at most 2 * workers pieces are in flight."""
+    if workers <= 1:
+        _init_worker(*init_args)
+        try:
+            for piece in pieces:
+                yield _process_piece(piece)
+        finally:
+            _STATE.clear()
+        return
+    # spawn: safe whatever the parent has loaded (threads in torch, tokenizers, tiktoken)
+    ctx = mp.get_context("spawn")
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args[:3])
+    in_flight: deque = deque()
+    try:
+        for piece in pieces:
+            in_flight.append(ex.submit(_process_piece, piece))
+            if len(in_flight) >= 2 * workers:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+    finally:
+        for f in in_flight:
+            f.cancel()
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- main side ---------------------------------------------------------------------------
+
+Pending = list[tuple[bytes, np.ndarray, int]]  # (digest, tokens, nbytes)
+
+
+class _SplitRouter:
+    """Appends documents to the train/val writers, keeping the 'one val document' promise.
+
+    While one split is still empty, the latest first-occurrence document of each split (and
+    any later copies of earlier content, to keep order) is held back instead of written; at
+    the end it can move to the empty split. Once both splits have a document, nothing is
+    held back any more.
+    """
+
+    def __init__(self, writers: dict[str, ShardWriter], track: bool):
+        self.writers = writers
+        self.docs = dict.fromkeys(SPLITS, 0)
+        self.bytes = dict.fromkeys(SPLITS, 0)
+        self.tracking = track
+        self.seen: set[bytes] = set()
+        self.pending: dict[str, Pending] = {s: [] for s in SPLITS}
+
+    def add(self, split: str, d: bytes, tokens: np.ndarray, nbytes: int) -> None:
+        self.docs[split] += 1
+        self.bytes[split] += nbytes
+        if not self.tracking:
+            self.writers[split].write(tokens)
+            return
+        first = d not in self.seen
+        self.seen.add(d)
+        pend = self.pending[split]
+        if first:
+            self._flush(split)
+            pend.append((d, tokens.copy(), nbytes))
+        elif pend:
+            pend.append((d, tokens.copy(), nbytes))
+        else:
+            self.writers[split].write(tokens)
+        if self.docs["train"] and self.docs["val"]:
+            self._flush("train")
+            self._flush("val")
+            self.tracking = False
+            self.seen = set()
+
+    def _flush(self, split: str) -> None:
+        pend = self.pending[split]
+        for _, tokens, _ in pend:
+            self.writers[split].write(tokens)
+        pend.clear()  # in place: add() holds a reference to this list
+
+    def _move_head(self, src: str, dst: str) -> None:
+        pend = self.pending[src]
+        head = pend[0][0]
+        for d, tokens, nbytes in pend:
+            if d == head:
+                self.writers[dst].write(tokens)
+                for s, sign in ((src, -1), (dst, 1)):
+                    self.docs[s] += sign
+                    self.bytes[s] += sign * nbytes
+        self.pending[src] = [x for x in pend if x[0] != head]
+
+    def finish(self, want_val: bool) -> None:
+        if self.tracking:
+            if self.docs["train"] == 0 and self.pending["val"]:
+                self._move_head("val", "train")
+            elif want_val and self.docs["val"] == 0 and len(self.seen) >= 2 and self.pending["train"]:
+                self._move_head("train", "val")
+        self._flush("train")
+        self._flush("val")
+        for w in self.writers.values():
+            w.close()
+
+
+def _val_threshold(fraction: float) -> int:
+    return int(fraction * (1 << 64))
+
+
+def _split_key(seed_bytes: bytes, d: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(seed_bytes + d, digest_size=8).digest(), "little")
+
+
+def _stderr(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def prepare_dataset(
+    pcfg: PrepareConfig,
+    tokenizer_path: str,
+    progress: bool = True,
+    *,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    piece_bytes: int = PIECE_BYTES,
+    code_filter: CodeFilter | None = None,
+    warn: Callable[[str], None] = _stderr,
+) -> dict[str, Any]:
+    """Write the dataset folder ``pcfg.out``; return its meta.json content.
+
+    ``code_filter`` overrides the code filter's thresholds (used with ``pcfg.filter == "code"``).
+    Raises DataError for missing inputs, malformed JSONL, or when no document survives.
+    """
+    t0 = time.perf_counter()
+    if not pcfg.out:
+        raise ConfigError("prepare.out: no output folder given")
+    if not 0.0 <= pcfg.val_fraction < 1.0:
+        raise ConfigError(f"prepare.val_fraction: must be in [0, 1), got {pcfg.val_fraction}")
+    tok_path = Path(tokenizer_path)
+    if not tok_path.exists():
+        raise DataError(f"{tokenizer_path}: tokenizer not found")
+    from lmlab.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tok_path)
+    if tok.eot_id is None:
+        raise DataError(f"{tokenizer_path}: tokenizer has no <|endoftext|> token to separate documents "
+                        "(train it with --special-token '<|endoftext|>')")
+    dtype = dtype_for_vocab(tok.vocab_size)
+    suffixes = tuple(pcfg.suffixes) or ((".py",) if pcfg.filter == "code" else ())
+    files = expand_inputs(list(pcfg.input), suffixes)
+    cf = (code_filter or CodeFilter()) if pcfg.filter == "code" else None
+    settings = SourceSettings(pcfg.format, pcfg.text_field, unescape_separator(pcfg.separator), pcfg.errors)
+    workers = pcfg.workers or os.cpu_count() or 1
+    total_bytes = sum(f.stat().st_size for f in files)
+
+    skipped: Counter = Counter()
+    examples: list[str] = []
+
+    def on_skip(path: str, reason: str, detail: str) -> None:
+        skipped[reason] += 1
+        msg = f"{path}: {detail}, skipped"
+        if len(examples) < MAX_WARNINGS:
+            examples.append(msg)
+            warn(f"lmlab: warning: {msg}")
+
+    dropped: Counter = Counter()
+    documents = 0
+    input_bytes = 0
+    seen: set[bytes] = set()
+    seed_bytes = str(pcfg.seed).encode()
+    threshold = _val_threshold(pcfg.val_fraction)
+    from tqdm import tqdm
+
+    with atomic_dir(Path(pcfg.out)) as tmp:
+        writers = {s: ShardWriter(tmp, s, dtype, shard_tokens) for s in SPLITS}
+        router = _SplitRouter(writers, track=pcfg.val_fraction > 0)
+        pieces = iter_pieces(files, settings, piece_bytes, on_skip)
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="data prepare", file=sys.stderr,
+                   disable=not progress, smoothing=0.1, dynamic_ncols=True)
+        try:
+            for res in _run_pieces(pieces, workers, (str(tok_path), settings, cf, tok)):
+                for path, reason, detail in res.skipped:
+                    on_skip(path, reason, detail)
+                documents += res.documents
+                dropped.update(res.dropped)
+                input_bytes += res.input_bytes
+                pos = 0
+                for i, n in enumerate(res.lengths):
+                    d = res.digests[16 * i : 16 * i + 16]
+                    tokens = res.tokens[pos : pos + n]
+                    pos += n
+                    if cf is not None and cf.dedup:
+                        if d in seen:
+                            dropped["duplicate"] += 1
+                            continue
+                        seen.add(d)
+                    split = "val" if _split_key(seed_bytes, d) < threshold else "train"
+                    router.add(split, d, tokens, res.nbytes[i])
+                bar.update(res.input_bytes)
+            router.finish(want_val=pcfg.val_fraction > 0)
+        finally:
+            bar.close()
+        kept = router.docs["train"] + router.docs["val"]
+        if kept == 0:
+            why = ", ".join(f"{k} {v}" for k, v in {**dropped, **skipped}.items()) or "no documents found"
+            raise DataError(f"{', '.join(pcfg.input)}: no documents left to write ({len(files)} files; {why})")
+        seconds = time.perf_counter() - t0
+        meta = {
+            "format": FORMAT,
+            "dtype": dtype.name,
+            "vocab_size": tok.vocab_size,
+            "eot_id": tok.eot_id,
+            "tokenizer": str(tok_path.resolve()),
+            "tokenizer_fingerprint": tok.fingerprint(),
+            "splits": {
+                s: {"tokens": writers[s].tokens, "documents": router.docs[s], "bytes": router.bytes[s],
+                    "shards": list(writers[s].shards)}
+                for s in SPLITS
+            },
+            "filter": {
+                "name": pcfg.filter,
+                "thresholds": cf.to_dict() if cf is not None else {},
+                "files": len(files),
+                "files_skipped": dict(skipped),
+                "skipped_examples": examples,
+                "documents": documents,
+                "kept": kept,
+                "dropped": {r: dropped[r] for r in REASONS if dropped[r]},
+            },
+            "inputs": list(pcfg.input),
+            "config": dataclasses.asdict(pcfg),
+            "stats": {"input_bytes": input_bytes, "seconds": round(seconds, 3),
+                      "mb_per_s": round(input_bytes / 1e6 / max(seconds, 1e-9), 3), "workers": workers},
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        write_json(tmp / "meta.json", meta)
+    meta["path"] = str(Path(pcfg.out).resolve())
+    return meta
+
+
+def format_report(meta: dict[str, Any]) -> str:
+    """A short human-readable summary of a prepare run (what the CLI prints)."""
+    f = meta["filter"]
+    st = meta.get("stats", {})
+    lines = [
+        f"dataset {meta.get('path', '')}: {meta['dtype']}, vocab {meta['vocab_size']}, eot {meta['eot_id']}",
+        f"  read {f['files']:,} files, {st.get('input_bytes', 0) / 1e6:.1f} MB in {st.get('seconds', 0):.1f} s "
+        f"({st.get('mb_per_s', 0):.2f} MB/s, {st.get('workers', '?')} workers)",
+    ]
+    for s in SPLITS:
+        sp = meta["splits"][s]
+        lines.append(f"  {s:5s} {sp['documents']:>9,} documents {sp['tokens']:>13,} tokens "
+                     f"{sp['bytes'] / 1e6:>9.1f} MB text  {len(sp['shards'])} shard(s)")
+    lines.append(f"  filter {f['name']}: kept {f['kept']:,} of {f['documents']:,} documents")
+    if f["dropped"]:
+        lines.append("  dropped: " + ", ".join(f"{k} {v:,}" for k, v in f["dropped"].items()))
+    if f["files_skipped"]:
+        lines.append("  files skipped: " + ", ".join(f"{k} {v:,}" for k, v in f["files_skipped"].items()))
+    return "\n".join(lines)
