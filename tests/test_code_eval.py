@@ -1,0 +1,300 @@
+"""pass@k, the HumanEval/MBPP harness, completion cutting and the syntax pass rate."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from lmlab.errors import DataError, LmlabError
+from lmlab.eval.code import (
+    MBPP_SPLITS,
+    compiles,
+    cut_completion,
+    extract_function_headers,
+    function_header_prompts,
+    humaneval_program,
+    load_humaneval,
+    load_mbpp,
+    mbpp_program,
+    mbpp_split,
+    mean_pass_at_k,
+    pass_at_k,
+    run_humaneval,
+    run_mbpp,
+    syntax_pass_rate,
+)
+from lmlab.eval.sandbox import SandboxConfig
+
+pytestmark = pytest.mark.filterwarnings("ignore:lmlab will execute model-written code")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HUMANEVAL = DATA / "human-eval" / "HumanEval.jsonl.gz"
+MBPP = DATA / "mbpp" / "mbpp.jsonl"
+SANDBOX = SandboxConfig(allow_code_execution=True, timeout_s=20.0)
+
+
+def needs(path: Path) -> None:
+    if not path.is_file():
+        pytest.skip(f"{path} missing (shared test data not present)")
+
+
+# --- pass@k ---------------------------------------------------------------------------------
+
+
+def exact_pass_at_k(n: int, c: int, k: int) -> Fraction:
+    return 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 37])
+def test_pass_at_k_matches_binomial_formula(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(float(exact_pass_at_k(n, c, k)), abs=1e-12)
+
+
+def test_pass_at_k_known_values_and_large_n():
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(10, 0, 5) == 0.0
+    assert pass_at_k(10, 10, 10) == 1.0
+    assert pass_at_k(10, 1, 10) == 1.0
+    # Large n, where C(n, k) overflows floats: still finite and equal to the exact value.
+    got = pass_at_k(2000, 7, 1000)
+    assert math.isfinite(got)
+    assert got == pytest.approx(float(exact_pass_at_k(2000, 7, 1000)), rel=1e-9)
+    with pytest.raises(ValueError):
+        pass_at_k(5, 1, 6)
+    with pytest.raises(ValueError):
+        pass_at_k(5, 6, 1)
+
+
+def test_mean_pass_at_k_leaves_out_k_above_smallest_n():
+    out = mean_pass_at_k([(2, 1), (4, 0)], ks=(1, 2, 4))
+    assert set(out) == {"pass@1", "pass@2"}
+    assert out["pass@1"] == pytest.approx((0.5 + 0.0) / 2)
+    assert out["pass@2"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def test_mbpp_split_boundaries():
+    assert [mbpp_split(i) for i in (1, 10, 11, 510, 511, 600, 601, 974)] == [
+        "prompt", "prompt", "test", "test", "validation", "validation", "train", "train",
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        mbpp_split(975)
+
+
+def test_load_mbpp_standard_split_sizes():
+    needs(MBPP)
+    sizes = {name: len(load_mbpp(MBPP, split=name)) for name in MBPP_SPLITS}
+    assert sizes == {"prompt": 10, "test": 500, "validation": 90, "train": 374}
+    assert len(load_mbpp(MBPP)) == 974
+    with pytest.raises(LmlabError, match="split"):
+        load_mbpp(MBPP, split="dev")
+
+
+def test_loaders_report_bad_files(tmp_path):
+    bad = tmp_path / "he.jsonl"
+    bad.write_text('{"task_id": "x"}\n')
+    with pytest.raises(DataError, match=r"he.jsonl:1: missing field"):
+        load_humaneval(bad)
+    bad.write_text("not json\n")
+    with pytest.raises(DataError, match=r"he.jsonl:1: malformed JSON"):
+        load_humaneval(bad)
+    with pytest.raises(DataError, match="file not found"):
+        load_mbpp(tmp_path / "nope.jsonl")
+    gz = tmp_path / "he.jsonl.gz"
+    row = {"task_id": "T/0", "prompt": "def f():\n", "canonical_solution": "    return 1\n",
+           "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}  # fmt: skip
+    with gzip.open(gz, "wt", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    assert load_humaneval(gz) == [row]
+
+
+def test_program_builders():
+    problem = {
+        "prompt": "def f(x):\n",
+        "test": "def check(c):\n    assert c(2) == 4\n",
+        "entry_point": "f",
+    }
+    prog = humaneval_program(problem, "    return x * 2\n")
+    assert prog.startswith("def f(x):\n    return x * 2\n") and prog.endswith("check(f)\n")
+    task = {
+        "test_setup_code": "y = 3",
+        "test_list": ["assert g(y) == 4"],
+        "challenge_test_list": ["assert g(0) == 1"],
+    }
+    prog = mbpp_program(task, "def g(v):\n    return v + 1")
+    assert prog.index("def g") < prog.index("y = 3") < prog.index("assert g(y)")
+    assert "g(0)" not in prog and "assert g(0) == 1" in mbpp_program(task, "", challenge=True)
+    exec(compile(prog, "<p>", "exec"), {})  # the built program is runnable as is
+
+
+# --- the harness (through the sandbox) --------------------------------------------------------
+
+
+def test_harness_needs_opt_in():
+    problems = [{"task_id": "T/0", "prompt": "def f():\n", "canonical_solution": "    return 1\n",
+                 "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}]  # fmt: skip
+    with pytest.raises(LmlabError, match="--allow-code-execution"):
+        run_humaneval({"T/0": ["    return 1\n"]}, problems, SandboxConfig())
+    with pytest.raises(LmlabError, match="unknown HumanEval task"):
+        run_humaneval({"T/9": ["x"]}, problems, SANDBOX)
+
+
+def test_humaneval_canonical_passes_and_empty_bodies_fail():
+    needs(HUMANEVAL)
+    problems = load_humaneval(HUMANEVAL)
+    assert len(problems) == 164
+    subset = problems[::16]  # a fixed spread of 11 tasks; the full set runs in bench/code_eval.py
+    completions = {
+        p["task_id"]: [p["canonical_solution"], "    pass\n", "    return None\n"] for p in subset
+    }
+    report = run_humaneval(completions, problems, SANDBOX, ks=(1, 2, 3))
+    assert report["tasks"] == len(subset) and report["samples"] == 3 * len(subset)
+    for task_id, entry in report["per_task"].items():
+        assert entry["n"] == 3 and entry["passed"] == 1, (task_id, entry)
+    assert report["pass@1"] == pytest.approx(1 / 3)
+    assert report["pass@2"] == pytest.approx(2 / 3)
+    assert report["pass@3"] == 1.0
+    canonical = run_humaneval(
+        {p["task_id"]: [p["canonical_solution"]] for p in subset}, problems, SANDBOX
+    )
+    assert (
+        canonical["pass@1"] == 1.0 and set(canonical) >= {"pass@1"} and "pass@10" not in canonical
+    )
+    empty = run_humaneval({p["task_id"]: ["    pass\n"] for p in subset}, problems, SANDBOX)
+    assert empty["pass@1"] == 0.0 and len(empty["failed_tasks"]) == len(subset)
+
+
+def test_mbpp_reference_code_passes():
+    needs(MBPP)
+    tasks = load_mbpp(MBPP, split="test")[:10]
+    report = run_mbpp({t["task_id"]: [t["code"]] for t in tasks}, MBPP, SANDBOX)
+    assert report["pass@1"] == 1.0, report["failed_tasks"]
+    wrong = run_mbpp(
+        {t["task_id"]: ["def nothing():\n    pass\n"] for t in tasks[:3]}, MBPP, SANDBOX
+    )
+    assert wrong["pass@1"] == 0.0
+    assert all(e["reasons"] for e in wrong["per_task"].values())
+
+
+# --- prompts, cutting, syntax pass rate -----------------------------------------------------
+
+MODULE = '''\
+import functools
+
+
+def add(a, b):
+    """Add two numbers."""
+    return a + b
+
+
+def no_doc(x):
+    return x
+
+
+def one_liner(): return 1
+
+
+@functools.lru_cache(maxsize=None)
+def cached(
+    n: int,
+    m: int = 2,
+) -> int:
+    """Multi-line signature,
+with a docstring line at column 0."""
+    return n * m
+
+
+class Box:
+    def size(self):
+        """How big the box is."""
+        return 3
+
+    async def fetch(self):
+        """Fetch it."""
+        return None
+'''
+
+
+def test_extract_function_headers():
+    prompts = extract_function_headers(MODULE)
+    assert 'def add(a, b):\n    """Add two numbers."""\n' in prompts
+    assert "def no_doc(x):\n" in prompts
+    assert not any("one_liner" in p for p in prompts)
+    cached = next(p for p in prompts if "cached" in p)
+    assert cached.startswith("@functools.lru_cache") and cached.endswith('column 0."""\n')
+    assert 'def size(self):\n    """How big the box is."""\n' in prompts  # method dedented
+    assert any(p.startswith("async def fetch(self):") for p in prompts)
+    for p in prompts:
+        assert compiles(p + "    pass\n")[0], p
+    with_doc = extract_function_headers(MODULE, require_docstring=True)
+    assert not any("no_doc" in p for p in with_doc) and len(with_doc) == len(prompts) - 1
+    assert extract_function_headers("def broken(:\n") == []
+
+
+def test_cut_completion():
+    prompt = 'def f(x):\n    """Double."""\n'
+    body = "    y = x * 2\n\n    return y\n"
+    assert cut_completion(prompt, body + "\ndef g():\n    pass\n") == (body + "\n", "stop")
+    assert cut_completion(prompt, body + "print(f(2))\n") == (body, "stop")
+    # Column-0 text inside a string, or a column-0 comment, does not end the function.
+    tricky = '    s = """\nnot code\n"""\n# note\n    return s\n'
+    assert cut_completion(prompt, tricky + "x = 1\n") == (tricky, "stop")
+    # No top-level statement: the token limit cut it unless the sampler hit end-of-text.
+    assert cut_completion(prompt, "    return (x +") == ("    return (x +", "length")
+    assert cut_completion(prompt, body, hit_eot=True) == (body, "stop")
+    assert cut_completion(prompt, body + "<|endoftext|>def h(): pass") == (body, "stop")
+    # Unconditional documents end only at end-of-text.
+    assert cut_completion("", "import os\nx = 1\n") == ("import os\nx = 1\n", "length")
+    assert cut_completion("", "import os\n<|endoftext|>junk") == ("import os\n", "stop")
+
+
+def test_syntax_pass_rate_with_fake_generator():
+    prompt = "def f(x):\n"
+    outputs = [
+        ("    return x\n\ndef g():\n    pass\n", False),  # completed, compiles
+        ("    return x +\n\nprint(1)\n", False),  # completed, syntax error
+        ("    return [x,", False),  # cut by length, does not compile
+        ("    return x\n", True),  # hit end-of-text, compiles
+        ("    if x:\n        return 1\n    else", False),  # cut by length, syntax error
+    ]
+    calls = []
+
+    def generate(batch, max_new_tokens):
+        calls.append((len(batch), max_new_tokens))
+        start = sum(c[0] for c in calls[:-1])
+        return [outputs[(start + i) % len(outputs)] for i in range(len(batch))]
+
+    report = syntax_pass_rate(generate, [prompt], n=10, max_new_tokens=32, batch_size=4)
+    assert calls == [(4, 32), (4, 32), (2, 32)]
+    assert report["n"] == 10 and report["passed"] == 4 and report["pass_rate"] == pytest.approx(0.4)
+    assert report["completed"] == 6 and report["passed_completed"] == 4
+    assert report["pass_rate_completed"] == pytest.approx(4 / 6)
+    assert report["cut_by_length"] == 4 and report["passed_cut_by_length"] == 0
+    assert report["top_errors"] and report["top_errors"][0][0].startswith("SyntaxError")
+    assert len(report["examples"]) == 3
+
+    with pytest.raises(LmlabError, match="returned 1 completions"):
+        syntax_pass_rate(lambda b, m: [("x", True)], [prompt], n=3, batch_size=3)
+    with pytest.raises(LmlabError, match="n must be"):
+        syntax_pass_rate(generate, [prompt], n=0)
+    with pytest.raises(LmlabError, match="no prompts"):
+        syntax_pass_rate(generate, [], n=5)
+
+
+def test_function_header_prompts_skips_bad_files(tmp_path):
+    (tmp_path / "good.py").write_text(MODULE)
+    (tmp_path / "latin1.py").write_bytes(b"def f():\n    '''caf\xe9'''\n    pass\n")
+    (tmp_path / "broken.py").write_text("def broken(:\n")
+    files = sorted(tmp_path.glob("*.py"))
+    prompts = function_header_prompts(files)
+    assert len(prompts) == 4 and all('"""' in p for p in prompts)
+    assert len(function_header_prompts(files, limit=2)) == 2
