@@ -1,0 +1,53 @@
+"""Reading training/measurement text: UTF-8 files, skipping (and recording) the ones that are not."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("lmlab.tokenizer")
+
+
+class Corpus:
+    """Iterate the texts of ``files``; each pass records ``inputs`` (path, bytes, sha256) and
+    ``skipped`` (files that are not valid UTF-8, each warned about by name)."""
+
+    def __init__(self, files: list[Path], special_tokens: list[str] = ()) -> None:
+        self.files = list(files)
+        self.inputs: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+        alts = sorted(special_tokens, key=len, reverse=True)
+        self._special_re = re.compile("|".join(map(re.escape, alts))) if alts else None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i["bytes"] for i in self.inputs)
+
+    def texts(self) -> Iterator[str]:
+        """Whole-file texts."""
+        self.inputs, self.skipped = [], []
+        for path in self.files:
+            data = path.read_bytes()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                reason = f"not valid UTF-8 (byte {e.start})"
+                log.warning("warning: %s: %s; skipped", path, reason)
+                self.skipped.append({"path": str(path.resolve()), "reason": reason})
+                continue
+            self.inputs.append({"path": str(path.resolve()), "bytes": len(data),
+                                "sha256": hashlib.sha256(data).hexdigest()})
+            if text:
+                yield text
+
+    def segments(self) -> Iterator[str]:
+        """Texts split around special tokens, so training never merges across one."""
+        for text in self.texts():
+            if self._special_re is None:
+                yield text
+            else:
+                yield from (s for s in self._special_re.split(text) if s)

@@ -1,0 +1,90 @@
+"""``train_tokenizer``: corpus files in, a saved tokenizer folder out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from lmlab.errors import DataError, LmlabError
+from lmlab.io import expand_inputs
+from lmlab.tokenizer.base import Tokenizer, check_special_tokens
+from lmlab.tokenizer.bpe import BPETokenizer, check_bpe_vocab_size
+from lmlab.tokenizer.char import CharTokenizer
+from lmlab.tokenizer.corpus import Corpus
+
+KINDS = ("bpe", "char")
+
+
+def train_bpe_hf(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> str:
+    """Train byte-level BPE with ``tokenizers`` (GPT-2 split pattern); returns tokenizer.json text.
+
+    Deterministic: the trainer breaks count ties by pair ids, and the ids come from the sorted
+    byte alphabet, so the same texts and settings give the same file.
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
+        show_progress=False,
+    )
+    hf.train_from_iterator(texts, trainer=trainer)
+    return hf.to_str(pretty=True)
+
+
+def train_tokenizer(inputs: list[str] | str, vocab_size: int, out: Path | str, kind: str = "bpe",
+                    special_tokens: Iterable[str] = ()) -> Tokenizer:
+    """Train a tokenizer of ``kind`` on the files/folders/globs ``inputs`` and save it to ``out``.
+
+    bpe: ``vocab_size`` counts the 256 byte tokens, the merges and the special tokens (which take
+    ids 0..k-1). char: the vocabulary is the corpus's characters plus the special tokens, and
+    ``vocab_size`` is an upper bound. Files that are not UTF-8 are skipped with a warning and
+    listed in meta.json. The folder is written atomically.
+    """
+    specials = check_special_tokens(special_tokens)
+    if kind not in KINDS:
+        raise LmlabError(f"tokenizer kind {kind!r}: choose one of {', '.join(KINDS)}")
+    if kind == "bpe":
+        check_bpe_vocab_size(vocab_size, len(specials))
+    elif vocab_size < 1 + len(specials):
+        raise LmlabError(f"vocab_size {vocab_size} is too small for a char tokenizer with {len(specials)} special tokens")
+    files = expand_inputs([inputs] if isinstance(inputs, str | Path) else [str(i) for i in inputs])
+    if not files:
+        raise DataError(f"{' '.join(map(str, inputs))}: no input files found")
+    corpus = Corpus(files, specials)
+    t0 = time.perf_counter()
+    tok: Tokenizer
+    if kind == "bpe":
+        text = train_bpe_hf(corpus.segments(), vocab_size, specials)
+        _check_nonempty(corpus, inputs)
+        tok = BPETokenizer(text, where=str(Path(out) / "tokenizer.json"))
+    else:
+        chars: set[str] = set()
+        for t in corpus.texts():
+            chars.update(t)
+        _check_nonempty(corpus, inputs)
+        if len(chars) + len(specials) > vocab_size:
+            raise LmlabError(f"vocab_size {vocab_size} is too small: the corpus has {len(chars)} distinct "
+                             f"characters plus {len(specials)} special tokens")
+        tok = CharTokenizer(sorted(chars), specials)
+    tok.meta = {
+        "inputs": corpus.inputs,
+        "skipped": corpus.skipped,
+        "requested_vocab_size": vocab_size,
+        "train_seconds": round(time.perf_counter() - t0, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    tok.save(out)
+    return tok
+
+
+def _check_nonempty(corpus: Corpus, inputs: object) -> None:
+    if corpus.total_bytes == 0:
+        why = f" ({len(corpus.skipped)} file(s) skipped as not UTF-8)" if corpus.skipped else ""
+        raise DataError(f"empty corpus: {inputs} holds no text{why}")
