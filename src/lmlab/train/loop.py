@@ -1,0 +1,590 @@
+"""The training loop: one loop for pretraining, fine-tuning and resumed runs, 1 or N processes.
+
+``train(cfg, resume)`` reads a prepared dataset, builds the model, and runs ``train.max_steps``
+AdamW steps. Each step:
+
+1. draws this rank's slice of the global batch for step ``s`` (a function of ``(seed, s)``);
+2. runs forward/backward over micro-batches (gradient accumulation; DDP syncs only on the
+   last one), the loss summed over tokens and divided by the global target count, so any split
+   of the same global batch into processes and micro-batches computes the same update;
+3. clips the global gradient norm, lets the spike guard veto the update, steps the optimizer;
+4. at log steps writes a metrics.jsonl record and a step line; at eval steps evaluates fixed
+   val batches, appends samples to samples.md and updates early stopping; at checkpoint steps
+   writes ``checkpoints/step_NNNNNN`` (rank 0).
+
+Stopping: ``max_steps``; early stopping (``patience``); ``max_minutes``; a non-finite (or
+absurdly large) training loss, which marks the run *diverged* and stops without saving the
+broken weights; Ctrl-C/SIGTERM, which saves a checkpoint first and then re-raises
+KeyboardInterrupt. ``resume=True`` continues bit-exactly from the run's latest checkpoint:
+weights, optimizer, RNG states, data position, guard and early-stop state are all restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import shutil
+import signal
+import statistics
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmlab.config import Config, save_config
+from lmlab.device import autocast, peak_flops, resolve_device, resolve_dtype
+from lmlab.errors import CheckpointError, ConfigError, LmlabError
+from lmlab.io import atomic_write_text, write_json
+from lmlab.train import checkpoint as ck
+from lmlab.train import distributed as dd
+from lmlab.train.optim import build_optimizer, lr_at, set_lr
+
+# A loss this many times ln(vocab_size) (uniform guessing) can only come from a blown-up model.
+DIVERGED_LOSS_FACTOR = 100.0
+# The spike guard needs this many recent norms (or the whole window if smaller) before it acts.
+SPIKE_MIN_HISTORY = 10
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports; also written to ``result.json``."""
+
+    run_dir: str
+    steps: int
+    tokens: int
+    final_train_loss: float | None
+    final_val_loss: float | None
+    best_val_loss: float | None
+    best_step: int | None
+    wall_time_s: float
+    diverged: bool
+    stop_reason: str  # max_steps | early_stop | time_budget | diverged | interrupted
+    skipped_steps: int
+    params: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SpikeGuard:
+    """Skip an update whose grad norm exceeds ``factor`` x the median of the last ``window``."""
+
+    def __init__(self, factor: float, window: int, history: list[float] | None = None):
+        self.factor = factor
+        self.history: deque[float] = deque(history or [], maxlen=window)
+        self.min_history = min(window, SPIKE_MIN_HISTORY)
+
+    @property
+    def enabled(self) -> bool:
+        return self.factor > 0
+
+    def is_spike(self, norm: float) -> bool:
+        """True to skip this update; otherwise the norm joins the history."""
+        if len(self.history) >= self.min_history and norm > self.factor * statistics.median(self.history):
+            return True
+        if math.isfinite(norm):
+            self.history.append(norm)
+        return False
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM set a flag checked between steps (a second Ctrl-C interrupts at once)."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _clip_grads(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Global grad norm before clipping (clips in place when ``max_norm`` > 0)."""
+    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf, foreach=True)
+
+
+def _batch_shape(cfg: Config, world: int) -> tuple[int, int]:
+    """(global batch in sequences, micro-batch per process)."""
+    t = cfg.train
+    T = cfg.model.context_length
+    per_proc_unit = (t.micro_batch_size or 1) * world
+    if t.batch_tokens:
+        # round the token budget to whole sequences, then up to a multiple of micro x world
+        B = max(1, round(t.batch_tokens / T))
+        B = math.ceil(B / per_proc_unit) * per_proc_unit
+    else:
+        B = t.batch_size
+        if B % world:
+            raise ConfigError(f"train.batch_size: {B} is not divisible by the {world} processes")
+        if t.micro_batch_size and (B // world) % t.micro_batch_size:
+            raise ConfigError(
+                f"train.micro_batch_size: {t.micro_batch_size} does not divide the per-process batch {B // world}"
+            )
+    micro = t.micro_batch_size or B // world
+    return B, micro
+
+
+def _flops_per_token(model: torch.nn.Module, cfg: Config) -> float:
+    """Training FLOPs per token: 6N + 12*L*d*T (PaLM appendix B), or lmlab.accounting's figure."""
+    try:
+        from lmlab.accounting import flops_per_token
+
+        fwd = flops_per_token(cfg.model, cfg.model.context_length)
+        total = fwd.get("total") or fwd.get("forward_flops_total") if isinstance(fwd, dict) else fwd
+        if total:
+            return 3.0 * float(total)  # backward is about twice the forward
+    except Exception:  # accounting absent or a different shape: fall back to the estimate
+        pass
+    m = cfg.model
+    n = sum(p.numel() for p in model.parameters())
+    return 6.0 * n + 12.0 * m.n_layer * m.d_model * m.context_length
+
+
+def _load_tokenizer(cfg: Config, meta: dict[str, Any]):
+    """The dataset's tokenizer for samples, or None (samples are then skipped)."""
+    path = cfg.data.tokenizer or meta.get("tokenizer") or ""
+    if not path or not Path(path).exists():
+        return None
+    try:
+        from lmlab.tokenizer import load_tokenizer
+
+        return load_tokenizer(path)
+    except (ImportError, LmlabError, OSError):
+        return None
+
+
+@torch.no_grad()
+def _samples(model: torch.nn.Module, tok: Any, n: int, length: int, start_id: int, device: torch.device, seed: int) -> list[str]:
+    """``n`` samples of ``length`` tokens at temperature 0.8, from their own RNG (so training's
+    random stream, and therefore exact resume, is untouched)."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ctx = model.config.context_length
+    idx = torch.full((n, 1), start_id, dtype=torch.long, device=device)
+    for _ in range(length):
+        logits = model(idx[:, -ctx:])[:, -1, :].float() / 0.8
+        nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen)
+        idx = torch.cat([idx, nxt], dim=1)
+    model.train(was_training)
+    return [tok.decode(row[1:].tolist()) for row in idx.cpu()]
+
+
+def train(cfg: Config, resume: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``cfg.train.out``; see the module docstring."""
+    info = dd.from_env()
+    device = resolve_device(cfg.train.device, info.local_rank if info.enabled else None)
+    dd.setup(info, device)
+    try:
+        return _Trainer(copy.deepcopy(cfg), info, device, resume).run()
+    finally:
+        dd.teardown()
+
+
+class _Trainer:
+    def __init__(self, cfg: Config, info: dd.Dist, device: torch.device, resume: bool):
+        from lmlab.data.loader import BatchLoader, TokenSplit, fixed_windows, parse_mix
+        from lmlab.data.shards import read_meta
+        from lmlab.model import build_model
+
+        self.cfg, self.info, self.device = cfg, info, device
+        t, m = cfg.train, cfg.model
+        self.t0 = time.monotonic()
+        if not cfg.data.path:
+            raise ConfigError("data.path: no dataset given (a folder from `lmlab data prepare`)")
+        meta = read_meta(cfg.data.path)
+        self.meta = meta
+        if m.vocab_size == 0:
+            m.vocab_size = int(meta["vocab_size"])
+        elif m.vocab_size < int(meta["vocab_size"]):
+            raise ConfigError(f"model.vocab_size: {m.vocab_size} is below the dataset's vocab_size {meta['vocab_size']}")
+        cfg.validate()
+        self.run_dir = Path(t.out)
+        self.ckpt_root = self.run_dir / "checkpoints"
+
+        # 1) where we start: a checkpoint of this run, or fresh
+        self.resume_from: Path | None = None
+        if resume:
+            try:
+                self.resume_from = ck.resolve_checkpoint(self.run_dir)
+            except CheckpointError:
+                if ck.complete_checkpoints(self.ckpt_root) or (self.ckpt_root / "latest").exists():
+                    raise
+                self._say(f"no checkpoint in {self.run_dir}; starting from scratch")
+        if self.resume_from is not None:
+            saved = ck.read_config(self.resume_from)
+            diffs = ck.model_differences(saved.model, m)
+            if diffs:
+                raise CheckpointError(f"{self.resume_from}: cannot resume, the model differs: " + "; ".join(diffs))
+
+        # 2) seeds and model (identical init on every rank; DDP broadcasts rank 0's anyway)
+        import random
+
+        random.seed(t.seed)
+        np.random.seed(t.seed)
+        torch.manual_seed(t.seed)
+        model = build_model(m)
+        if t.init_from and self.resume_from is None:
+            src = ck.resolve_checkpoint(t.init_from)
+            diffs = ck.model_differences(ck.read_config(src).model, m)
+            if diffs:
+                raise CheckpointError(f"{src}: train.init_from does not fit this model: " + "; ".join(diffs))
+            ck.load_weights(model, src)
+        if info.enabled:
+            torch.manual_seed(t.seed + 7919 * info.rank)  # different dropout masks per rank
+        self.n_params = sum(p.numel() for p in model.parameters())
+        model.to(device)
+        self.raw_model = model
+        self.dtype = resolve_dtype(t.dtype, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
+        self.optimizer = build_optimizer(model, cfg.optim, t.lr, device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+        # 3) data
+        self.global_batch, micro = _batch_shape(cfg, info.world)
+        T = m.context_length
+        mix = [(TokenSplit(p, "train"), f) for p, f in parse_mix(cfg.data.mix)]
+        self.loader = BatchLoader(
+            TokenSplit(cfg.data.path, "train", meta), T, self.global_batch, micro, t.seed, info.rank, info.world, device, mix
+        )
+        self.tokens_per_step = self.global_batch * T
+        self.val = TokenSplit(cfg.data.path, "val", meta) if meta["splits"].get("val", {}).get("shards") else None
+        self.val_windows: list[np.ndarray] | None = None
+        if self.val is not None:
+            e = cfg.eval
+            bsz = e.batch_size or micro
+            if e.batches:
+                allw = fixed_windows(self.val, T, bsz, e.batches, t.seed)
+                self.val_windows = allw[info.rank :: info.world]  # each rank its share
+            else:
+                from lmlab.data.loader import contiguous_windows
+
+                self.val_windows = [w for i, w in enumerate(contiguous_windows(self.val, T, bsz)) if i % info.world == info.rank]
+
+        # 4) state (restored from the checkpoint when resuming)
+        self.step = 0
+        self.tokens = 0
+        self.best_val = math.inf
+        self.best_step: int | None = None
+        self.evals_since_best = 0
+        self.last_val: float | None = None
+        self.best_ckpt: dict[str, Any] = {"step": None, "val_loss": None}
+        self.skipped = 0
+        self.elapsed_before = 0.0
+        self.guard = SpikeGuard(cfg.optim.spike_factor, cfg.optim.spike_window)
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+
+        # 5) wrappers: compile, then DDP
+        if t.compile:
+            model = torch.compile(model)
+        self.model = dd.wrap_ddp(model, info, device)
+        self.model.train()
+        self.flops_per_token = _flops_per_token(self.raw_model, cfg)
+        peak = peak_flops(device, self.dtype)
+        self.peak = peak * info.world if peak else None
+        self.tokenizer = None
+        self.logger = None
+        if info.is_main:
+            self._prepare_run_dir()
+
+    # --- setup helpers --------------------------------------------------------------------------
+
+    def _say(self, msg: str) -> None:
+        if self.info.is_main:
+            print(msg, flush=True)
+
+    def _prepare_run_dir(self) -> None:
+        from lmlab.train.progress import Logger
+
+        run = self.run_dir
+        if self.resume_from is None and (self.ckpt_root.exists() or (run / "metrics.jsonl").exists()):
+            self._say(f"{run}: starting a new run over the old one (pass --resume to continue it)")
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+            for name in ("metrics.jsonl", "samples.md", "result.json"):
+                (run / name).unlink(missing_ok=True)
+        run.mkdir(parents=True, exist_ok=True)
+        ck.clean_partial(self.ckpt_root)
+        save_config(self.cfg, run / "config.toml")
+        self.tokenizer = _load_tokenizer(self.cfg, self.meta)
+        if self.tokenizer is not None and not (run / "tokenizer").exists():
+            with contextlib.suppress(Exception):  # a copy is a convenience; training does not need it
+                self.tokenizer.save(run / "tokenizer")
+        self.logger = Logger(run, self.cfg, self.step, resume=self.resume_from is not None)
+
+    def _restore(self, ckpt: Path) -> None:
+        state = ck.read_state(ckpt)
+        ck.load_weights(self.raw_model, ckpt, self.device)
+        ck.load_training_state(ckpt, self.optimizer, self.scaler)
+        try:
+            self.step = int(state["step"])
+            self.tokens = int(state["tokens"])
+            self.loader.load_state_dict(state["loader"])
+            self.best_val = state["best_val_loss"] if state["best_val_loss"] is not None else math.inf
+            self.best_step = state["best_step"]
+            self.evals_since_best = int(state["evals_since_best"])
+            self.last_val = state["last_val_loss"]
+            self.best_ckpt = dict(state["best_checkpoint"])
+            self.skipped = int(state["skipped_steps"])
+            self.elapsed_before = float(state["elapsed_s"])
+            self.guard = SpikeGuard(self.cfg.optim.spike_factor, self.cfg.optim.spike_window, state["spike_history"])
+            rngs = state["rng"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{ckpt / 'state.json'}: incomplete training state ({e})") from None
+        if len(rngs) == self.info.world:
+            ck.set_rng_state(rngs[self.info.rank])
+        elif self.info.is_main:
+            ck.set_rng_state(rngs[0])
+        self._say(f"resumed from {ckpt} (step {self.step})")
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.t0
+
+    def run(self) -> TrainResult:
+        t = self.cfg.train
+        stop_reason = "max_steps"
+        diverged = False
+        last_loss: float | None = None
+        loss_limit = DIVERGED_LOSS_FACTOR * math.log(max(self.cfg.model.vocab_size, 2))
+        ddp = self.info.enabled
+        local_checks = not ddp and self.device.type == "cpu"  # cheap to look at the loss every step
+        budget_s = t.max_minutes * 60.0
+        accum = self.loader.accum_steps
+        inv_targets = self.info.world / self.tokens_per_step  # DDP averages grads over ranks
+        last_saved = self.step
+        in_step = False
+        log_t, log_step = time.perf_counter(), self.step
+
+        if self.info.is_main and self.step < t.max_steps:
+            self._say(
+                f"training {self.n_params / 1e6:.2f}M params on {self.device} ({str(self.dtype).removeprefix('torch.')}), "
+                f"{self.info.world} process(es), batch {self.global_batch} x {self.cfg.model.context_length} tokens "
+                f"({accum} micro-batch(es) per process), steps {self.step}->{t.max_steps}"
+            )
+        with _StopSignal() as sig:
+            try:
+                while self.step < t.max_steps:
+                    in_step = True
+                    step = self.step
+                    lr = lr_at(step, t)
+                    set_lr(self.optimizer, lr)
+                    # 1) forward/backward over this rank's micro-batches
+                    batches = self.loader.get(step)
+                    loss_acc = torch.zeros((), device=self.device)
+                    for i, (x, y) in enumerate(batches):
+                        no_sync = ddp and i < accum - 1
+                        with self.model.no_sync() if no_sync else contextlib.nullcontext():
+                            with autocast(self.device, self.dtype):
+                                logits = self.model(x)
+                                loss = F.cross_entropy(
+                                    logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"
+                                ) * inv_targets
+                            self.scaler.scale(loss).backward()
+                        loss_acc += loss.detach()
+                    # 2) clip, spike guard, update
+                    if self.scaler.is_enabled():
+                        self.scaler.unscale_(self.optimizer)
+                    grad_norm = _clip_grads(self.params, self.cfg.optim.grad_clip)
+                    skip = self.guard.enabled and self.guard.is_spike(float(grad_norm))
+                    if skip:
+                        self.skipped += 1
+                        if self.scaler.is_enabled():
+                            self.scaler.update()
+                    else:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step = step + 1
+                    self.loader.step = self.step
+                    self.tokens += self.tokens_per_step
+                    in_step = False
+                    done = self.step
+                    last = done >= t.max_steps
+                    is_log = done % t.log_every == 0 or last
+                    is_eval = (t.eval_every and done % t.eval_every == 0) or last
+                    is_ckpt = (t.checkpoint_every and done % t.checkpoint_every == 0) or last
+                    # 3) the checks that need the loss value: every step where it is free,
+                    # otherwise at sync points, agreed over ranks in one collective
+                    stop = None
+                    if local_checks or is_log or is_eval or is_ckpt:
+                        time_up = budget_s > 0 and self.elapsed() >= budget_s
+                        total, t_up, interrupted = dd.all_reduce_sum(
+                            [float(loss_acc), float(time_up), float(sig.flag)], self.info, self.device
+                        )
+                        last_loss = total / self.info.world
+                        if not math.isfinite(last_loss) or last_loss > loss_limit:
+                            diverged, stop = True, "diverged"
+                        elif interrupted:
+                            stop = "interrupted"
+                        elif t_up:
+                            stop = "time_budget"
+                    if self.logger is not None:
+                        self.logger.advance(1, last_loss if is_log else None)
+                    if is_log or stop:
+                        now = time.perf_counter()
+                        dt = max(now - log_t, 1e-9)
+                        self._log_train(done, last_loss, lr, grad_norm, (done - log_step), dt, diverged)
+                        log_t, log_step = now, done
+                    if diverged:
+                        self._say(f"step {done}: loss {last_loss} is not finite or exploded; run marked diverged")
+                        stop_reason = "diverged"
+                        break
+                    if (is_eval or stop in ("time_budget",)) and self.val_windows is not None:
+                        if self._evaluate(done) and not stop:
+                            stop = "early_stop"
+                    if is_ckpt or stop:
+                        self._checkpoint(done)
+                        last_saved = done
+                    if stop:
+                        stop_reason = stop
+                        break
+            except KeyboardInterrupt:
+                # a second Ctrl-C: save the last complete step, without collectives; mid-step
+                # the weights may already hold a half-applied update, so keep the last checkpoint
+                stop_reason = "interrupted"
+                if self.info.is_main and self.step > last_saved and not diverged and not in_step:
+                    self._checkpoint(self.step, collective=False)
+        result = self._finish(stop_reason, diverged, last_loss)
+        if stop_reason == "interrupted":
+            self._say(f"interrupted at step {self.step}; checkpoint saved in {self.ckpt_root} (continue with --resume)")
+            raise KeyboardInterrupt
+        return result
+
+    # --- step actions ---------------------------------------------------------------------------
+
+    def _log_train(self, step: int, loss: float | None, lr: float, grad_norm: torch.Tensor, n_steps: int, dt: float, diverged: bool) -> None:
+        if self.logger is None:
+            return
+        tok_s = n_steps * self.tokens_per_step / dt
+        rec: dict[str, Any] = {
+            "step": step,
+            "train_loss": loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tok_per_s": tok_s,
+            "ms_per_step": 1000.0 * dt / max(n_steps, 1),
+            "tokens": self.tokens,
+            "elapsed": self.elapsed(),
+        }
+        if self.peak:
+            rec["mfu"] = tok_s * self.flops_per_token / self.peak
+        if self.skipped:
+            rec["skipped"] = self.skipped
+        if diverged:
+            rec["diverged"] = True
+        remaining = self.cfg.train.max_steps - step
+        rec["eta_s"] = remaining * dt / max(n_steps, 1)
+        self.logger.train_step(rec)
+
+    def _evaluate(self, step: int) -> bool:
+        """Evaluate the fixed val batches; True when early stopping says stop."""
+        from lmlab.data.loader import as_batches
+        from lmlab.eval.metrics import evaluate_batches
+
+        sums = evaluate_batches(self.raw_model, as_batches(self.val_windows, self.device), self.device, self.dtype)
+        nats, count, correct = dd.all_reduce_sum([sums["nats"], sums["tokens"], sums["correct"]], self.info, self.device)
+        val = nats / max(count, 1)
+        self.last_val = val
+        c = self.cfg.train
+        if val < self.best_val - c.min_delta:
+            self.best_val, self.best_step, self.evals_since_best = val, step, 0
+        else:
+            self.evals_since_best += 1
+        if self.logger is not None:
+            rec = {"step": step, "val_loss": val, "perplexity": math.exp(min(val, 700.0)), "accuracy": correct / max(count, 1)}
+            if self.val.n_bytes:
+                ratio = self.val.n_bytes / int(self.val.info.get("tokens") or self.val.n_tokens)
+                rec["bits_per_byte"] = nats / (math.log(2) * count * ratio)
+            rec["elapsed"] = self.elapsed()
+            self.logger.write(rec)
+            self.logger.print(f"step {step} | val loss {val:.4f} | best {self.best_val:.4f} (step {self.best_step})")
+            self._write_samples(step, val)
+        return bool(c.patience) and self.evals_since_best >= c.patience
+
+    def _write_samples(self, step: int, val: float) -> None:
+        e = self.cfg.eval
+        if self.tokenizer is None or e.samples == 0:
+            return
+        eot = self.meta.get("eot_id")
+        start = int(eot) if eot is not None else 0
+        texts = _samples(self.raw_model, self.tokenizer, e.samples, e.sample_tokens, start, self.device, self.cfg.train.seed + step)
+        path = self.run_dir / "samples.md"
+        parts = [f"## step {step} (val loss {val:.4f})\n"]
+        for i, text in enumerate(texts):
+            parts.append(f"### sample {i + 1}\n\n```\n{text.replace('```', '` ` `')}\n```\n")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("\n".join(parts) + "\n")
+
+    def _checkpoint(self, step: int, collective: bool = True) -> None:
+        rngs = dd.gather_objects(ck.rng_state(), self.info) if collective else [ck.rng_state()]
+        if not self.info.is_main:
+            return
+        # the best checkpoint is judged by the most recent val loss at save time
+        if self.last_val is not None and (self.best_ckpt["val_loss"] is None or self.last_val < self.best_ckpt["val_loss"]):
+            self.best_ckpt = {"step": step, "val_loss": self.last_val}
+        state = {
+            "tokens": self.tokens,
+            "loader": self.loader.state_dict(),
+            "rng": rngs,
+            "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+            "best_step": self.best_step,
+            "evals_since_best": self.evals_since_best,
+            "last_val_loss": self.last_val,
+            "best_checkpoint": self.best_ckpt,
+            "spike_history": list(self.guard.history),
+            "skipped_steps": self.skipped,
+            "elapsed_s": self.elapsed(),
+            "world_size": self.info.world,
+            "global_batch": self.global_batch,
+        }
+        ck.save_checkpoint(
+            self.ckpt_root, step, self.raw_model, self.optimizer, self.scaler, state, self.cfg,
+            keep=self.cfg.train.keep_checkpoints, best_step=self.best_ckpt["step"],
+        )
+        if self.best_ckpt["step"] is not None:
+            atomic_write_text(self.ckpt_root / "best", ck.checkpoint_name(self.best_ckpt["step"]) + "\n")
+
+    def _finish(self, stop_reason: str, diverged: bool, last_loss: float | None) -> TrainResult:
+        result = TrainResult(
+            run_dir=str(self.run_dir),
+            steps=self.step,
+            tokens=self.tokens,
+            final_train_loss=last_loss if last_loss is not None and math.isfinite(last_loss) else None,
+            final_val_loss=self.last_val,
+            best_val_loss=self.best_val if math.isfinite(self.best_val) else None,
+            best_step=self.best_step,
+            wall_time_s=self.elapsed(),
+            diverged=diverged,
+            stop_reason=stop_reason,
+            skipped_steps=self.skipped,
+            params=self.n_params,
+        )
+        if self.logger is not None:
+            self.logger.close()
+            write_json(self.run_dir / "result.json", result.as_dict())
+            if stop_reason != "interrupted":
+                msg = f"done: {stop_reason} at step {self.step}"
+                if self.last_val is not None:
+                    msg += f", val loss {self.last_val:.4f} (best {self.best_val:.4f} at step {self.best_step})"
+                self._say(msg + f", {result.wall_time_s:.1f}s")
+        return result

@@ -1,0 +1,81 @@
+"""Eval metrics on a hand-checkable case: a model with all-zero weights predicts uniformly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmlab.cli import main
+from lmlab.data.loader import TokenSplit
+from lmlab.eval.metrics import evaluate_path, format_metrics, summarize
+from lmlab.model import build_model
+from lmlab.train.checkpoint import save_checkpoint
+from lmlab_train_fixtures import make_text, tiny_config, write_dataset
+
+
+@pytest.fixture(scope="module")
+def uniform_run(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("eval")
+    data = write_dataset(base / "ds", make_text(30))
+    cfg = tiny_config(data, base / "run")
+    cfg.model.vocab_size = json.loads((data / "meta.json").read_text())["vocab_size"]
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()  # zero head -> zero logits -> uniform prediction, loss ln V everywhere
+    save_checkpoint(base / "run" / "checkpoints", 7, model, None, None, {"rng": []}, cfg)
+    return base / "run", data
+
+
+def test_whole_split_metrics_by_hand(uniform_run):
+    run, data = uniform_run
+    meta = json.loads((data / "meta.json").read_text())
+    V = meta["vocab_size"]
+    val = TokenSplit(data, "val")
+    tokens = np.concatenate([s for s in val.shards]).astype(np.int64)
+    m = evaluate_path(run)
+    assert m["whole_split"] and m["step"] == 7
+    assert m["tokens"] == len(tokens) - 1  # every token after the first, once
+    assert m["val_loss"] == pytest.approx(math.log(V), rel=1e-6)
+    assert m["perplexity"] == pytest.approx(V, rel=1e-5)
+    # argmax of all-equal logits is id 0: accuracy is the share of targets equal to 0
+    assert m["accuracy"] == pytest.approx(float(np.mean(tokens[1:] == 0)))
+    # bits per byte = summed nats / (ln 2 x bytes of the split's text)
+    want = (len(tokens) - 1) * math.log(V) / (math.log(2) * meta["splits"]["val"]["bytes"])
+    assert m["bits_per_byte"] == pytest.approx(want, rel=1e-6)
+    text = format_metrics(m)
+    assert "bits per byte" in text and "whole val split" in text
+
+
+def test_sampled_batches_scale_bytes_by_the_split_ratio(uniform_run):
+    run, data = uniform_run
+    meta = json.loads((data / "meta.json").read_text())
+    val = meta["splits"]["val"]
+    m = evaluate_path(run, batches=2)
+    assert not m["whole_split"] and m["batches"] == 2
+    assert m["tokens"] == 2 * 4 * 16  # 2 batches x 4 sequences x 16 targets
+    est_bytes = m["tokens"] * val["bytes"] / val["tokens"]
+    assert m["bits_per_byte"] == pytest.approx(m["tokens"] * math.log(meta["vocab_size"]) / (math.log(2) * est_bytes))
+
+
+def test_summarize_by_hand():
+    m = summarize({"nats": 2 * math.log(2) * 10, "tokens": 10, "correct": 4}, n_bytes=5)
+    assert m["val_loss"] == pytest.approx(2 * math.log(2))
+    assert m["perplexity"] == pytest.approx(4.0)
+    assert m["accuracy"] == pytest.approx(0.4)
+    assert m["bits_per_byte"] == pytest.approx(4.0)  # 20 bits over 5 bytes
+    assert summarize({"nats": 1.0, "tokens": 1, "correct": 0}, None)["bits_per_byte"] is None
+
+
+def test_cli_eval_json(uniform_run, capsys):
+    run, data = uniform_run
+    assert main(["eval", str(run), "--json", "--batches", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"val_loss", "perplexity", "accuracy", "bits_per_byte"} <= set(out)
+    assert main(["eval", str(run.parent / "missing")]) == 2
+    assert "no such run" in capsys.readouterr().err
