@@ -77,7 +77,7 @@ class Tokenizer:
         ids = list(ids)
         try:
             out = b"".join([table[i] for i in ids])  # type: ignore[misc]
-            if ids and min(ids) >= 0:
+            if not ids or min(ids) >= 0:
                 return out
         except (IndexError, TypeError):
             pass
@@ -130,7 +130,9 @@ class Tokenizer:
     def _safe_cut(self, buf: str, allow_special: bool) -> int:
         """The last index where ``buf`` can be cut without changing the encoding, or -1."""
         loose = self.pattern in ("", GPT2_PATTERN)  # any non-space char ends a GPT-2 pre-token
-        p = buf.rfind("\n")
+        # With specials, keep enough lookahead to see any special that might straddle the cut.
+        reach = max(map(len, self.special_tokens), default=0) if allow_special else 0
+        p = buf.rfind("\n", 0, len(buf) - reach + 1) if reach else buf.rfind("\n")
         while p > 0:
             prev = buf[p - 1]
             ok = (not prev.isspace()) if loose else prev.isalnum()
