@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import hashlib
 import io
 import json
 import re
@@ -42,12 +41,15 @@ import tokenize
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmlab.errors import ConfigError, DataError
+from lmlab.io import read_json, write_json
+from lmlab.tokenizer.base import Tokenizer
+from lmlab.tokenizer.bytelevel import token_str_to_bytes
 
 FORMAT = "lmlab-symbolic-v1"
 EOT = "<|endoftext|>"
@@ -174,7 +176,9 @@ def _lex(code: str) -> list[tuple[str, str]]:
             items.append((kind, rest, rest_start, len(code)))
     items = _merge_error_tokens(items)
     # DEDENTs at the end are implied, and so is a final newline the source did not have.
-    while items and (items[-1][0] == DEDENT or (items[-1][0] in (NEWLINE, NL) and not items[-1][1])):
+    while items and (
+        items[-1][0] == DEDENT or (items[-1][0] in (NEWLINE, NL) and not items[-1][1])
+    ):
         items.pop()
     return [(kind, text) for kind, text, _, _ in items]
 
@@ -210,7 +214,13 @@ def _merge_error_tokens(items: list[tuple[str, str, int, int]]) -> list[tuple[st
     out: list[tuple[str, str, int, int]] = []
     for item in items:
         kind, text, start, end = item
-        if out and kind in glue and out[-1][0] in glue and out[-1][3] == start and _RAW in (kind, out[-1][0]):
+        if (
+            out
+            and kind in glue
+            and out[-1][0] in glue
+            and out[-1][3] == start
+            and _RAW in (kind, out[-1][0])
+        ):
             pk, ptext, pstart, _ = out.pop()
             out.append((_RAW, ptext + text, pstart, end))
         else:
@@ -275,8 +285,9 @@ def _abstract(code: str, max_symbols: int, fixed: frozenset[str]) -> tuple[list[
 # Spacing: one space between tokens except where dropping it cannot change the tokenization
 # (brackets, commas and ``;`` never merge with a neighbour) and reads better.
 _NO_SPACE_BEFORE = frozenset(")]},;:")
-_NO_SPACE_AFTER = frozenset("([{")
-_CALLABLE_END = frozenset(")]}")
+_OPENERS = frozenset("([{")
+_CLOSERS = frozenset(")]}")
+_TIGHT_AFTER_OPERAND = frozenset("([.")
 _SPACED_NAMES = _HARD_KEYWORDS | {"match", "case"}  # `if (x)`, `case [a, b]`, but `f(x)`
 
 
@@ -292,11 +303,7 @@ def restore(tokens: Sequence[str], table: SymbolTable | None = None) -> str:
     # Generated names must not collide with a name spelled out after <|OVERFLOW|>/<|RAW|>.
     spelled = {tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t in (OVERFLOW, RAW)}
     n_string = n_comment = 0
-    out: list[str] = []
-    level = 0
-    line_start = True
-    after_comment = False
-    prev_text, prev_kind = "", ""
+    w = _Writer()
     pending = ""  # OVERFLOW or RAW: the next token is spelled text
 
     def name_for(k: int) -> str:
@@ -310,74 +317,91 @@ def restore(tokens: Sequence[str], table: SymbolTable | None = None) -> str:
     for tok in tokens:
         if pending:
             marker, pending = pending, ""
-            if not _MARKER_RE.fullmatch(tok):
-                text, kind = tok, (_NAME if marker == OVERFLOW and tok.isidentifier() else _RAW)
-                _emit_into(out, text, kind, prev_text, prev_kind, line_start, level)
-                prev_text, prev_kind, line_start, after_comment = text, kind, False, False
+            if not _MARKER_RE.fullmatch(tok):  # else the marker dangles: drop it
+                w.emit(tok, _NAME if marker == OVERFLOW and tok.isidentifier() else _RAW)
                 continue
-        if tok in (NEWLINE, NL):
-            if not after_comment:
-                out.append("\n")
-            line_start, after_comment, prev_text, prev_kind = True, False, "", ""
-            continue
-        after_comment = False
-        if tok == INDENT:
-            level += 1
-            continue
-        if tok == DEDENT:
-            level = max(0, level - 1)
-            continue
-        if tok in (OVERFLOW, RAW):
+        if tok == NEWLINE:
+            w.newline(statement_end=True)
+        elif tok == NL:
+            w.newline(statement_end=False)
+        elif tok == INDENT:
+            w.level += 1
+        elif tok == DEDENT:
+            w.level = max(0, w.level - 1)
+        elif tok in (OVERFLOW, RAW):
             pending = tok
-            continue
-        if tok == TEXT:
+        elif tok == TEXT:
             # Numbered placeholders: `case {"s0": 1, "s1": 2}` must not repeat a key.
-            text = strings[n_string] if n_string < len(strings) else f'"s{n_string}"'
-            kind = _STRING
+            w.emit(strings[n_string] if n_string < len(strings) else f'"s{n_string}"', _STRING)
             n_string += 1
         elif tok == COMMENT:
-            text = comments[n_comment] if n_comment < len(comments) else COMMENT_PLACEHOLDER
+            w.emit(
+                comments[n_comment] if n_comment < len(comments) else COMMENT_PLACEHOLDER, _COMMENT
+            )
             n_comment += 1
-            kind = _COMMENT
         elif m := _INDEX_RE.fullmatch(tok):
-            text, kind = name_for(int(m.group(1))), _NAME
+            w.emit(name_for(int(m.group(1))), _NAME)
         elif _MARKER_RE.fullmatch(tok) or not tok:
             continue  # <|SYMBOL|> (its index carries the name), <|NUM|>, special tokens
         elif tok in _OPERATOR_SET:
-            text, kind = tok, _OP
+            w.emit(tok, _OP)
         elif tok.isidentifier():
-            text, kind = tok, _NAME
+            w.emit(tok, _NAME)
         else:
-            text, kind = tok, (_NUMBER if tok[0].isdigit() or tok[0] == "." else _RAW)
-        _emit_into(out, text, kind, prev_text, prev_kind, line_start, level)
-        line_start = False
-        prev_text, prev_kind = text, kind
+            w.emit(tok, _NUMBER if tok[0].isdigit() or tok[0] == "." else _RAW)
+    return "".join(w.out)
+
+
+class _Writer:
+    """Lays tokens out: 4-space indents, continuation lines one level deeper, and spaces
+    only where they cannot be dropped safely (see :func:`_space_between`)."""
+
+    def __init__(self) -> None:
+        self.out: list[str] = []
+        self.level = 0  # INDENT depth
+        self.depth = 0  # bracket depth: > 0 means a continuation line (indent is free there)
+        self.line_start = True
+        self.after_comment = False
+        self.prev_text, self.prev_kind, self.prev_first = "", "", False
+
+    def newline(self, statement_end: bool) -> None:
+        if statement_end:
+            self.depth = 0  # real code has no open bracket here; model output may
+        if not self.after_comment:
+            self.out.append("\n")
+        self.line_start, self.after_comment = True, False
+        self.prev_text, self.prev_kind = "", ""
+
+    def emit(self, text: str, kind: str) -> None:
+        if kind == _OP and text in _CLOSERS:
+            self.depth = max(0, self.depth - 1)
+        if self.line_start:
+            self.out.append("    " * (self.level + (self.depth > 0)))
+        elif _space_between(self.prev_text, self.prev_kind, text, kind, self.prev_first):
+            self.out.append("  " if kind == _COMMENT else " ")
+        self.out.append(text)
+        if kind == _OP and text in _OPENERS:
+            self.depth += 1
+        self.prev_text, self.prev_kind, self.prev_first = text, kind, self.line_start
+        self.line_start = self.after_comment = False
         if kind == _COMMENT:  # a comment always ends its line, so nothing after it is lost
-            out.append("\n")
-            line_start, after_comment, prev_text, prev_kind = True, True, "", ""
-    return "".join(out)
+            self.out.append("\n")
+            self.line_start, self.after_comment = True, True
+            self.prev_text, self.prev_kind = "", ""
 
 
-def _emit_into(out: list[str], text: str, kind: str, prev_text: str, prev_kind: str, line_start: bool, level: int) -> None:
-    if line_start:
-        out.append("    " * level)
-    elif _space_between(prev_text, prev_kind, text, kind):
-        out.append("  " if kind == _COMMENT else " ")
-    out.append(text)
-
-
-def _space_between(prev: str, prev_kind: str, text: str, kind: str) -> bool:
+def _space_between(prev: str, prev_kind: str, text: str, kind: str, prev_first: bool) -> bool:
     if kind == _COMMENT:
         return True
-    if prev_kind == _OP and prev in _NO_SPACE_AFTER:
-        return False
+    if prev_kind == _OP and (prev in _OPENERS or (prev == "@" and prev_first)):
+        return False  # (x, [x, {x, @decorator
     if kind == _OP:
         if text in _NO_SPACE_BEFORE:
             return False
-        after_operand = (prev_kind == _NAME and prev not in _SPACED_NAMES) or prev_kind == _STRING or (
-            prev_kind == _OP and prev in _CALLABLE_END
-        )
-        if text in "([." and after_operand:  # f(x), a[i], obj.attr (but `1 .real` keeps it)
+        operand = prev_kind == _STRING or (prev_kind == _OP and prev in _CLOSERS)
+        if prev_kind == _NAME:
+            operand = prev not in (_HARD_KEYWORDS if text == "." else _SPACED_NAMES)
+        if text in _TIGHT_AFTER_OPERAND and operand:  # f(x), a[i], obj.attr; `1 .real` keeps it
             return False
     if prev_kind == _OP and prev == "." and kind == _NAME and text not in _HARD_KEYWORDS:
         return False
@@ -386,25 +410,15 @@ def _space_between(prev: str, prev_kind: str, text: str, kind: str) -> bool:
 
 # --- the tokenizer ----------------------------------------------------------------------------
 
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte <-> printable character map, used by byte-level BPE files."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+SYMBOLIC_FILE = "symbolic.json"
 
 
-class SymbolicTokenizer:
+class SymbolicTokenizer(Tokenizer):
     """The symbolic tokenizer behind ``kind="symbolic"``; see the module docstring.
 
     ``encode`` treats each stretch of text between special tokens as one file (indices
-    restart); ``decode`` restores code without a table. Picklable (plain Python data).
+    restart); ``decode`` restores code without a table, so it is lossy by design: names
+    become ``v0``..., literals placeholders. ``<|endoftext|>`` is always a special token.
     """
 
     kind = "symbolic"
@@ -419,36 +433,60 @@ class SymbolicTokenizer:
     ) -> None:
         if max_symbols < 1:
             raise ConfigError(f"max_symbols: must be >= 1, got {max_symbols}")
-        fixed = list(default_fixed_tokens() if fixed_tokens is None else fixed_tokens)
+        fixed = list(
+            dict.fromkeys(default_fixed_tokens() if fixed_tokens is None else fixed_tokens)
+        )
         specials = list(dict.fromkeys([EOT, *special_tokens]))
-        clash = (set(specials) & set(MARKERS)) | (set(specials) & set(fixed))
+        clash = set(specials) & (set(MARKERS) | set(fixed))
         if clash:
-            raise ConfigError(f"special_tokens: {sorted(clash)} already mean something in the symbolic tokenizer")
-        bad = [t for t in fixed if _MARKER_RE.fullmatch(t) or not (t.isidentifier() or t in _OPERATOR_SET)]
+            raise ConfigError(
+                f"special_tokens: {sorted(clash)} already mean something in the symbolic tokenizer"
+            )
+        bad = [t for t in fixed if not (t.isidentifier() or t in _OPERATOR_SET)]
         if bad:
-            raise ConfigError(f"fixed_tokens: {bad[:3]} are neither identifiers nor Python operators")
+            raise ConfigError(
+                f"fixed_tokens: {bad[:3]} are neither identifiers nor Python operators"
+            )
+        merges = [(bytes(a), bytes(b)) for a, b in merges]
+        strings = [*specials, *MARKERS, *fixed, *(f"<|{k}|>" for k in range(max_symbols))]
+        pieces = [bytes([b]) for b in range(256)] + [a + b for a, b in merges]
+        super().__init__(
+            [s.encode() for s in strings] + pieces, {s: i for i, s in enumerate(specials)}, merges
+        )
         self.max_symbols = max_symbols
-        self.fixed_tokens = list(dict.fromkeys(fixed))
-        self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
-
-        strings = [*specials, *MARKERS, *self.fixed_tokens, *(f"<|{k}|>" for k in range(max_symbols))]
-        self._id: dict[str, int] = {s: i for i, s in enumerate(strings)}
-        self.special_tokens: dict[str, int] = {s: self._id[s] for s in specials}
-        self.eot_id: int | None = self._id[EOT]
-        self._fixed_set = frozenset(self.fixed_tokens)
+        self.fixed_tokens = fixed
+        self._fixed_set = frozenset(fixed)
+        self._id = {s: i for i, s in enumerate(strings)}
+        self._string_of = strings  # id -> token string, for ids below the first piece
         self._first_piece = len(strings)
-        pieces = [bytes([b]) for b in range(256)] + [a + b for a, b in self.merges]
         self._piece_id = {p: self._first_piece + i for i, p in enumerate(pieces)}
         if len(self._piece_id) != len(pieces):
-            raise ConfigError("merges: two merges give the same piece")
-        self._rank = {pair: r for r, pair in enumerate(self.merges)}
-        self.vocab: dict[int, bytes] = {i: s.encode() for i, s in enumerate(strings)}
-        self.vocab.update({self._first_piece + i: p for i, p in enumerate(pieces)})
-        self.vocab_size = len(self.vocab)
-        self._num_id, self._overflow_id, self._raw_id = self._id[NUM], self._id[OVERFLOW], self._id[RAW]
+            raise ConfigError("merges: two merges make the same piece")
+        self._rank = {pair: r for r, pair in enumerate(merges)}
+        self._num_id, self._overflow_id, self._raw_id = (
+            self._id[NUM],
+            self._id[OVERFLOW],
+            self._id[RAW],
+        )
         self._special_ids = {i: s for s, i in self.special_tokens.items()}
-        self._special_re = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+        self._special_re = re.compile(
+            "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True))
+        )
         self._cache: dict[str, list[int]] = {}
+        self.meta = {"max_symbols": max_symbols, "num_fixed_tokens": len(fixed)}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"data": self.to_dict(), "meta": self.meta}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        d = state["data"]
+        self.__init__(  # type: ignore[misc]
+            [(bytes.fromhex(a), bytes.fromhex(b)) for a, b in d["merges"]],
+            max_symbols=d["max_symbols"],
+            fixed_tokens=d["fixed_tokens"],
+            special_tokens=d["special_tokens"],
+        )
+        self.meta = state["meta"]
 
     # -- abstract / restore with this tokenizer's vocabulary
     def abstract(self, code: str) -> tuple[list[str], SymbolTable]:
@@ -459,6 +497,7 @@ class SymbolicTokenizer:
         return restore(tokens, table)
 
     def tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
+        """Ids for symbolic tokens; spelled text goes through the BPE."""
         ids: list[int] = []
         spelled_next = False
         for tok in tokens:
@@ -474,20 +513,23 @@ class SymbolicTokenizer:
         return ids
 
     def ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        """Symbolic tokens for ids: each run of BPE pieces becomes one spelled token.
+
+        Ids outside the vocabulary are dropped (model output never makes this raise).
+        """
         tokens: list[str] = []
         run = bytearray()
-        strings = {i: s for s, i in self._id.items()}
+        first_piece, table, strings = self._first_piece, self._id_bytes, self._string_of
         for i in ids:
             i = int(i)
-            if i >= self._first_piece and i in self.vocab:
-                run += self.vocab[i]
+            if first_piece <= i < len(table):
+                run += table[i]  # type: ignore[arg-type]
                 continue
             if run:
                 tokens.append(run.decode("utf-8", errors="replace"))
                 run.clear()
-            s = strings.get(i)
-            if s is not None and i != self._num_id:
-                tokens.append(s)
+            if 0 <= i < first_piece and i != self._num_id:
+                tokens.append(strings[i])
         if run:
             tokens.append(run.decode("utf-8", errors="replace"))
         return tokens
@@ -497,7 +539,7 @@ class SymbolicTokenizer:
         ids = self._cache.get(text)
         if ids is not None:
             return ids
-        parts = [bytes([b]) for b in text.encode("utf-8")]
+        parts = [bytes([b]) for b in text.encode("utf-8", "surrogatepass")]
         rank = self._rank
         while len(parts) > 1:
             best, best_rank = -1, len(rank)
@@ -517,18 +559,17 @@ class SymbolicTokenizer:
                     j += 1
             parts = merged
         ids = [self._piece_id[p] for p in parts]
-        if len(self._cache) < 200_000:
+        if len(self._cache) < 100_000:
             self._cache[text] = ids
         return ids
 
     # -- the Tokenizer interface
     def encode_ordinary(self, text: str) -> list[int]:
+        """One file's ids; ``<|endoftext|>`` written in it is just code (it lexes as operators)."""
         return self.tokens_to_ids(self.abstract(text)[0])
 
-    def encode_ordinary_batch(self, texts: list[str]) -> list[list[int]]:
-        return [self.encode_ordinary(t) for t in texts]
-
     def encode(self, text: str) -> list[int]:
+        """Ids; each stretch between special tokens is abstracted as a file of its own."""
         ids: list[int] = []
         pos = 0
         for m in self._special_re.finditer(text):
@@ -542,7 +583,22 @@ class SymbolicTokenizer:
         tokens, table = self.abstract(code)
         return self.tokens_to_ids(tokens), table
 
+    def encode_file(
+        self, path: Path | str, chunk_bytes: int = 1 << 20, allow_special: bool = False
+    ) -> Iterator[list[int]]:
+        """The whole file at once: cutting it would restart symbol numbering mid-file."""
+        path = Path(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except OSError as e:
+            raise DataError(f"{path}: cannot open ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not valid UTF-8 near byte {e.start}") from None
+        if text:
+            yield self.encode(text) if allow_special else self.encode_ordinary(text)
+
     def decode(self, ids: Iterable[int], table: SymbolTable | None = None) -> str:
+        """Code for ids (restore without a table unless one is given); never raises."""
         parts: list[str] = []
         segment: list[int] = []
         for i in ids:
@@ -556,7 +612,7 @@ class SymbolicTokenizer:
         return "".join(parts)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        return self.decode(ids).encode("utf-8")
+        return self.decode(ids).encode("utf-8", "surrogatepass")
 
     def parse_rate(self, sequences: Iterable[Sequence[int]]) -> dict[str, Any]:
         return parse_rate(sequences, self)
@@ -568,58 +624,35 @@ class SymbolicTokenizer:
             "max_symbols": self.max_symbols,
             "special_tokens": list(self.special_tokens),
             "fixed_tokens": self.fixed_tokens,
-            "merges": [[a.hex(), b.hex()] for a, b in self.merges],
+            "merges": [[a.hex(), b.hex()] for a, b in self._merges],
         }
 
+    def _write_files(self, folder: Path) -> None:
+        write_json(Path(folder) / SYMBOLIC_FILE, self.to_dict())
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "symbolic.json") -> SymbolicTokenizer:
-        if d.get("format") != FORMAT:
-            raise DataError(f"{source}: not a symbolic tokenizer file (format {d.get('format')!r}, expected {FORMAT!r})")
+    def from_file(cls, path: Path | str) -> SymbolicTokenizer:
+        """From ``symbolic.json`` (or the folder holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SYMBOLIC_FILE
+        d = read_json(path)
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise DataError(f"{path}: not an lmlab symbolic tokenizer file (format {FORMAT})")
         try:
-            merges = [(bytes.fromhex(a), bytes.fromhex(b)) for a, b in d["merges"]]
             return cls(
-                merges,
+                [(bytes.fromhex(a), bytes.fromhex(b)) for a, b in d["merges"]],
                 max_symbols=int(d["max_symbols"]),
-                fixed_tokens=list(d["fixed_tokens"]),
-                special_tokens=list(d["special_tokens"]),
+                fixed_tokens=[str(t) for t in d["fixed_tokens"]],
+                special_tokens=[str(t) for t in d["special_tokens"]],
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{source}: malformed symbolic tokenizer ({e})") from None
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
-
-    def save(self, out_dir: Path, inputs: Sequence[str] = (), extra_meta: dict[str, Any] | None = None) -> None:
-        """Write ``symbolic.json`` and ``meta.json`` into ``out_dir``."""
-        from lmlab.io import atomic_write_text, write_json
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "symbolic.json", json.dumps(self.to_dict(), indent=1) + "\n")
-        meta = {
-            "kind": self.kind,
-            "vocab_size": self.vocab_size,
-            "special_tokens": self.special_tokens,
-            "eot_id": self.eot_id,
-            "fingerprint": self.fingerprint(),
-            "inputs": [str(p) for p in inputs],
-            "max_symbols": self.max_symbols,
-            "fixed_tokens": len(self.fixed_tokens),
-            "merges": len(self.merges),
-        }
-        write_json(out_dir / "meta.json", {**meta, **(extra_meta or {})})
-
-    @classmethod
-    def load(cls, path: Path) -> SymbolicTokenizer:
-        """From a tokenizer folder (or its ``symbolic.json``)."""
-        from lmlab.io import read_json
-
-        path = Path(path)
-        file = path / "symbolic.json" if path.is_dir() else path
-        return cls.from_dict(read_json(file), str(file))
+            raise DataError(
+                f"{path}: malformed symbolic tokenizer file ({type(e).__name__}: {e})"
+            ) from None
 
     def __repr__(self) -> str:
-        return f"SymbolicTokenizer(vocab_size={self.vocab_size}, max_symbols={self.max_symbols}, merges={len(self.merges)})"
+        return f"<SymbolicTokenizer vocab_size={self.vocab_size} max_symbols={self.max_symbols} merges={len(self._merges)}>"
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -638,7 +671,12 @@ def train_symbolic(
     items) plus each file's distinct abstracted names once, so overflow in bigger files
     than the training ones is spelled compactly too.
     """
-    base = SymbolicTokenizer((), max_symbols=max_symbols, fixed_tokens=default_fixed_tokens(keep_builtins), special_tokens=special_tokens)
+    base = SymbolicTokenizer(
+        (),
+        max_symbols=max_symbols,
+        fixed_tokens=default_fixed_tokens(keep_builtins),
+        special_tokens=special_tokens,
+    )
     n_merges = vocab_size - base.vocab_size
     if n_merges < 0:
         raise ConfigError(
@@ -655,16 +693,22 @@ def train_symbolic(
             spelled_next = tok in (OVERFLOW, RAW)
         words.update(table.names)
     merges = _train_merges(words, n_merges) if n_merges else []
-    return SymbolicTokenizer(merges, max_symbols=max_symbols, fixed_tokens=base.fixed_tokens, special_tokens=special_tokens)
+    return SymbolicTokenizer(
+        merges,
+        max_symbols=max_symbols,
+        fixed_tokens=base.fixed_tokens,
+        special_tokens=special_tokens,
+    )
 
 
 def _train_merges(words: Counter[str], n_merges: int) -> list[tuple[bytes, bytes]]:
     """Byte-level BPE merges over whole words, trained with Hugging Face ``tokenizers``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
 
     if not words:
         return []
-    hf = Tokenizer(models.BPE())
+    hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     trainer = trainers.BpeTrainer(
         vocab_size=256 + n_merges,
@@ -674,13 +718,8 @@ def _train_merges(words: Counter[str], n_merges: int) -> list[tuple[bytes, bytes
     )
     hf.train_from_iterator((w for w, c in words.items() for _ in range(c)), trainer)
     raw = json.loads(hf.to_str())["model"]["merges"]
-    char_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
-
-    def to_bytes(s: str) -> bytes:
-        return bytes(char_to_byte[c] for c in s)
-
     pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in raw]
-    return [(to_bytes(a), to_bytes(b)) for a, b in pairs][:n_merges]
+    return [(token_str_to_bytes(a), token_str_to_bytes(b)) for a, b in pairs][:n_merges]
 
 
 # --- checks ------------------------------------------------------------------------------------
@@ -709,7 +748,13 @@ def parse_rate(sequences: Iterable[Sequence[int]], tokenizer: SymbolicTokenizer)
             ok += 1
         except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
             errors[f"{type(e).__name__}: {getattr(e, 'msg', None) or e}"] += 1
-    return {"samples": n, "parsed": ok, "parse_rate": ok / n if n else 0.0, "empty": empty, "errors": dict(errors.most_common(5))}
+    return {
+        "samples": n,
+        "parsed": ok,
+        "parse_rate": ok / n if n else 0.0,
+        "empty": empty,
+        "errors": dict(errors.most_common(5)),
+    }
 
 
 def same_ast(a: str, b: str) -> bool:
