@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import math
@@ -298,3 +299,38 @@ def test_function_header_prompts_skips_bad_files(tmp_path):
     prompts = function_header_prompts(files)
     assert len(prompts) == 4 and all('"""' in p for p in prompts)
     assert len(function_header_prompts(files, limit=2)) == 2
+
+
+@pytest.mark.parametrize("module", ["textwrap.py", "shlex.py", "json/__init__.py"])
+def test_cut_completion_recovers_real_functions(module):
+    # Prompt = a real top-level function's header; completion = the rest of the file. The cut
+    # must keep exactly that function's body (so prompt + kept compiles) and stop at the next
+    # top-level statement, or run to the end ("length") for the file's last statement.
+    import sysconfig
+
+    path = Path(sysconfig.get_paths()["stdlib"]) / module
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines(keepends=True)
+    tree = ast.parse(source)
+    offset = [0]
+    for line in lines:
+        offset.append(offset[-1] + len(line))
+    checked = 0
+    for i, node in enumerate(tree.body):
+        if not isinstance(node, ast.FunctionDef) or node.decorator_list:
+            continue
+        prompt = next(
+            p for p in extract_function_headers(source) if p.startswith(f"def {node.name}(")
+        )
+        start = offset[node.lineno - 1]
+        assert source[start:].startswith(prompt)
+        kept, reason = cut_completion(prompt, source[start + len(prompt) :])
+        end = start + len(prompt) + len(kept)
+        assert compiles(prompt + kept)[0], node.name
+        assert end >= offset[node.end_lineno]  # the whole function is kept
+        if i + 1 < len(tree.body):
+            nxt = tree.body[i + 1]
+            first = min([nxt.lineno] + [d.lineno for d in getattr(nxt, "decorator_list", [])])
+            assert reason == "stop" and end <= offset[first - 1]  # and nothing of the next
+        checked += 1
+    assert checked >= 3
