@@ -1,7 +1,7 @@
 """Run untrusted (model-written) Python in a separate, restricted process.
 
 Nothing here runs unless the caller opts in with ``SandboxConfig(allow_code_execution=True)``
-(the command line's ``--allow-code-execution``); without it :func:`run_in_sandbox` raises
+(on the command line: ``--allow-code-execution``); without it :func:`run_in_sandbox` raises
 :class:`~lmlab.errors.LmlabError`. The sandbox is defence in depth, not a guarantee: run
 code you did not write only on a machine you can afford to lose.
 
@@ -25,6 +25,11 @@ lists the layers that were actually applied):
 6. When neither a network namespace nor Landlock's TCP rules are available, a prelude
    replaces ``socket`` functions before the program runs: best effort only (``_socket``
    remains reachable).
+
+Not restricted: reading files the sandbox uid may read (the interpreter needs its stdlib), and
+CPU use within RLIMIT_CPU. When the harness's interpreter is not reachable by the sandbox uid
+(e.g. a pyenv build under /root, mode 0700) a same-version system interpreter runs the program;
+``SandboxResult.python`` names it.
 
 After every run the harness kills the launcher's process group and, in the root/uid mode,
 every process still owned by the sandbox uid, then deletes the working folder.
