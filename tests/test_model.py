@@ -273,6 +273,18 @@ def test_autocast_bfloat16_forward_backward():
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+def test_kv_cache_under_autocast(cache_dtype):
+    torch.manual_seed(0)
+    model = build_model(tiny(n_kv_head=2)).eval()
+    idx = torch.randint(0, V, (2, 10))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_kv_cache(2, dtype=cache_dtype)
+        parts = [model(idx[:, :6], kv_cache=cache)] + [model(idx[:, i : i + 1], kv_cache=cache) for i in range(6, 10)]
+        full = model(idx)
+    assert torch.allclose(torch.cat(parts, 1).float(), full.float(), atol=0.05)
+
+
 def test_compiles_fullgraph():
     pytest.importorskip("torch._dynamo")
     torch._dynamo.reset()

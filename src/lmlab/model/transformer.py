@@ -208,6 +208,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             start = cache.pos
             k, v = cache.update(layer, k, v)  # (B, KV, start + T, hd)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a float32 cache under autocast: match q
             if start > 0:
                 causal = False
                 if T > 1:  # a chunk after earlier tokens: query i sees keys 0 .. start + i
