@@ -38,6 +38,9 @@ Parameter names (what export maps to other formats)::
 Weights are stored as ``nn.Linear`` does (out_features, in_features); GPT-2's HF ``Conv1D``
 stores the transpose. RoPE uses the rotate-half pairing (dim i with dim i + head_dim/2), the
 same as HF ``LlamaForCausalLM``, so q/k weights copy across without permutation.
+``tests/test_model_hf_parity.py`` holds the exact mapping to ``GPT2LMHeadModel`` and
+``LlamaForCausalLM`` (same logits on copied weights). With tying, ``state_dict()`` has both
+``tok_emb.weight`` and ``head.weight`` naming one tensor (use safetensors' ``save_model``).
 
 Incremental decoding::
 
