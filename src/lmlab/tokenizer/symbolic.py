@@ -658,6 +658,27 @@ class SymbolicTokenizer(Tokenizer):
 # --- training -----------------------------------------------------------------------------------
 
 
+def check_symbolic_vocab_size(
+    vocab_size: int,
+    special_tokens: Sequence[str] = (),
+    max_symbols: int = DEFAULT_MAX_SYMBOLS,
+    keep_builtins: bool = True,
+) -> SymbolicTokenizer:
+    """The tokenizer without merges; ConfigError if ``vocab_size`` cannot even hold that."""
+    base = SymbolicTokenizer(
+        (),
+        max_symbols=max_symbols,
+        fixed_tokens=default_fixed_tokens(keep_builtins),
+        special_tokens=special_tokens,
+    )
+    if vocab_size < base.vocab_size:
+        raise ConfigError(
+            f"vocab_size: {vocab_size} is too small for the symbolic tokenizer: its fixed tokens, "
+            f"{max_symbols} symbol indices and 256 bytes already take {base.vocab_size}"
+        )
+    return base
+
+
 def train_symbolic(
     texts: Iterable[str],
     vocab_size: int = DEFAULT_VOCAB_SIZE,
@@ -671,18 +692,8 @@ def train_symbolic(
     items) plus each file's distinct abstracted names once, so overflow in bigger files
     than the training ones is spelled compactly too.
     """
-    base = SymbolicTokenizer(
-        (),
-        max_symbols=max_symbols,
-        fixed_tokens=default_fixed_tokens(keep_builtins),
-        special_tokens=special_tokens,
-    )
+    base = check_symbolic_vocab_size(vocab_size, special_tokens, max_symbols, keep_builtins)
     n_merges = vocab_size - base.vocab_size
-    if n_merges < 0:
-        raise ConfigError(
-            f"vocab_size: {vocab_size} is too small for the symbolic tokenizer: its fixed tokens, "
-            f"{max_symbols} symbol indices and 256 bytes already take {base.vocab_size}"
-        )
     words: Counter[str] = Counter()
     for code in texts:
         tokens, table = base.abstract(code)
