@@ -43,10 +43,11 @@ def raw_train(files: list[Path], vocab_size: int, out: Path) -> None:
     out.write_text(train_bpe_hf(texts, vocab_size, [EOT]), encoding="utf-8")
 
 
-def timed(fn) -> float:  # noqa: ANN001
-    t0 = time.perf_counter()
+def timed(fn) -> tuple[float, float]:  # noqa: ANN001
+    """(wall seconds, process CPU seconds over all threads); CPU time is steadier on a shared box."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -65,11 +66,14 @@ def main() -> None:
         raw_t.append(timed(lambda: raw_train(files, args.vocab_size, tmp / "raw.json")))
         lm_t.append(timed(lambda: train_tokenizer([str(p) for p in files], args.vocab_size, tmp / "lm",
                                                   special_tokens=[EOT])))
-        print(f"  run {r + 1}: raw tokenizers {raw_t[-1]:.2f} s, lmlab {lm_t[-1]:.2f} s")
+        print(f"  run {r + 1}: raw tokenizers {raw_t[-1][0]:.2f} s wall / {raw_t[-1][1]:.2f} s CPU, "
+              f"lmlab {lm_t[-1][0]:.2f} s wall / {lm_t[-1][1]:.2f} s CPU")
     same = (tmp / "raw.json").read_bytes() == (tmp / "lm" / "tokenizer.json").read_bytes()
-    raw_m, lm_m = statistics.median(raw_t), statistics.median(lm_t)
-    print(f"train: raw tokenizers {raw_m:.2f} s, lmlab {lm_m:.2f} s (median of {args.repeat}); "
-          f"ratio lmlab/raw {lm_m / raw_m:.3f}; identical tokenizer.json: {same}")
+    for k, what in enumerate(("wall", "CPU")):
+        raw_m, lm_m = statistics.median(t[k] for t in raw_t), statistics.median(t[k] for t in lm_t)
+        print(f"train ({what}): raw tokenizers {raw_m:.2f} s, lmlab {lm_m:.2f} s (median of {args.repeat}); "
+              f"ratio lmlab/raw {lm_m / raw_m:.3f}")
+    print(f"train: identical tokenizer.json from both: {same}")
 
     tok = BPETokenizer.from_file(tmp / "lm" / "tokenizer.json")
     texts = []

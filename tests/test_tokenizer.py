@@ -300,8 +300,11 @@ def test_load_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="x.json: not valid JSON"):
         load_tokenizer(tmp_path / "x.json")
     (tmp_path / "wp.json").write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {}}}))
-    with pytest.raises(DataError, match="not BPE"):
+    with pytest.raises(DataError, match="wp.json: not a loadable tokenizer.json"):
         load_tokenizer(tmp_path / "wp.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="list.json: not a tokenizer.json"):
+        load_tokenizer(tmp_path / "list.json")
 
 
 # ---- stats and CLI -----------------------------------------------------------------------

@@ -6,6 +6,7 @@ recipe (data-gym byte map, ranks from encoder.json), independently of lmlab's im
 
 from __future__ import annotations
 
+import functools
 import json
 import sysconfig
 from pathlib import Path
@@ -28,6 +29,7 @@ def need(path: Path) -> Path:
     return path
 
 
+@functools.cache
 def stdlib_texts() -> list[str]:
     """Every UTF-8 .py file of the standard library (site-packages excluded), sorted by path."""
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -43,9 +45,10 @@ def stdlib_texts() -> list[str]:
 
 
 def sample_texts() -> list[str]:
+    """The tokenizer-texts files plus ~300 kB of real stdlib code in 50 kB pieces."""
     texts = [p.read_text(encoding="utf-8") for p in sorted(need(TEXTS).iterdir()) if p.is_file()]
-    code = "".join(stdlib_texts()[100:160])  # a chunk of real code
-    assert len(code) > 100_000
+    code = "".join(stdlib_texts()[100:160])[:300_000]
+    assert len(code) == 300_000
     return texts + [code[i:i + 50_000] for i in range(0, len(code), 50_000)]
 
 
@@ -170,3 +173,64 @@ def test_unmirrorable_tokenizer_json_falls_back(trained: BPETokenizer, tmp_path:
     assert tok.tiktoken_encoding is None
     assert tok.encode("Hello THERE") == trained.encode("hello there")
     assert tok.encode_ordinary_batch(["Hi" + EOT]) == trained.encode_ordinary_batch(["hi" + EOT.lower()])
+
+
+CL100K_LIKE = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def test_split_pretokenizer_tokenizer_json(trained: BPETokenizer, tmp_path: Path) -> None:
+    """Llama-3/cl100k-style files (Split regex + ByteLevel without regex) keep the fast path."""
+    spec = json.loads(trained._json)
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": CL100K_LIKE}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    (tmp_path / "split.json").write_text(json.dumps(spec))
+    tok = load_tokenizer(tmp_path / "split.json")
+    assert tok.pattern == CL100K_LIKE and tok.tiktoken_encoding is not None
+    texts = sample_texts() + ["x.\n\ny  \n\tz 12345 it's"]
+    assert tok.encode_batch(texts) == tok.encode_hf_batch(texts, allow_special=True)
+    f = tmp_path / "code.txt"
+    f.write_text(texts[-2] + texts[-1], encoding="utf-8")
+    assert [i for c in tok.encode_file(f, chunk_bytes=100) for i in c] == tok.encode_ordinary(texts[-2] + texts[-1])
+
+
+def test_other_tokenizer_json_families(tmp_path: Path) -> None:
+    """Sentencepiece-style BPE (Metaspace, byte fallback) and WordPiece load as the hf kind."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from lmlab.tokenizer import HFTokenizer
+
+    corpus = [(need(TEXTS) / "corpus.en").read_text(encoding="utf-8")]
+    sp = Tokenizer(models.BPE(byte_fallback=True, unk_token=None))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace()
+    sp.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback(), decoders.Fuse()])
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    sp.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", *byte_tokens],
+                                                       show_progress=False))
+    spec = json.loads(sp.to_str())  # byte tokens live in the model vocab, as in Llama's file
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] == "<s>"]
+    (tmp_path / "sp.json").write_text(json.dumps(spec), encoding="utf-8")
+    tok = load_tokenizer(tmp_path / "sp.json")
+    assert isinstance(tok, HFTokenizer) and tok.kind == "hf" and tok.special_tokens["<s>"] == 0
+    assert tok.vocab[1] == b"\x00" and tok.vocab[0x41 + 1] == b"A"
+    text = "Hello world, the café 🙂<s>"
+    ids = tok.encode(text)
+    assert ids[-1] == 0 and tok.decode(ids) == text
+    assert tok.decode_bytes(tok.encode("the world")).strip() == b"the world"
+    tok.save(tmp_path / "saved")
+    again = load_tokenizer(tmp_path / "saved")
+    assert isinstance(again, HFTokenizer) and again.encode(text) == ids
+
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.decoder = decoders.WordPiece()
+    wp.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[UNK]", "[CLS]"],
+                                                             show_progress=False))
+    (tmp_path / "wp").mkdir()
+    wp.save(str(tmp_path / "wp" / "tokenizer.json"))
+    wtok = load_tokenizer(tmp_path / "wp")
+    assert isinstance(wtok, HFTokenizer) and wtok.merges == []
+    ids = wtok.encode("The Government said")
+    assert wtok.decode(ids) == "the government said"  # lossy by design of this tokenizer
+    assert all(not b.startswith(b"##") for b in wtok.vocab.values())

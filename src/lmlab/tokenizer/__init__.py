@@ -10,8 +10,9 @@ from lmlab.tokenizer.base import EOT_TOKEN, Tokenizer
 from lmlab.tokenizer.bpe import BPETokenizer
 from lmlab.tokenizer.bytelevel import GPT2_PATTERN
 from lmlab.tokenizer.char import CharTokenizer
+from lmlab.tokenizer.hf import HFTokenizer
 from lmlab.tokenizer.load import load_tokenizer
 from lmlab.tokenizer.train import train_tokenizer
 
-__all__ = ["EOT_TOKEN", "GPT2_PATTERN", "BPETokenizer", "CharTokenizer", "Tokenizer",
+__all__ = ["EOT_TOKEN", "GPT2_PATTERN", "BPETokenizer", "CharTokenizer", "HFTokenizer", "Tokenizer",
            "load_tokenizer", "train_tokenizer"]

@@ -47,7 +47,7 @@ class Corpus:
     def segments(self) -> Iterator[str]:
         """Texts split around special tokens, so training never merges across one."""
         for text in self.texts():
-            if self._special_re is None:
+            if self._special_re is None or not self._special_re.search(text):
                 yield text
             else:
                 yield from (s for s in self._special_re.split(text) if s)

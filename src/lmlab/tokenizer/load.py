@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lmlab.errors import DataError
@@ -9,6 +10,7 @@ from lmlab.io import read_json
 from lmlab.tokenizer.base import Tokenizer
 from lmlab.tokenizer.bpe import BPETokenizer, bpe_from_parts
 from lmlab.tokenizer.char import CHAR_FILE, CharTokenizer
+from lmlab.tokenizer.hf import HFTokenizer, is_byte_level_bpe
 
 GPT2_VOCAB_NAMES = ("encoder.json", "vocab.json")
 GPT2_MERGES_NAMES = ("vocab.bpe", "merges.txt")
@@ -19,12 +21,14 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
 
     - an lmlab tokenizer folder (``meta.json`` + ``tokenizer.json`` or ``char_vocab.json``);
       its fingerprint is checked against meta.json;
-    - a HF ``tokenizer.json`` file, or a folder holding one (byte-level BPE);
+    - a HF ``tokenizer.json`` file, or a folder holding one: byte-level BPE becomes the ``bpe``
+      kind (tiktoken fast path); any other model (WordPiece, Unigram, sentencepiece-style BPE)
+      the ``hf`` kind, encoded by ``tokenizers`` alone;
     - a folder with GPT-2 files: ``*encoder.json``/``*vocab.json`` and ``*vocab.bpe``/``*merges.txt``.
     """
     p = Path(path)
     if p.is_file():
-        tok: Tokenizer = BPETokenizer.from_file(p)
+        tok = tokenizer_from_json_file(p)
         tok.meta = {"source": str(p.resolve())}
         return tok
     if not p.is_dir():
@@ -32,8 +36,11 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
     if (p / "meta.json").is_file():
         meta = read_json(p / "meta.json")
         kind = meta.get("kind") if isinstance(meta, dict) else None
+        tok: Tokenizer
         if kind == "bpe":
             tok = BPETokenizer.from_file(p / "tokenizer.json")
+        elif kind == "hf":
+            tok = HFTokenizer.from_file(p / "tokenizer.json")
         elif kind == "char":
             tok = CharTokenizer.from_file(p / CHAR_FILE)
         else:
@@ -43,7 +50,7 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
         tok.meta = {k: v for k, v in meta.items() if k in ("inputs", "skipped", "source", "requested_vocab_size", "created")}
         return tok
     if (p / "tokenizer.json").is_file():
-        tok = BPETokenizer.from_file(p / "tokenizer.json")
+        tok = tokenizer_from_json_file(p / "tokenizer.json")
         tok.meta = {"source": str((p / "tokenizer.json").resolve())}
         return tok
     vocab = _one(p, GPT2_VOCAB_NAMES)
@@ -52,6 +59,20 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
         return load_gpt2_files(vocab, merges)
     raise DataError(f"{p}: not a tokenizer folder (no meta.json, no tokenizer.json, no GPT-2 "
                     "encoder.json/vocab.json + vocab.bpe/merges.txt pair)")
+
+
+def tokenizer_from_json_file(path: Path) -> Tokenizer:
+    """A HF tokenizer.json: byte-level BPE as lmlab's ``bpe`` kind, anything else as ``hf``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        spec = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
+        raise DataError(f"{path}: not a tokenizer.json (no 'model' object)")
+    if is_byte_level_bpe(spec):
+        return BPETokenizer(text, where=str(path))
+    return HFTokenizer(text, where=str(path))
 
 
 def _one(folder: Path, suffixes: tuple[str, ...]) -> Path | None:
