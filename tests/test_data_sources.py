@@ -63,6 +63,15 @@ def test_separator_split_same_for_any_piece_size(tmp_path, piece_bytes, sep):
     assert docs == stories
 
 
+@pytest.mark.parametrize("piece_bytes", [1, 2, 3, 5, 1 << 20])
+def test_overlapping_separator_splits_like_str_split(tmp_path, piece_bytes):
+    text = "a===b==c====d=====e==" * 3 + "tail"
+    f = tmp_path / "s.txt"
+    f.write_text(text, encoding="utf-8")
+    docs, _ = read_docs([f], piece_bytes=piece_bytes, separator="==")
+    assert docs == [s.strip() for s in text.split("==") if s.strip()]
+
+
 @pytest.mark.parametrize("piece_bytes", [16, 1 << 20])
 def test_jsonl_and_malformed_line_number(tmp_path, piece_bytes):
     f = tmp_path / "d.jsonl"

@@ -125,7 +125,10 @@ def _process_piece(piece: Piece) -> PieceResult:
             texts.append(doc)
             nbytes.append(len(data))
             digests.append(digest(data))
-    ids = _STATE["tok"].encode_ordinary_batch(texts) if texts else []
+    # One document at a time: the process is the unit of parallelism, and the batch call's
+    # thread pool only adds contention inside a worker (measured: ~35% more CPU per MB).
+    encode = _STATE["tok"].encode_ordinary
+    ids = [encode(t) for t in texts]
     lengths = [len(x) + 1 for x in ids]
     tokens = np.empty(sum(lengths), dtype=_STATE["dtype"])
     pos = 0

@@ -133,6 +133,7 @@ def _file_entries(path: Path, kind: str, settings: SourceSettings, piece_bytes: 
     line = 1
     start = True
     buf = b""
+    scan = 0  # split: where the next separator search starts in buf
     with _open(path) as f:
         while True:
             block = f.read(piece_bytes)
@@ -145,18 +146,24 @@ def _file_entries(path: Path, kind: str, settings: SourceSettings, piece_bytes: 
                 line += block.count(b"\n")
                 start = False
                 continue
-            # split: cut after the last separator in the buffer; keep the rest for later
-            buf += block
+            # split: cut after the last separator in the buffer, finding separators left to
+            # right without overlap as str.split does, so pieces split exactly like the file
             if not block:
                 if buf:
                     yield (kind, p, 1, start, buf), len(buf)
                 break
-            cut = buf.rfind(sep)
+            buf += block
+            cut = -1
+            j = buf.find(sep, scan)
+            while j >= 0:
+                cut = j + len(sep)
+                j = buf.find(sep, cut)
             if cut >= 0:
-                cut += len(sep)
                 yield (kind, p, 1, start, buf[:cut]), cut
                 buf = buf[cut:]
                 start = False
+            # no separator starts in buf before here: later searches skip that part
+            scan = max(0, len(buf) - len(sep) + 1)
 
 
 def _parquet_entries(path: Path, settings: SourceSettings, rows: int) -> Iterator[tuple[Entry, int]]:
