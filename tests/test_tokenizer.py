@@ -95,6 +95,12 @@ def test_roundtrip_tricky_strings(tok: BPETokenizer) -> None:
     assert [tok.decode(ids) for ids in tok.encode_ordinary_batch(TRICKY)] == TRICKY
 
 
+def test_lone_surrogates_become_replacement(tok: BPETokenizer) -> None:
+    s = "a\ud800b"  # not representable in UTF-8
+    assert tok.encode(s) == tok.encode("a\ufffdb") == tok.encode_hf(s) == tok.encode_ordinary_batch([s])[0]
+    assert tok.decode(tok.encode(s)) == "a\ufffdb"
+
+
 def test_special_tokens_atomic(tok: BPETokenizer) -> None:
     ids = tok.encode(f"a{EOT}b{EOT}")
     assert ids.count(0) == 2 and ids[-1] == 0

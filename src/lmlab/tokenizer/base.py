@@ -58,7 +58,7 @@ class Tokenizer:
 
     # ---- encoding (subclasses) -----------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """Encode ``text``; special tokens written in it become their ids."""
+        """Encode ``text``; special tokens written in it become their ids (lone surrogates: U+FFFD)."""
         raise NotImplementedError
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -197,6 +197,27 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} kind={self.kind} vocab_size={self.vocab_size} specials={len(self.special_tokens)}>"
+
+
+def scrub_surrogates(text: str) -> str:
+    """Lone surrogates cannot be UTF-8: replace them with U+FFFD (what tiktoken does too)."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def hf_encode(hf: Any, text: str) -> list[int]:
+    """``tokenizers`` encode without post-processing; lone surrogates become U+FFFD."""
+    try:
+        return hf.encode(text, add_special_tokens=False).ids
+    except TypeError:  # tokenizers rejects str it cannot turn into UTF-8
+        return hf.encode(scrub_surrogates(text), add_special_tokens=False).ids
+
+
+def hf_encode_batch(hf: Any, texts: list[str]) -> list[list[int]]:
+    fast = getattr(hf, "encode_batch_fast", None) or hf.encode_batch
+    try:
+        return [e.ids for e in fast(list(texts), add_special_tokens=False)]
+    except TypeError:
+        return [e.ids for e in fast([scrub_surrogates(t) for t in texts], add_special_tokens=False)]
 
 
 def check_special_tokens(special_tokens: Iterable[str]) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import DataError, LmlabError
-from lmlab.tokenizer.base import Tokenizer
+from lmlab.tokenizer.base import Tokenizer, hf_encode, hf_encode_batch
 from lmlab.tokenizer.bytelevel import GPT2_PATTERN, token_str_to_bytes
 
 
@@ -206,13 +206,13 @@ class BPETokenizer(Tokenizer):
         tt = self.tiktoken_encoding
         if tt is not None:
             return self._translate(tt.encode(text, allowed_special="all"))
-        return self.hf_tokenizer.encode(text, add_special_tokens=False).ids
+        return hf_encode(self.hf_tokenizer, text)
 
     def encode_ordinary(self, text: str) -> list[int]:
         tt = self.tiktoken_encoding
         if tt is not None:
             return self._translate(tt.encode_ordinary(text))
-        return self._hf_ordinary.encode(text, add_special_tokens=False).ids
+        return hf_encode(self._hf_ordinary, text)
 
     def encode_ordinary_batch(self, texts: list[str]) -> list[list[int]]:
         tt = self.tiktoken_encoding
@@ -228,13 +228,10 @@ class BPETokenizer(Tokenizer):
 
     def encode_hf(self, text: str, allow_special: bool = True) -> list[int]:
         """Encode with ``tokenizers`` only (the reference the fast path is tested against)."""
-        hf = self.hf_tokenizer if allow_special else self._hf_ordinary
-        return hf.encode(text, add_special_tokens=False).ids
+        return hf_encode(self.hf_tokenizer if allow_special else self._hf_ordinary, text)
 
     def encode_hf_batch(self, texts: list[str], allow_special: bool = False) -> list[list[int]]:
-        hf = self.hf_tokenizer if allow_special else self._hf_ordinary
-        fast = getattr(hf, "encode_batch_fast", None) or hf.encode_batch
-        return [e.ids for e in fast(list(texts), add_special_tokens=False)]
+        return hf_encode_batch(self.hf_tokenizer if allow_special else self._hf_ordinary, texts)
 
     # ---- files -------------------------------------------------------------------------
     def _write_files(self, folder: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import DataError, LmlabError
-from lmlab.tokenizer.base import Tokenizer
+from lmlab.tokenizer.base import Tokenizer, hf_encode, hf_encode_batch
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -83,13 +83,13 @@ class HFTokenizer(Tokenizer):
         return self._hf
 
     def encode(self, text: str) -> list[int]:
-        return self._hf.encode(text, add_special_tokens=False).ids
+        return hf_encode(self._hf, text)
 
     def encode_ordinary(self, text: str) -> list[int]:
-        return self._plain.encode(text, add_special_tokens=False).ids
+        return hf_encode(self._plain, text)
 
     def encode_ordinary_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._plain.encode_batch(list(texts), add_special_tokens=False)]
+        return hf_encode_batch(self._plain, texts)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Decode with the tokenizer's own decoder (merges "##" pieces, strips the "▁" prefix, ...)."""
