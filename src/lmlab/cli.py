@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
     tt.add_argument("--vocab-size", type=int, required=True, help="target vocabulary size")
     tt.add_argument("--special-token", action="append", help="a special token (repeatable)")
-    tt.add_argument("--kind", choices=("bpe", "char"), default="bpe")
+    tt.add_argument("--kind", choices=("bpe", "char", "symbolic"), default="bpe")
     tt.add_argument("--out", required=True, help="tokenizer folder to write")
     tt.set_defaults(func=cmd_tokenizer_train)
     ts = _parser(tsub, "tokenizer stats", "bytes per token and encode speed on given files")

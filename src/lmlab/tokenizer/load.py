@@ -43,6 +43,10 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
             tok = HFTokenizer.from_file(p / "tokenizer.json")
         elif kind == "char":
             tok = CharTokenizer.from_file(p / CHAR_FILE)
+        elif kind == "symbolic":
+            from lmlab.tokenizer.symbolic import SYMBOLIC_FILE, SymbolicTokenizer
+
+            tok = SymbolicTokenizer.from_file(p / SYMBOLIC_FILE)
         else:
             raise DataError(f"{p / 'meta.json'}: not an lmlab tokenizer (kind {kind!r})")
         if meta.get("fingerprint") and meta["fingerprint"] != tok.fingerprint():

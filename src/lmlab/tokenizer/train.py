@@ -13,7 +13,7 @@ from lmlab.tokenizer.bpe import BPETokenizer, check_bpe_vocab_size
 from lmlab.tokenizer.char import CharTokenizer
 from lmlab.tokenizer.corpus import Corpus
 
-KINDS = ("bpe", "char")
+KINDS = ("bpe", "char", "symbolic")
 
 
 def train_bpe_hf(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> str:
@@ -52,9 +52,14 @@ def train_tokenizer(inputs: list[str] | str, vocab_size: int, out: Path | str, k
         raise LmlabError(f"tokenizer kind {kind!r}: choose one of {', '.join(KINDS)}")
     if kind == "bpe":
         check_bpe_vocab_size(vocab_size, len(specials))
+    elif kind == "symbolic":
+        from lmlab.tokenizer.symbolic import check_symbolic_vocab_size, train_symbolic
+
+        check_symbolic_vocab_size(vocab_size, specials)
     elif vocab_size < 1 + len(specials):
         raise LmlabError(f"vocab_size {vocab_size} is too small for a char tokenizer with {len(specials)} special tokens")
-    files = expand_inputs([inputs] if isinstance(inputs, str | Path) else [str(i) for i in inputs])
+    suffixes = (".py",) if kind == "symbolic" else ()  # a folder gives its Python files only
+    files = expand_inputs([inputs] if isinstance(inputs, str | Path) else [str(i) for i in inputs], suffixes)
     if not files:
         raise DataError(f"{' '.join(map(str, inputs))}: no input files found")
     corpus = Corpus(files, specials)
@@ -64,6 +69,9 @@ def train_tokenizer(inputs: list[str] | str, vocab_size: int, out: Path | str, k
         text = train_bpe_hf(corpus.segments(), vocab_size, specials)
         _check_nonempty(corpus, inputs)
         tok = BPETokenizer(text, where=str(Path(out) / "tokenizer.json"))
+    elif kind == "symbolic":
+        tok = train_symbolic(corpus.segments(), vocab_size, specials)
+        _check_nonempty(corpus, inputs)
     else:
         chars: set[str] = set()
         for t in corpus.texts():
