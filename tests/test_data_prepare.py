@@ -152,9 +152,11 @@ def test_code_filter_reasons_reported(tok_dir, tmp_path, capsys):
     assert f["dropped"] == {"too_short": 1, "syntax": 1, "duplicate": 1}
     assert f["files_skipped"] == {"undecodable": 1} and "latin1.py" in f["skipped_examples"][0]
     assert f["kept"] == 4 and f["documents"] == 7
+    assert f["dropped_examples"] == {"too_short": [str(src / "tiny.py")], "syntax": [str(src / "syntax.py")]}
     assert f["thresholds"]["min_chars"] == CodeFilter().min_chars
     report = format_report(meta)
     assert "syntax 1" in report and "duplicate 1" in report and "undecodable 1" in report
+    assert f"syntax: {src / 'syntax.py'}" in report
     # errors=replace keeps the latin-1 file instead
     meta = prep(tok_dir, [src], tmp_path / "ds2", filter="code", errors="replace")
     assert meta["filter"]["kept"] == 5 and not meta["filter"]["files_skipped"]

@@ -48,9 +48,9 @@ class CodeFilter:
     """
 
     min_chars: int = 20
-    max_chars: int = 200_000
+    max_chars: int = 1_000_000  # The Stack's 1 MB file cap; data dumps also fail long_line
     min_lines: int = 2
-    max_lines: int = 10_000
+    max_lines: int = 20_000
     max_line_length: int = 1000
     max_mean_line_length: float = 100.0
     min_alnum_fraction: float = 0.25

@@ -56,6 +56,7 @@ from lmlab.io import atomic_dir, expand_inputs, write_json
 
 PIECE_BYTES = 512 * 1024
 MAX_WARNINGS = 20  # skipped files named on stderr (all are counted; the first few kept in meta)
+MAX_EXAMPLES = 5  # dropped documents named per reason in meta.json
 
 # ---- worker side -------------------------------------------------------------------------
 
@@ -72,6 +73,7 @@ class PieceResult:
     dropped: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
     input_bytes: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> first paths
 
 
 _STATE: dict[str, Any] = {}
@@ -100,6 +102,7 @@ def _process_piece(piece: Piece) -> PieceResult:
     digests: list[bytes] = []
     dropped: Counter = Counter()
     skipped: list[tuple[str, str, str]] = []
+    examples: dict[str, list[str]] = {}
     seen = 0
     for entry in piece.entries:
         docs, skip = entry_documents(entry, settings)
@@ -121,6 +124,9 @@ def _process_piece(piece: Piece) -> PieceResult:
                 reason = code_reject_reason(doc, data, path, code_filter)
                 if reason is not None:
                     dropped[reason] += 1
+                    ex = examples.setdefault(reason, [])
+                    if len(ex) < MAX_EXAMPLES:
+                        ex.append(path if entry[0] == "doc" else f"{path}:{entry[2]}")
                     continue
             texts.append(doc)
             nbytes.append(len(data))
@@ -138,7 +144,7 @@ def _process_piece(piece: Piece) -> PieceResult:
         tokens[pos : pos + n] = x
         tokens[pos + n] = eot
         pos += n + 1
-    return PieceResult(tokens, lengths, nbytes, b"".join(digests), seen, dropped, skipped, piece.nbytes)
+    return PieceResult(tokens, lengths, nbytes, b"".join(digests), seen, dropped, skipped, piece.nbytes, examples)
 
 
 def _run_pieces(pieces: Iterator[Piece], workers: int, init_args: tuple) -> Iterator[PieceResult]:
@@ -303,6 +309,7 @@ def prepare_dataset(
             warn(f"lmlab: warning: {msg}")
 
     dropped: Counter = Counter()
+    drop_examples: dict[str, list[str]] = {}
     documents = 0
     input_bytes = 0
     seen: set[bytes] = set()
@@ -322,6 +329,9 @@ def prepare_dataset(
                     on_skip(path, reason, detail)
                 documents += res.documents
                 dropped.update(res.dropped)
+                for reason, paths in res.examples.items():
+                    ex = drop_examples.setdefault(reason, [])
+                    ex.extend(paths[: MAX_EXAMPLES - len(ex)])
                 input_bytes += res.input_bytes
                 pos = 0
                 for i, n in enumerate(res.lengths):
@@ -365,6 +375,7 @@ def prepare_dataset(
                 "documents": documents,
                 "kept": kept,
                 "dropped": {r: dropped[r] for r in REASONS if dropped[r]},
+                "dropped_examples": {r: drop_examples[r] for r in REASONS if r in drop_examples},
             },
             "inputs": list(pcfg.input),
             "config": dataclasses.asdict(pcfg),
@@ -393,6 +404,8 @@ def format_report(meta: dict[str, Any]) -> str:
     lines.append(f"  filter {f['name']}: kept {f['kept']:,} of {f['documents']:,} documents")
     if f["dropped"]:
         lines.append("  dropped: " + ", ".join(f"{k} {v:,}" for k, v in f["dropped"].items()))
+    for path in f.get("dropped_examples", {}).get("syntax", [])[:3]:
+        lines.append(f"    syntax: {path}")
     if f["files_skipped"]:
         lines.append("  files skipped: " + ", ".join(f"{k} {v:,}" for k, v in f["files_skipped"].items()))
     return "\n".join(lines)
