@@ -439,3 +439,26 @@ def test_stdlib_sample_round_trips_to_same_ast() -> None:
             failures.append(str(path))
     assert checked >= 80
     assert failures == []
+
+
+def test_cli_trains_a_symbolic_tokenizer_that_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from lmlab.cli import main
+    from lmlab.tokenizer import load_tokenizer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, code in TRICKY.items():
+        (src / f"{name}.py").write_text(_src(code), encoding="utf-8")
+    (src / "notes.txt").write_text("not code: a folder gives only its .py files\n")
+    out = tmp_path / "tok"
+    args = ["tokenizer", "train", "--kind", "symbolic", "--input", str(src), "--vocab-size", "1024", "--out", str(out)]
+    assert main(args) == 0
+    tok = load_tokenizer(out)
+    assert tok.kind == "symbolic" and tok.vocab_size <= 1024 and tok.eot_id is not None
+    assert len(tok.meta["inputs"]) == len(TRICKY)
+    code = _src(TRICKY["async"])
+    ids, table = tok.encode_with_table(code)
+    assert same_ast(code, tok.decode(ids, table))
+    capsys.readouterr()
+    assert main([*args[:-4], "--vocab-size", "700", "--out", str(tmp_path / "small")]) == 2
+    assert "too small for the symbolic tokenizer" in capsys.readouterr().err

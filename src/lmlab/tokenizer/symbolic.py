@@ -288,6 +288,7 @@ _NO_SPACE_BEFORE = frozenset(")]},;:")
 _OPENERS = frozenset("([{")
 _CLOSERS = frozenset(")]}")
 _TIGHT_AFTER_OPERAND = frozenset("([.")
+_UNARY = frozenset(("-", "+", "~", "*", "**"))
 _SPACED_NAMES = _HARD_KEYWORDS | {"match", "case"}  # `if (x)`, `case [a, b]`, but `f(x)`
 
 
@@ -354,58 +355,84 @@ def restore(tokens: Sequence[str], table: SymbolTable | None = None) -> str:
 
 class _Writer:
     """Lays tokens out: 4-space indents, continuation lines one level deeper, and spaces
-    only where they cannot be dropped safely (see :func:`_space_between`)."""
+    except where dropping one cannot change how the line tokenizes (see :meth:`_space`)."""
 
     def __init__(self) -> None:
         self.out: list[str] = []
         self.level = 0  # INDENT depth
-        self.depth = 0  # bracket depth: > 0 means a continuation line (indent is free there)
+        self.brackets: list[str] = []  # open brackets: a continuation line when not empty
         self.line_start = True
         self.after_comment = False
-        self.prev_text, self.prev_kind, self.prev_first = "", "", False
+        self.prev = self.prev2 = ("", "")  # (text, kind) of the last two tokens on this line
+        self.prev_first = False  # the last token opened its line
+        self.tight_eq = False  # the last token is a keyword-argument `=` (written tight)
 
     def newline(self, statement_end: bool) -> None:
         if statement_end:
-            self.depth = 0  # real code has no open bracket here; model output may
+            self.brackets.clear()  # real code has no open bracket here; model output may
         if not self.after_comment:
             self.out.append("\n")
         self.line_start, self.after_comment = True, False
-        self.prev_text, self.prev_kind = "", ""
+        self.prev = self.prev2 = ("", "")
 
     def emit(self, text: str, kind: str) -> None:
-        if kind == _OP and text in _CLOSERS:
-            self.depth = max(0, self.depth - 1)
+        if kind == _OP and text in _CLOSERS and self.brackets:
+            self.brackets.pop()
+        spaced = False
         if self.line_start:
-            self.out.append("    " * (self.level + (self.depth > 0)))
-        elif _space_between(self.prev_text, self.prev_kind, text, kind, self.prev_first):
+            self.out.append("    " * (self.level + bool(self.brackets)))
+        elif self._space(text, kind):
             self.out.append("  " if kind == _COMMENT else " ")
+            spaced = True
         self.out.append(text)
+        self.tight_eq = kind == _OP and text == "=" and not spaced and not self.line_start
         if kind == _OP and text in _OPENERS:
-            self.depth += 1
-        self.prev_text, self.prev_kind, self.prev_first = text, kind, self.line_start
-        self.line_start = self.after_comment = False
+            self.brackets.append(text)
+        self.prev2, self.prev = self.prev, (text, kind)
+        self.prev_first, self.line_start, self.after_comment = self.line_start, False, False
         if kind == _COMMENT:  # a comment always ends its line, so nothing after it is lost
             self.out.append("\n")
             self.line_start, self.after_comment = True, True
-            self.prev_text, self.prev_kind = "", ""
+            self.prev = self.prev2 = ("", "")
 
+    def _space(self, text: str, kind: str) -> bool:
+        """Whether a space goes between the previous token and this one.
 
-def _space_between(prev: str, prev_kind: str, text: str, kind: str, prev_first: bool) -> bool:
-    if kind == _COMMENT:
+        Tokens written tight never merge: brackets, ``,`` ``;`` never combine with a
+        neighbour, and the other tight cases are followed by an operand (a name, number,
+        string or opening bracket), which no operator combines with.
+        """
+        (prev, prev_kind), (prev2, prev2_kind) = self.prev, self.prev2
+        if kind == _COMMENT:
+            return True
+        if prev_kind == _OP and (prev in _OPENERS or (prev == "@" and self.prev_first)):
+            return False  # (x, [x, {x, @decorator
+        operand_next = kind in (_NAME, _NUMBER, _STRING) or (kind == _OP and text in _OPENERS)
+        if kind == _OP:
+            if text in _NO_SPACE_BEFORE:
+                return False
+            operand = prev_kind == _STRING or (prev_kind == _OP and prev in _CLOSERS)
+            if prev_kind == _NAME:
+                operand = prev not in (_HARD_KEYWORDS if text == "." else _SPACED_NAMES)
+            if text in _TIGHT_AFTER_OPERAND and operand:  # f(x), a[i], obj.attr; `1 .real` keeps it
+                return False
+            if text == "=" and self.brackets[-1:] == ["("] and operand:
+                return False  # f(a=1), def g(b=2)
+        if prev_kind == _OP:
+            if prev == "." and kind == _NAME and text not in _HARD_KEYWORDS:
+                return False
+            if self.tight_eq and (operand_next or text in _UNARY):
+                return False  # f(a=-1)
+            unary = prev in _UNARY and (
+                prev2_kind == ""
+                or (prev2_kind == _OP and prev2 not in _CLOSERS)
+                or (prev2_kind == _NAME and prev2 in _HARD_KEYWORDS)
+            )
+            if unary and operand_next:
+                return False  # -1, f(*args, **kw), return -x, lambda *a: a
+            if prev == ":" and self.brackets[-1:] == ["["] and (operand_next or text in "-+~"):
+                return False  # a[1:-1]
         return True
-    if prev_kind == _OP and (prev in _OPENERS or (prev == "@" and prev_first)):
-        return False  # (x, [x, {x, @decorator
-    if kind == _OP:
-        if text in _NO_SPACE_BEFORE:
-            return False
-        operand = prev_kind == _STRING or (prev_kind == _OP and prev in _CLOSERS)
-        if prev_kind == _NAME:
-            operand = prev not in (_HARD_KEYWORDS if text == "." else _SPACED_NAMES)
-        if text in _TIGHT_AFTER_OPERAND and operand:  # f(x), a[i], obj.attr; `1 .real` keeps it
-            return False
-    if prev_kind == _OP and prev == "." and kind == _NAME and text not in _HARD_KEYWORDS:
-        return False
-    return True
 
 
 # --- the tokenizer ----------------------------------------------------------------------------
