@@ -17,6 +17,9 @@ Procedure:
 5. Everything is written into a temporary folder renamed to ``out`` at the end, with
    ``meta.json`` (counts, tokenizer fingerprint, filter report, config).
 
+Memory does not grow with corpus size except for the duplicate check of the code filter,
+which keeps a 16-byte digest per kept document (about 100 bytes each with set overhead).
+
 Splitting by content means identical documents always land in the same split. When
 ``val_fraction > 0`` and at least two distinct documents survive, val gets at least one
 document (the last distinct train document moves there if the hash gave val none); train
@@ -126,7 +129,7 @@ def _process_piece(piece: Piece) -> PieceResult:
                     dropped[reason] += 1
                     ex = examples.setdefault(reason, [])
                     if len(ex) < MAX_EXAMPLES:
-                        ex.append(path if entry[0] == "doc" else f"{path}:{entry[2]}")
+                        ex.append(path)
                     continue
             texts.append(doc)
             nbytes.append(len(data))
@@ -295,8 +298,9 @@ def prepare_dataset(
     files = expand_inputs(list(pcfg.input), suffixes)
     cf = (code_filter or CodeFilter()) if pcfg.filter == "code" else None
     settings = SourceSettings(pcfg.format, pcfg.text_field, unescape_separator(pcfg.separator), pcfg.errors)
-    workers = pcfg.workers or os.cpu_count() or 1
     total_bytes = sum(f.stat().st_size for f in files)
+    # no more processes than pieces of work (a tiny corpus need not start 64 workers)
+    workers = max(1, min(pcfg.workers or os.cpu_count() or 1, -(-total_bytes // piece_bytes)))
 
     skipped: Counter = Counter()
     examples: list[str] = []
