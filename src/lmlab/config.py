@@ -170,6 +170,22 @@ class PrepareConfig:
 
 
 @dataclass
+class SftConfig:
+    """Instruction fine-tuning (`lmlab sft`): data, prompt template, held-out split, replay."""
+
+    data: list[str] = opt([], "instruction data: JSON/JSONL files, folders or globs (Alpaca instruction/input/output or MBPP text/code records) or hf:NAME; a #SPLIT suffix keeps an MBPP split (train|validation|test|prompt) or names the hub split")
+    val_data: list[str] = opt([], "held-out instruction data (same forms); empty holds out sft.val_fraction of sft.data")
+    val_fraction: float = opt(0.05, "fraction of the training examples held out when sft.val_data is empty", minimum=0.0)
+    mine: list[str] = opt([], "mine documented functions of these files/folders (@stdlib) into RUN/mined.jsonl and train on them too")
+    max_examples: int = opt(0, "train on at most this many examples (a fixed random subset); 0 uses all", minimum=0)
+    template: str = opt("", "prompt template: alpaca, or a format string with {instruction} and optionally {input}; empty means alpaca")
+    mbpp_tests: bool = opt(True, "MBPP records: append the test_list asserts to the prompt, as the original MBPP prompt does")
+    epochs: float = opt(0.0, "passes over the training examples; > 0 sets train.max_steps from it", minimum=0.0)
+    replay_fraction: float = opt(0.0, "fraction of each batch's rows drawn from pretraining data (data.path, else the base run's dataset)", minimum=0.0)
+    on_error: str = opt("skip", "malformed or unusable records: skip and count them, or stop at the first", choices=("skip", "error"))
+
+
+@dataclass
 class Config:
     """The whole tree. Section names are the TOML tables."""
 
@@ -182,6 +198,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
 
     def validate(self) -> Config:
         """Check every value and the cross-field rules; raise ConfigError naming the key."""
@@ -211,6 +228,9 @@ class Config:
             raise ConfigError(f"sample.top_p: must be in [0, 1], got {self.sample.top_p}")
         if not 0.0 <= self.prepare.val_fraction < 1.0:
             raise ConfigError(f"prepare.val_fraction: must be in [0, 1), got {self.prepare.val_fraction}")
+        for key in ("val_fraction", "replay_fraction"):
+            if not 0.0 <= getattr(self.sft, key) < 1.0:
+                raise ConfigError(f"sft.{key}: must be in [0, 1), got {getattr(self.sft, key)}")
         return self
 
 
