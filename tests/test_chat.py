@@ -122,3 +122,12 @@ def test_chat_loop_on_a_run_folder(tmp_path, model, tok, monkeypatch, capsys):
     chat_loop(run, temperature=0.0, max_new_tokens=5)
     shown = capsys.readouterr().out
     assert "plain completion" in shown and shown.count("\n") >= 2
+
+
+def test_too_long_message_is_reported_and_chat_goes_on(tok):
+    cfg = dataclasses.replace(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2,
+                                          d_model=16, context_length=16), **PRESETS["gpt2"])
+    m = build_model(cfg).eval()
+    pairs, shown = run_chat(m, tok, "hello there " * 20 + "\nhi\n", temperature=0.0)
+    assert "(error: prompt:" in shown and "learned positions" in shown
+    assert [u for u, _ in pairs] == ["hi"]

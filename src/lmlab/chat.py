@@ -173,12 +173,16 @@ def chat_session(
         if not command:
             continue
         ids, new_ids = conv.prompt_ids(message, budget)
-        sample = generate(
-            model, tokenizer, ids,
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            stop=stops, seed=seed + turn,
-            stream_callback=lambda _i, text: (out.write(text), out.flush()),
-        )[0]
+        try:
+            sample = generate(
+                model, tokenizer, ids,
+                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                stop=stops, seed=seed + turn,
+                stream_callback=lambda _i, text: (out.write(text), out.flush()),
+            )[0]
+        except LmlabError as e:  # e.g. a message longer than a learned-position context
+            out.write(f"(error: {e})\n")
+            continue
         out.write("\n")
         if sample.message:
             out.write(f"({sample.message})\n")
