@@ -217,6 +217,9 @@ def test_other_tokenizer_json_families(tmp_path: Path) -> None:
     ids = tok.encode(text)
     assert ids[-1] == 0 and tok.decode(ids) == text
     assert tok.decode_bytes(tok.encode("the world")).strip() == b"the world"
+    (tmp_path / "lines.txt").write_text("first line\nsecond line\n" * 20, encoding="utf-8")
+    streamed = [i for c in tok.encode_file(tmp_path / "lines.txt", chunk_bytes=8) for i in c]
+    assert streamed == tok.encode_ordinary("first line\nsecond line\n" * 20)
     tok.save(tmp_path / "saved")
     again = load_tokenizer(tmp_path / "saved")
     assert isinstance(again, HFTokenizer) and again.encode(text) == ids

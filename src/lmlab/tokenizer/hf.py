@@ -5,6 +5,7 @@ another family. Encoding and decoding go through ``tokenizers`` (its normalizer 
 apply, so round trips are only as lossless as that tokenizer is: a lowercasing WordPiece is
 not). ``vocab`` maps each id to the bytes its token stands for: ``<0xNN>`` byte-fallback
 tokens to that byte, the Metaspace "▁" to a space, WordPiece's "##" prefix removed.
+``encode_file`` works but holds the whole file (no cut point is provably safe here).
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class HFTokenizer(Tokenizer):
         if bad:
             raise LmlabError(f"token id {bad[0]} is not in this hf tokenizer (vocab size {len(self._id_bytes)})")
         return self._hf.decode(ids, skip_special_tokens=False)
+
+    def _safe_cut(self, buf: str, allow_special: bool) -> int:
+        # Normalizers and pre-tokenizers of other families (e.g. Metaspace's prefix "▁") make
+        # no cut provably safe, so encode_file encodes the file whole (correct, not streamed).
+        return -1
 
     def _write_files(self, folder: Path) -> None:
         (Path(folder) / "tokenizer.json").write_text(self._json, encoding="utf-8")
