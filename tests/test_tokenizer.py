@@ -256,8 +256,8 @@ def test_bad_special_tokens_and_kind(tmp_path: Path) -> None:
         train_tokenizer([str(tmp_path / "a.txt")], vocab_size=300, out=tmp_path / "t", special_tokens=["<a>", "<a>"])
     with pytest.raises(LmlabError, match="non-empty"):
         train_tokenizer([str(tmp_path / "a.txt")], vocab_size=300, out=tmp_path / "t", special_tokens=[""])
-    with pytest.raises(LmlabError, match="kind 'symbolic'"):
-        train_tokenizer([str(tmp_path / "a.txt")], vocab_size=300, out=tmp_path / "t", kind="symbolic")
+    with pytest.raises(LmlabError, match="kind 'wordlevel'"):
+        train_tokenizer([str(tmp_path / "a.txt")], vocab_size=300, out=tmp_path / "t", kind="wordlevel")
 
 
 def test_invalid_utf8_files_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -339,4 +339,4 @@ def test_cli_train_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["tokenizer", "train", "--input", str(tmp_path / "nope"), "--vocab-size", "300", "--out", str(out)]) == 2
     assert "lmlab: error:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["tokenizer", "train", "--input", "x", "--vocab-size", "300", "--out", "y", "--kind", "symbolic"])
+        main(["tokenizer", "train", "--input", "x", "--vocab-size", "300", "--out", "y", "--kind", "wordlevel"])
