@@ -1,0 +1,148 @@
+"""Plots for sweeps and comparisons: overlaid val-loss curves, and a summary metric
+against the swept value (a line per series, log x for learning rates and wide ranges, bars
+when the swept value is not a number).
+
+Each function writes one PNG atomically and returns its path, or None when there is
+nothing to draw. matplotlib is imported inside (Agg backend), never at import time.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+CURVE_X_LABELS = {"step": "step", "tokens": "tokens seen", "flops": "training FLOPs (accounting)"}
+METRIC_LABELS = {
+    "final_val_loss": "final val loss (nats/token)",
+    "best_val_loss": "best val loss (nats/token)",
+    "bits_per_byte": "val bits per byte",
+    "perplexity": "val perplexity",
+}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    _plt().close(fig)
+    tmp.replace(out)
+    return out
+
+
+def plot_curves(
+    curves: list[tuple[str, dict[str, list[float]]]], out: Path, x: str = "step", title: str = ""
+) -> Path | None:
+    """Val loss against ``x`` (step | tokens | flops), one line per (label, curve)."""
+    drawable = [(label, c) for label, c in curves if c.get("val_loss")]
+    if not drawable:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    for label, c in drawable:
+        xs = c[x]
+        pts = [(a, b) for a, b in zip(xs, c["val_loss"], strict=True) if math.isfinite(a)]
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=2.5, lw=1.4, label=label)
+    if x in ("tokens", "flops"):
+        ax.set_xscale("log")
+    ax.set_xlabel(CURVE_X_LABELS.get(x, x))
+    ax.set_ylabel("val loss (nats/token)")
+    ax.set_title(title or "validation loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2 if len(drawable) > 8 else 1)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def wants_log_x(key: str, values: list[float]) -> bool:
+    """Log axis for learning rates, budgets/sizes, and any positive range spanning >= 10x."""
+    if key.endswith("lr") or key in ("flops", "tokens", "params") or key.startswith("budget_"):
+        return all(v > 0 for v in values)
+    pos = [v for v in values if v > 0]
+    return len(pos) == len(values) and len(pos) > 1 and max(pos) / min(pos) >= 10
+
+
+def plot_summary(
+    rows: list[dict[str, Any]],
+    x: str | None,
+    out: Path,
+    metric: str = "final_val_loss",
+    series: str | None = "series",
+    log_x: bool | None = None,
+    title: str = "",
+) -> Path | None:
+    """``metric`` of each row against column ``x``; a line per value of column ``series``.
+
+    Rows whose metric is missing (diverged or failed runs) are marked with an x at the top
+    of the axis so the reader sees them. With ``x`` None or not numeric: a bar per row,
+    labelled by its ``point`` column.
+    """
+    have = [r for r in rows if _is_number(r.get(metric))]
+    if not have:
+        return None
+    plt = _plt()
+    numeric = x is not None and all(_is_number(r.get(x)) for r in rows)
+    top = max(r[metric] for r in have)
+    if not numeric:
+        fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.5), dpi=110)
+        labels = [str(r.get("point") or r.get("run") or i) for i, r in enumerate(rows)]
+        values = [r[metric] if _is_number(r.get(metric)) else 0.0 for r in rows]
+        bars = ax.barh(range(len(rows)), values, color="tab:blue")
+        for i, r in enumerate(rows):
+            text = f"{r[metric]:.4f}" if _is_number(r.get(metric)) else str(r.get("status", "n/a"))
+            ax.text(values[i], i, " " + text, va="center", fontsize=8)
+            if not _is_number(r.get(metric)):
+                bars[i].set_color("tab:red")
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+        lo = min(r[metric] for r in have)
+        ax.set_xlim(max(0.0, lo - 0.25 * (top - lo + 0.1)), top + 0.3 * (top - lo + 0.1))
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            groups.setdefault(str(r.get(series) or "") if series else "", []).append(r)
+        for name, members in groups.items():
+            members = sorted(members, key=lambda r: r[x])
+            ok = [r for r in members if _is_number(r.get(metric))]
+            line = ax.plot(
+                [r[x] for r in ok], [r[metric] for r in ok], marker="o", lw=1.5, label=name or None
+            )
+            bad = [r for r in members if not _is_number(r.get(metric))]
+            if bad:
+                color = line[0].get_color() if line else "tab:red"
+                ax.scatter(
+                    [r[x] for r in bad],
+                    [top] * len(bad),
+                    marker="x",
+                    s=60,
+                    color=color,
+                    label=f"{name + ': ' if name else ''}diverged/failed",
+                )
+        if log_x if log_x is not None else wants_log_x(x, [r[x] for r in rows]):
+            ax.set_xscale("log")
+        ax.set_xlabel(CURVE_X_LABELS.get(x, x))
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        ax.grid(alpha=0.3, which="both")
+        if any(groups) or any(not _is_number(r.get(metric)) for r in rows):
+            ax.legend(fontsize=8)
+    ax.set_title(title or f"{metric} against {x or 'run'}")
+    fig.tight_layout()
+    return _save(fig, out)

@@ -1,0 +1,463 @@
+"""`lmlab sweep SWEEP.toml`: run every point of a sweep, then tabulate and plot the results.
+
+1. Parse the sweep file (:mod:`lmlab.experiments.spec`) and build each point's config:
+   base recipe < the sweep's ``[overrides]`` < the point's overrides < command-line
+   overrides; ``train.out`` becomes ``<out>/runs/<point name>``.
+2. Run the shared data stages (tokenizer, dataset) once per distinct stage setting, before
+   any training, so points never race on them (:mod:`lmlab.pipeline` skips stages that are
+   up to date). Budget keys then set ``train.max_steps``.
+3. Run the points: a point whose run folder holds a finished result for the same config is
+   skipped; one with a checkpoint of the same config resumes from it; others start fresh.
+   One device: in this process, one after another. Several GPUs (``devices = "auto"`` with
+   more than one visible, or an explicit list): one worker subprocess per device, each
+   pinned with ``CUDA_VISIBLE_DEVICES``. A divergence is a result (status ``diverged``); an
+   exception in a point is recorded (status ``failed``, ``error.txt``) and the sweep goes on.
+4. Write ``results.csv``, ``results.md`` (table, command, plots) and the plots into
+   ``<out>``: val-loss curves overlaid, and the summary metric against the swept value.
+   On Ctrl-C the running points checkpoint, the table is written for what exists, and the
+   interrupt propagates; running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmlab.config import Config, apply_overrides, load_config, save_config, to_toml
+from lmlab.errors import ConfigError, LmlabError
+from lmlab.experiments import plots
+from lmlab.experiments.results import (
+    METRIC_COLUMNS,
+    is_finished,
+    read_config_dict,
+    run_row,
+    val_curve,
+    write_tables,
+)
+from lmlab.experiments.spec import (
+    BUDGET_KEYS,
+    Point,
+    SweepSpec,
+    format_value,
+    load_sweep,
+    override_text,
+    resolve_base,
+)
+from lmlab.io import atomic_write_text, write_json
+
+POINT_CONFIG = "sweep_point.toml"
+ERROR_FILE = "error.txt"
+# Keys that may differ between a saved run and the sweep's config without making it stale.
+IGNORED_FOR_RESUME = {("train", "device")}
+IGNORED_SECTIONS = {"log"}
+
+
+@dataclass
+class SweepResult:
+    """What a sweep wrote: its folder, one row per point, the table files and the plots."""
+
+    out: Path
+    rows: list[dict[str, Any]]
+    markdown: Path
+    csv: Path
+    plots: list[Path] = field(default_factory=list)
+
+
+# --- configs ------------------------------------------------------------------------------
+
+
+def point_config(
+    spec: SweepSpec, base: Path, point: Point, cli: list[str]
+) -> tuple[Config, dict[str, float]]:
+    """The point's config (before data stages) and its budget keys."""
+    cfg = load_config(base)
+    budget: dict[str, float] = {}
+    for where, ov in (("[overrides]", spec.overrides), (f"point {point.name}", point.overrides)):
+        texts = []
+        for k, v in ov.items():
+            if k in BUDGET_KEYS:
+                budget = {k: float(v)}  # a later budget replaces an earlier one of either kind
+            else:
+                texts.append(override_text(k, v))
+        try:
+            apply_overrides(cfg, texts)
+        except ConfigError as e:
+            raise ConfigError(f"{spec.path}: {where}: {e}") from None
+    apply_overrides(cfg, cli)
+    cfg.train.out = str(spec.out / "runs" / point.name)
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{spec.path}: point {point.name}: {e}") from None
+    return cfg, budget
+
+
+def _stage_settings(cfg: Config) -> str:
+    return json.dumps(
+        {
+            "tokenizer": dataclasses.asdict(cfg.tokenizer),
+            "prepare": dataclasses.asdict(cfg.prepare),
+        },
+        sort_keys=True,
+    )
+
+
+def prepare_data(spec: SweepSpec, configs: list[tuple[Point, Config]], log=print) -> None:
+    """Run the tokenizer/data stages once per distinct setting; fill data.path everywhere.
+
+    Two points that write the same tokenizer or dataset folder with different settings
+    would overwrite each other's input, so that is an error naming both points.
+    """
+    from lmlab.pipeline import resolve_training_inputs
+
+    owners: dict[tuple[str, str], tuple[str, str]] = {}
+    for point, cfg in configs:
+        for kind, folder, settings in (
+            (
+                "tokenizer.out",
+                cfg.tokenizer.out,
+                json.dumps(dataclasses.asdict(cfg.tokenizer), sort_keys=True),
+            ),
+            ("prepare.out", cfg.prepare.out, _stage_settings(cfg)),
+        ):
+            if not folder:
+                continue
+            prev = owners.setdefault((kind, str(Path(folder).resolve())), (point.name, settings))
+            if prev[1] != settings:
+                raise ConfigError(
+                    f"{spec.path}: {kind}: points {prev[0]} and {point.name} write {folder} with different "
+                    f"settings; give each setting its own {kind}"
+                )
+    done: dict[str, tuple[str, str]] = {}
+    for _, cfg in configs:
+        key = _stage_settings(cfg) + "|" + cfg.data.path + "|" + cfg.data.tokenizer
+        if key not in done:
+            resolved = resolve_training_inputs(cfg, log=log)
+            done[key] = (resolved.data.path, resolved.data.tokenizer)
+        cfg.data.path, cfg.data.tokenizer = done[key]
+
+
+def finalize(cfg: Config, budget: dict[str, float]) -> None:
+    """Take vocab_size from the dataset (as training would) and turn a budget into max_steps."""
+    from lmlab.data.shards import read_meta
+
+    meta = read_meta(cfg.data.path)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = int(meta["vocab_size"])
+    if budget:
+        from lmlab.accounting import training_flops_per_token
+        from lmlab.train.loop import _batch_shape
+
+        tokens_per_step = _batch_shape(cfg, 1)[0] * cfg.model.context_length
+        ((kind, amount),) = budget.items()
+        per_step = (
+            tokens_per_step
+            if kind == "budget_tokens"
+            else tokens_per_step * training_flops_per_token(cfg.model)
+        )
+        cfg.train.max_steps = max(1, round(amount / per_step))
+    cfg.validate()
+
+
+def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for section, body in tree.items():
+        if section in IGNORED_SECTIONS or not isinstance(body, dict):
+            continue
+        out[section] = {k: v for k, v in body.items() if (section, k) not in IGNORED_FOR_RESUME}
+    return out
+
+
+def same_config(run_dir: Path, cfg: Config) -> bool:
+    """True when the run folder's config.toml is this config (ignoring logging and device)."""
+    saved = read_config_dict(run_dir)
+    return bool(saved) and _comparable(saved) == _comparable(tomllib.loads(to_toml(cfg)))
+
+
+def plan(run_dir: Path, cfg: Config) -> str:
+    """skip (finished, same config) | resume (checkpoint of the same config) | fresh."""
+    from lmlab.train.checkpoint import complete_checkpoints
+
+    if not same_config(run_dir, cfg):
+        return "fresh"
+    if is_finished(run_dir):
+        return "skip"
+    if complete_checkpoints(run_dir / "checkpoints"):
+        return "resume"
+    return "fresh"
+
+
+# --- running points -------------------------------------------------------------------------
+
+
+def _record_failure(run_dir: Path, message: str) -> None:
+    atomic_write_text(run_dir / ERROR_FILE, message.rstrip() + "\n")
+
+
+def _run_inline(cfg: Config, resume: bool, log=print) -> None:
+    """Train one point in this process; exceptions other than Ctrl-C become a failure record."""
+    from lmlab.train.loop import train
+
+    run_dir = Path(cfg.train.out)
+    try:
+        train(cfg, resume=resume)
+    except KeyboardInterrupt:
+        raise
+    except LmlabError as e:
+        _record_failure(run_dir, f"{type(e).__name__}: {e}")
+        log(f"[sweep] {run_dir.name}: failed: {e}")
+    except Exception as e:  # noqa: BLE001 - a crash in one point must not end the sweep
+        import traceback
+
+        _record_failure(run_dir, "".join(traceback.format_exception(e)))
+        log(f"[sweep] {run_dir.name}: failed: {type(e).__name__}: {e}")
+
+
+def resolve_devices(spec: SweepSpec, cfg: Config) -> list[str]:
+    """Worker slots: [] means in-process; else one entry per worker ("cpu" or a GPU id)."""
+    if spec.devices != "auto":
+        return [d.removeprefix("cuda:") for d in spec.devices]
+    if cfg.train.device not in ("auto", "cuda"):
+        return []
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = (
+        [v.strip() for v in visible.split(",") if v.strip()]
+        if visible
+        else [str(i) for i in range(torch.cuda.device_count())]
+    )
+    return ids[: torch.cuda.device_count()]
+
+
+def _worker_env(device: str, n_cpu_workers: int) -> tuple[dict[str, str], str]:
+    env = dict(os.environ)
+    if device == "cpu":
+        # share the cores among the CPU workers instead of each grabbing all of them
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(n_cpu_workers, 1)))
+        return env, "cpu"
+    env["CUDA_VISIBLE_DEVICES"] = device
+    return env, "cuda"
+
+
+def _run_parallel(jobs: list[tuple[Config, bool]], devices: list[str], log=print) -> None:
+    """One worker subprocess per device; each takes the next pending point when it is free."""
+    pending = list(jobs)
+    running: dict[str, tuple[subprocess.Popen, Config, Any]] = {}
+    n_cpu = sum(d == "cpu" for d in devices)
+    slots = [f"{d}#{i}" for i, d in enumerate(devices)]
+    try:
+        while pending or running:
+            for slot in slots:
+                if slot in running or not pending:
+                    continue
+                cfg, resume = pending.pop(0)
+                device = slot.split("#")[0]
+                env, dev = _worker_env(device, n_cpu)
+                cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=dev))
+                run_dir = Path(cfg.train.out)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, run_dir / POINT_CONFIG)
+                logf = open(run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 - closed on exit
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "lmlab.experiments.worker",
+                    str(run_dir / POINT_CONFIG),
+                ]
+                if resume:
+                    cmd.append("--resume")
+                log(
+                    f"[sweep] {run_dir.name}: {'resuming' if resume else 'starting'} on {device} (log: {run_dir / 'train.log'})"
+                )
+                proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
+                running[slot] = (proc, cfg, logf)
+            for slot, (proc, cfg, logf) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                logf.close()
+                del running[slot]
+                name = Path(cfg.train.out).name
+                if rc != 0 and not (Path(cfg.train.out) / ERROR_FILE).exists():
+                    _record_failure(
+                        Path(cfg.train.out), f"worker exited with status {rc}; see train.log"
+                    )
+                log(f"[sweep] {name}: {'done' if rc == 0 else f'failed (exit {rc})'}")
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        # the workers checkpoint on SIGTERM (the training loop's stop signal), then exit
+        for proc, _, _ in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        for proc, _, logf in running.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=120)
+            logf.close()
+        raise
+
+
+# --- the sweep ----------------------------------------------------------------------------------
+
+
+def sweep_rows(
+    spec: SweepSpec, configs: list[tuple[Point, Config]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The table rows (point, swept values, metrics) and their column order."""
+    swept = spec.swept_keys
+    has_series = any(p.series for p, _ in configs)
+    rows = []
+    for point, cfg in configs:
+        run_dir = Path(cfg.train.out)
+        row: dict[str, Any] = {"point": point.name}
+        if has_series:
+            row["series"] = point.series or ""
+        for k in swept:
+            row[k] = point.overrides.get(k)
+        row.update(run_row(run_dir))
+        if (run_dir / ERROR_FILE).is_file() and not is_finished(run_dir):
+            row["status"] = "failed"
+            row["error"] = (
+                (run_dir / ERROR_FILE).read_text(encoding="utf-8").strip().splitlines()[-1][:300]
+            )
+        rows.append(row)
+    columns = ["point"] + (["series"] if has_series else []) + swept + METRIC_COLUMNS
+    return rows, columns
+
+
+def summary_x(spec: SweepSpec, rows: list[dict[str, Any]]) -> str | None:
+    """The summary plot's x: [plot] x, else the first swept key whose values are all numbers."""
+    if spec.plot.get("x"):
+        return str(spec.plot["x"])
+    for k in spec.swept_keys:
+        if all(isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool) for r in rows):
+            return k
+    return None
+
+
+def write_outputs(
+    spec: SweepSpec, configs: list[tuple[Point, Config]], cli: list[str]
+) -> SweepResult:
+    """Tables, plots and results.md for the sweep as it stands on disk."""
+    out = spec.out
+    rows, columns = sweep_rows(spec, configs)
+    md_table, csv_path = write_tables(rows, columns, out)
+    x = summary_x(spec, rows)
+    metric = str(spec.plot.get("metric", "final_val_loss"))
+    curves_x = str(spec.plot.get("curves_x", "step"))
+    made: list[Path] = []
+    curves = [(p.name, val_curve(Path(c.train.out))) for p, c in configs]
+    c = plots.plot_curves(
+        curves, out / f"{spec.name}_curves.png", x=curves_x, title=f"{spec.name}: validation loss"
+    )
+    if c:
+        made.append(c)
+    series = str(spec.plot.get("group", "series"))
+    s = plots.plot_summary(
+        rows,
+        x,
+        out / f"{spec.name}_summary.png",
+        metric=metric,
+        series=series,
+        log_x=spec.plot.get("log_x"),
+        title=f"{spec.name}: {metric} against {x or 'point'}",
+    )
+    if s:
+        made.append(s)
+    cmd = " ".join(["lmlab sweep", str(spec.path)] + [f"--{o}" for o in cli])
+    parts = [f"# Sweep: {spec.name}\n"]
+    if spec.description:
+        parts.append(spec.description.strip() + "\n")
+    parts.append(f"Command: `{cmd}`\n")
+    if spec.overrides:
+        common = ", ".join(f"`{k}={format_value(v)}`" for k, v in spec.overrides.items())
+        parts.append(f"Base recipe `{spec.base}` with {common}.\n")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    parts.append("## Results\n\n" + md_table.read_text(encoding="utf-8"))
+    parts.append(
+        "Status: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + ". Full precision in `results.csv`.\n"
+    )
+    failures = [r for r in rows if r.get("error")]
+    if failures:
+        parts.append(
+            "## Failures\n\n" + "\n".join(f"- {r['point']}: {r['error']}" for r in failures) + "\n"
+        )
+    if made:
+        parts.append("## Plots\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in made) + "\n")
+    md = out / "results.md"
+    atomic_write_text(md, "\n".join(parts))
+    write_json(
+        out / "sweep.json",
+        {
+            "name": spec.name,
+            "sweep_file": str(spec.path),
+            "command": cmd,
+            "points": [
+                {"name": r["point"], "status": r["status"], "run": str(Path(cfg.train.out))}
+                for r, (_, cfg) in zip(rows, configs, strict=True)
+            ],
+        },
+    )
+    return SweepResult(out=out, rows=rows, markdown=md, csv=csv_path, plots=made)
+
+
+def run_sweep(path: Path, overrides: list[str] | None = None, log=print) -> SweepResult:
+    """Run (or resume) the sweep in ``path``; see the module docstring."""
+    spec = load_sweep(path)
+    base = resolve_base(spec)
+    cli = [o[2:] if o.startswith("--") else o for o in (overrides or [])]
+    swept = set(spec.swept_keys)
+    for o in cli:
+        key = o.split("=", 1)[0].strip()
+        if key in swept:
+            raise ConfigError(
+                f"{key}: swept by {spec.path}; it cannot be overridden on the command line"
+            )
+    built = [(p, *point_config(spec, base, p, cli)) for p in spec.points]
+    configs = [(p, cfg) for p, cfg, _ in built]
+    log(f"[sweep] {spec.name}: {len(configs)} points -> {spec.out}")
+    prepare_data(spec, configs, log=log)
+    for _, cfg, budget in built:
+        finalize(cfg, budget)
+
+    jobs: list[tuple[Config, bool]] = []
+    for point, cfg in configs:
+        run_dir = Path(cfg.train.out)
+        action = plan(run_dir, cfg)
+        if action == "skip":
+            log(f"[sweep] {point.name}: finished already, skipped")
+            continue
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        jobs.append((cfg, action == "resume"))
+    devices = resolve_devices(spec, configs[0][1])
+    try:
+        if devices and jobs:
+            _run_parallel(jobs, devices, log)
+        else:
+            for i, (cfg, resume) in enumerate(jobs):
+                log(
+                    f"[sweep] {Path(cfg.train.out).name} ({i + 1}/{len(jobs)}): {'resuming' if resume else 'training'}"
+                )
+                _run_inline(cfg, resume, log)
+    finally:
+        # on Ctrl-C too: the table shows what exists, and rerunning resumes
+        result = write_outputs(spec, configs, cli)
+    log(
+        f"[sweep] table: {result.markdown} ({result.csv.name}); plots: {', '.join(p.name for p in result.plots) or 'none'}"
+    )
+    return result
