@@ -165,6 +165,18 @@ def test_unreachable_vocab_entry_not_used_by_fast_path(trained: BPETokenizer, tm
     assert tok.vocab[tok.vocab_size - 1] == b" quiteunusual" and tok.decode([tok.vocab_size - 1]) == " quiteunusual"
 
 
+def test_saved_truncation_padding_and_stripping_added_tokens(trained: BPETokenizer, tmp_path: Path) -> None:
+    spec = json.loads(trained._json)
+    spec["truncation"] = {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0}
+    spec["added_tokens"][1]["lstrip"] = True  # <|pad|> swallows the space before it (RoBERTa-style)
+    (tmp_path / "trunc.json").write_text(json.dumps(spec))
+    tok = load_tokenizer(tmp_path / "trunc.json")
+    assert tok.tiktoken_encoding is None  # tiktoken cannot strip around a special token
+    text = "Once upon a time there was a cat <|pad|>"
+    ids = tok.encode(text)
+    assert len(ids) > 4 and ids[-1] == 1 and ids[:-1] == trained.encode("Once upon a time there was a cat")
+
+
 def test_unmirrorable_tokenizer_json_falls_back(trained: BPETokenizer, tmp_path: Path) -> None:
     spec = json.loads(trained._json)
     spec["normalizer"] = {"type": "Lowercase"}

@@ -204,6 +204,17 @@ def scrub_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+def hf_from_str(text: str) -> Any:
+    """A ``tokenizers.Tokenizer`` from JSON text, with any saved truncation/padding switched off
+    (lmlab encodes whole documents and never pads)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = HFTokenizer.from_str(text)
+    hf.no_truncation()
+    hf.no_padding()
+    return hf
+
+
 def hf_encode(hf: Any, text: str) -> list[int]:
     """``tokenizers`` encode without post-processing; lone surrogates become U+FFFD."""
     try:

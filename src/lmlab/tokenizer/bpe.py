@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import DataError, LmlabError
-from lmlab.tokenizer.base import Tokenizer, hf_encode, hf_encode_batch
+from lmlab.tokenizer.base import Tokenizer, hf_encode, hf_encode_batch, hf_from_str
 from lmlab.tokenizer.bytelevel import GPT2_PATTERN, token_str_to_bytes
 
 
@@ -93,7 +93,8 @@ class BPETokenizer(Tokenizer):
         self._spec_model = model
         pattern = _split_pattern(spec.get("pre_tokenizer"))
         self.pattern = pattern or ""
-        self._fast_ok = (pattern is not None and spec.get("normalizer") is None
+        plain_added = all(not (t.get("lstrip") or t.get("rstrip") or t.get("single_word")) for t in added)
+        self._fast_ok = (pattern is not None and spec.get("normalizer") is None and plain_added
                          and not model.get("dropout") and not model.get("continuing_subword_prefix")
                          and not model.get("end_of_word_suffix") and not model.get("byte_fallback"))
         self._hf = self._hf_plain = None
@@ -125,10 +126,8 @@ class BPETokenizer(Tokenizer):
     def hf_tokenizer(self) -> Any:
         """The ``tokenizers.Tokenizer`` (special tokens recognised)."""
         if self._hf is None:
-            from tokenizers import Tokenizer as HFTokenizer
-
             try:
-                self._hf = HFTokenizer.from_str(self._json)
+                self._hf = hf_from_str(self._json)
             except Exception as e:  # tokenizers raises plain Exception on bad files
                 raise DataError(f"{self._where}: tokenizers cannot load it ({e})") from None
         return self._hf
@@ -140,11 +139,9 @@ class BPETokenizer(Tokenizer):
             if not self.special_tokens:
                 self._hf_plain = self.hf_tokenizer
             else:
-                from tokenizers import Tokenizer as HFTokenizer
-
                 spec = json.loads(self._json)
                 spec["added_tokens"] = []
-                self._hf_plain = HFTokenizer.from_str(json.dumps(spec))
+                self._hf_plain = hf_from_str(json.dumps(spec))
         return self._hf_plain
 
     @property

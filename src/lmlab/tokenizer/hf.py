@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import DataError, LmlabError
-from lmlab.tokenizer.base import Tokenizer, hf_encode, hf_encode_batch
+from lmlab.tokenizer.base import Tokenizer, hf_encode, hf_encode_batch, hf_from_str
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -40,11 +40,9 @@ class HFTokenizer(Tokenizer):
     kind = "hf"
 
     def __init__(self, hf_json: str, where: str = "tokenizer.json") -> None:
-        from tokenizers import Tokenizer as HFTok
-
         try:
             spec = json.loads(hf_json)
-            self._hf = HFTok.from_str(hf_json)
+            self._hf = hf_from_str(hf_json)
         except Exception as e:  # json or tokenizers (which raises plain Exception)
             raise DataError(f"{where}: not a loadable tokenizer.json ({e})") from None
         model = spec.get("model") or {}
@@ -63,7 +61,7 @@ class HFTokenizer(Tokenizer):
         self._json = hf_json
         self._where = where
         spec["added_tokens"] = []
-        self._plain = HFTok.from_str(json.dumps(spec)) if specials else self._hf
+        self._plain = hf_from_str(json.dumps(spec)) if specials else self._hf
 
     @classmethod
     def from_file(cls, path: Path) -> HFTokenizer:
