@@ -94,12 +94,22 @@ def stdlib_path() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+def stdlib_files() -> list[Path]:
+    """The standard library's ``.py`` files, without installed packages (site-packages)."""
+    root = stdlib_path()
+    return sorted(
+        f
+        for f in root.rglob("*.py")
+        if f.is_file() and not {"site-packages", "dist-packages", "__pycache__"} & set(f.relative_to(root).parts)
+    )
+
+
 def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Path]:
     """Files, folders (recursive) and globs to a sorted, de-duplicated list of files.
 
     A folder contributes files ending in one of ``suffixes`` (all files when empty). The
-    input ``@stdlib`` names this interpreter's standard library. An input that matches
-    nothing raises DataError naming it.
+    input ``@stdlib`` names this interpreter's standard library (its ``.py`` files, without
+    site-packages). An input that matches nothing raises DataError naming it.
     """
     if not inputs:
         raise DataError("no input given: pass files, folders or globs")
@@ -114,7 +124,9 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Pat
 
     for item in inputs:
         if item == STDLIB_ALIAS:
-            item = str(stdlib_path())
+            for f in stdlib_files():
+                add(f)
+            continue
         p = Path(item)
         if p.is_file():
             add(p)

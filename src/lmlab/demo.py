@@ -1,0 +1,234 @@
+"""`lmlab demo`: the whole pipeline on the embedded default corpus, inside a time budget.
+
+1. tokenizer: a byte-level BPE trained on this interpreter's standard library;
+2. data: the stdlib filtered as code (syntax, size, duplicates, undecodable files) and packed;
+3. train: the `demo-python` recipe, its step count fitted to the time left;
+4. eval: val loss, perplexity, accuracy, bits per byte on the whole val split;
+5. samples from held-out function headers, and the syntax pass rate of 100 completions;
+6. report.md with the loss plot.
+
+Stages 1 and 2 are skipped when their outputs are up to date, so a second demo spends its
+whole budget training.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from lmlab.config import Config, load_config
+
+# Seconds kept back for evaluation, sampling, the syntax check and the report.
+FINISH_RESERVE_S = 50.0
+# Training steps measured to size the run (after one warm-up step).
+TIMING_STEPS = 3
+
+
+def measure_step_seconds(cfg: Config) -> float:
+    """Wall seconds of one optimizer step of ``cfg`` on random tokens (forward, backward, AdamW)."""
+    import torch
+    import torch.nn.functional as F
+
+    from lmlab.device import resolve_device
+    from lmlab.model import build_model
+    from lmlab.train.optim import build_optimizer
+
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device)
+    opt = build_optimizer(model, cfg.optim, cfg.train.lr, device)
+    B, T, V = cfg.train.batch_size, cfg.model.context_length, cfg.model.vocab_size
+    x = torch.randint(0, V, (B, T), device=device)
+    times = []
+    for _ in range(TIMING_STEPS + 1):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x).flatten(0, 1), x.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
+    """Size max_steps, warmup, eval and checkpoint intervals to a training time budget."""
+    t = cfg.train
+    # evals and checkpoints cost time too: count them as ~8% extra
+    steps = max(20, int(seconds / (step_s * 1.08)))
+    t.max_steps = steps
+    t.warmup_steps = max(1, min(t.warmup_steps, steps // 10))
+    t.eval_every = max(1, steps // 5)
+    t.checkpoint_every = steps
+    t.log_every = max(1, min(t.log_every, steps // 20))
+    # a hard stop in case the machine is slower than measured; the schedule still ends on time
+    t.max_minutes = seconds * 1.25 / 60.0
+
+
+def held_out_prompts(data_dir: Path, tokenizer: Any, limit: int = 40) -> list[str]:
+    """Function-header prompts from the val split's documents: code the model never trained on."""
+    import numpy as np
+
+    from lmlab.data.loader import TokenSplit
+    from lmlab.data.shards import read_meta
+    from lmlab.eval.code import extract_function_headers
+
+    meta = read_meta(data_dir)
+    split = TokenSplit(data_dir, "val", meta)
+    n = min(split.n_tokens, 2_000_000)
+    ids = np.asarray(split.read(0, n), dtype=np.int64)
+    eot = meta["eot_id"]
+    cuts = np.flatnonzero(ids == eot)
+    prompts: list[str] = []
+    start = 0
+    for end in cuts:
+        doc = tokenizer.decode(ids[start:end].tolist())
+        start = int(end) + 1
+        for header in extract_function_headers(doc, require_docstring=True):
+            if len(header) < 600:
+                prompts.append(header)
+        if len(prompts) >= limit:
+            break
+    return prompts[:limit]
+
+
+def make_generate_fn(model: Any, tokenizer: Any, temperature: float = 0.8, top_k: int = 50, seed: int = 0):
+    """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate; batches equal prompts."""
+    from lmlab.sample import generate
+
+    def generate_fn(prompts: list[str], max_new_tokens: int) -> list[tuple[str, bool]]:
+        out: list[tuple[str, bool] | None] = [None] * len(prompts)
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(p, []).append(i)
+        for k, (prompt, where) in enumerate(groups.items()):
+            samples = generate(
+                model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                top_k=top_k, num_samples=len(where), seed=seed + k,
+            )
+            for i, s in zip(where, samples):
+                out[i] = (s.text, s.finish_reason == "eot")
+        return [o for o in out if o is not None]
+
+    return generate_fn
+
+
+def _syntax_section(report: dict[str, Any]) -> str:
+    rate = report["pass_rate"]
+    completed = report.get("pass_rate_completed")
+    lines = [
+        f"{report['n']} completions of held-out function headers (temperature 0.8, top-k 50), "
+        "each cut at the next top-level statement or end-of-text, checked with `compile()`.",
+        "",
+        f"- pass rate: **{100 * rate:.1f}%** ({report['passed']}/{report['n']})",
+        f"- completed before the token limit: {report['completed']}, of which "
+        + (f"{100 * completed:.1f}% compile" if completed is not None else "none"),
+        f"- cut by the token limit: {report['cut_by_length']} ({report['passed_cut_by_length']} compile)",
+    ]
+    if report.get("top_errors"):
+        lines.append("- commonest errors: " + "; ".join(f"{e} ({c})" for e, c in report["top_errors"][:3]))
+    return "\n".join(lines)
+
+
+def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run the demo; returns the final metrics (also in ``out/run/report.md``)."""
+    from lmlab.errors import ConfigError
+    from lmlab.pipeline import resolve_training_inputs
+
+    if minutes <= 0:
+        raise ConfigError(f"--minutes: must be positive, got {minutes}")
+    start = time.monotonic()
+    out = Path(out)
+    cfg = load_config(
+        "demo-python",
+        [
+            f"tokenizer.out={out / 'tokenizer'}",
+            f"prepare.out={out / 'data'}",
+            f"train.out={out / 'run'}",
+            *(overrides or []),
+        ],
+    )
+    print(f"lmlab demo: {minutes:g} minute budget, output in {out}/", flush=True)
+    # 1-2) tokenizer and data, skipped when up to date
+    cfg = resolve_training_inputs(cfg)
+    from lmlab.data.shards import read_meta
+
+    meta = read_meta(Path(cfg.data.path))
+    cfg.model.vocab_size = int(meta["vocab_size"])
+    cfg.validate()
+
+    # 3) train for the time that is left
+    left = minutes * 60.0 - (time.monotonic() - start) - FINISH_RESERVE_S
+    if left < 20:
+        raise ConfigError(f"--minutes: {minutes:g} leaves {max(left, 0):.0f}s to train after data preparation; give more")
+    step_s = measure_step_seconds(cfg)
+    fit_steps(cfg, left - TIMING_STEPS * step_s, step_s)
+    print(f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min", flush=True)
+    from lmlab.train.loop import train
+
+    result = train(cfg, resume=False)
+
+    # 4) eval on the whole val split
+    from lmlab.eval.metrics import evaluate_path, format_metrics
+
+    run_dir = Path(cfg.train.out)
+    metrics = evaluate_path(str(run_dir), batches=None)
+    print("[eval]\n" + format_metrics(metrics), flush=True)
+
+    # 5) samples and syntax pass rate from held-out function headers
+    from lmlab.eval.code import syntax_pass_rate
+    from lmlab.sample import generate
+    from lmlab.train.checkpoint import load_model_for_inference
+
+    model, _, tokenizer = load_model_for_inference(run_dir, device="cpu")
+    prompts = held_out_prompts(Path(cfg.data.path), tokenizer) or [""]
+    shown = []
+    for i, prompt in enumerate(prompts[:2]):
+        s = generate(model, tokenizer, prompt, max_new_tokens=cfg.eval.sample_tokens, temperature=0.6, top_k=40, seed=i)[0]
+        shown.append(f"```python\n{prompt}{s.text}\n```")
+        print(f"[sample {i + 1}]\n{prompt}{s.text}\n", flush=True)
+    syntax = syntax_pass_rate(
+        make_generate_fn(model, tokenizer), prompts, n=max(1, cfg.eval.syntax_samples), max_new_tokens=96, batch_size=20
+    )
+    print(
+        f"[syntax] {100 * syntax['pass_rate']:.1f}% of {syntax['n']} completions compile "
+        f"({syntax['cut_by_length']} cut by the token limit)",
+        flush=True,
+    )
+
+    # 6) report
+    from lmlab.report import markdown_table, write_report
+
+    filt = meta.get("filter") or {}
+    data_lines = [
+        f"Corpus: the Python standard library of this interpreter, filtered as code: "
+        f"{meta['splits']['train']['documents']:,} train and {meta['splits']['val']['documents']:,} val files, "
+        f"{meta['splits']['train']['tokens']:,} train tokens, vocabulary {meta['vocab_size']:,}.",
+    ]
+    if filt:
+        data_lines.append("\nFilter report:\n\n```json\n" + json.dumps(filt, indent=1)[:3000] + "\n```")
+    final = {k: metrics[k] for k in ("val_loss", "perplexity", "accuracy", "bits_per_byte", "tokens") if k in metrics}
+    train_summary = {
+        "steps": result.steps,
+        "tokens seen": result.tokens,
+        "params": result.params,
+        "wall time (s)": round(result.wall_time_s, 1),
+        "stopped by": result.stop_reason,
+    }
+    report = write_report(
+        run_dir,
+        title="lmlab demo: a small Python code model",
+        sections={
+            "Data": "\n".join(data_lines),
+            "Training": markdown_table([train_summary]),
+            "Final metrics (whole val split)": markdown_table([final]),
+            "Syntax pass rate": _syntax_section(syntax),
+            "Samples from held-out function headers": "\n\n".join(shown),
+        },
+    )
+    total = time.monotonic() - start
+    print(f"lmlab demo: done in {total / 60:.1f} min; report: {report}", flush=True)
+    return {**final, "syntax_pass_rate": syntax["pass_rate"], "report": str(report), "wall_time_s": total}
