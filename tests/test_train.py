@@ -144,3 +144,28 @@ def test_spike_guard_skips_an_injected_spike(dataset, tmp_path, monkeypatch):
     assert by_step[14]["grad_norm"] > 1e3
     state = json.loads((tmp_path / "r" / "checkpoints" / "step_000016" / "state.json").read_text())
     assert state["skipped_steps"] == 1 and max(state["spike_history"]) < 1e3
+
+
+def test_missing_tensorboard_is_a_clear_error(dataset, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError, match="log.tensorboard"):
+        train(tiny_config(dataset, tmp_path / "r", log__tensorboard=True, train__max_steps=1))
+
+
+def test_resume_without_checkpoint_starts_fresh(dataset, tmp_path):
+    result = train(tiny_config(dataset, tmp_path / "r", train__max_steps=2, eval__samples=0), resume=True)
+    assert result.steps == 2 and sorted(losses(tmp_path / "r")) == [1, 2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_run(dataset, tmp_path):
+    result = train(tiny_config(dataset, tmp_path / "r", train__device="cuda", train__dtype="auto", train__max_steps=4))
+    assert not result.diverged and result.final_val_loss is not None
+    recs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["train_loss"]) for r in recs if "train_loss" in r)

@@ -17,24 +17,6 @@ from lmlab.errors import ConfigError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Dense peak TFLOPS by CUDA device-name fragment, for MFU (bf16/fp16 tensor cores, fp32).
-# The first fragment found in torch.cuda.get_device_name() wins, so longer names come first.
-PEAK_TFLOPS: list[tuple[str, float, float]] = [
-    ("H200", 989.0, 67.0),
-    ("H100 PCIe", 756.0, 51.0),
-    ("H100", 989.0, 67.0),
-    ("A100", 312.0, 19.5),
-    ("A10G", 125.0, 31.2),
-    ("A10", 125.0, 31.2),
-    ("L40S", 362.0, 91.6),
-    ("L4", 121.0, 30.3),
-    ("4090", 165.0, 82.6),
-    ("3090", 71.0, 35.6),
-    ("V100", 125.0, 15.7),
-    ("T4", 65.0, 8.1),
-]
-
-
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` -> a torch.device (ConfigError if absent).
 
@@ -89,14 +71,16 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """Dense peak FLOP/s of one device at ``dtype``, or None where unknown (CPU, unlisted GPU)."""
-    if device.type != "cuda":
+    """Dense bf16/fp16 peak FLOP/s of one CUDA device (lmlab.accounting's table), else None.
+
+    None on CPU/MPS, for unlisted GPUs and for float32 (no tensor-core peak applies), so MFU
+    is only reported where it means something.
+    """
+    if device.type != "cuda" or dtype is torch.float32:
         return None
-    name = torch.cuda.get_device_name(device)
-    for fragment, half, single in PEAK_TFLOPS:
-        if fragment in name:
-            return (single if dtype is torch.float32 else half) * 1e12
-    return None
+    from lmlab.accounting import known_peak_flops
+
+    return known_peak_flops(torch.cuda.get_device_name(device))
 
 
 def synchronize(device: torch.device) -> None:

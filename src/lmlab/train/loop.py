@@ -142,20 +142,19 @@ def _batch_shape(cfg: Config, world: int) -> tuple[int, int]:
     return B, micro
 
 
-def _flops_per_token(model: torch.nn.Module, cfg: Config) -> float:
-    """Training FLOPs per token: 6N + 12*L*d*T (PaLM appendix B), or lmlab.accounting's figure."""
-    try:
-        from lmlab.accounting import flops_per_token
+def eval_batch_size(cfg: Config) -> int:
+    """Sequences per eval batch: eval.batch_size, else the micro-batch, else the global batch.
 
-        fwd = flops_per_token(cfg.model, cfg.model.context_length)
-        total = fwd.get("total") or fwd.get("forward_flops_total") if isinstance(fwd, dict) else fwd
-        if total:
-            return 3.0 * float(total)  # backward is about twice the forward
-    except Exception:  # accounting absent or a different shape: fall back to the estimate
-        pass
-    m = cfg.model
-    n = sum(p.numel() for p in model.parameters())
-    return 6.0 * n + 12.0 * m.n_layer * m.d_model * m.context_length
+    It does not depend on the process count, so val windows (and losses) are comparable.
+    """
+    return cfg.eval.batch_size or cfg.train.micro_batch_size or _batch_shape(cfg, 1)[0]
+
+
+def _flops_per_token(cfg: Config) -> float:
+    """Training FLOPs per token (3 x forward, lmlab.accounting's convention), for MFU."""
+    from lmlab.accounting import training_flops_per_token
+
+    return training_flops_per_token(cfg.model, cfg.model.context_length)
 
 
 def _load_tokenizer(cfg: Config, meta: dict[str, Any]):
@@ -188,19 +187,28 @@ def _samples(model: torch.nn.Module, tok: Any, n: int, length: int, start_id: in
     return [tok.decode(row[1:].tolist()) for row in idx.cpu()]
 
 
-def train(cfg: Config, resume: bool = False) -> TrainResult:
-    """Train ``cfg`` into ``cfg.train.out``; see the module docstring."""
+def train(cfg: Config, resume: bool = False, data: Any = None) -> TrainResult:
+    """Train ``cfg`` into ``cfg.train.out``; see the module docstring.
+
+    ``data`` replaces the prepared dataset as the batch source (fine-tuning): an object with
+    ``meta`` (vocab_size, eot_id, tokenizer), ``loader(global_batch, micro, seed, rank, world,
+    device)`` returning a BatchLoader-like object (``get``, ``accum_steps``, ``step``,
+    ``state_dict``/``load_state_dict``, ``tokens_per_step``, and ``counts(step)`` -> the
+    global batch's (tokens, unmasked targets)), and ``val_batches(batch_size, max_batches,
+    seed, rank, world)`` returning this rank's fixed ``(x, y)`` val batches or None. See
+    :class:`lmlab.data.sft.SftData`.
+    """
     info = dd.from_env()
     device = resolve_device(cfg.train.device, info.local_rank if info.enabled else None)
     dd.setup(info, device)
     try:
-        return _Trainer(copy.deepcopy(cfg), info, device, resume).run()
+        return _Trainer(copy.deepcopy(cfg), info, device, resume, data).run()
     finally:
         dd.teardown()
 
 
 class _Trainer:
-    def __init__(self, cfg: Config, info: dd.Dist, device: torch.device, resume: bool):
+    def __init__(self, cfg: Config, info: dd.Dist, device: torch.device, resume: bool, data: Any = None):
         from lmlab.data.loader import BatchLoader, TokenSplit, fixed_windows, parse_mix
         from lmlab.data.shards import read_meta
         from lmlab.model import build_model
@@ -208,9 +216,13 @@ class _Trainer:
         self.cfg, self.info, self.device = cfg, info, device
         t, m = cfg.train, cfg.model
         self.t0 = time.monotonic()
-        if not cfg.data.path:
+        self.data = data  # another batch source (SFT), else the prepared dataset at data.path
+        if data is not None:
+            meta = data.meta
+        elif not cfg.data.path:
             raise ConfigError("data.path: no dataset given (a folder from `lmlab data prepare`)")
-        meta = read_meta(cfg.data.path)
+        else:
+            meta = read_meta(cfg.data.path)
         self.meta = meta
         if m.vocab_size == 0:
             m.vocab_size = int(meta["vocab_size"])
@@ -261,16 +273,18 @@ class _Trainer:
         # 3) data
         self.global_batch, micro = _batch_shape(cfg, info.world)
         T = m.context_length
-        mix = [(TokenSplit(p, "train"), f) for p, f in parse_mix(cfg.data.mix)]
+        mix = [(TokenSplit(p, "train"), f) for p, f in parse_mix(cfg.data.mix)] if data is None else []
         self.loader = BatchLoader(
             TokenSplit(cfg.data.path, "train", meta), T, self.global_batch, micro, t.seed, info.rank, info.world, device, mix
-        )
-        self.tokens_per_step = self.global_batch * T
-        self.val = TokenSplit(cfg.data.path, "val", meta) if meta["splits"].get("val", {}).get("shards") else None
+        ) if data is None else data.loader(self.global_batch, micro, t.seed, info.rank, info.world, device)
+        self.tokens_per_step = self.global_batch * T if data is None else self.loader.tokens_per_step
+        has_val = data is None and meta["splits"].get("val", {}).get("shards")
+        self.val = TokenSplit(cfg.data.path, "val", meta) if has_val else None
         self.val_windows: list[np.ndarray] | None = None
         if self.val is not None:
             e = cfg.eval
-            bsz = e.batch_size or micro
+            # the same windows whatever the process count, so val losses stay comparable
+            bsz = eval_batch_size(cfg)
             if e.batches:
                 allw = fixed_windows(self.val, T, bsz, e.batches, t.seed)
                 self.val_windows = allw[info.rank :: info.world]  # each rank its share
@@ -278,6 +292,8 @@ class _Trainer:
                 from lmlab.data.loader import contiguous_windows
 
                 self.val_windows = [w for i, w in enumerate(contiguous_windows(self.val, T, bsz)) if i % info.world == info.rank]
+        if data is not None:  # fixed (x, y) batches with masked targets, this rank's share
+            self.val_windows = data.val_batches(eval_batch_size(cfg), cfg.eval.batches, t.seed, info.rank, info.world)
 
         # 4) state (restored from the checkpoint when resuming)
         self.step = 0
@@ -298,7 +314,7 @@ class _Trainer:
             model = torch.compile(model)
         self.model = dd.wrap_ddp(model, info, device)
         self.model.train()
-        self.flops_per_token = _flops_per_token(self.raw_model, cfg)
+        self.flops_per_token = _flops_per_token(cfg)
         peak = peak_flops(device, self.dtype)
         self.peak = peak * info.world if peak else None
         self.tokenizer = None
@@ -371,6 +387,8 @@ class _Trainer:
         budget_s = t.max_minutes * 60.0
         accum = self.loader.accum_steps
         inv_targets = self.info.world / self.tokens_per_step  # DDP averages grads over ranks
+        counts = getattr(self.loader, "counts", None)  # per-step (tokens, targets) when masks vary
+        step_tokens = self.tokens_per_step
         last_saved = self.step
         in_step = False
         log_t, log_step = time.perf_counter(), self.step
@@ -390,6 +408,9 @@ class _Trainer:
                     set_lr(self.optimizer, lr)
                     # 1) forward/backward over this rank's micro-batches
                     batches = self.loader.get(step)
+                    if counts is not None:
+                        step_tokens, n_targets = counts(step)
+                        inv_targets = self.info.world / max(n_targets, 1)
                     loss_acc = torch.zeros((), device=self.device)
                     for i, (x, y) in enumerate(batches):
                         no_sync = ddp and i < accum - 1
@@ -416,7 +437,7 @@ class _Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.step = step + 1
                     self.loader.step = self.step
-                    self.tokens += self.tokens_per_step
+                    self.tokens += step_tokens
                     in_step = False
                     done = self.step
                     last = done >= t.max_steps
@@ -501,7 +522,8 @@ class _Trainer:
         from lmlab.data.loader import as_batches
         from lmlab.eval.metrics import evaluate_batches
 
-        sums = evaluate_batches(self.raw_model, as_batches(self.val_windows, self.device), self.device, self.dtype)
+        batches = self.val_windows if self.data is not None else as_batches(self.val_windows, self.device)
+        sums = evaluate_batches(self.raw_model, batches, self.device, self.dtype)
         nats, count, correct = dd.all_reduce_sum([sums["nats"], sums["tokens"], sums["correct"]], self.info, self.device)
         val = nats / max(count, 1)
         self.last_val = val
@@ -512,7 +534,7 @@ class _Trainer:
             self.evals_since_best += 1
         if self.logger is not None:
             rec = {"step": step, "val_loss": val, "perplexity": math.exp(min(val, 700.0)), "accuracy": correct / max(count, 1)}
-            if self.val.n_bytes:
+            if self.val is not None and self.val.n_bytes:
                 ratio = self.val.n_bytes / int(self.val.info.get("tokens") or self.val.n_tokens)
                 rec["bits_per_byte"] = nats / (math.log(2) * count * ratio)
             rec["elapsed"] = self.elapsed()

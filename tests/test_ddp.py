@@ -1,0 +1,51 @@
+"""DDP under torchrun on CPU (gloo): 2 processes give the losses of 1 with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmlab.config import to_toml
+from lmlab_train_fixtures import losses, make_text, tiny_config, write_dataset
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_two_processes_match_one(tmp_path):
+    data = write_dataset(tmp_path / "ds", make_text(40))
+    # global batch 8: one process does 2 micro-batches of 4, each of two processes one of 4
+    cfg = tiny_config(
+        data, tmp_path / "one", train__max_steps=4, train__batch_size=8, train__micro_batch_size=4,
+        train__eval_every=2, train__checkpoint_every=2, eval__samples=0,
+    )
+    toml = tmp_path / "cfg.toml"
+    toml.write_text(to_toml(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
+    for cmd in (
+        [sys.executable, "-m", "lmlab", "train", str(toml), "--out", str(tmp_path / "one")],
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "lmlab", "train", str(toml), "--out", str(tmp_path / "two")],
+    ):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(two) == [1, 2, 3, 4]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5)
+    v1, v2 = losses(tmp_path / "one", "val_loss"), losses(tmp_path / "two", "val_loss")
+    assert sorted(v2) == [2, 4]
+    for step in v1:
+        assert v2[step] == pytest.approx(v1[step], rel=1e-5)
+    # rank 0 alone wrote the run folder; the checkpoint holds both ranks' RNG states
+    import json
+
+    state = json.loads((tmp_path / "two" / "checkpoints" / "step_000004" / "state.json").read_text())
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert "2 process(es)" in proc.stdout
