@@ -171,6 +171,27 @@ def test_encode_file_matches_whole_file(tok: BPETokenizer, tmp_path: Path) -> No
     assert [i for c in special for i in c] == tok.encode(whole)
 
 
+def test_encode_file_memory_is_bounded(tok: BPETokenizer, tmp_path: Path) -> None:
+    import tracemalloc
+
+    f = tmp_path / "big.txt"
+    line = "Once upon a time, a little dog ran to the park. 🙂\n"
+    f.write_text(line * 40_000, encoding="utf-8")  # ~2.1 MB
+    n = 0
+    tok.encode_ordinary("warm up")  # build the lazy tiktoken Encoding outside the measurement
+    tracemalloc.start()
+    try:
+        for ids in tok.encode_file(f, chunk_bytes=4096):
+            n += len(ids)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 40_000 * len(tok.encode_ordinary(line))
+    # Peak grows with chunk_bytes (~60x: text copies + a list of int ids), not with the file:
+    # ~0.25 MB here, while encoding the whole 2 MB file at once peaks near 30 MB.
+    assert peak < 1_000_000, peak
+
+
 def test_encode_file_never_cuts_a_special_token(tmp_path: Path) -> None:
     t = train_tokenizer([str(need(TEXTS / "corpus.en"))], vocab_size=300, out=tmp_path / "t",
                         special_tokens=["<|a\nb|>", "z\n"])

@@ -97,6 +97,8 @@ class Tokenizer:
         a newline that follows a non-space character, see ``_safe_cut``), so the concatenated
         ids equal those of encoding the whole file at once. A file with no such point in a
         window keeps growing its buffer until one is found (memory is then that span).
+        ``chunk_bytes`` is read per step; a chunk is cut once the buffer holds that many
+        characters, so memory is proportional to ``chunk_bytes``, not to the file size.
         """
         if chunk_bytes < 1:
             raise LmlabError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
