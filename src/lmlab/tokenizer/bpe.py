@@ -10,6 +10,9 @@ as ids. HF merges the pair with the lowest *merge index*. The two agree when eac
 follows the order of the merge that first created it. HF-trained and GPT-2 vocabularies
 number merge results in merge order, so their ids serve as ranks directly. Otherwise we rank
 tokens by merge order and translate ranks back to ids with a lookup table.
+tiktoken also takes a whole pre-token that is itself in the vocabulary as one token (HF's
+``ignore_merges``); for vocabularies BPE-trained on the same split (HF-trained, GPT-2) this
+gives the same ids, which the tests check on text and on the whole standard library.
 When the tokenizer.json does something tiktoken cannot mirror (a normalizer, a prefix space,
 an unknown pre-tokenizer, missing byte tokens), the ``tokenizers`` path is used throughout.
 """
@@ -63,7 +66,9 @@ class BPETokenizer(Tokenizer):
             spec = json.loads(hf_json)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not valid JSON ({e})") from None
-        model = spec.get("model") or {}
+        if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
+            raise DataError(f"{where}: not a tokenizer.json (no 'model' object)")
+        model = spec["model"]
         if model.get("type") != "BPE":
             raise DataError(f"{where}: model type {model.get('type')!r} is not BPE; lmlab loads byte-level BPE tokenizers")
         added = spec.get("added_tokens") or []
@@ -90,7 +95,6 @@ class BPETokenizer(Tokenizer):
         super().__init__(id_bytes, specials, merges)
         self._json = hf_json
         self._where = where
-        self._spec_model = model
         pattern = _split_pattern(spec.get("pre_tokenizer"))
         self.pattern = pattern or ""
         plain_added = all(not (t.get("lstrip") or t.get("rstrip") or t.get("single_word")) for t in added)
