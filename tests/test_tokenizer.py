@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,6 +129,12 @@ def test_training_is_deterministic(tmp_path: Path, tok_dir: Path) -> None:
     again = train_tokenizer([str(TINYSTORIES)], vocab_size=2000, out=tmp_path / "again", special_tokens=[EOT])
     assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (tok_dir / "tokenizer.json").read_bytes()
     assert again.fingerprint() == load_tokenizer(tok_dir).fingerprint()
+    # ... and with one thread in a fresh process (tokenizers' training is parallel)
+    env = {**os.environ, "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    code = ("import sys; from lmlab.tokenizer import train_tokenizer; "
+            "train_tokenizer([sys.argv[1]], 2000, sys.argv[2], special_tokens=['<|endoftext|>'])")
+    subprocess.run([sys.executable, "-c", code, str(TINYSTORIES), str(tmp_path / "one")], env=env, check=True)
+    assert (tmp_path / "one" / "tokenizer.json").read_bytes() == (tok_dir / "tokenizer.json").read_bytes()
 
 
 def test_many_special_tokens(tmp_path: Path) -> None:
