@@ -311,11 +311,17 @@ def _run_parallel(jobs: list[tuple[Config, bool]], devices: list[str], log=print
 # --- the sweep ----------------------------------------------------------------------------------
 
 
+def _config_value(cfg: Config, key: str) -> Any:
+    section, name = key.split(".", 1)
+    return getattr(getattr(cfg, section), name)
+
+
 def sweep_rows(
     spec: SweepSpec, configs: list[tuple[Point, Config]]
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The table rows (point, swept values, metrics) and their column order."""
-    swept = spec.swept_keys
+    # output folders (tokenizer.out, prepare.out, ...) only repeat the point's name
+    swept = [k for k in spec.swept_keys if not k.endswith((".out", ".path"))]
     has_series = any(p.series for p, _ in configs)
     rows = []
     for point, cfg in configs:
@@ -324,7 +330,8 @@ def sweep_rows(
         if has_series:
             row["series"] = point.series or ""
         for k in swept:
-            row[k] = point.overrides.get(k)
+            # the value the run used (a point that leaves the key alone shows the base's)
+            row[k] = point.overrides.get(k) if k in BUDGET_KEYS else _config_value(cfg, k)
         row.update(run_row(run_dir))
         if (run_dir / ERROR_FILE).is_file() and not is_finished(run_dir):
             row["status"] = "failed"
@@ -341,7 +348,9 @@ def summary_x(spec: SweepSpec, rows: list[dict[str, Any]]) -> str | None:
     if spec.plot.get("x"):
         return str(spec.plot["x"])
     for k in spec.swept_keys:
-        if all(isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool) for r in rows):
+        if k in rows[0] and all(
+            isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool) for r in rows
+        ):
             return k
     return None
 
