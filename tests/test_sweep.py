@@ -202,3 +202,18 @@ def test_sweep_file_errors_name_the_key(folder):
     assert [p.name for p in spec.points] == ["a__lr-0.001", "a__lr-0.002"]
     assert spec.points[1].overrides == {"model.n_layer": 1, "train.lr": 2e-3}
     assert folder_name({"model.norm": "none", "train.lr": 1e6}) == "norm-none__lr-1e+06"
+
+
+def test_sweep_cli_reports_a_bad_sweep_file_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('base = "shakespeare-char"\n[grid]\n"train.lr" = 3\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmlab", "sweep", str(bad)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"lmlab: error: {bad}: [grid] train.lr: expected a non-empty list of values, got 3"
+    ]
