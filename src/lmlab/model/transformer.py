@@ -198,13 +198,11 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         H, KV, hd = self.n_head, self.n_kv_head, self.head_dim
-        qkv = self.qkv(x)  # (B, T, (H + 2*KV) * hd)
-        q, k, v = qkv.split((H * hd, KV * hd, KV * hd), dim=-1)
-        q = q.view(B, T, H, hd)  # (B, T, H, hd)
-        k = k.view(B, T, KV, hd)  # (B, T, KV, hd)
-        v = v.view(B, T, KV, hd)
+        qkv = self.qkv(x).view(B, T, H + 2 * KV, hd)  # (B, T, H + 2*KV, hd): q heads, k heads, v heads
+        qk, v = qkv[:, :, : H + KV], qkv[:, :, H + KV :]  # (B, T, H + KV, hd), (B, T, KV, hd)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = apply_rope(qk, *rope)  # q and k rotated in one pass
+        q, k = qk[:, :, :H], qk[:, :, H:]  # (B, T, H, hd), (B, T, KV, hd)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
 
         mask, causal = None, True
