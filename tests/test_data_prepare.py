@@ -189,6 +189,8 @@ def test_bad_inputs_leave_nothing(tok_dir, tmp_path):
     out = tmp_path / "ds"
     with pytest.raises(DataError, match="nope: no such file"):
         prep(tok_dir, [tmp_path / "nope"], out)
+    with pytest.raises(DataError, match="no-tok: tokenizer not found"):
+        prep(tmp_path / "no-tok", [tmp_path], out)
     j = tmp_path / "d.jsonl"
     j.write_text('{"text": "a"}\n{"text": "b"}\n{"text": oops}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"d\.jsonl:3: malformed JSON"):
