@@ -1,6 +1,7 @@
 """Symbolic tokenizer on the whole standard library: AST round trip and tokens per file.
 
     .venv/bin/python bench/bench_symbolic.py [--workers 2] [--limit N]
+    PYTHONPATH=src python3.12 bench/bench_symbolic.py --round-trip-only   # another stdlib
 
 1. Every stdlib ``.py`` file (site-packages excluded) that ``compile()`` accepts is encoded
    with the symbolic tokenizer (trained on the stdlib, vocab 1024) and decoded with its
@@ -8,6 +9,9 @@
 2. Tokens per file on held-out stdlib files (every 10th file; the tokenizers train on the
    other nine tenths): symbolic (1024) against byte-level BPE at 8192 and 1024, trained with
    lmlab's ``train_tokenizer`` (HF ``tokenizers``) on the same files.
+
+``--round-trip-only`` skips 2 and uses the tokenizer without merges (every spelled item
+byte by byte), so it runs on any interpreter that can import ``lmlab``, no dependencies.
 """
 
 from __future__ import annotations
@@ -89,15 +93,8 @@ def round_trip(path: Path) -> tuple[str, str, float]:
     return str(path), "ok", seconds
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=0, help="use only every k-th file to get about N (quick look)")
-    args = ap.parse_args()
-
-    files = stdlib_files()
-    if args.limit:
-        files = files[:: max(1, len(files) // args.limit)]
+def compare_token_counts(files: list[Path]) -> SymbolicTokenizer:
+    """Train the three tokenizers on 9/10 of ``files``; print tokens per held-out file."""
     texts = {p: read_compilable(p) for p in files}
     held = [p for i, p in enumerate(files) if i % 10 == 0 and texts[p] is not None]
     train = [p for i, p in enumerate(files) if i % 10 != 0 and texts[p] is not None]
@@ -144,6 +141,24 @@ def main() -> int:
               f"{nbytes / sum(c):.2f} | {sum(c) / base:.2f}x |")
     total = sum(kinds.values())
     print("\nsymbolic tokens by kind: " + ", ".join(f"{k} {100 * n / total:.1f}%" for k, n in kinds.most_common()))
+    return sym
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=0, help="use only every k-th file to get about N (quick look)")
+    ap.add_argument("--round-trip-only", action="store_true", help="skip training and the token counts")
+    args = ap.parse_args()
+
+    files = stdlib_files()
+    if args.limit:
+        files = files[:: max(1, len(files) // args.limit)]
+    if args.round_trip_only:
+        print(f"python {sys.version.split()[0]}, stdlib {len(files)} .py files")
+        sym = SymbolicTokenizer()
+    else:
+        sym = compare_token_counts(files)
 
     # 3. the whole-stdlib AST round trip (through ids, with the symbol table)
     t0 = time.perf_counter()
