@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import sys
 import sysconfig
 import textwrap
 import tokenize
@@ -233,6 +234,14 @@ def test_generated_names_avoid_spelled_overflow_names() -> None:
     tokens, _ = abstract(code, max_symbols=2)  # f, a get indices; v0 overflows
     assert _compiles(restore(tokens))  # f -> v0 would clash with the spelled v0
     assert "v0_" in restore(tokens)
+
+
+def test_names_tokenize_splits_are_kept_whole_as_raw() -> None:
+    code = "℘x = 1\nprint(℘x, y℘)\n"  # U+2118 starts identifiers; tokenize's regex misses it
+    tokens, table = abstract(code)
+    if sys.version_info < (3, 12):  # 3.12's tokenize (the C one) gets it right: plain names
+        assert [tokens[i + 1] for i, t in enumerate(tokens) if t == RAW] == ["℘x", "℘x", "y℘"]
+    assert same_ast(code, restore(tokens, table)) and same_ast(code, restore(tokens))
 
 
 def test_soft_keywords_used_as_names_keep_working_without_table() -> None:

@@ -4,7 +4,8 @@ Python's :mod:`tokenize` splits the code; then
 
 1. keywords (soft ones too: ``match``, ``case``, ``_``, ``type``), operators, punctuation and
    the layout tokens ``<|NEWLINE|>`` ``<|NL|>`` ``<|INDENT|>`` ``<|DEDENT|>`` stay as tokens;
-   so do builtin names (``print``, ``len``, ``ValueError``...) and ``self``/``cls``;
+   so do builtin names (``print``, ``len``, ``ValueError``...), ``self``, ``cls`` and a few
+   dunders (``__init__``, ``__name__``...; ``__class__`` always, ``nonlocal`` needs it);
 2. every other identifier becomes ``<|SYMBOL|>`` and a per-file index token ``<|k|>``: the
    first new name in the file is ``<|0|>``, the next ``<|1|>``, and a name keeps its index
    wherever it appears (names are compared after NFKC normalisation, as Python does);
@@ -21,8 +22,9 @@ Python's :mod:`tokenize` splits the code; then
 ``abstract(code) -> (tokens, table)`` and ``restore(tokens, table) -> code`` round-trip to
 the same AST (``ast.dump(ast.parse(code))``); the layout is regenerated (4-space indents,
 one logical line per line), not copied. Without a table (model output) names come back as
-``v0``, ``v1``..., strings as ``"s0"``, ``"s1"``... and comments as ``# ...``, so a sample's syntax can be
-checked with ``compile()`` (:func:`parse_rate`).
+``v0``, ``v1``..., strings as ``"s0"``, ``"s1"``... and comments as ``# ...``, so a sample's
+syntax can be checked with ``compile()`` (:func:`parse_rate`). A name ``tokenize`` splits
+(``℘x``: its regex misses some identifier characters) is kept whole as a ``<|RAW|>`` item.
 
 Ids: special tokens, then the fixed tokens above, then the ``max_symbols`` index tokens,
 then 256 byte pieces and the learned merges. ``decode(ids)`` restores code without a table;
@@ -144,36 +146,36 @@ def _lex(code: str) -> list[tuple[str, str]]:
         row, col = pos
         return starts[min(row - 1, len(starts) - 1)] + col
 
-    items: list[tuple[str, str, int, int]] = []  # kind, text, start, end
-    end_of_last = 0
-    fstring_depth, fstring_start = 0, 0
+    # Positions stay (row, col) tuples: only f-strings and leftovers need offsets.
+    items: list[tuple[str, str, Any, Any]] = []  # kind, text, start, end
+    end_of_last: tuple[int, int] = (1, 0)
+    fstring_depth, fstring_start = 0, (1, 0)
+    append = items.append
     try:
         for tok in tokenize.generate_tokens(io.StringIO(code, newline="\n").readline):
             if tok.type == _FSTRING_START:
                 if fstring_depth == 0:
-                    fstring_start = offset(tok.start)
+                    fstring_start = tok.start
                 fstring_depth += 1
                 continue
             if fstring_depth:
                 if tok.type == _FSTRING_END:
                     fstring_depth -= 1
                     if fstring_depth == 0:
-                        end = offset(tok.end)
-                        items.append((_STRING, code[fstring_start:end], fstring_start, end))
-                        end_of_last = end
+                        text = code[offset(fstring_start) : offset(tok.end)]
+                        append((_STRING, text, fstring_start, tok.end))
+                        end_of_last = tok.end
                 continue
-            start, end = offset(tok.start), offset(tok.end)
             kind = _kind_of(tok)
-            if kind is None:
-                continue
-            items.append((kind, tok.string, start, end))
-            end_of_last = max(end_of_last, end)
+            if kind is not None:
+                append((kind, tok.string, tok.start, tok.end))
+                end_of_last = max(end_of_last, tok.end)
     except (tokenize.TokenError, SyntaxError):
-        rest_start = fstring_start if fstring_depth else end_of_last
+        rest_start = offset(fstring_start if fstring_depth else end_of_last)
         rest = code[rest_start:].strip()
         if rest:
             kind = _STRING if _STRING_START_RE.match(rest) else _RAW
-            items.append((kind, rest, rest_start, len(code)))
+            append((kind, rest, (-1, -1), (-1, -1)))
     items = _merge_error_tokens(items)
     # DEDENTs at the end are implied, and so is a final newline the source did not have.
     while items and (
@@ -202,7 +204,7 @@ def _kind_of(tok: tokenize.TokenInfo) -> str | None:
     return None  # ENCODING, ENDMARKER, TYPE_COMMENT...
 
 
-def _merge_error_tokens(items: list[tuple[str, str, int, int]]) -> list[tuple[str, str, int, int]]:
+def _merge_error_tokens(items: list[tuple[str, str, Any, Any]]) -> list[tuple[str, str, Any, Any]]:
     """Glue a raw item to the names/numbers/raw items touching it (no space between).
 
     ``tokenize`` splits an identifier at a character its regex does not know (``℘x``); kept
@@ -211,7 +213,7 @@ def _merge_error_tokens(items: list[tuple[str, str, int, int]]) -> list[tuple[st
     if not any(kind == _RAW for kind, _, _, _ in items):
         return items
     glue = (_RAW, _NAME, _NUMBER)
-    out: list[tuple[str, str, int, int]] = []
+    out: list[tuple[str, str, Any, Any]] = []
     for item in items:
         kind, text, start, end = item
         if (
@@ -221,7 +223,7 @@ def _merge_error_tokens(items: list[tuple[str, str, int, int]]) -> list[tuple[st
             and out[-1][3] == start
             and _RAW in (kind, out[-1][0])
         ):
-            pk, ptext, pstart, _ = out.pop()
+            _, ptext, pstart, _ = out.pop()
             out.append((_RAW, ptext + text, pstart, end))
         else:
             out.append(item)
