@@ -229,6 +229,16 @@ def test_overflow_rule_spells_later_names_every_time() -> None:
     assert same_ast(bare, "v0 = v1 = v2 = 1\nd = e + v0\nprint(d, e, v2)\n")
 
 
+def test_overflow_through_ids(tok: SymbolicTokenizer) -> None:
+    small = SymbolicTokenizer(tok.merges, max_symbols=3)
+    code = _src(TRICKY["decorators"])
+    ids, table = small.encode_with_table(code)
+    assert small._id[OVERFLOW] in ids and len(table.names) == 3
+    assert same_ast(code, small.decode(ids, table)) and _compiles(small.decode(ids))
+    assert table.names == ["functools", "lru_cache", "maxsize"]
+    assert "def g(x, /, y=1, *args, z, **kw) -> int:" in small.decode(ids)  # spelled, exact
+
+
 def test_generated_names_avoid_spelled_overflow_names() -> None:
     code = "def f(a, v0):\n    return a, v0\n"
     tokens, _ = abstract(code, max_symbols=2)  # f, a get indices; v0 overflows
