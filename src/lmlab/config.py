@@ -185,9 +185,32 @@ class SftConfig:
     on_error: str = opt("skip", "malformed or unusable records: skip and count them, or stop at the first", choices=("skip", "error"))
 
 
+# Phase fields that take the [train] value when left at their "inherit" default.
+PHASE_INHERITED = ("max_steps", "lr", "min_lr", "warmup_steps", "lr_schedule", "patience")
+
+
+@dataclass
+class PhaseConfig:
+    """One phase of a curriculum (a ``[[phase]]`` table; see lmlab.train.curriculum)."""
+
+    name: str = opt("", "phase name (empty: phase_N)")
+    data: str = opt("", "a prepared dataset folder; empty prepares one from phase input")
+    input: list[str] = opt([], "files, folders or globs to prepare (@stdlib, @stdlib/SUBPATH)")
+    transform: str = opt("none", "what is done to the input before tokenizing", choices=("none", "scramble", "instructions"))
+    filter: str = opt("none", "quality filter for the prepared data", choices=("none", "code"))
+    out: str = opt("", "folder for the phase's prepared dataset; empty: TRAIN_OUT/data/phase_N")
+    max_steps: int = opt(-1, "optimizer steps of this phase; -1 takes train.max_steps", minimum=-1)
+    lr: float = opt(-1.0, "peak learning rate; -1 takes train.lr", minimum=-1.0)
+    min_lr: float = opt(-1.0, "learning rate at the end of the decay; -1 takes train.min_lr", minimum=-1.0)
+    warmup_steps: int = opt(-1, "linear warmup steps; -1 takes train.warmup_steps", minimum=-1)
+    lr_schedule: str = opt("", "decay after warmup; empty takes train.lr_schedule", choices=("", "cosine", "constant", "wsd", "linear"))
+    patience: int = opt(-1, "early stopping patience in evals; -1 takes train.patience", minimum=-1)
+    replay: float = opt(0.0, "fraction of each batch's rows drawn from earlier phases' datasets (split evenly)", minimum=0.0)
+
+
 @dataclass
 class Config:
-    """The whole tree. Section names are the TOML tables."""
+    """The whole tree. Section names are the TOML tables; ``phase`` is the ``[[phase]]`` array."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -199,13 +222,26 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+    phase: list[PhaseConfig] = field(default_factory=list, metadata={"help": "curriculum phases ([[phase]] tables)"})
 
     def validate(self) -> Config:
         """Check every value and the cross-field rules; raise ConfigError naming the key."""
         for section in dataclasses.fields(self):
             obj = getattr(self, section.name)
+            if isinstance(obj, list):  # [[phase]]: keys are phase.N.name, N from 1
+                for i, item in enumerate(obj, 1):
+                    for f in dataclasses.fields(item):
+                        _check_field(f"{section.name}.{i}.{f.name}", f, getattr(item, f.name))
+                continue
             for f in dataclasses.fields(obj):
                 _check_field(f"{section.name}.{f.name}", f, getattr(obj, f.name))
+        for i, ph in enumerate(self.phase, 1):
+            if not 0.0 <= ph.replay < 1.0:
+                raise ConfigError(f"phase.{i}.replay: must be in [0, 1), got {ph.replay}")
+            if ph.replay and i == 1:
+                raise ConfigError("phase.1.replay: the first phase has no earlier phase to replay")
+            if not ph.data and not ph.input:
+                raise ConfigError(f"phase.{i}: give data (a prepared dataset) or input (files to prepare)")
         m = self.model
         if m.arch == "transformer" or m.arch == "no_residual":
             if m.d_model % m.n_head:
@@ -318,6 +354,15 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
 
 def _set(cfg: Config, key: str, value: Any) -> None:
     parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "phase":  # phase.N.key, N counted from 1
+        n = int(parts[1]) if parts[1].isdigit() else 0
+        if not 1 <= n <= len(cfg.phase):
+            raise ConfigError(f"{key}: no phase {parts[1]} (the recipe has {len(cfg.phase)})")
+        hints = _field_types(PhaseConfig)
+        if parts[2] not in hints:
+            raise ConfigError(f"{key}: unknown key in [[phase]] (known: {', '.join(sorted(hints))})")
+        setattr(cfg.phase[n - 1], parts[2], _convert(key, hints[parts[2]], value))
+        return
     if len(parts) != 2:
         raise ConfigError(f"{key}: config keys look like section.name (e.g. train.lr)")
     section_name, name = parts
@@ -325,6 +370,8 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     if section_name not in sections:
         raise ConfigError(f"{key}: unknown section {section_name!r} (known: {', '.join(sorted(sections))})")
     section = getattr(cfg, section_name)
+    if isinstance(section, list):
+        raise ConfigError(f"{key}: [[{section_name}]] keys look like {section_name}.N.name (N from 1)")
     hints = _field_types(type(section))
     if name not in hints:
         raise ConfigError(f"{key}: unknown key in [{section_name}] (known: {', '.join(sorted(hints))})")
@@ -335,6 +382,17 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     """Build a Config from nested dicts (a parsed TOML file); unknown keys raise ConfigError."""
     cfg = Config()
     for section_name, body in data.items():
+        if section_name == "phase":
+            if not isinstance(body, list) or not all(isinstance(b, dict) for b in body):
+                raise ConfigError(f"{source}: phase: expected [[phase]] tables")
+            for i, table in enumerate(body, 1):
+                cfg.phase.append(PhaseConfig())
+                for name, value in table.items():
+                    try:
+                        _set(cfg, f"phase.{i}.{name}", value)
+                    except ConfigError as e:
+                        raise ConfigError(f"{source}: {e}") from None
+            continue
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: {section_name}: expected a [{section_name}] table")
         for name, value in body.items():
@@ -412,9 +470,15 @@ def to_toml(cfg: Config) -> str:
     """The resolved config as TOML text that :func:`load_config` reads back unchanged."""
     lines: list[str] = []
     for section_name, body in to_dict(cfg).items():
+        if isinstance(body, list):  # arrays of tables come last, as [[name]]
+            continue
         lines.append(f"[{section_name}]")
         for name, value in body.items():
             lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+    for item in to_dict(cfg)["phase"]:
+        lines.append("[[phase]]")
+        lines += [f"{name} = {_toml_value(value)}" for name, value in item.items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -432,6 +496,14 @@ def describe_fields() -> str:
     cfg = Config()
     for section in dataclasses.fields(cfg):
         obj = getattr(cfg, section.name)
+        if isinstance(obj, list):  # [[phase]]: describe one default table
+            obj = PhaseConfig()
+            out.append(f"[[{section.name}]]  {type(obj).__doc__ or ''}".rstrip())
+            for f in dataclasses.fields(obj):
+                choices = f.metadata.get("choices")
+                extra = f" ({'|'.join(choices)})" if choices else ""
+                out.append(f"  {section.name}.N.{f.name} = {_toml_value(getattr(obj, f.name))}  {f.metadata.get('help', '')}{extra}")
+            continue
         out.append(f"[{section.name}]  {type(obj).__doc__ or ''}".rstrip())
         for f in dataclasses.fields(obj):
             choices = f.metadata.get("choices")

@@ -109,7 +109,7 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Pat
 
     A folder contributes files ending in one of ``suffixes`` (all files when empty). The
     input ``@stdlib`` names this interpreter's standard library (its ``.py`` files, without
-    site-packages). An input that matches nothing raises DataError naming it.
+    site-packages); ``@stdlib/SUBPATH`` a file, folder or glob inside it. An input that matches nothing raises DataError naming it.
     """
     if not inputs:
         raise DataError("no input given: pass files, folders or globs")
@@ -127,6 +127,8 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Pat
             for f in stdlib_files():
                 add(f)
             continue
+        if item.startswith(STDLIB_ALIAS + "/"):  # @stdlib/json, @stdlib/email/*.py: a part of it
+            item = str(stdlib_path() / item[len(STDLIB_ALIAS) + 1 :])
         p = Path(item)
         if p.is_file():
             add(p)
