@@ -50,6 +50,7 @@ def test_tiny_run_writes_its_files(dataset, tmp_path):
     assert {"python", "numpy", "torch"} <= set(state["rng"][0])
     assert json.loads((run / "result.json").read_text())["steps"] == 12
     assert (run / "tokenizer").is_dir()
+    assert (run / "loss.png").is_file() and "stop_reason" in (run / "report.md").read_text()
 
 
 def test_accumulation_matches_one_pass(dataset, tmp_path):

@@ -605,8 +605,19 @@ class _Trainer:
             self.logger.close()
             write_json(self.run_dir / "result.json", result.as_dict())
             if stop_reason != "interrupted":
+                self._report(result)
                 msg = f"done: {stop_reason} at step {self.step}"
                 if self.last_val is not None:
                     msg += f", val loss {self.last_val:.4f} (best {self.best_val:.4f} at step {self.best_step})"
                 self._say(msg + f", {result.wall_time_s:.1f}s")
         return result
+
+    def _report(self, result: TrainResult) -> None:
+        """report.md and loss.png from what the run wrote (lmlab.report)."""
+        from lmlab.report import markdown_table, write_report
+
+        rows = {k: v for k, v in result.as_dict().items() if k != "run_dir" and v is not None}
+        try:
+            write_report(self.run_dir, {"Result": markdown_table([rows])})
+        except (OSError, ValueError, ImportError) as e:  # the run itself is complete and saved
+            self._say(f"warning: could not write {self.run_dir / 'report.md'}: {e}")
