@@ -121,24 +121,27 @@ def compare_token_counts(files: list[Path]) -> SymbolicTokenizer:
     kinds: Counter[str] = Counter()
     nbytes = 0
     t0 = time.perf_counter()
+    cpu: Counter[str] = Counter()  # process time: steadier than wall time on a shared machine
+    encoders = {"symbolic 1024": sym.encode_ordinary, "bpe 8192": bpes[8192].encode_ordinary,
+                "bpe 1024": bpes[1024].encode_ordinary}
     for p in held:
         code = texts[p]
         assert code is not None
         nbytes += len(code.encode())
-        tokens, _ = sym.abstract(code)
-        ids = sym.tokens_to_ids(tokens)
-        counts["symbolic 1024"].append(len(ids))
-        kinds.update(_category(sym, i) for i in ids)
-        counts["bpe 8192"].append(len(bpes[8192].encode_ordinary(code)))
-        counts["bpe 1024"].append(len(bpes[1024].encode_ordinary(code)))
+        for name, encode in encoders.items():
+            c0 = time.process_time()
+            ids = encode(code)
+            cpu[name] += time.process_time() - c0
+            counts[name].append(len(ids))
+        kinds.update(_category(sym, i) for i in sym.encode_ordinary(code))
     print(f"\ntokens per held-out file ({len(held)} files, {nbytes / 1e6:.2f} MB), {time.perf_counter() - t0:.1f}s")
-    print("| tokenizer | vocab | mean | median | total | bytes/token | vs bpe 8192 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| tokenizer | vocab | mean | median | total | bytes/token | vs bpe 8192 | encode MB/s (CPU) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = sum(counts["bpe 8192"])
     for name, c in counts.items():
         vocab = sym.vocab_size if name.startswith("symbolic") else bpes[int(name.split()[1])].vocab_size
         print(f"| {name} | {vocab} | {statistics.mean(c):.0f} | {statistics.median(c):.0f} | {sum(c)} | "
-              f"{nbytes / sum(c):.2f} | {sum(c) / base:.2f}x |")
+              f"{nbytes / sum(c):.2f} | {sum(c) / base:.2f}x | {nbytes / 1e6 / cpu[name]:.2f} |")
     total = sum(kinds.values())
     print("\nsymbolic tokens by kind: " + ", ".join(f"{k} {100 * n / total:.1f}%" for k, n in kinds.most_common()))
     return sym
