@@ -94,7 +94,7 @@ def test_template_turns_and_trimming(model, tok):
     assert ids2[: len(conv.turns[0])] == conv.turns[0]
     # a small budget drops the oldest turn whole
     ids3, _ = conv.prompt_ids("again", len(new2) + 1)
-    assert ids3 == new2
+    assert ids3 == [tok.eot_id] + new2  # alone again: starts after a document boundary
     pairs, shown = run_chat(model, tok, "say hi\nmore\n", template=t, temperature=0.0)
     assert "instruction template" in shown and len(pairs) == 2
     assert all("### Instruction" not in r for _, r in pairs)
@@ -102,8 +102,10 @@ def test_template_turns_and_trimming(model, tok):
 
 def test_find_template_sources(tmp_path):
     assert find_template(tmp_path, Config()) is None
-    cfg = types.SimpleNamespace(sft=types.SimpleNamespace(template="Q: {prompt}\nA:"))
-    assert find_template(tmp_path, cfg).render("x") == "Q: x\nA:"
+    cfg = types.SimpleNamespace(sft=types.SimpleNamespace(template="Q: {instruction}{input} {{ok}}\nA:"))
+    assert find_template(tmp_path, cfg).render("x") == "Q: x {ok}\nA:"
+    cfg.sft.template = "alpaca"
+    assert find_template(tmp_path, cfg).stop == ["### Instruction:"]
     (tmp_path / "template.json").write_text(json.dumps({"prompt": "U: {prompt}\nB:", "stop": ["U:"]}))
     t = find_template(tmp_path, Config())
     assert t.render("y") == "U: y\nB:" and t.stop == ["U:"]

@@ -10,15 +10,13 @@ The loop itself, :func:`chat_session`, reads and writes plain text streams, so i
 tested without a terminal.
 
 Where the template comes from (first found): a ``template.json`` file in the checkpoint or
-run folder (``{"prompt": "...{prompt}...", "stop": [...]}``), or the run config's ``sft``
-section (``template``: a format string containing ``{prompt}``, or a name known to
-``lmlab.data.sft``).
+run folder (``{"prompt": "...{prompt}...", "stop": [...]}``, written by ``lmlab sft``), or the
+run config's ``sft.template`` (a named template or a format string, read by
+:func:`lmlab.data.sft.resolve_template`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,14 +50,12 @@ def _template_from(value: Any, where: str) -> ChatTemplate | None:
     if isinstance(value, dict) and isinstance(value.get("prompt"), str):
         return ChatTemplate(value["prompt"], [str(s) for s in value.get("stop", []) if s])
     if isinstance(value, str) and value:
-        if "{prompt}" in value or "{instruction}" in value:
-            return ChatTemplate(value)
-        with contextlib.suppress(ImportError):
-            sft = importlib.import_module("lmlab.data.sft")
-            named = getattr(sft, "TEMPLATES", {}).get(value)
-            if named is not None:
-                return _template_from(named, where) or _template_from(vars(named), where)
-        raise LmlabError(f"{where}: unknown chat template {value!r}")
+        from lmlab.data.sft import resolve_template
+
+        # The SFT module owns the template language (named templates, {instruction}, {input},
+        # {{ }} escapes); chat uses its no-input prompt, exactly as template.json records it.
+        t = resolve_template(value)
+        return ChatTemplate(t.chat_prompt(), [str(s) for s in t.stop if s])
     return None
 
 
@@ -96,12 +92,14 @@ class Conversation:
         text = self.template.render(message) if self.template else message
         if self.template is None and self.turns:
             text = "\n" + text
-        new = self.tok.encode(text)
+        encode = getattr(self.tok, "encode_ordinary", self.tok.encode)  # as SFT encodes prompts
+        new = encode(text)
         eot = getattr(self.tok, "eot_id", None)
-        if not self.turns and self.template is not None and eot is not None:
-            new = [eot, *new]  # SFT examples start after a document boundary
+        boundary = [eot] if self.template is not None and eot is not None else []
         while budget is not None and self.turns and sum(map(len, self.turns)) + len(new) > budget:
             self.turns.pop(0)
+        if not self.turns:
+            new = boundary + new  # SFT examples start after a document boundary
         return [t for turn in self.turns for t in turn] + new, new
 
     def add(self, new_ids: list[int], reply: str) -> None:
