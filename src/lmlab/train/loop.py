@@ -29,6 +29,7 @@ import signal
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,14 @@ def train(cfg: Config, resume: bool = False, data: Any = None) -> TrainResult:
 
 class _Trainer:
     def __init__(self, cfg: Config, info: dd.Dist, device: torch.device, resume: bool, data: Any = None):
-        from lmlab.data.loader import BatchLoader, TokenSplit, fixed_windows, parse_mix
+        from lmlab.data.loader import (
+            BatchLoader,
+            TokenSplit,
+            as_batches,
+            contiguous_windows,
+            fixed_windows,
+            parse_mix,
+        )
         from lmlab.data.shards import read_meta
         from lmlab.model import build_model
 
@@ -280,20 +288,21 @@ class _Trainer:
         self.tokens_per_step = self.global_batch * T if data is None else self.loader.tokens_per_step
         has_val = data is None and meta["splits"].get("val", {}).get("shards")
         self.val = TokenSplit(cfg.data.path, "val", meta) if has_val else None
-        self.val_windows: list[np.ndarray] | None = None
-        if self.val is not None:
-            e = cfg.eval
-            # the same windows whatever the process count, so val losses stay comparable
-            bsz = eval_batch_size(cfg)
-            if e.batches:
-                allw = fixed_windows(self.val, T, bsz, e.batches, t.seed)
-                self.val_windows = allw[info.rank :: info.world]  # each rank its share
-            else:
-                from lmlab.data.loader import contiguous_windows
-
-                self.val_windows = [w for i, w in enumerate(contiguous_windows(self.val, T, bsz)) if i % info.world == info.rank]
-        if data is not None:  # fixed (x, y) batches with masked targets, this rank's share
-            self.val_windows = data.val_batches(eval_batch_size(cfg), cfg.eval.batches, t.seed, info.rank, info.world)
+        # val_batches() -> this rank's share of the fixed val batches, as (x, y) pairs
+        self.val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        bsz = eval_batch_size(cfg)  # the same windows whatever the process count
+        if self.val is not None and cfg.eval.batches:
+            mine = fixed_windows(self.val, T, bsz, cfg.eval.batches, t.seed)[info.rank :: info.world]
+            self.val_batches = lambda: as_batches(mine, device)
+        elif self.val is not None:  # the whole split, streamed (it may be large)
+            val = self.val
+            self.val_batches = lambda: as_batches(
+                (w for i, w in enumerate(contiguous_windows(val, T, bsz)) if i % info.world == info.rank), device
+            )
+        elif data is not None:  # fixed (x, y) batches with masked targets, this rank's share
+            fixed = data.val_batches(bsz, cfg.eval.batches, t.seed, info.rank, info.world)
+            if fixed is not None:  # (an empty share still joins the all-reduce)
+                self.val_batches = lambda: fixed
 
         # 4) state (restored from the checkpoint when resuming)
         self.step = 0
@@ -470,7 +479,7 @@ class _Trainer:
                         self._say(f"step {done}: loss {last_loss} is not finite or exploded; run marked diverged")
                         stop_reason = "diverged"
                         break
-                    if (is_eval or stop in ("time_budget",)) and self.val_windows is not None:
+                    if (is_eval or stop in ("time_budget",)) and self.val_batches is not None:
                         if self._evaluate(done) and not stop:
                             stop = "early_stop"
                     if is_ckpt or stop:
@@ -519,11 +528,9 @@ class _Trainer:
 
     def _evaluate(self, step: int) -> bool:
         """Evaluate the fixed val batches; True when early stopping says stop."""
-        from lmlab.data.loader import as_batches
         from lmlab.eval.metrics import evaluate_batches
 
-        batches = self.val_windows if self.data is not None else as_batches(self.val_windows, self.device)
-        sums = evaluate_batches(self.raw_model, batches, self.device, self.dtype)
+        sums = evaluate_batches(self.raw_model, self.val_batches(), self.device, self.dtype)
         nats, count, correct = dd.all_reduce_sum([sums["nats"], sums["tokens"], sums["correct"]], self.info, self.device)
         val = nats / max(count, 1)
         self.last_val = val
