@@ -56,10 +56,15 @@ def test_resume_is_exact(dataset, reference, tmp_path):
     result = train(ref_config(dataset, run), resume=True)
     assert result.steps == 12
     ref, got = losses(reference), losses(run)
-    assert sorted(got) == list(range(1, 13))  # the metrics file continues where it stopped
+    # the metrics file continues where the checkpoint stopped, without repeated steps
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(line)["step"] for line in (reference / "metrics.jsonl").read_text().splitlines()]
     for step in range(7, 13):
         assert got[step] == ref[step], step  # bit for bit
     assert losses(run, "val_loss") == losses(reference, "val_loss")
+    # resuming a finished run does nothing more
+    again = train(ref_config(dataset, run), resume=True)
+    assert again.steps == 12 and (run / "metrics.jsonl").read_text().count("\n") == len(steps)
 
 
 def test_resume_depends_on_restored_rng(dataset, reference, tmp_path):
