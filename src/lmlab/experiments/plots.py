@@ -136,8 +136,15 @@ def plot_summary(
                     color=color,
                     label=f"{name + ': ' if name else ''}diverged/failed",
                 )
-        if log_x if log_x is not None else wants_log_x(x, [r[x] for r in rows]):
+        xs = sorted({r[x] for r in rows})
+        if log_x if log_x is not None else wants_log_x(x, xs):
             ax.set_xscale("log")
+        if len(xs) <= 8 and x not in ("flops", "tokens", "params"):
+            # a tick at each swept value, written as in the sweep file (0.003, 64)
+            from matplotlib.ticker import NullLocator
+
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+            ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel(CURVE_X_LABELS.get(x, x))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.grid(alpha=0.3, which="both")

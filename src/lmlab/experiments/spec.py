@@ -23,6 +23,7 @@ A sweep file is TOML::
     x = "train.lr"                       # the swept key on the x axis of the summary plot
     log_x = true
     curves_x = "step"                    # step | tokens | flops
+    hide = ["train.eval_every"]          # swept keys left out of the table
 
 Keys may be quoted (``"train.lr"``) or dotted (``train.lr``, which TOML nests). With both
 ``[grid]`` and ``[[points]]`` the sweep is every point combined with every grid combination.
@@ -45,7 +46,7 @@ from lmlab.errors import ConfigError
 
 BUDGET_KEYS = ("budget_tokens", "budget_flops")
 TOP_KEYS = {"name", "base", "out", "devices", "overrides", "grid", "points", "plot", "description"}
-PLOT_KEYS = {"x", "log_x", "curves_x", "metric", "group"}
+PLOT_KEYS = {"x", "log_x", "curves_x", "metric", "group", "hide"}
 
 
 @dataclass
@@ -261,6 +262,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError(
             f"{path}: [plot] unknown key(s) {', '.join(bad)} (known: {', '.join(sorted(PLOT_KEYS))})"
         )
+    hide = plot.get("hide", [])
+    if not isinstance(hide, list) or not all(isinstance(h, str) for h in hide):
+        raise ConfigError(f"{path}: [plot] hide: expected a list of keys, got {hide!r}")
     if plot.get("curves_x", "step") not in ("step", "tokens", "flops"):
         raise ConfigError(
             f"{path}: [plot] curves_x: expected step|tokens|flops, got {plot['curves_x']!r}"

@@ -321,7 +321,8 @@ def sweep_rows(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The table rows (point, swept values, metrics) and their column order."""
     # output folders (tokenizer.out, prepare.out, ...) only repeat the point's name
-    swept = [k for k in spec.swept_keys if not k.endswith((".out", ".path"))]
+    hidden = set(spec.plot.get("hide", []))
+    swept = [k for k in spec.swept_keys if not k.endswith((".out", ".path")) and k not in hidden]
     has_series = any(p.series for p, _ in configs)
     rows = []
     for point, cfg in configs:
