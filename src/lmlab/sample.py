@@ -20,7 +20,7 @@ import codecs
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -39,7 +39,6 @@ class Sample:
     prompt_tokens: list[int]
     finish_reason: str  # "length" | "stop" | "eot" | "context"
     message: str = ""  # why generation ended early, when it is not obvious (context)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --- logits processors (each takes and returns float logits of shape (B, V)) -----------------
@@ -458,8 +457,6 @@ def sample_command(args: argparse.Namespace, out: Any = None, err: Any = None) -
     )
     if args.json:
         rows = [{"index": i, "prompt": args.prompt, **asdict(s)} for i, s in enumerate(samples)]
-        for row in rows:
-            row.pop("extra", None)
         out.write(json.dumps(rows, indent=2) + "\n")
     else:
         for i, s in enumerate(samples):
