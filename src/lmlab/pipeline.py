@@ -9,6 +9,9 @@ times) and, for data, the tokenizer's fingerprint. Stages:
 3. train: into ``train.out``; a finished run with the same config is kept, a partial one
    resumes;
 4. eval: the final metrics, printed and added to the report.
+
+A recipe with ``[[phase]]`` tables is a curriculum: :func:`lmlab.train.curriculum.run_curriculum`
+runs it instead (per-phase data stages and runs, then the forgetting table).
 """
 
 from __future__ import annotations
@@ -134,6 +137,10 @@ def run_status(run_dir: Path) -> dict[str, Any] | None:
 def run_recipe(path: Path, overrides: list[str] | None = None, force: bool = False, log=print) -> dict[str, Any]:
     """Run every stage of a recipe; returns the final eval metrics."""
     cfg = load_config(path, overrides)
+    if cfg.phase:  # a curriculum: its phases' data, runs and forgetting table
+        from lmlab.train.curriculum import run_curriculum
+
+        return run_curriculum(cfg, force, log)
     cfg = resolve_training_inputs(cfg, force, log)
     cfg.validate()
     from lmlab.config import to_toml
