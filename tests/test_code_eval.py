@@ -24,6 +24,7 @@ from lmlab.eval.code import (
     mbpp_program,
     mbpp_split,
     mean_pass_at_k,
+    parse_report,
     pass_at_k,
     run_humaneval,
     run_mbpp,
@@ -334,3 +335,11 @@ def test_cut_completion_recovers_real_functions(module):
             assert reason == "stop" and end <= offset[first - 1]  # and nothing of the next
         checked += 1
     assert checked >= 3
+
+
+def test_parse_report_counts_empty_outputs_apart_and_as_failures():
+    report = parse_report(["x = 1\n", "def f(:\n", "  \n", "", "for i in y:\n    pass\n"])
+    assert (report["samples"], report["parsed"], report["empty"]) == (5, 2, 2)
+    assert report["parse_rate"] == 2 / 5
+    assert sum(report["errors"].values()) == 1 and all(k.startswith("SyntaxError") for k in report["errors"])
+    assert parse_report([])["parse_rate"] == 0.0

@@ -384,8 +384,8 @@ def test_parse_rate(tok: SymbolicTokenizer) -> None:
     good = tok.encode("def f(x):\n    return x + 1\n") + [tok.eot_id, tok._id["("]]  # cut at eot
     bad = tok.encode("def f(x):\n    return x + 1\n")[:6]
     report = parse_rate([good, bad, []], tok)
-    assert report["samples"] == 3 and report["parsed"] == 2 and report["empty"] == 1
-    assert report["parse_rate"] == pytest.approx(2 / 3)
+    assert report["samples"] == 3 and report["parsed"] == 1 and report["empty"] == 1  # empty is no program
+    assert report["parse_rate"] == pytest.approx(1 / 3)
     assert sum(report["errors"].values()) == 1
     assert tok.parse_rate([])["parse_rate"] == 0.0
 

@@ -118,6 +118,11 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.out:
         overrides = [*overrides, f"train.out={args.out}"]
     cfg = load_config(args.config, overrides)
+    if cfg.model.arch == "encdec":  # pairs in, through the same loop
+        from lmlab.train.encdec import run_encdec
+
+        run_encdec(cfg, resume=args.resume)
+        return 0
     from lmlab.train.loop import train
 
     train(cfg, resume=args.resume)

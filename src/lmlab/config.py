@@ -36,7 +36,8 @@ def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, minimum
 class ModelConfig:
     """The network: a decoder-only transformer or one of the baselines."""
 
-    arch: str = opt("transformer", "model family", choices=("transformer", "bigram", "bow", "one_head", "no_residual"))
+    arch: str = opt("transformer", "model family (encdec: a frozen pretrained encoder feeding this decoder by cross-attention)",
+                    choices=("transformer", "bigram", "bow", "one_head", "no_residual", "encdec"))
     vocab_size: int = opt(0, "vocabulary size; 0 takes it from the tokenizer", minimum=0)
     n_layer: int = opt(4, "number of transformer blocks", minimum=1)
     n_head: int = opt(4, "attention heads per block", minimum=1)
@@ -54,6 +55,7 @@ class ModelConfig:
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     dropout: float = opt(0.0, "dropout probability on attention, MLP and embeddings", minimum=0.0)
     init_std: float = opt(0.02, "standard deviation of the normal weight init", minimum=0.0)
+    encoder: str = opt("answerdotai/ModernBERT-base", "model.arch=encdec: the frozen encoder, a local Hugging Face folder or (online) a hub name")
 
 
 @dataclass
@@ -185,6 +187,18 @@ class SftConfig:
     on_error: str = opt("skip", "malformed or unusable records: skip and count them, or stop at the first", choices=("skip", "error"))
 
 
+@dataclass
+class EncDecConfig:
+    """Encoder-decoder training (``model.arch = "encdec"``): source/target pairs and the parse-rate check."""
+
+    data: list[str] = opt([], "JSONL pairs: {source, target} records (or MBPP text/code); a #SPLIT suffix keeps an MBPP split")
+    val_data: list[str] = opt([], "held-out pairs (same forms); empty holds out encdec.val_fraction of encdec.data")
+    val_fraction: float = opt(0.1, "fraction of the pairs held out when encdec.val_data is empty", minimum=0.0)
+    max_source_tokens: int = opt(256, "encoder input is cut to this many of its own tokens", minimum=1)
+    parse_samples: int = opt(16, "greedy outputs from held-out sources checked with compile() after training; 0 skips", minimum=0)
+    max_new_tokens: int = opt(0, "tokens per parse-rate output; 0 means model.context_length", minimum=0)
+
+
 # Phase fields that take the [train] value when left at their "inherit" default.
 PHASE_INHERITED = ("max_steps", "lr", "min_lr", "warmup_steps", "lr_schedule", "patience")
 
@@ -222,6 +236,7 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+    encdec: EncDecConfig = field(default_factory=EncDecConfig)
     phase: list[PhaseConfig] = field(default_factory=list, metadata={"help": "curriculum phases ([[phase]] tables)"})
 
     def validate(self) -> Config:
@@ -243,7 +258,7 @@ class Config:
             if not ph.data and not ph.input:
                 raise ConfigError(f"phase.{i}: give data (a prepared dataset) or input (files to prepare)")
         m = self.model
-        if m.arch == "transformer" or m.arch == "no_residual":
+        if m.arch in ("transformer", "no_residual", "encdec"):
             if m.d_model % m.n_head:
                 raise ConfigError(f"model.d_model: {m.d_model} is not divisible by model.n_head={m.n_head}")
             kv = m.n_kv_head or m.n_head
@@ -267,6 +282,8 @@ class Config:
         for key in ("val_fraction", "replay_fraction"):
             if not 0.0 <= getattr(self.sft, key) < 1.0:
                 raise ConfigError(f"sft.{key}: must be in [0, 1), got {getattr(self.sft, key)}")
+        if not 0.0 <= self.encdec.val_fraction < 1.0:
+            raise ConfigError(f"encdec.val_fraction: must be in [0, 1), got {self.encdec.val_fraction}")
         return self
 
 

@@ -11,7 +11,9 @@ times) and, for data, the tokenizer's fingerprint. Stages:
 4. eval: the final metrics, printed and added to the report.
 
 A recipe with ``[[phase]]`` tables is a curriculum: :func:`lmlab.train.curriculum.run_curriculum`
-runs it instead (per-phase data stages and runs, then the forgetting table).
+runs it instead (per-phase data stages and runs, then the forgetting table). A recipe with
+``model.arch = "encdec"`` trains on ``[encdec]`` pairs (:func:`lmlab.train.encdec.run_encdec`)
+after its tokenizer stage, and returns its ``encdec.json`` (pairs, result, parse rate).
 """
 
 from __future__ import annotations
@@ -134,17 +136,9 @@ def run_status(run_dir: Path) -> dict[str, Any] | None:
     return read_json(state) if state.is_file() else None
 
 
-def run_recipe(path: Path, overrides: list[str] | None = None, force: bool = False, log=print) -> dict[str, Any]:
-    """Run every stage of a recipe; returns the final eval metrics."""
-    cfg = load_config(path, overrides)
-    if cfg.phase:  # a curriculum: its phases' data, runs and forgetting table
-        from lmlab.train.curriculum import run_curriculum
-
-        return run_curriculum(cfg, force, log)
-    cfg = resolve_training_inputs(cfg, force, log)
-    cfg.validate()
+def _train_stage(cfg: Config, train_fn: Any, force: bool, log) -> None:
+    """Train, unless a finished run with the same config is there; resume a partial one."""
     from lmlab.config import to_toml
-    from lmlab.train.loop import train
 
     run_dir = Path(cfg.train.out)
     state = run_status(run_dir)
@@ -152,10 +146,33 @@ def run_recipe(path: Path, overrides: list[str] | None = None, force: bool = Fal
     same_config = saved.is_file() and saved.read_text(encoding="utf-8") == to_toml(cfg)
     if state is not None and same_config and not force and state.get("step", 0) >= cfg.train.max_steps:
         log(f"[train] up to date: {run_dir} (step {state.get('step')})")
-    else:
-        resume = state is not None and same_config and not force
-        log(f"[train] {'resuming' if resume else 'training'} -> {run_dir}")
-        train(cfg, resume=resume)
+        return
+    resume = state is not None and same_config and not force
+    log(f"[train] {'resuming' if resume else 'training'} -> {run_dir}")
+    train_fn(cfg, resume=resume)
+
+
+def run_recipe(path: Path, overrides: list[str] | None = None, force: bool = False, log=print) -> dict[str, Any]:
+    """Run every stage of a recipe; returns the final eval metrics."""
+    cfg = load_config(path, overrides)
+    if cfg.phase:  # a curriculum: its phases' data, runs and forgetting table
+        from lmlab.train.curriculum import run_curriculum
+
+        return run_curriculum(cfg, force, log)
+    if cfg.model.arch == "encdec":  # pairs, not token shards: a tokenizer stage, then training
+        from lmlab.train.encdec import run_encdec
+
+        if cfg.tokenizer.out or cfg.tokenizer.path:
+            cfg.data.tokenizer = str(Path(ensure_tokenizer(cfg, force, log)).resolve())
+        cfg.validate()
+        _train_stage(cfg, run_encdec, force, log)
+        return read_json(Path(cfg.train.out) / "encdec.json")
+    cfg = resolve_training_inputs(cfg, force, log)
+    cfg.validate()
+    from lmlab.train.loop import train
+
+    run_dir = Path(cfg.train.out)
+    _train_stage(cfg, train, force, log)
     from lmlab.eval.metrics import evaluate_path, format_metrics
 
     metrics = evaluate_path(str(run_dir), data=None, batches=cfg.eval.batches or None)

@@ -224,8 +224,13 @@ def to_record(row: Any, where: str, mbpp_tests: bool = True) -> tuple[Record | N
         if not isinstance(row["text"], str):
             return None, "field 'text' is not a string", "bad_field"
         ins, inp, out = mbpp_instruction(row, mbpp_tests), "", row["code"]
+    elif "source" in row or "target" in row:
+        missing = [k for k in ("source", "target") if k not in row]
+        if missing:
+            return None, f"missing field(s) {', '.join(missing)}", "missing_field"
+        ins, inp, out = row["source"], "", row["target"]
     else:
-        return None, "missing fields: need instruction/output (Alpaca) or text/code (MBPP)", "missing_field"
+        return None, "missing fields: need instruction/output (Alpaca), text/code (MBPP) or source/target", "missing_field"
     for name, value in (("instruction", ins), ("input", inp), ("output", out)):
         if not isinstance(value, str):
             return None, f"field {name!r} is not a string", "bad_field"

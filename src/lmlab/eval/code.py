@@ -21,7 +21,7 @@ import json
 import os
 import tokenize
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -343,6 +343,28 @@ def compiles(code: str) -> tuple[bool, str]:
     except (ValueError, MemoryError, RecursionError, OverflowError) as e:
         return False, f"{type(e).__name__}: {e}"
     return True, ""
+
+
+def parse_report(programs: Iterable[str]) -> dict[str, Any]:
+    """How many of ``programs`` (model outputs) ``compile()`` accepts.
+
+    Returns ``{"samples", "parsed", "parse_rate", "empty", "errors"}``. An empty (or blank)
+    output is counted under ``empty`` and does not pass: it compiles, but it is no program.
+    ``errors`` counts the five commonest failure messages.
+    """
+    n = ok = empty = 0
+    errors: Counter[str] = Counter()
+    for code in programs:
+        n += 1
+        if not code.strip():
+            empty += 1
+            continue
+        passed, err = compiles(code)
+        ok += passed
+        if not passed:
+            errors[err] += 1
+    return {"samples": n, "parsed": ok, "parse_rate": ok / n if n else 0.0, "empty": empty,
+            "errors": dict(errors.most_common(5))}
 
 
 def syntax_pass_rate(

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from lmlab.device import autocast, resolve_device, resolve_dtype
 from lmlab.errors import DataError
+from lmlab.model import forward, inputs_to
 
 LN2 = math.log(2.0)
 
@@ -46,9 +47,9 @@ def evaluate_batches(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
     for x, y in batches:
-        x, y = x.to(device), y.to(device)
+        x, y = inputs_to(x, device), y.to(device)
         with autocast(device, dtype):
-            logits = model(x)
+            logits = forward(model, x)
         logits = logits.float().flatten(0, 1)
         target = y.flatten()
         nats += F.cross_entropy(logits, target, ignore_index=-100, reduction="sum").double()

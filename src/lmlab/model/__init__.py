@@ -1,17 +1,20 @@
 """lmlab.model: the decoder-only transformer and the baselines, built from a ModelConfig.
 
 ``build_model(mcfg)`` dispatches on ``mcfg.arch``: ``transformer`` (see
-:mod:`lmlab.model.transformer`) or a baseline from :mod:`lmlab.model.baselines`. Every model
-is called as ``model(idx) -> logits`` with idx (B, T) int64 and logits (B, T, vocab_size), and
-has ``.config`` and ``.num_params()``. Models with ``supports_kv_cache`` also take
-``model(idx, kv_cache=model.new_kv_cache(...))``.
+:mod:`lmlab.model.transformer`), a baseline from :mod:`lmlab.model.baselines`, or ``encdec``
+(:mod:`lmlab.model.encdec`: a frozen pretrained encoder loaded from ``mcfg.encoder`` and a
+trainable decoder). Every decoder-only model is called as ``model(idx) -> logits`` with idx
+(B, T) int64 and logits (B, T, vocab_size), and has ``.config`` and ``.num_params()``. Models
+with ``supports_kv_cache`` also take ``model(idx, kv_cache=model.new_kv_cache(...))``. The
+encoder-decoder is called as ``model(idx, enc_ids, enc_mask)``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from lmlab.config import ModelConfig
@@ -25,12 +28,28 @@ def build_model(mcfg: ModelConfig) -> nn.Module:
         from lmlab.model.transformer import Transformer
 
         return Transformer(mcfg)
+    if mcfg.arch == "encdec":
+        from lmlab.model.encdec import EncoderDecoder, load_encoder
+
+        return EncoderDecoder(mcfg, load_encoder(mcfg.encoder))
     from lmlab.model.baselines import BASELINES
 
     if mcfg.arch not in BASELINES:
-        known = "transformer|" + "|".join(BASELINES)
+        known = "transformer|encdec|" + "|".join(BASELINES)
         raise ConfigError(f"model.arch: expected one of {known}, got {mcfg.arch!r}")
     return BASELINES[mcfg.arch](mcfg)
 
 
-__all__ = ["build_model"]
+def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
+    """Logits for a batch's inputs: token ids (B, T), or a dict of keyword inputs (encoder-decoder)."""
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def inputs_to(inputs: Any, device: torch.device | str) -> Any:
+    """A batch's inputs (a tensor, or a dict of tensors) on ``device``."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
+
+__all__ = ["build_model", "forward", "inputs_to"]

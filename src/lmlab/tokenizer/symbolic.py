@@ -768,33 +768,21 @@ def _train_merges(words: Counter[str], n_merges: int) -> list[tuple[bytes, bytes
 def parse_rate(sequences: Iterable[Sequence[int]], tokenizer: SymbolicTokenizer) -> dict[str, Any]:
     """Share of token sequences (model samples) whose table-less restore compiles.
 
-    A sample ends at its first ``<|endoftext|>``. Returns ``{"samples", "parsed",
-    "parse_rate", "empty", "errors"}``; ``errors`` counts the commonest failure messages.
+    A sample ends at its first ``<|endoftext|>``. Returns :func:`lmlab.eval.code.parse_report`'s
+    ``{"samples", "parsed", "parse_rate", "empty", "errors"}``: an empty sample does not pass.
     """
-    n = ok = empty = 0
-    errors: Counter[str] = Counter()
+    from lmlab.eval.code import parse_report
+
     eot = tokenizer.eot_id
-    for seq in sequences:
-        ids = [int(i) for i in seq]
-        if eot is not None and eot in ids:
-            ids = ids[: ids.index(eot)]
-        code = restore(tokenizer.ids_to_tokens(i for i in ids if i not in tokenizer._special_ids))
-        n += 1
-        empty += not code.strip()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                compile(code, "<sample>", "exec", dont_inherit=True)
-            ok += 1
-        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
-            errors[f"{type(e).__name__}: {getattr(e, 'msg', None) or e}"] += 1
-    return {
-        "samples": n,
-        "parsed": ok,
-        "parse_rate": ok / n if n else 0.0,
-        "empty": empty,
-        "errors": dict(errors.most_common(5)),
-    }
+
+    def programs() -> Iterator[str]:
+        for seq in sequences:
+            ids = [int(i) for i in seq]
+            if eot is not None and eot in ids:
+                ids = ids[: ids.index(eot)]
+            yield restore(tokenizer.ids_to_tokens(i for i in ids if i not in tokenizer._special_ids))
+
+    return parse_report(programs())
 
 
 def same_ast(a: str, b: str) -> bool:

@@ -248,12 +248,19 @@ def model_differences(saved: ModelConfig, current: ModelConfig) -> list[str]:
     return out
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, Path]:
-    """Build the model from a checkpoint's config.toml and load its weights (eval mode)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", encdec_ok: bool = False) -> tuple[torch.nn.Module, Config, Path]:
+    """Build the model from a checkpoint's config.toml and load its weights (eval mode).
+
+    An encoder-decoder run is refused unless ``encdec_ok``: eval, sample and chat feed token
+    ids alone, and it needs source text for its encoder.
+    """
     from lmlab.model import build_model
 
     ckpt = resolve_checkpoint(path)
     cfg = read_config(ckpt)
+    if cfg.model.arch == "encdec" and not encdec_ok:
+        raise CheckpointError(f"{ckpt}: an encoder-decoder run (model.arch=encdec) reads source text; this command "
+                              "takes decoder-only runs (its held-out loss is in metrics.jsonl, its parse rate in encdec.json)")
     model = build_model(cfg.model)
     load_weights(model, ckpt, "cpu")
     model.to(device)

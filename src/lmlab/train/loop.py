@@ -42,6 +42,7 @@ from lmlab.config import Config, save_config
 from lmlab.device import autocast, peak_flops, resolve_device, resolve_dtype
 from lmlab.errors import CheckpointError, ConfigError, LmlabError
 from lmlab.io import atomic_write_text, write_json
+from lmlab.model import forward
 from lmlab.train import checkpoint as ck
 from lmlab.train import distributed as dd
 from lmlab.train.optim import build_optimizer, lr_at, set_lr
@@ -155,6 +156,8 @@ def _flops_per_token(cfg: Config) -> float:
     """Training FLOPs per token (3 x forward, lmlab.accounting's convention), for MFU."""
     from lmlab.accounting import training_flops_per_token
 
+    if cfg.model.arch == "encdec":  # accounting counts decoder-only models; no MFU here
+        return 0.0
     return training_flops_per_token(cfg.model, cfg.model.context_length)
 
 
@@ -270,7 +273,7 @@ class _Trainer:
             ck.load_weights(model, src)
         if info.enabled:
             torch.manual_seed(t.seed + 7919 * info.rank)  # different dropout masks per rank
-        self.n_params = sum(p.numel() for p in model.parameters())
+        self.n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # a frozen encoder is not trained
         model.to(device)
         self.raw_model = model
         self.dtype = resolve_dtype(t.dtype, device)
@@ -425,7 +428,7 @@ class _Trainer:
                         no_sync = ddp and i < accum - 1
                         with self.model.no_sync() if no_sync else contextlib.nullcontext():
                             with autocast(self.device, self.dtype):
-                                logits = self.model(x)
+                                logits = forward(self.model, x)
                                 loss = F.cross_entropy(
                                     logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"
                                 ) * inv_targets
@@ -516,7 +519,7 @@ class _Trainer:
             "tokens": self.tokens,
             "elapsed": self.elapsed(),
         }
-        if self.peak:
+        if self.peak and self.flops_per_token:
             rec["mfu"] = tok_s * self.flops_per_token / self.peak
         if self.skipped:
             rec["skipped"] = self.skipped
@@ -556,7 +559,11 @@ class _Trainer:
             return
         eot = self.meta.get("eot_id")
         start = int(eot) if eot is not None else 0
-        texts = _samples(self.raw_model, self.tokenizer, e.samples, e.sample_tokens, start, self.device, self.cfg.train.seed + step)
+        custom = getattr(self.data, "samples", None)  # a batch source that needs more than a start token
+        if custom is not None:
+            texts = custom(self.raw_model, self.tokenizer, e.samples, e.sample_tokens, self.device)
+        else:
+            texts = _samples(self.raw_model, self.tokenizer, e.samples, e.sample_tokens, start, self.device, self.cfg.train.seed + step)
         path = self.run_dir / "samples.md"
         parts = [f"## step {step} (val loss {val:.4f})\n"]
         for i, text in enumerate(texts):

@@ -1,0 +1,144 @@
+"""Training an encoder-decoder (``model.arch = "encdec"``) through the shared training loop.
+
+1. The decoder's tokenizer is ``data.tokenizer`` (or the recipe's ``[tokenizer]`` stage); the
+   encoder and its own tokenizer come from ``model.encoder`` (a local folder, or a hub name
+   when online).
+2. Pairs from ``encdec.data`` are read, tokenized and split (:mod:`lmlab.data.pairs`);
+   ``encdec.val_data``, else ``encdec.val_fraction`` of the pairs, is held out.
+3. :func:`lmlab.train.loop.train` runs with :class:`~lmlab.data.pairs.PairData` as its batch
+   source: the same checkpoints (decoder weights only: the encoder is frozen and reloaded
+   from its source), exact resume, logging, evaluation and early stopping as every other run.
+   The encoder's parameters have ``requires_grad=False`` and never reach the optimizer.
+4. The trained decoder writes ``encdec.parse_samples`` greedy targets for held-out sources;
+   the parse rate is the share that ``compile()`` accepts (a symbolic tokenizer's outputs are
+   restored with generated names first). It goes into ``encdec.json`` and report.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmlab.config import Config
+from lmlab.errors import ConfigError, DataError
+from lmlab.io import read_json, write_json
+
+
+def _log(msg: str, main: bool) -> None:
+    if main:
+        print(msg, flush=True)
+
+
+def build_pair_data(cfg: Config, dec_tok: Any, enc_tok: Any, main: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Read, tokenize and split ``cfg.encdec``'s pairs: (PairData, report for encdec.json)."""
+    from lmlab.data import pairs as dp
+    from lmlab.data import sft as sd
+
+    e = cfg.encdec
+    if not e.data:
+        raise ConfigError("encdec.data: no pairs given (JSONL with source/target, or MBPP text/code records)")
+    skips = sd.SkipReport()
+
+    def examples(sources: list[str]) -> list[Any]:
+        records = sd.read_records(sources, skips)
+        return dp.tokenize_pairs(records, enc_tok, dec_tok, cfg.model.context_length, e.max_source_tokens, skips)
+
+    pairs = examples(list(e.data))
+    if e.val_data:
+        train, val = pairs, examples(list(e.val_data))
+    elif e.val_fraction > 0 and len(pairs) >= 2:
+        train, val = sd.hold_out(pairs, e.val_fraction, cfg.train.seed)
+    else:
+        train, val = pairs, []
+    if not train:
+        raise DataError(f"encdec.data: no usable pairs ({skips.summary()})")
+    _log(f"encdec: {len(train)} training and {len(val)} held-out pairs, {skips.summary()}", main)
+    for line in skips.named[:20]:
+        _log(f"  skipped {line}", main)
+    eot = int(dec_tok.eot_id)
+    enc_pad = enc_tok.pad_token_id if enc_tok.pad_token_id is not None else 0
+    meta = {"vocab_size": dec_tok.vocab_size, "eot_id": eot, "tokenizer": cfg.data.tokenizer}
+    data = dp.PairData(train, val, meta, pad_id=eot, enc_pad_id=int(enc_pad))
+    report = {
+        "encoder": cfg.model.encoder,
+        "sources": list(e.data),
+        "val_sources": list(e.val_data),
+        "train_pairs": len(train),
+        "val_pairs": len(val),
+        "skipped": skips.as_dict(),
+        "fingerprint": dp.pairs_fingerprint(train) + ":" + dp.pairs_fingerprint(val),
+    }
+    return data, report
+
+
+def parse_rate(model: Any, data: Any, dec_tok: Any, n: int, max_new_tokens: int, device: Any) -> dict[str, Any]:
+    """Greedy outputs for the first ``n`` held-out sources, and the share that compiles
+    (:func:`lmlab.eval.code.parse_report`: an empty output does not pass)."""
+    from lmlab.data.pairs import generate_targets
+
+    examples = (data.val or data.train)[:n]
+    seqs = generate_targets(model, examples, data.enc_pad_id, int(data.meta["eot_id"]), max_new_tokens, device)
+    if getattr(dec_tok, "kind", "") == "symbolic":  # restore names, then compile()
+        result = dec_tok.parse_rate(seqs)
+    else:
+        from lmlab.eval.code import parse_report
+
+        result = parse_report(dec_tok.decode(s) for s in seqs)
+    result["examples"] = [{"source": e.where, "output": dec_tok.decode(s)} for e, s in zip(examples[:3], seqs[:3])]
+    return result
+
+
+def run_encdec(cfg: Config, resume: bool = False, log_main: bool | None = None):
+    """Train the decoder of ``cfg`` (``model.arch = "encdec"``) on ``cfg.encdec``'s pairs into ``train.out``."""
+    from lmlab.device import resolve_device
+    from lmlab.model.encdec import load_encoder_tokenizer
+    from lmlab.report import markdown_table, write_report
+    from lmlab.tokenizer import load_tokenizer
+    from lmlab.train import checkpoint as ck
+    from lmlab.train import distributed as dd
+    from lmlab.train.loop import train
+
+    main = dd.from_env().is_main if log_main is None else log_main
+    if cfg.model.arch != "encdec":
+        raise ConfigError(f"model.arch: the encoder-decoder trainer needs encdec, got {cfg.model.arch!r}")
+    if not cfg.data.tokenizer:
+        raise ConfigError("data.tokenizer: the decoder's tokenizer folder is required (or a [tokenizer] stage)")
+    if not Path(cfg.data.tokenizer).exists():
+        raise ConfigError(f"data.tokenizer: {cfg.data.tokenizer} does not exist")
+    if cfg.data.mix:
+        raise ConfigError("data.mix: replay of token shards does not apply to encoder-decoder pairs")
+    # 1) tokenizers
+    dec_tok = load_tokenizer(cfg.data.tokenizer)
+    cfg.data.tokenizer = str(Path(cfg.data.tokenizer).resolve())
+    enc_tok = load_encoder_tokenizer(cfg.model.encoder)
+    # 2) pairs
+    data, report = build_pair_data(cfg, dec_tok, enc_tok, main)
+    run_dir = Path(cfg.train.out)
+    info_path = run_dir / "encdec.json"
+    if resume and info_path.is_file():
+        old = read_json(info_path)
+        if isinstance(old, dict) and old.get("fingerprint") not in (None, report["fingerprint"]):
+            raise DataError(f"{info_path}: the pairs changed since this run started; cannot resume exactly")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(info_path, report)
+    # 3) the shared loop, with the pairs as its batch source
+    result = train(cfg, resume=resume, data=data)
+    if not main or result.stop_reason == "interrupted":
+        return result
+    # 4) the parse rate of the trained decoder's outputs for held-out sources
+    e = cfg.encdec
+    if e.parse_samples:
+        device = resolve_device(cfg.train.device)
+        model, _, _ = ck.load_model(run_dir, device, encdec_ok=True)
+        parse = parse_rate(model, data, dec_tok, e.parse_samples, e.max_new_tokens or cfg.model.context_length, device)
+        report["parse"] = parse
+        _log(f"encdec: parse rate {parse['parse_rate']:.2%} ({parse['parsed']}/{parse['samples']} greedy outputs "
+             "for held-out sources compile)", main)
+        rows = {k: parse[k] for k in ("samples", "parsed", "parse_rate")}
+        examples = "\n".join(f"- `{x['source']}`:\n\n```\n{x['output']}\n```" for x in parse["examples"])
+        write_report(run_dir, {"Result": markdown_table([{k: v for k, v in result.as_dict().items() if k != "run_dir" and v is not None}]),
+                               "Parse rate (held-out sources, greedy)": markdown_table([rows]) + "\n" + examples})
+    report["result"] = result.as_dict()
+    write_json(info_path, report)
+    return result
