@@ -111,7 +111,7 @@ def test_sft_run_learns_and_records(sft_run, base, instructions, capfd):
     assert (info["train_examples"], info["val_examples"]) == (53, 13)
     # held-out loss before (base weights) and after fine-tuning
     assert info["val_loss_after"] == pytest.approx(result.final_val_loss)
-    assert info["val_loss_after"] < info["val_loss_before"] - 0.2  # 3.41 -> 3.00 when written
+    assert info["val_loss_after"] < info["val_loss_before"] - 0.3  # 3.41 -> 3.00 when written
     vals = losses(out, "val_loss")
     assert sorted(vals) == [4, 8, 12] and vals[12] < vals[4]
     # same run folder as pretraining, plus the template and the base's model + tokenizer
