@@ -1,16 +1,26 @@
-"""Training speed on the shakespeare-char setup: lmlab's loop vs a bare nanoGPT-style loop.
+"""Training speed: lmlab's training loop against a plain PyTorch loop on the same batches.
 
-Config (nanoGPT's shakespeare_char baby GPT, CPU-sized): 4 layers, 4 heads, width 128,
-context 64, batch 12, AdamW lr 1e-3. nanoGPT's figure for this on 2 CPU cores is ~52 ms/iter.
+Shapes (``--shape``):
+  - ``shakespeare`` (default): nanoGPT's shakespeare_char baby GPT, CPU-sized: 4 layers, 4
+    heads, width 128, context 64, batch 12, AdamW lr 1e-3, char tokens of tinyshakespeare.
+    nanoGPT's figure for this on 2 CPU cores is ~52 ms/iter.
+  - ``llama10m``: a ~10M-parameter (non-embedding) LLaMA-style model, 6 layers, width 384,
+    6 heads, vocab 8192, context 256, batch 8.
+Styles (``--style``): ``llama`` (RMSNorm, RoPE, SwiGLU, as the shakespeare-char recipe) or
+``gpt2`` (LayerNorm, learned positions, GELU, biases, tied).
 
-Both loops use the same model (lmlab.model), the same token windows from the same memmap, the
-same optimizer settings; the peer is the minimal loop (fancy-index a batch, forward, loss,
-backward, clip, step) with no logging, guards or checkpointing. The ratio lmlab/peer is
-lmlab's per-step overhead. Rounds alternate the two loops so background load hits both. CPU
-time (process_time, all threads) is printed beside wall time: on a machine shared with other
-jobs it is the steadier figure (run with OMP_NUM_THREADS=1 there, so it holds no spin-waiting).
+Peers (``--peer``), trained by a plain loop (index a batch from the same memmap, forward,
+cross-entropy, backward, clip, ``torch.optim.AdamW`` with its defaults, zero_grad):
+  - ``bare``: the same lmlab model: the ratio is the loop's own per-step overhead;
+  - ``hf``: the Hugging Face transformers model of the same shape (GPT2LMHeadModel or
+    LlamaForCausalLM, SDPA attention): the ratio is what a user gains by training with lmlab.
+lmlab's side is ``lmlab.train.loop.train`` itself (its fused AdamW, loss, logging, guards),
+timed as a full run minus a 1-step run. Rounds alternate the two so background load hits
+both. CPU time (process_time, all threads) is printed beside wall time: on a machine shared
+with other jobs it is the steadier figure.
 
-    .venv/bin/python bench/train_speed.py [--steps 200] [--rounds 3]
+    .venv/bin/python bench/train_speed.py [--shape shakespeare|llama10m] [--style llama|gpt2]
+        [--peer bare|hf] [--steps 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -33,17 +43,22 @@ from lmlab.train.loop import train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
+SHAPES = {
+    "shakespeare": {"model": {"n_layer": 4, "n_head": 4, "d_model": 128, "context_length": 64}, "batch": 12, "vocab": 0},
+    "llama10m": {"model": {"n_layer": 6, "n_head": 6, "d_model": 384, "context_length": 256}, "batch": 8, "vocab": 8192},
+}
 
-def make_dataset(folder: Path) -> Path:
-    """Char-level tokens of tinyshakespeare (random tokens if the shared data is absent)."""
+
+def make_dataset(folder: Path, vocab: int = 0) -> Path:
+    """Char-level tokens of tinyshakespeare (``vocab`` 0), else random tokens below ``vocab``."""
     folder.mkdir(parents=True, exist_ok=True)
-    if SHARED.exists():
+    if not vocab and SHARED.exists():
         text = SHARED.read_text(encoding="utf-8")
         chars = sorted(set(text))
         ids = np.array([chars.index(c) for c in text[:300_000]], dtype=np.uint16)
         vocab = len(chars)
     else:
-        vocab = 65
+        vocab = vocab or 65
         ids = np.random.default_rng(0).integers(0, vocab, 300_000).astype(np.uint16)
     n_val = len(ids) // 10
     ids[n_val:].tofile(folder / "train_000000.bin")
@@ -59,14 +74,17 @@ def make_dataset(folder: Path) -> Path:
     return folder
 
 
-def config(data: Path, out: Path, steps: int):
+def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style: str = "llama"):
+    from lmlab.model.presets import PRESETS
+
+    sh = SHAPES[shape]
     return from_dict(
         {
-            "model": {"n_layer": 4, "n_head": 4, "d_model": 128, "context_length": 64, "dropout": 0.0},
+            "model": {**sh["model"], **PRESETS[style], "dropout": 0.0},
             "data": {"path": str(data)},
             "optim": {"beta2": 0.99, "weight_decay": 0.1, "grad_clip": 1.0},
             "train": {
-                "max_steps": steps, "batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10,
+                "max_steps": steps, "batch_size": sh["batch"], "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10,
                 "eval_every": 0, "checkpoint_every": 0, "log_every": steps, "device": "cpu", "out": str(out),
             },
             "eval": {"batches": 1, "samples": 0},
@@ -75,31 +93,39 @@ def config(data: Path, out: Path, steps: int):
     ).validate()
 
 
-def lmlab_ms_per_step(data: Path, tmp: Path, steps: int) -> tuple[float, float]:
+def lmlab_ms_per_step(data: Path, tmp: Path, steps: int, shape: str, style: str) -> tuple[float, float]:
     """(wall, CPU) ms per step of train(), minus its fixed start/end cost (a 1-step run)."""
     def timed(n: int) -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
-        train(config(data, tmp / f"run{n}", n))
+        train(config(data, tmp / f"run{n}", n, shape, style))
         return time.perf_counter() - t0, time.process_time() - c0
 
-    timed(5)  # warm caches
+    timed(2)  # warm caches
     base = timed(1)
     full = timed(steps + 1)
     return 1000.0 * (full[0] - base[0]) / steps, 1000.0 * (full[1] - base[1]) / steps
 
 
-def peer_ms_per_step(data: Path, steps: int) -> tuple[float, float]:
-    cfg = config(data, Path("unused"), steps)
+def peer_ms_per_step(data: Path, steps: int, shape: str, style: str, peer: str) -> tuple[float, float]:
+    cfg = config(data, Path("unused"), steps, shape, style)
     meta = json.loads((data / "meta.json").read_text())
     cfg.model.vocab_size = meta["vocab_size"]
     torch.manual_seed(0)
-    model = build_model(cfg.model)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
+    if peer == "hf":
+        from model_vs_hf import hf_model
+
+        hf = hf_model(style, cfg.model)
+        model = lambda x: hf(x).logits  # noqa: E731
+        params = list(hf.parameters())
+    else:
+        model = build_model(cfg.model)
+        params = list(model.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
     mm = np.memmap(data / "train_000000.bin", dtype=np.uint16, mode="r")
     rng = np.random.default_rng(0)
-    T, B = 64, 12
+    T, B = cfg.model.context_length, cfg.train.batch_size
     offs = np.arange(T + 1)
 
     def step() -> None:
@@ -108,11 +134,11 @@ def peer_ms_per_step(data: Path, steps: int) -> tuple[float, float]:
         x, y = w[:, :-1], w[:, 1:]
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(5):
+    for _ in range(2):
         step()
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
@@ -122,24 +148,31 @@ def peer_ms_per_step(data: Path, steps: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="shakespeare")
+    ap.add_argument("--style", choices=("llama", "gpt2"), default="llama")
+    ap.add_argument("--peer", choices=("bare", "hf"), default="bare")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, data: {'tinyshakespeare' if SHARED.exists() else 'random'}")
+    sh = SHAPES[args.shape]
+    tokens = sh["batch"] * sh["model"]["context_length"]
+    peer_name = {"bare": "bare loop (same lmlab model)", "hf": "transformers model, plain loop"}[args.peer]
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, shape {args.shape} ({args.style} style), "
+          f"{tokens} tokens/step, peer: {peer_name}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        data = make_dataset(tmp / "ds")
+        data = make_dataset(tmp / "ds", sh["vocab"])
         ours, peer = [], []
         for r in range(args.rounds):
-            peer.append(peer_ms_per_step(data, args.steps))
-            ours.append(lmlab_ms_per_step(data, tmp / f"r{r}", args.steps))
+            peer.append(peer_ms_per_step(data, args.steps, args.shape, args.style, args.peer))
+            ours.append(lmlab_ms_per_step(data, tmp / f"r{r}", args.steps, args.shape, args.style))
             print(f"round {r + 1}: lmlab {ours[-1][0]:.1f} ms/iter wall, {ours[-1][1]:.1f} CPU; "
-                  f"bare loop {peer[-1][0]:.1f} wall, {peer[-1][1]:.1f} CPU", flush=True)
+                  f"peer {peer[-1][0]:.1f} wall, {peer[-1][1]:.1f} CPU", flush=True)
     for i, kind in enumerate(("wall", "CPU")):
         o, p = statistics.median(x[i] for x in ours), statistics.median(x[i] for x in peer)
-        print(f"{kind}: median over {args.rounds} rounds of {args.steps} steps: lmlab {o:.1f} ms/iter, "
-              f"bare loop {p:.1f} ms/iter, ratio {o / p:.2f}x; best lmlab {min(x[i] for x in ours):.1f}, "
-              f"best bare {min(x[i] for x in peer):.1f} (nanoGPT: ~52 ms/iter wall on 2 cores)")
+        print(f"{kind}: median over {args.rounds} rounds of {args.steps} steps: lmlab {o:.1f} ms/iter "
+              f"({1000 * tokens / o:,.0f} tok/s), peer {p:.1f} ms/iter ({1000 * tokens / p:,.0f} tok/s); "
+              f"lmlab speed / peer speed {p / o:.2f}x")
         assert math.isfinite(o)
 
 

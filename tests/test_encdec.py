@@ -216,16 +216,17 @@ def test_bad_pairs_are_skipped_and_named(setup, tmp_path, capsys):
     rows[3] = "{not json"
     rows[5] = json.dumps({"source": "set x to 1 plus 2"})
     rows[7] = json.dumps({"source": "set x to 1 plus 2", "target": "   "})
+    rows[9] = json.dumps({"source": "set x to 1 plus 2", "target": "x = 1 + 2  # \u00e9\n"})  # é: not in the char vocab
     bad.write_text("\n".join(rows) + "\n", encoding="utf-8")
     cfg = config(setup, tmp_path / "run", max_steps=2, eval_every=0, checkpoint_every=0)
     cfg.encdec.data = [str(bad)]
     cfg.encdec.parse_samples = 0
     run_encdec(cfg)
     info = json.loads((tmp_path / "run" / "encdec.json").read_text())
-    assert info["skipped"]["counts"] == {"malformed_json": 1, "missing_field": 1, "empty_response": 1}
-    assert info["train_pairs"] + info["val_pairs"] == 17
+    assert info["skipped"]["counts"] == {"malformed_json": 1, "missing_field": 1, "empty_response": 1, "untokenizable": 1}
+    assert info["train_pairs"] + info["val_pairs"] == 16
     out = capsys.readouterr().out
-    assert f"{bad}:4" in out and f"{bad}:6" in out and f"{bad}:8" in out
+    assert all(f"{bad}:{n}" in out for n in (4, 6, 8, 10))
 
 
 def test_default_encoder_names_agree():

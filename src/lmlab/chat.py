@@ -195,7 +195,7 @@ def chat_loop(run: str | Path, temperature: float = 0.7, max_new_tokens: int = 2
     from lmlab.sample import _pick_device
     from lmlab.train.checkpoint import load_model_for_inference, resolve_checkpoint
 
-    model, cfg, tokenizer = load_model_for_inference(run, device=_pick_device())
+    model, cfg, tokenizer = load_model_for_inference(run, device=_pick_device(), decode_batch=1)
     template = find_template(resolve_checkpoint(run), cfg)
     chat_session(
         model, tokenizer, template, sys.stdin, sys.stdout,

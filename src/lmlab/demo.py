@@ -183,7 +183,7 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     from lmlab.sample import generate
     from lmlab.train.checkpoint import load_model_for_inference
 
-    model, _, tokenizer = load_model_for_inference(run_dir, device="cpu")
+    model, _, tokenizer = load_model_for_inference(run_dir, device="cpu", decode_batch=1)
     prompts = held_out_prompts(Path(cfg.data.path), tokenizer) or [""]
     shown = []
     for i, prompt in enumerate(prompts[:2]):

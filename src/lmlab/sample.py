@@ -425,7 +425,7 @@ def sample_command(args: argparse.Namespace, out: Any = None, err: Any = None) -
 
     out = out or sys.stdout
     err = err or sys.stderr
-    model, _cfg, tokenizer = load_model_for_inference(args.run, device=_pick_device())
+    model, _cfg, tokenizer = load_model_for_inference(args.run, device=_pick_device(), decode_batch=args.num_samples)
     stream = not (args.no_stream or args.json)
     streamed_first = False
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lmlab.data.sft import Example, Record, SftLoader, SkipReport, collate, fingerprint
-from lmlab.errors import DataError
+from lmlab.errors import DataError, LmlabError
 
 Inputs = dict[str, torch.Tensor]
 
@@ -54,7 +54,7 @@ def tokenize_pairs(records: Sequence[Record], enc_tok: Any, dec_tok: Any, contex
     for rec, src in zip(records, sources):
         try:
             target = dec_tok.encode_ordinary(rec.output)
-        except (ValueError, KeyError) as e:  # a char tokenizer meeting an unseen character
+        except LmlabError as e:  # a char tokenizer meeting an unseen character
             skips.skip(rec.where, f"target cannot be tokenized ({e})", "untokenizable")
             continue
         ids = np.array([eot, *target, eot], dtype=np.int64)

@@ -284,16 +284,22 @@ def find_tokenizer(ckpt: Path, cfg: Config) -> Path | None:
     return None
 
 
-def load_model_for_inference(path: str | Path, device: str | torch.device = "cpu"):
+def load_model_for_inference(path: str | Path, device: str | torch.device = "cpu", decode_batch: int = 0):
     """``(model, cfg, tokenizer)`` from a run folder (its ``latest``) or a checkpoint folder.
 
     The model is rebuilt from the saved config.toml, weights come from safetensors and nothing
-    in the checkpoint is executed. Raises CheckpointError when files are missing or corrupt,
-    or when no tokenizer can be found for the run.
+    in the checkpoint is executed. ``decode_batch`` > 0: the model will generate that many
+    sequences at a time, so on the CPU its linear weights take the layout that decodes faster
+    here (:func:`lmlab.model.layout.pick_decode_layout`). Raises CheckpointError when files are
+    missing or corrupt, or when no tokenizer can be found for the run.
     """
     from lmlab.tokenizer import load_tokenizer
 
     model, cfg, ckpt = load_model(path, device)
+    if decode_batch > 0:
+        from lmlab.model.layout import pick_decode_layout
+
+        pick_decode_layout(model, decode_batch)
     tok_path = find_tokenizer(ckpt, cfg)
     if tok_path is None:
         raise CheckpointError(f"{ckpt}: no tokenizer found (run/tokenizer, data.tokenizer or the dataset's meta.json)")
