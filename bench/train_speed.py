@@ -20,7 +20,7 @@ both. CPU time (process_time, all threads) is printed beside wall time: on a mac
 with other jobs it is the steadier figure.
 
     .venv/bin/python bench/train_speed.py [--shape shakespeare|llama10m] [--style llama|gpt2]
-        [--peer bare|hf] [--steps 200] [--rounds 3]
+        [--peer bare|hf] [--compile] [--steps 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def make_dataset(folder: Path, vocab: int = 0) -> Path:
     return folder
 
 
-def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style: str = "llama"):
+def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style: str = "llama", compile: bool = False):
     from lmlab.model.presets import PRESETS
 
     sh = SHAPES[shape]
@@ -86,6 +86,7 @@ def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style:
             "train": {
                 "max_steps": steps, "batch_size": sh["batch"], "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10,
                 "eval_every": 0, "checkpoint_every": 0, "log_every": steps, "device": "cpu", "out": str(out),
+                "compile": compile,
             },
             "eval": {"batches": 1, "samples": 0},
             "log": {"progress": False},
@@ -93,15 +94,15 @@ def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style:
     ).validate()
 
 
-def lmlab_ms_per_step(data: Path, tmp: Path, steps: int, shape: str, style: str) -> tuple[float, float]:
+def lmlab_ms_per_step(data: Path, tmp: Path, steps: int, shape: str, style: str, compile: bool = False) -> tuple[float, float]:
     """(wall, CPU) ms per step of train(), minus its fixed start/end cost (a 1-step run)."""
     def timed(n: int) -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
-        train(config(data, tmp / f"run{n}", n, shape, style))
+        train(config(data, tmp / f"run{n}", n, shape, style, compile))
         return time.perf_counter() - t0, time.process_time() - c0
 
-    timed(2)  # warm caches
-    base = timed(1)
+    timed(2)  # warm caches (and, with compile, the compiler's on-disk cache)
+    base = timed(1)  # start-up and end cost, compilation included
     full = timed(steps + 1)
     return 1000.0 * (full[0] - base[0]) / steps, 1000.0 * (full[1] - base[1]) / steps
 
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--shape", choices=tuple(SHAPES), default="shakespeare")
     ap.add_argument("--style", choices=("llama", "gpt2"), default="llama")
     ap.add_argument("--peer", choices=("bare", "hf"), default="bare")
+    ap.add_argument("--compile", action="store_true", help="lmlab with train.compile=true (the peer stays eager)")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
@@ -158,14 +160,14 @@ def main() -> None:
     tokens = sh["batch"] * sh["model"]["context_length"]
     peer_name = {"bare": "bare loop (same lmlab model)", "hf": "transformers model, plain loop"}[args.peer]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, shape {args.shape} ({args.style} style), "
-          f"{tokens} tokens/step, peer: {peer_name}")
+          f"{tokens} tokens/step, lmlab compile {args.compile}, peer: {peer_name}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         data = make_dataset(tmp / "ds", sh["vocab"])
         ours, peer = [], []
         for r in range(args.rounds):
             peer.append(peer_ms_per_step(data, args.steps, args.shape, args.style, args.peer))
-            ours.append(lmlab_ms_per_step(data, tmp / f"r{r}", args.steps, args.shape, args.style))
+            ours.append(lmlab_ms_per_step(data, tmp / f"r{r}", args.steps, args.shape, args.style, args.compile))
             print(f"round {r + 1}: lmlab {ours[-1][0]:.1f} ms/iter wall, {ours[-1][1]:.1f} CPU; "
                   f"peer {peer[-1][0]:.1f} wall, {peer[-1][1]:.1f} CPU", flush=True)
     for i, kind in enumerate(("wall", "CPU")):

@@ -59,3 +59,15 @@ def test_atomic_write_and_read_json(tmp_path):
     p.write_text("{broken")
     with pytest.raises(DataError, match="m.json"):
         read_json(p)
+
+
+def test_folders_leave_out_hidden_cache_and_package_folders(tmp_path):
+    for rel in ["a.py", "pkg/b.py", "pkg/__pycache__/b.cpython-311.pyc", ".git/config", "pkg/.hidden.py",
+                "venv/lib/site-packages/dep.py", "web/node_modules/x.js", ".venv/lib/y.py"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    got = [p.relative_to(tmp_path).as_posix() for p in expand_inputs([str(tmp_path)])]
+    assert got == ["a.py", "pkg/b.py"]
+    # named explicitly, such a folder or file is read
+    assert [p.name for p in expand_inputs([str(tmp_path / "venv/lib/site-packages")])] == ["dep.py"]
+    assert [p.name for p in expand_inputs([str(tmp_path / "pkg/.hidden.py")])] == [".hidden.py"]

@@ -104,10 +104,30 @@ def stdlib_files() -> list[Path]:
     )
 
 
+SKIPPED_DIRS = {"__pycache__", "site-packages", "node_modules"}
+
+
+def folder_files(folder: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
+    """A folder's files, recursively and sorted, ending in one of ``suffixes`` (all when empty).
+
+    Hidden entries (``.git``, ``.venv``, ...) and build or package folders (``__pycache__``,
+    ``site-packages``, ``node_modules``) below it are left out: they are never corpus text.
+    """
+    out = []
+    for q in folder.rglob("*"):
+        rel = q.relative_to(folder).parts
+        if any(part.startswith(".") or part in SKIPPED_DIRS for part in rel[:-1]) or rel[-1].startswith("."):
+            continue
+        if q.is_file() and (not suffixes or q.name.endswith(suffixes)):
+            out.append(q)
+    return sorted(out)
+
+
 def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Path]:
     """Files, folders (recursive) and globs to a sorted, de-duplicated list of files.
 
-    A folder contributes files ending in one of ``suffixes`` (all files when empty). The
+    A folder contributes files ending in one of ``suffixes`` (all files when empty), without
+    hidden, cache and package folders (:func:`folder_files`). The
     input ``@stdlib`` names this interpreter's standard library (its ``.py`` files, without
     site-packages); ``@stdlib/SUBPATH`` a file, folder or glob inside it. An input that matches nothing raises DataError naming it.
     """
@@ -133,8 +153,7 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Pat
         if p.is_file():
             add(p)
         elif p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and (not suffixes or q.name.endswith(suffixes)))
-            for q in found:
+            for q in folder_files(p, suffixes):
                 add(q)
         else:
             matches = sorted(glob.glob(item, recursive=True))
@@ -145,7 +164,6 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Pat
                 if mp.is_file():
                     add(mp)
                 elif mp.is_dir():
-                    for q in sorted(mp.rglob("*")):
-                        if q.is_file() and (not suffixes or q.name.endswith(suffixes)):
-                            add(q)
+                    for q in folder_files(mp, suffixes):
+                        add(q)
     return files
