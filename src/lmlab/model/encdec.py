@@ -35,14 +35,7 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError, LmlabError
-from lmlab.model.transformer import (
-    MLP,
-    CausalSelfAttention,
-    Rotary,
-    check_config,
-    init_weights,
-    make_norm,
-)
+from lmlab.model.transformer import Block, Transformer, init_weights, make_norm
 
 DEFAULT_ENCODER = "answerdotai/ModernBERT-base"
 
@@ -115,18 +108,14 @@ class CrossAttention(nn.Module):
         return self.resid_drop(self.proj(y))
 
 
-class DecoderBlock(nn.Module):
-    """Causal self-attention, cross-attention, MLP; each a residual sublayer (pre or post norm)."""
+class DecoderBlock(Block):
+    """A decoder-only :class:`~lmlab.model.transformer.Block` (causal self-attention, MLP) with
+    cross-attention between the two; each a residual sublayer (pre or post norm)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.post_norm = cfg.norm_position == "post"
-        self.norm1 = make_norm(cfg)
-        self.attn = CausalSelfAttention(cfg)
+        super().__init__(cfg)
         self.norm_x = make_norm(cfg)
         self.cross = CrossAttention(cfg)
-        self.norm2 = make_norm(cfg)
-        self.mlp = MLP(cfg)
 
     def forward(self, x, memory, mem_mask, rope=None) -> torch.Tensor:
         if self.post_norm:
@@ -138,25 +127,17 @@ class DecoderBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class Decoder(nn.Module):
-    """The trainable part: embeddings, ``enc_proj``, decoder blocks, final norm, head."""
+class Decoder(Transformer):
+    """The trainable part: the decoder-only model's embeddings, blocks (with cross-attention),
+    final norm and head, plus ``enc_proj`` from the encoder's width to ``d_model``."""
+
+    supports_kv_cache = False
+    block_cls = DecoderBlock
 
     def __init__(self, cfg: ModelConfig, enc_dim: int):
-        super().__init__()
-        check_config(cfg)
-        self.config = cfg
-        d = cfg.d_model
-        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
-        self.pos_emb = nn.Embedding(cfg.context_length, d) if cfg.position == "learned" else None
-        self.rotary = Rotary(d // cfg.n_head, cfg.context_length, cfg.rope_theta) if cfg.position == "rope" else None
-        self.enc_proj = nn.Linear(enc_dim, d, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = make_norm(cfg) if cfg.norm_position == "pre" and cfg.norm != "none" else None
-        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.head.weight = self.tok_emb.weight
-        init_weights(self, cfg, cfg.n_layer)
+        super().__init__(cfg)
+        self.enc_proj = nn.Linear(enc_dim, cfg.d_model, bias=cfg.bias)
+        init_weights(self.enc_proj, cfg, cfg.n_layer)
 
     def forward(self, idx: torch.Tensor, enc_states: torch.Tensor, enc_mask: torch.Tensor | None) -> torch.Tensor:
         B, T = idx.shape

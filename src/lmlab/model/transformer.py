@@ -298,6 +298,7 @@ class Transformer(nn.Module):
     """Decoder-only LM: ``model(idx) -> logits`` with idx (B, T) int64, logits (B, T, V)."""
 
     supports_kv_cache = True
+    block_cls: type[nn.Module] = Block  # the encoder-decoder's decoder swaps in its own block
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -310,7 +311,7 @@ class Transformer(nn.Module):
             Rotary(d // cfg.n_head, cfg.context_length, cfg.rope_theta) if cfg.position == "rope" else None
         )
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(self.block_cls(cfg) for _ in range(cfg.n_layer))
         has_final = cfg.norm_position == "pre" and cfg.norm != "none"
         self.norm_f = make_norm(cfg) if has_final else None
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
