@@ -199,8 +199,11 @@ def train(cfg: Config, resume: bool = False, data: Any = None) -> TrainResult:
     device)`` returning a BatchLoader-like object (``get``, ``accum_steps``, ``step``,
     ``state_dict``/``load_state_dict``, ``tokens_per_step``, and ``counts(step)`` -> the
     global batch's (tokens, unmasked targets)), and ``val_batches(batch_size, max_batches,
-    seed, rank, world)`` returning this rank's fixed ``(x, y)`` val batches or None. See
-    :class:`lmlab.data.sft.SftData`.
+    seed, rank, world)`` returning this rank's fixed ``(x, y)`` val batches or None. ``x`` is
+    token ids, or a dict of the model's keyword inputs (the encoder-decoder's ``idx``,
+    ``enc_ids``, ``enc_mask``); an optional ``samples(model, tokenizer, n, max_new_tokens,
+    device)`` writes samples.md's texts instead of unconditional ones. See
+    :class:`lmlab.data.sft.SftData` and :class:`lmlab.data.pairs.PairData`.
     """
     info = dd.from_env()
     device = resolve_device(cfg.train.device, info.local_rank if info.enabled else None)
