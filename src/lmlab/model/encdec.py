@@ -132,6 +132,7 @@ class Decoder(Transformer):
     final norm and head, plus ``enc_proj`` from the encoder's width to ``d_model``."""
 
     supports_kv_cache = False
+    supports_fused_loss = False
     block_cls = DecoderBlock
 
     def __init__(self, cfg: ModelConfig, enc_dim: int):

@@ -298,6 +298,7 @@ class Transformer(nn.Module):
     """Decoder-only LM: ``model(idx) -> logits`` with idx (B, T) int64, logits (B, T, V)."""
 
     supports_kv_cache = True
+    supports_fused_loss = True  # forward(idx, targets=y) returns the summed loss
     block_cls: type[nn.Module] = Block  # the encoder-decoder's decoder swaps in its own block
 
     def __init__(self, cfg: ModelConfig):
@@ -354,8 +355,13 @@ class Transformer(nn.Module):
         dtype = ref.dtype if dtype is None else dtype
         return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
-    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for idx (B, T); with a cache, idx continues the cached tokens."""
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for idx (B, T); with a cache, idx continues the cached tokens.
+
+        With ``targets`` (B, T) it returns the summed cross-entropy instead (-100 ignored),
+        computed with the head in chunks (:func:`lmlab.model.loss.linear_cross_entropy`)
+        without materialising the logits.
+        """
         cfg = self.config
         B, T = idx.shape
         start = 0
@@ -384,4 +390,8 @@ class Transformer(nn.Module):
             x = self.norm_f(x)
         if kv_cache is not None:
             kv_cache.pos = start + T
+        if targets is not None:
+            from lmlab.model.loss import linear_cross_entropy
+
+            return linear_cross_entropy(x.flatten(0, 1), self.head.weight, targets.flatten())  # () summed
         return self.head(x)  # (B, T, vocab_size)

@@ -209,7 +209,11 @@ def train(cfg: Config, resume: bool = False, data: Any = None) -> TrainResult:
     device = resolve_device(cfg.train.device, info.local_rank if info.enabled else None)
     dd.setup(info, device)
     try:
-        return _Trainer(copy.deepcopy(cfg), info, device, resume, data).run()
+        result = _Trainer(copy.deepcopy(cfg), info, device, resume, data).run()
+        # leave together: with gloo, a rank that tears down while rank 0 is still writing the
+        # report can abort ("terminate called without an active exception")
+        dd.barrier(info)
+        return result
     finally:
         dd.teardown()
 
@@ -330,6 +334,7 @@ class _Trainer:
         self.model = dd.wrap_ddp(model, info, device)
         self.model.train()
         self.flops_per_token = _flops_per_token(cfg)
+        self.fused_loss = t.fused_loss and getattr(self.raw_model, "supports_fused_loss", False)
         peak = peak_flops(device, self.dtype)
         self.peak = peak * info.world if peak else None
         self.tokenizer = None
@@ -431,10 +436,13 @@ class _Trainer:
                         no_sync = ddp and i < accum - 1
                         with self.model.no_sync() if no_sync else contextlib.nullcontext():
                             with autocast(self.device, self.dtype):
-                                logits = forward(self.model, x)
-                                loss = F.cross_entropy(
-                                    logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"
-                                ) * inv_targets
+                                if self.fused_loss:  # head + cross-entropy in chunks, no logits tensor
+                                    loss = self.model(x, targets=y) * inv_targets
+                                else:
+                                    logits = forward(self.model, x)
+                                    loss = F.cross_entropy(
+                                        logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"
+                                    ) * inv_targets
                             self.scaler.scale(loss).backward()
                         loss_acc += loss.detach()
                     # 2) clip, spike guard, update

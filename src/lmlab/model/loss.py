@@ -1,0 +1,93 @@
+"""The output layer and cross-entropy in one pass, chunked over rows (no logits tensor).
+
+``linear_cross_entropy(h, W, targets)`` equals
+``F.cross_entropy(h @ W.T, targets, ignore_index=-100, reduction="sum")`` with its gradients,
+but never holds the (N, vocab) logits, their log-softmax or its gradient at once: for each
+chunk of rows it computes the logits, the loss, and at once the gradient of the loss with
+respect to the logits (softmax minus one-hot), which it turns into the chunk's gradients for
+``h`` and ``W``. The backward pass only scales those by the incoming gradient. The FLOPs are
+those of the usual forward and backward (three matmuls with W); what is saved is memory
+(one chunk of logits instead of three full tensors) and the memory traffic of the separate
+log-softmax, its backward and the zero-filled gradient: 8-9% of a ~10M LLaMA training step on
+a 2-core CPU (bench/RESULTS.md).
+
+Under autocast the matmuls run in the autocast dtype; the logits, softmax and the weight
+gradient are accumulated in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk (16 MiB in float32)
+
+
+def _chunk_rows(vocab: int) -> int:
+    return max(16, CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def _compute_dtype(h: torch.Tensor) -> torch.dtype:
+    dev = h.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return h.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        w = weight.to(dtype)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        step = _chunk_rows(weight.shape[0])
+        for lo in range(0, h.shape[0], step):
+            hs, ys = h[lo : lo + step].to(dtype), targets[lo : lo + step]
+            logits = (hs @ w.t()).float()  # (chunk, V)
+            lse = torch.logsumexp(logits, dim=-1)
+            valid = ys != IGNORE_INDEX
+            safe = ys.clamp(min=0)
+            total += torch.where(valid, lse - logits.gather(1, safe[:, None]).squeeze(1), 0.0).sum()
+            # d(sum loss)/d(logits) = softmax - one_hot, zero on ignored rows (in place)
+            p = logits.sub_(lse[:, None]).exp_()
+            p[torch.arange(len(ys), device=p.device), safe] -= 1.0
+            p.mul_(valid[:, None])
+            pc = p.to(dtype)
+            grad_h[lo : lo + step] = pc @ w
+            if dtype == torch.float32:
+                grad_w.addmm_(pc.t(), hs)
+            else:  # as autocast's backward: the matmul in the low precision, summed in float32
+                grad_w += (pc.t() @ hs).float()
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out.to(grad_h.dtype), grad_w * grad_out.to(grad_w.dtype), None, None
+
+
+@torch.no_grad()
+def _loss_only(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    w = weight.to(dtype)
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    step = _chunk_rows(weight.shape[0])
+    for lo in range(0, h.shape[0], step):
+        logits = (h[lo : lo + step].to(dtype) @ w.t()).float()
+        total += torch.nn.functional.cross_entropy(logits, targets[lo : lo + step], ignore_index=IGNORE_INDEX, reduction="sum")
+    return total
+
+
+@torch.compiler.disable  # a Python loop over chunks with in-place updates: run it eagerly
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of ``h @ weight.T`` against ``targets`` (-100 ignored), float32.
+
+    h (N, d), weight (V, d), targets (N,). Gradients flow to ``h`` and ``weight``.
+    """
+    dtype = _compute_dtype(h)
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        with torch.autocast(h.device.type, enabled=False):
+            return _LinearCrossEntropy.apply(h, weight, targets, dtype)
+    with torch.autocast(h.device.type, enabled=False):
+        return _loss_only(h, weight, targets, dtype)
