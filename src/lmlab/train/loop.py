@@ -49,6 +49,8 @@ from lmlab.train.optim import build_optimizer, lr_at, set_lr
 
 # A loss this many times ln(vocab_size) (uniform guessing) can only come from a blown-up model.
 DIVERGED_LOSS_FACTOR = 100.0
+# train.fused_loss applies from this vocabulary size up (bench/RESULTS.md).
+FUSED_LOSS_MIN_VOCAB = 1024
 # The spike guard needs this many recent norms (or the whole window if smaller) before it acts.
 SPIKE_MIN_HISTORY = 10
 
@@ -334,7 +336,10 @@ class _Trainer:
         self.model = dd.wrap_ddp(model, info, device)
         self.model.train()
         self.flops_per_token = _flops_per_token(cfg)
-        self.fused_loss = t.fused_loss and getattr(self.raw_model, "supports_fused_loss", False)
+        # fused head + loss: 7% faster per step at vocab 8192 on a 2-core CPU, 4% slower at
+        # vocab 65 (more small ops than the plain path); below FUSED_LOSS_MIN_VOCAB the plain path
+        self.fused_loss = (t.fused_loss and getattr(self.raw_model, "supports_fused_loss", False)
+                           and m.vocab_size >= FUSED_LOSS_MIN_VOCAB)
         peak = peak_flops(device, self.dtype)
         self.peak = peak * info.world if peak else None
         self.tokenizer = None
