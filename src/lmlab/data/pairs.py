@@ -24,6 +24,7 @@ import torch
 
 from lmlab.data.sft import Example, Record, SftLoader, SkipReport, collate, fingerprint
 from lmlab.errors import DataError, LmlabError
+from lmlab.model import inputs_to
 
 Inputs = dict[str, torch.Tensor]
 
@@ -91,9 +92,7 @@ def collate_pairs(examples: Sequence[PairExample], pad_id: int, enc_pad_id: int)
 
 def _to_device(batch: tuple[Inputs, torch.Tensor], device: torch.device | None) -> tuple[Inputs, torch.Tensor]:
     inputs, y = batch
-    if device is None or device.type == "cpu":
-        return inputs, y
-    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, y.to(device, non_blocking=True)
+    return (inputs, y) if device is None else (inputs_to(inputs, device), y.to(device))
 
 
 class PairLoader(SftLoader):

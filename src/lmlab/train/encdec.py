@@ -88,7 +88,7 @@ def parse_rate(model: Any, data: Any, dec_tok: Any, n: int, max_new_tokens: int,
     return result
 
 
-def run_encdec(cfg: Config, resume: bool = False, log_main: bool | None = None):
+def run_encdec(cfg: Config, resume: bool = False):
     """Train the decoder of ``cfg`` (``model.arch = "encdec"``) on ``cfg.encdec``'s pairs into ``train.out``."""
     from lmlab.device import resolve_device
     from lmlab.model.encdec import load_encoder_tokenizer
@@ -98,7 +98,7 @@ def run_encdec(cfg: Config, resume: bool = False, log_main: bool | None = None):
     from lmlab.train import distributed as dd
     from lmlab.train.loop import train
 
-    main = dd.from_env().is_main if log_main is None else log_main
+    main = dd.from_env().is_main
     if cfg.model.arch != "encdec":
         raise ConfigError(f"model.arch: the encoder-decoder trainer needs encdec, got {cfg.model.arch!r}")
     if not cfg.data.tokenizer:
@@ -137,7 +137,7 @@ def run_encdec(cfg: Config, resume: bool = False, log_main: bool | None = None):
              "for held-out sources compile)", main)
         rows = {k: parse[k] for k in ("samples", "parsed", "parse_rate")}
         examples = "\n".join(f"- `{x['source']}`:\n\n```\n{x['output']}\n```" for x in parse["examples"])
-        write_report(run_dir, {"Result": markdown_table([{k: v for k, v in result.as_dict().items() if k != "run_dir" and v is not None}]),
+        write_report(run_dir, {"Result": result.table(),
                                "Parse rate (held-out sources, greedy)": markdown_table([rows]) + "\n" + examples})
     report["result"] = result.as_dict()
     write_json(info_path, report)

@@ -75,6 +75,12 @@ class TrainResult:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def table(self) -> str:
+        """report.md's "Result" section: a one-row Markdown table of the set fields."""
+        from lmlab.report import markdown_table
+
+        return markdown_table([{k: v for k, v in self.as_dict().items() if k != "run_dir" and v is not None}])
+
 
 class SpikeGuard:
     """Skip an update whose grad norm exceeds ``factor`` x the median of the last ``window``."""
@@ -644,10 +650,9 @@ class _Trainer:
 
     def _report(self, result: TrainResult) -> None:
         """report.md and loss.png from what the run wrote (lmlab.report)."""
-        from lmlab.report import markdown_table, write_report
+        from lmlab.report import write_report
 
-        rows = {k: v for k, v in result.as_dict().items() if k != "run_dir" and v is not None}
         try:
-            write_report(self.run_dir, {"Result": markdown_table([rows])})
+            write_report(self.run_dir, {"Result": result.table()})
         except (OSError, ValueError, ImportError) as e:  # the run itself is complete and saved
             self._say(f"warning: could not write {self.run_dir / 'report.md'}: {e}")
