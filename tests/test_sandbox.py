@@ -64,12 +64,14 @@ def test_memory_bomb_fails_and_parent_is_fine():
     assert run_in_sandbox("print('still fine')", cfg()).passed
 
 
-def _fork_bomb(tail: str = "") -> str:
+def _fork_bomb(tail: str = "", marker: str = "") -> str:
     # At most 300 attempts; half the children try to escape the process group with setsid().
+    # Each child then becomes a sleeping interpreter whose command line carries ``marker``, so
+    # the test finds it from outside the sandbox's PID namespace (whose pids it cannot see).
     return (
         textwrap.dedent(
-            """
-        import os, time
+            f"""
+        import os, sys, time
         ok = fail = 0
         for i in range(300):
             try:
@@ -80,9 +82,12 @@ def _fork_bomb(tail: str = "") -> str:
             if pid == 0:
                 if i % 2:
                     os.setsid()
-                print("child", os.readlink("/proc/self"), flush=True)
-                time.sleep(60)
-                os._exit(0)
+                print("child", i, flush=True)
+                try:
+                    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", "{marker}"])
+                finally:
+                    time.sleep(60)
+                    os._exit(0)
             ok += 1
         print("forked", ok, "failed", fail, flush=True)
         """
@@ -99,13 +104,34 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _marked_processes(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker.encode() in f.read().split(b"\0"):
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return [p for p in found if _alive(p)]
+
+
 @pytest.mark.parametrize("namespaces", [True, False])
 @pytest.mark.parametrize("tail,timeout", [("time.sleep(0.5)\n", 10.0), ("time.sleep(60)\n", 2.0)])
 def test_fork_bomb_is_contained_and_cleaned_up(tail, timeout, namespaces):
     if not namespaces and os.geteuid() != 0:
         pytest.skip("without namespaces only the root/uid mode can find setsid() escapees")
     c = cfg(max_processes=16, timeout_s=timeout, use_namespaces=namespaces)
-    r = run_in_sandbox(_fork_bomb(tail), c)
+    marker = f"lmlab-fork-bomb-{os.getpid()}-{time.monotonic_ns()}"
+    with ThreadPoolExecutor(1) as ex:
+        running = ex.submit(run_in_sandbox, _fork_bomb(tail, marker), c)
+        seen = 0
+        while not running.done():  # the children are visible from here while they run
+            seen = max(seen, len(_marked_processes(marker)))
+            time.sleep(0.05)
+        r = running.result()
+    assert seen > 0, r
     lines = r.stdout_tail.splitlines()
     children = [int(ln.split()[1]) for ln in lines if ln.startswith("child")]
     summary = [ln for ln in lines if ln.startswith("forked")]
@@ -115,7 +141,7 @@ def test_fork_bomb_is_contained_and_cleaned_up(tail, timeout, namespaces):
     assert 0 < len(children) <= forked  # a child killed before it printed is not listed
     assert r.timed_out == (timeout < 5)
     time.sleep(0.2)
-    assert [p for p in children if _alive(p)] == []  # every child was killed afterwards
+    assert _marked_processes(marker) == []  # every child was killed afterwards
     if r.uid is not None:
         assert processes_of_uid(r.uid) == []
 
@@ -204,11 +230,12 @@ def test_file_size_limit():
 
 
 def test_parallel_threads():
-    progs = [f"import sys\nsys.exit({i % 2})" for i in range(6)]
+    progs = [f"print({i})" if i % 2 == 0 else f"import sys\nsys.exit({i})" for i in range(6)]
     with ThreadPoolExecutor(3) as ex:
         results = list(ex.map(lambda p: run_in_sandbox(p, cfg()), progs))
     assert [r.passed for r in results] == [True, False] * 3
-    assert all(r.exit_code == i % 2 for i, r in enumerate(results))
+    assert [r.exit_code for r in results] == [0, 1, 0, 3, 0, 5]
+    assert [r.stdout_tail.strip() for r in results[::2]] == ["0", "2", "4"]
 
 
 def test_kill_everything_reaches_only_the_sandbox():
@@ -233,12 +260,16 @@ def test_kill_everything_reaches_only_the_sandbox():
 
 
 def test_fallbacks_without_namespaces_or_landlock():
-    # With both layers off, the socket prelude still blocks the network (best effort), and
-    # the program still runs in its own folder with a scrubbed environment.
-    c = cfg(use_namespaces=False, use_landlock=False)
+    # Namespaces and Landlock off: seccomp alone refuses the socket. All three off: the socket
+    # prelude still blocks the network (best effort). Either way the program runs in its own
+    # folder with a scrubbed environment.
     prog = (
         "import os, socket\nprint(sorted(os.environ))\nsocket.create_connection(('127.0.0.1', 9))"
     )
+    r = run_in_sandbox(prog, cfg(use_namespaces=False, use_landlock=False))
+    assert "seccomp" in r.isolation and "netns" not in r.isolation, r
+    assert not r.passed and r.reason.startswith("error: PermissionError"), r
+    c = cfg(use_namespaces=False, use_landlock=False, use_seccomp=False)
     r = run_in_sandbox(prog, c)
     assert "socket-prelude" in r.isolation and "netns" not in r.isolation
     assert not r.passed and "network access is disabled" in r.reason

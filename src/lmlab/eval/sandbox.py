@@ -5,34 +5,49 @@ Nothing here runs unless the caller opts in with ``SandboxConfig(allow_code_exec
 :class:`~lmlab.errors.LmlabError`. The sandbox is defence in depth, not a guarantee: run
 code you did not write only on a machine you can afford to lose.
 
-How one program runs (each layer is used when the OS allows it; ``SandboxResult.isolation``
-lists the layers that were actually applied):
+A program **passes** only when every one of its statements ran: the harness hands the child a
+random nonce through a pipe (never in the program's text, files, environment or argv), and the
+runner writes it back on a separate fd after the program's last statement. Exit status 0 alone
+(``sys.exit(0)``, ``exit()``, ``os._exit(0)``, a closed stdout, ...) is not a pass.
 
-1. A launcher (``sys.executable -I -S -c ...``) starts in a new session with a scrubbed
-   environment (only PATH, HOME, TMPDIR, LANG) and a fresh temporary working folder as cwd.
-2. It enters new network and PID namespaces (``unshare``; as root directly, otherwise inside a
-   new user namespace). The network namespace has no usable interface, so nothing can be
-   reached. The program becomes PID 1 of its namespace: when it exits or is killed the kernel
-   kills every process it left behind, including ones that called ``setsid()``.
-3. When the harness runs as root it switches to a fresh unused uid/gid (no supplementary
-   groups). RLIMIT_NPROC is not enforced for root, so this is what makes the process-count
-   limit work there; the uid also owns nothing, so it cannot write to files or folders it
-   does not own (only world-writable places, closed by the next layer).
-4. Landlock (Linux >= 5.13): file-system writes are allowed only beneath the working folder
-   (and to /dev/null); with Landlock ABI >= 4 TCP bind/connect are refused as well.
-5. Resource limits: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_NPROC, RLIMIT_FSIZE, no core files;
-   plus a wall-clock timeout after which the whole process group is killed.
-6. When neither a network namespace nor Landlock's TCP rules are available, a prelude
-   replaces ``socket`` functions before the program runs: best effort only (``_socket``
-   remains reachable).
+How one program runs (:mod:`lmlab.eval.sandbox_child` does the child's part;
+``SandboxResult.isolation`` lists the layers applied):
 
-Not restricted: reading files the sandbox uid may read (the interpreter needs its stdlib), and
-CPU use within RLIMIT_CPU. When the harness's interpreter is not reachable by the sandbox uid
-(e.g. a pyenv build under /root, mode 0700) a same-version system interpreter runs the program;
-``SandboxResult.python`` names it.
+1. A launcher (``sys.executable -I -S sandbox_child.py``) starts in a new session with a
+   scrubbed environment (only PATH, HOME, TMPDIR, LANG) and a fresh temporary folder as cwd.
+2. New mount, network, PID and IPC namespaces (as root directly, otherwise inside a new user
+   namespace that maps only the caller's own uid). The network namespace has no usable
+   interface, so no host port and no abstract Unix socket can be reached. The working folder
+   becomes a tmpfs of ``max_total_mb`` (the total the program may write, over all its files)
+   and ``max_files`` inodes. The program is PID 1 of its namespace, sees only its own
+   processes in a /proc of its own, and when it ends the kernel kills everything it left.
+3. As root the child switches to a fresh unused uid/gid without supplementary groups, so
+   RLIMIT_NPROC applies and it owns nothing: the invoking user's private (0600) files are
+   unreadable by plain permissions.
+4. Landlock (Linux >= 5.13): writes only beneath the working folder (and /dev/null); reads
+   only the interpreter's executable and lib folders, system folders (/usr, /lib*, /bin,
+   /sbin, /etc), a few devices and its own /proc, so a normal user's files stay unreadable
+   too; with ABI >= 4 TCP bind/connect are refused, with ABI >= 6 abstract Unix sockets and
+   signals are scoped to the sandbox.
+5. seccomp: ``socket()`` is refused for every family but IPv4/IPv6 (which meet the empty
+   network namespace), so no Unix socket of the host (a path one included) can be
+   connected; io_uring, whose requests would bypass that filter, is refused too.
+6. Resource limits: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_NPROC, RLIMIT_FSIZE (each file,
+   stdout and stderr included), no core files; plus a wall-clock timeout after which the
+   whole process group is killed.
 
-After every run the harness kills the launcher's process group and, in the root/uid mode,
-every process still owned by the sandbox uid, then deletes the working folder.
+A layer that is asked for (all are, by default) and cannot be applied makes
+:func:`run_in_sandbox` raise :class:`SandboxUnavailable` naming it: nothing runs with less
+isolation than asked. ``use_namespaces``, ``use_landlock`` and ``use_seccomp`` switch layers
+off explicitly (tests of the fallbacks, kernels that misbehave); with neither a network
+namespace, Landlock's TCP rules nor seccomp, a prelude replaces the ``socket`` functions
+(best effort only: ``_socket`` remains reachable). Without namespaces there is no total quota
+and no private /proc.
+
+When the harness's interpreter is not reachable by the sandbox uid (e.g. a pyenv build under
+/root, mode 0700) a same-version system interpreter runs the program; ``SandboxResult.python``
+names it. After every run the harness kills the launcher's process group and, in the root/uid
+mode, every process still owned by the sandbox uid, then deletes the working folder.
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -75,27 +91,34 @@ class SandboxConfig:
     cpu_s: int = 0  # RLIMIT_CPU per process; 0 means ceil(timeout_s) + 1
     max_processes: int = 16  # RLIMIT_NPROC (processes/threads the program may have)
     max_file_mb: int = 16  # RLIMIT_FSIZE: largest file (and stdout/stderr) it may write
+    max_total_mb: int = 100  # what it may write in all, over all its files (tmpfs size)
+    max_files: int = 10_000  # files and folders it may create (tmpfs inodes)
     python: str = field(default_factory=lambda: sys.executable)  # interpreter for the program
     stderr_tail_chars: int = 2000
     # Layers can be switched off to test the fallbacks, or where a kernel misbehaves.
     use_namespaces: bool = True
     use_landlock: bool = True
+    use_seccomp: bool = True
 
 
 @dataclass
 class SandboxResult:
     """What happened to one program."""
 
-    passed: bool  # exited with status 0 within the limits
+    passed: bool  # ran to its last statement (the nonce came back) within the limits
     timed_out: bool
     exit_code: int | None  # the program's exit status; negative: killed by that signal
-    reason: str  # "passed", "timeout", "memory limit", "cpu time limit", "error: <last line>", ...
+    reason: str  # "passed", "timeout", "memory limit", "exited before the end ...", "error: <last line>", ...
     stdout_tail: str = ""
     stderr_tail: str = ""
     duration_s: float = 0.0
     isolation: list[str] = field(default_factory=list)  # layers actually applied
     uid: int | None = None  # the sandbox uid in root mode
     python: str = ""  # the interpreter that ran the program
+
+
+class SandboxUnavailable(LmlabError):
+    """A sandbox layer that was asked for cannot be applied on this system: nothing ran."""
 
 
 def require_opt_in(cfg: SandboxConfig) -> None:
@@ -120,137 +143,6 @@ def _warn_once() -> None:
                 RuntimeWarning,
                 stacklevel=3,
             )
-
-
-# The launcher runs in the child, before the untrusted program: it applies the namespaces,
-# uid switch, Landlock rules and rlimits, then execs a fresh interpreter on program.py.
-# Keeping this in a separate process (instead of Popen(preexec_fn=...)) keeps the harness
-# safe to call from several threads at once.
-_LAUNCHER = r"""
-import ctypes, json, os, resource, signal, sys
-a = json.loads(sys.argv[1])
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-applied = []
-
-def prctl(op, arg):
-    return libc.prctl(ctypes.c_int(op), ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
-
-def unshare(flags):
-    return libc.unshare(ctypes.c_int(flags)) == 0
-
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-NEWNET, NEWPID, NEWUSER = 0x40000000, 0x20000000, 0x10000000
-prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-root = os.geteuid() == 0
-netns = pidns = False
-if not a["namespaces"]:
-    pass
-elif root:
-    if unshare(NEWNET | NEWPID):
-        netns = pidns = True
-    else:
-        netns = unshare(NEWNET)
-        pidns = unshare(NEWPID)
-elif unshare(NEWUSER | NEWNET | NEWPID):
-    applied.append("userns")
-    netns = pidns = True
-if netns:
-    applied.append("netns")
-if pidns:
-    applied.append("pidns")
-    pid = os.fork()
-    if pid:
-        # The launcher stays outside the namespace and relays the program's wait status.
-        _, status = os.waitpid(pid, 0)
-        os.write(a["info_fd"], (json.dumps({"status": status}) + "\n").encode())
-        os._exit(0)
-
-def landlock(rw_dirs, rw_files):
-    abi = libc.syscall(ctypes.c_long(444), None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-    if abi < 1:
-        return 0
-    fs = sum(1 << i for i in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))  # every write-like right
-    if abi >= 2:
-        fs |= 1 << 13  # REFER
-    if abi >= 3:
-        fs |= 1 << 14  # TRUNCATE
-    net = 3 if abi >= 4 else 0  # BIND_TCP | CONNECT_TCP, with no rule allowing any port
-    scoped = 3 if abi >= 6 else 0  # abstract unix sockets and signals stay inside
-    attr = (ctypes.c_uint64 * 3)(fs, net, scoped)
-    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    rfd = libc.syscall(ctypes.c_long(444), ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
-    if rfd < 0:
-        return 0
-
-    class PathBeneath(ctypes.Structure):
-        _pack_ = 1
-        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-    file_rights = (1 << 1) | ((1 << 14) if abi >= 3 else 0)
-    for path, rights in [(d, fs) for d in rw_dirs] + [(f, file_rights) for f in rw_files]:
-        try:
-            pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            continue
-        rule = PathBeneath(rights, pfd)
-        r = libc.syscall(ctypes.c_long(445), ctypes.c_int(rfd), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0))
-        os.close(pfd)
-        if r != 0:
-            return 0
-    if libc.syscall(ctypes.c_long(446), ctypes.c_int(rfd), ctypes.c_uint32(0)) != 0:
-        return 0
-    os.close(rfd)
-    return abi
-
-R = resource
-R.setrlimit(R.RLIMIT_CORE, (0, 0))
-R.setrlimit(R.RLIMIT_CPU, (a["cpu_s"], a["cpu_s"] + 1))
-R.setrlimit(R.RLIMIT_FSIZE, (a["fsize"], a["fsize"]))
-R.setrlimit(R.RLIMIT_NPROC, (a["nproc"], a["nproc"]))
-if root and a["uid"] is not None:
-    os.setgroups([])
-    os.setresgid(a["uid"], a["uid"], a["uid"])
-    os.setresuid(a["uid"], a["uid"], a["uid"])
-    applied.append("uid")
-prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change cleared it
-prctl(PR_SET_NO_NEW_PRIVS, 1)
-abi = landlock([a["workdir"]], ["/dev/null"]) if a["landlock"] else 0
-if abi:
-    applied.append("landlock-fs")
-    if abi >= 4:
-        applied.append("landlock-tcp")
-# The first interpreter this uid may execute (a root-only one, e.g. under /root, is skipped).
-python = next((p for p in a["pythons"] if os.access(p, os.X_OK)), a["pythons"][0])
-argv = [python, "-I", "program.py"]
-if not netns and abi < 4:
-    applied.append("socket-prelude")
-    argv = [python, "-I", "-c", a["prelude"]]
-R.setrlimit(R.RLIMIT_AS, (a["memory"], a["memory"]))
-applied.append("rlimits")
-os.write(a["info_fd"], (json.dumps({"isolation": applied, "python": python}) + "\n").encode())
-os.close(a["info_fd"])
-try:
-    os.execve(python, argv, dict(os.environ))
-except OSError as e:
-    os.write(2, f"lmlab sandbox: cannot exec {python}: {e}\n".encode())
-    os._exit(126)
-"""
-
-# Best-effort network block for systems with neither network namespaces nor Landlock TCP rules.
-_PRELUDE = r"""
-import socket as _socket_mod
-def _lmlab_no_network(*args, **kwargs):
-    raise OSError("network access is disabled in the lmlab sandbox")
-for _name in ("socket", "create_connection", "create_server", "socketpair", "getaddrinfo", "fromfd"):
-    setattr(_socket_mod, _name, _lmlab_no_network)
-del _socket_mod, _lmlab_no_network, _name
-__file__ = "program.py"
-with open("program.py", encoding="utf-8") as _f:
-    _src = _f.read()
-del _f
-exec(compile(_src, "program.py", "exec"))
-"""
 
 
 def _scan_uid(uid: int) -> list[tuple[int, int]]:
@@ -344,13 +236,15 @@ def _tail(path: Path, chars: int) -> str:
     return data.decode("utf-8", errors="replace")[-chars:]
 
 
-def _classify(status: int | None, timed_out: bool, stderr: str) -> tuple[bool, str]:
+def _classify(status: int | None, timed_out: bool, stderr: str, finished: bool) -> tuple[bool, str]:
     if timed_out:
         return False, "timeout"
     if status is None:
         return False, "sandbox error: no exit status"
     if status == 0:
-        return True, "passed"
+        if finished:
+            return True, "passed"
+        return False, "exited before the end of the program (exit status 0)"
     if status < 0:
         sig = -status
         if sig == signal.SIGXCPU:
@@ -368,28 +262,60 @@ def _classify(status: int | None, timed_out: bool, stderr: str) -> tuple[bool, s
         return False, "memory limit"
     if "[Errno 27]" in last:  # EFBIG: Python ignores SIGXFSZ, so the write fails instead
         return False, "file size limit"
+    if "[Errno 28]" in last:  # ENOSPC: the working folder's tmpfs is full
+        return False, "disk quota"
     if "lmlab sandbox: cannot exec" in last:
         return False, f"sandbox error: {last}"
     return False, f"error: {last[:200]}"
 
 
+_CHILD = Path(__file__).with_name("sandbox_child.py")
+
+
+def _prefixes(python: str) -> list[str]:
+    """Our own prefixes when the program runs under our interpreter (a venv and its base)."""
+    if os.path.realpath(python) != os.path.realpath(sys.executable):
+        return []
+    return sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
+
+
+def _read_info(path: Path) -> dict:
+    info: dict = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            info.update(obj)
+    return info
+
+
 def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
     """Run the Python source ``program`` in the sandbox and report how it ended.
 
-    Raises LmlabError when ``cfg.allow_code_execution`` is not set. Never raises for anything
-    the program does: failures, timeouts and limit hits come back in the result.
+    Raises LmlabError when ``cfg.allow_code_execution`` is not set, and SandboxUnavailable when
+    a layer it asks for cannot be applied here (the program does not run). Never raises for
+    anything the program does: failures, timeouts and limit hits come back in the result.
     """
     require_opt_in(cfg)
-    if cfg.timeout_s <= 0 or cfg.memory_mb <= 0 or cfg.max_processes <= 0 or cfg.max_file_mb <= 0:
+    limits = (cfg.timeout_s, cfg.memory_mb, cfg.max_processes, cfg.max_file_mb, cfg.max_total_mb, cfg.max_files)
+    if min(limits) <= 0:
         raise LmlabError(
-            "sandbox limits (timeout_s, memory_mb, max_processes, max_file_mb) must be positive"
+            "sandbox limits (timeout_s, memory_mb, max_processes, max_file_mb, max_total_mb, "
+            "max_files) must be positive"
         )
     root = os.geteuid() == 0
     uid = _pick_uid() if root else None
     workdir = Path(tempfile.mkdtemp(prefix="lmlab-sandbox-"))
     logdir = Path(tempfile.mkdtemp(prefix="lmlab-sandbox-log-"))  # private to the harness
+    nonce = secrets.token_hex(16).encode()
+    nonce_r, nonce_w = os.pipe()
     t0 = time.monotonic()
     try:
+        os.write(nonce_w, nonce)
+        os.close(nonce_w)
+        nonce_w = -1
         (workdir / "program.py").write_text(program, encoding="utf-8")
         if uid is not None:
             os.chown(workdir, uid, uid)
@@ -402,19 +328,25 @@ def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
             open(logdir / "stdout", "wb") as out,
             open(logdir / "stderr", "wb") as err,
             open(logdir / "info", "wb") as info,
+            open(logdir / "result", "wb") as result,
         ):
             args = {
                 "pythons": _interpreters(cfg.python),
+                "prefixes": _prefixes(cfg.python),
                 "workdir": str(workdir),
                 "uid": uid,
                 "nproc": nproc,
                 "cpu_s": cfg.cpu_s or int(cfg.timeout_s) + 2,
                 "fsize": cfg.max_file_mb << 20,
+                "quota": cfg.max_total_mb << 20,
+                "inodes": cfg.max_files,
                 "memory": cfg.memory_mb << 20,
                 "info_fd": info.fileno(),
-                "prelude": _PRELUDE,
+                "nonce_fd": nonce_r,
+                "result_fd": result.fileno(),
                 "namespaces": cfg.use_namespaces,
                 "landlock": cfg.use_landlock,
+                "seccomp": cfg.use_seccomp,
             }
             env = {
                 "PATH": _MINIMAL_PATH,
@@ -423,15 +355,17 @@ def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
                 "LANG": "C.UTF-8",
             }
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(args)],
+                [sys.executable, "-I", "-S", str(_CHILD), json.dumps(args)],
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                pass_fds=(info.fileno(),),
+                pass_fds=(info.fileno(), nonce_r, result.fileno()),
                 start_new_session=True,
             )
+            os.close(nonce_r)
+            nonce_r = -1
             timed_out = False
             try:
                 proc.wait(timeout=cfg.timeout_s)
@@ -444,22 +378,16 @@ def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
                 if uid is not None:
                     _kill_uid(uid)
         duration = time.monotonic() - t0
+        info_obj = _read_info(logdir / "info")
+        if "unavailable" in info_obj:
+            raise SandboxUnavailable(f"sandbox unavailable: {info_obj['unavailable']}; nothing was run")
         status: int | None = proc.returncode
-        isolation: list[str] = []
-        python = ""
-        for line in (logdir / "info").read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "isolation" in obj:
-                isolation = list(obj["isolation"])
-                python = str(obj.get("python", ""))
-            if "status" in obj:
-                status = os.waitstatus_to_exitcode(int(obj["status"]))
+        if "status" in info_obj:
+            status = os.waitstatus_to_exitcode(int(info_obj["status"]))
+        finished = (logdir / "result").read_bytes()[:256] == nonce
         stderr_tail = _tail(logdir / "stderr", cfg.stderr_tail_chars)
         stdout_tail = _tail(logdir / "stdout", cfg.stderr_tail_chars)
-        passed, reason = _classify(status, timed_out, stderr_tail)
+        passed, reason = _classify(status, timed_out, stderr_tail, finished)
         return SandboxResult(
             passed=passed,
             timed_out=timed_out,
@@ -468,10 +396,13 @@ def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
             stdout_tail=stdout_tail,
             stderr_tail=stderr_tail,
             duration_s=duration,
-            isolation=isolation,
+            isolation=list(info_obj.get("isolation", [])),
             uid=uid,
-            python=python,
+            python=str(info_obj.get("python", "")),
         )
     finally:
+        for fd in (nonce_r, nonce_w):
+            if fd >= 0:
+                os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(logdir, ignore_errors=True)
