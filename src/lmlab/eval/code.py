@@ -5,10 +5,15 @@ Two kinds of figures:
 * **Syntax pass rate** needs no execution: prompts (function headers with their docstrings from
   held-out files, or the empty prompt for unconditional documents) are completed by an
   injected ``generate_fn``; each completion is cut at the next top-level statement or the
-  end-of-text token and passes when ``compile()`` accepts prompt + completion. Completions cut
-  by the token limit instead are counted apart, since they were never finished.
+  end-of-text token and passes when ``compile()`` accepts prompt + completion and the
+  completion adds code (a bare ``pass``, comment or docstring does not: the prompt alone
+  compiles). Completions cut by the token limit instead are counted apart, since they were
+  never finished.
 * **pass@k** runs each program (prompt + completion + tests) in :mod:`lmlab.eval.sandbox`,
-  so it needs the explicit ``allow_code_execution`` opt-in, and uses the unbiased estimator
+  so it needs the explicit ``allow_code_execution`` opt-in. A sample passes only when its
+  program ran to its last statement, the tests' final ``check``/asserts included (the
+  sandbox's nonce proves it; ending early with ``sys.exit(0)`` and the like fails, as in the
+  official human-eval harness). pass@k uses the unbiased estimator
   1 - C(n-c, k) / C(n, k) of Chen et al. (2021) in its numerically stable product form.
 """
 
@@ -185,6 +190,7 @@ def _report(
         **mean_pass_at_k(counts, ks),
         "per_task": per_task,
         "failed_tasks": [t for t, e in per_task.items() if e["passed"] < e["n"]],
+        "results": [{"task_id": t, "passed": r.passed, "reason": r.reason} for (t, _), r in zip(jobs, results)],
         "isolation": isolation,
         "python": sorted({r.python for r in results if r.python}),
     }
@@ -199,8 +205,9 @@ def run_humaneval(
 ) -> dict[str, Any]:
     """Run HumanEval completions (the function bodies that follow each prompt) in the sandbox.
 
-    Returns ``{"pass@1": ..., "per_task": {task_id: {"n", "passed", "reasons"}}, ...}``;
-    a pass@k is reported only when every task has at least k completions.
+    Returns ``{"pass@1": ..., "per_task": {task_id: {"n", "passed", "reasons"}}, "results":
+    [{"task_id", "passed", "reason"} per completion, in input order], ...}``; a pass@k is
+    reported only when every task has at least k completions.
     """
     if isinstance(problems, str | Path):
         problems = load_humaneval(problems)
@@ -334,6 +341,37 @@ def cut_completion(
     return completion_text, "stop" if hit_eot else "length"
 
 
+NO_CODE = "adds no code"
+
+
+def adds_code(prompt: str, completion: str) -> bool:
+    """Whether ``completion`` adds a statement to ``prompt`` other than ``pass``, ``...`` or a
+    lone constant (a docstring): whitespace and comments alone add nothing.
+
+    A completion that adds nothing is no answer even when prompt + completion compiles (a
+    header with its docstring already does). Code that does not parse counts as added code;
+    ``compile()`` judges it.
+    """
+    if not completion.strip():
+        return False
+    try:
+        tree = ast.parse(prompt + completion)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return True
+    offsets = _line_offsets(prompt + completion)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.stmt):
+            continue
+        if offsets[node.lineno - 1] + node.col_offset < len(prompt):
+            continue  # the prompt's own statement
+        if isinstance(node, ast.Pass):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # a docstring, ``...`` or a bare number
+        return True
+    return False
+
+
 def compiles(code: str) -> tuple[bool, str]:
     """Whether ``compile()`` accepts ``code``, and the error message when it does not."""
     try:
@@ -348,15 +386,16 @@ def compiles(code: str) -> tuple[bool, str]:
 def parse_report(programs: Iterable[str]) -> dict[str, Any]:
     """How many of ``programs`` (model outputs) ``compile()`` accepts.
 
-    Returns ``{"samples", "parsed", "parse_rate", "empty", "errors"}``. An empty (or blank)
-    output is counted under ``empty`` and does not pass: it compiles, but it is no program.
-    ``errors`` counts the five commonest failure messages.
+    Returns ``{"samples", "parsed", "parse_rate", "empty", "errors"}``. An output that is
+    blank or holds only comments, ``pass``, ``...`` or docstrings is counted under ``empty``
+    and does not pass: it compiles, but it is no program. ``errors`` counts the five commonest
+    failure messages.
     """
     n = ok = empty = 0
     errors: Counter[str] = Counter()
     for code in programs:
         n += 1
-        if not code.strip():
+        if not adds_code("", code):
             empty += 1
             continue
         passed, err = compiles(code)
@@ -378,9 +417,12 @@ def syntax_pass_rate(
     """Sample ``n`` completions (cycling through ``prompts``) and count those that compile.
 
     ``generate_fn(prompts, max_new_tokens)`` returns one ``(text, hit_eot)`` per prompt, the
-    text being the completion only. The report has the pass rate over all completions, over the
-    completed ones (stopped by a top-level statement or end-of-text) and over those cut by the
-    token limit, the commonest errors and a few failing examples.
+    text being the completion only. A completion passes when prompt + completion compiles and
+    the completion adds code (:func:`adds_code`: not only whitespace, comments, ``pass``,
+    ``...`` or a docstring); ``no_code`` counts those that added nothing. The report has the
+    pass rate over all completions, over the completed ones (stopped by a top-level statement
+    or end-of-text) and over those cut by the token limit, the commonest errors (``"adds no
+    code"`` among them) and a few failing examples.
     """
     if n < 1:
         raise LmlabError(f"syntax pass rate: n must be >= 1, got {n}")
@@ -404,6 +446,9 @@ def syntax_pass_rate(
         for prompt, (text, hit_eot) in zip(batch, outputs):
             kept, reason = cut_completion(prompt, text, hit_eot=bool(hit_eot))
             ok, err = compiles(prompt + kept)
+            if ok and not adds_code(prompt, kept):
+                ok, err = False, NO_CODE
+                stats["no_code"] += 1
             stats[reason] += 1
             stats[f"passed_{reason}"] += int(ok)
             if not ok:
@@ -423,6 +468,7 @@ def syntax_pass_rate(
         "pass_rate_completed": stats["passed_stop"] / completed if completed else None,
         "cut_by_length": length,
         "passed_cut_by_length": stats["passed_length"],
+        "no_code": stats["no_code"],
         "top_errors": errors.most_common(5),
         "examples": failing,
     }
@@ -446,6 +492,7 @@ def function_header_prompts(
 
 __all__ = [
     "MBPP_SPLITS",
+    "adds_code",
     "compiles",
     "cut_completion",
     "extract_function_headers",
