@@ -32,6 +32,7 @@ from lmlab.eval.code import (
     syntax_pass_rate,
 )
 from lmlab.eval.sandbox import SandboxConfig
+from sandbox_fixtures import needs_sandbox
 
 pytestmark = pytest.mark.filterwarnings("ignore:lmlab will execute model-written code")
 
@@ -152,6 +153,7 @@ def test_harness_needs_opt_in():
 
 
 def test_humaneval_canonical_passes_and_empty_bodies_fail():
+    needs_sandbox()
     needs(HUMANEVAL)
     problems = load_humaneval(HUMANEVAL)
     assert len(problems) == 164
@@ -177,6 +179,7 @@ def test_humaneval_canonical_passes_and_empty_bodies_fail():
 
 
 def test_mbpp_reference_code_passes():
+    needs_sandbox()
     needs(MBPP)
     tasks = load_mbpp(MBPP, split="test")[:10]
     report = run_mbpp({t["task_id"]: [t["code"]] for t in tasks}, MBPP, SANDBOX)
@@ -365,6 +368,7 @@ def _module_level(body: str) -> str:
 
 
 def test_ending_the_program_early_scores_zero_on_a_local_task():
+    needs_sandbox()
     problems = [{"task_id": "T/0", "prompt": "def f(x):\n", "canonical_solution": "    return 2 * x\n",
                  "test": "def check(c):\n    assert c(2) == 4\n", "entry_point": "f"}]  # fmt: skip
     completions = {"T/0": [*EARLY_EXITS, "    return 2 * x\n"]}
@@ -376,6 +380,7 @@ def test_ending_the_program_early_scores_zero_on_a_local_task():
 
 
 def test_ending_the_program_early_scores_zero_on_humaneval_and_mbpp():
+    needs_sandbox()
     needs(HUMANEVAL)
     needs(MBPP)
     problems = load_humaneval(HUMANEVAL)[:3]

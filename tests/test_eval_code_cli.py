@@ -15,6 +15,7 @@ from lmlab.eval.passk import cut_mbpp_completion, mbpp_prompt, parse_ks
 from lmlab.eval.sandbox import SandboxConfig, run_in_sandbox
 from lmlab.sample import Sample
 from lmlab_train_fixtures import tiny_config, write_dataset
+from sandbox_fixtures import needs_sandbox
 
 pytestmark = pytest.mark.filterwarnings("ignore:lmlab will execute model-written code")
 
@@ -39,6 +40,7 @@ MBPP_TASKS = [
 def code_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     from lmlab.train.loop import train
 
+    needs_sandbox()
     base = tmp_path_factory.mktemp("codeeval")
     he = base / "he.jsonl"
     he.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
@@ -138,6 +140,7 @@ def test_never_overwrites_a_users_file(code_run, capsys, monkeypatch):
 
 
 def test_flag_checks_and_cutting():
+    needs_sandbox()
     assert parse_ks("10,1", 10) == [1, 10]
     with pytest.raises(LmlabError, match="--samples >= 10"):
         parse_ks("1,10", 5)

@@ -24,12 +24,15 @@ import lmlab
 from lmlab.errors import LmlabError
 from lmlab.eval import sandbox_child
 from lmlab.eval.sandbox import SandboxConfig, processes_of_uid, run_in_sandbox
+from sandbox_fixtures import needs_sandbox
 
 pytestmark = pytest.mark.filterwarnings("ignore:lmlab will execute model-written code")
 
 
 def cfg(**kw) -> SandboxConfig:
     kw.setdefault("timeout_s", 10.0)
+    if all(kw.get(layer, True) for layer in ("use_namespaces", "use_landlock", "use_seccomp")):
+        needs_sandbox()
     return SandboxConfig(allow_code_execution=True, **kw)
 
 
@@ -41,8 +44,9 @@ def test_refuses_without_opt_in():
 def test_opt_in_warns_once_and_runs(recwarn):
     import lmlab.eval.sandbox as sb
 
+    c = cfg()
     sb._warned = False
-    r = run_in_sandbox("print(6 * 7)", cfg())
+    r = run_in_sandbox("print(6 * 7)", c)
     assert r.passed and r.reason == "passed" and r.exit_code == 0
     assert r.stdout_tail.strip() == "42"
     assert any("model-written code" in str(w.message) for w in recwarn.list)
@@ -491,6 +495,7 @@ def test_other_processes_command_lines_are_invisible():
 def test_missing_layer_fails_closed():
     # The harness process is forbidden unshare() by a seccomp filter of its own: the sandbox
     # must refuse to run rather than run the program without namespaces.
+    needs_sandbox()
     machine = os.uname().machine
     if machine not in sandbox_child.SYSCALLS:
         pytest.skip(f"no seccomp syscall table for {machine}")
