@@ -121,7 +121,8 @@ def _syntax_section(report: dict[str, Any]) -> str:
     completed = report.get("pass_rate_completed")
     lines = [
         f"{report['n']} completions of held-out function headers (temperature 0.8, top-k 50), "
-        "each cut at the next top-level statement or end-of-text, checked with `compile()`.",
+        "each cut at the next top-level statement or end-of-text, checked with `compile()`; "
+        f"one that adds no code (only `pass`, comments or a docstring) fails ({report.get('no_code', 0)} did).",
         "",
         f"- pass rate: **{100 * rate:.1f}%** ({report['passed']}/{report['n']})",
         f"- completed before the token limit: {report['completed']}, of which "

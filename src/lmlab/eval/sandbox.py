@@ -8,7 +8,9 @@ code you did not write only on a machine you can afford to lose.
 A program **passes** only when every one of its statements ran: the harness hands the child a
 random nonce through a pipe (never in the program's text, files, environment or argv), and the
 runner writes it back on a separate fd after the program's last statement. Exit status 0 alone
-(``sys.exit(0)``, ``exit()``, ``os._exit(0)``, a closed stdout, ...) is not a pass.
+(``sys.exit(0)``, ``exit()``, ``os._exit(0)``, a closed stdout, ...) is not a pass. The nonce
+defeats a program that ends early; code written to dig it out of the runner's own frame (it
+shares the process) could still forge it, as it could fool any in-process harness.
 
 How one program runs (:mod:`lmlab.eval.sandbox_child` does the child's part;
 ``SandboxResult.isolation`` lists the layers applied):
