@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import time
 import tokenize
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -199,10 +201,14 @@ def code_eval(
             kept.setdefault(key, []).append(text)
             records.append({"task_id": key, "sample": j, "completion": text, "finish_reason": s.finish_reason})
     sample_s = time.monotonic() - t0
-    if benchmark == "humaneval":
-        report = run_humaneval(kept, rows, sandbox, ks=ks, workers=workers)
-    else:
-        report = run_mbpp(kept, rows, sandbox, ks=ks, workers=workers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        if benchmark == "humaneval":
+            report = run_humaneval(kept, rows, sandbox, ks=ks, workers=workers)
+        else:
+            report = run_mbpp(kept, rows, sandbox, ks=ks, workers=workers)
+    for message in dict.fromkeys(str(w.message) for w in caught):  # one line each, e.g. the sandbox's caution
+        print(f"lmlab: warning: {message}", file=sys.stderr)
     for rec, res in zip(records, report.pop("results")):
         rec.update(passed=res["passed"], reason=res["reason"])
 
