@@ -94,6 +94,7 @@ def test_parse_stream_inputs(tmp_path):
     (tmp_path / "plain").mkdir()
     assert parse_stream_input(f"hf:{tmp_path / 'plain'}").kind == "folder"
     # plain inputs that are not save_to_disk folders stay files, folders and globs
+    (tmp_path / "plain" / "state.json").write_text('{"step": 3}')  # someone else's state.json
     assert parse_stream_input(str(tmp_path / "plain")) is None
     assert parse_stream_input(str(tmp_path / "a.parquet")) is None
     assert parse_stream_input(f"{tmp_path}/*.parquet") is None

@@ -75,7 +75,15 @@ class StreamSource:
 
 def is_saved_dataset(path: Path) -> bool:
     """Whether ``path`` is a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
-    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+    # the marker file's key too: a corpus folder may well hold some other state.json
+    for marker, key in (("state.json", "_data_files"), ("dataset_dict.json", "splits")):
+        f = path / marker
+        if f.is_file():
+            try:
+                return key in json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError, TypeError):
+                return False
+    return False
 
 
 def _glob_files(pattern: str) -> list[str]:
