@@ -14,11 +14,12 @@ Tokenizer: lmlab BPE (``--vocab-size``) trained on the subset. Every prepare run
    - ``hub stand-in``: ``hf:bench/stories`` with ``datasets.load_dataset`` replaced by an
      unbounded generator-backed ``IterableDataset`` of the stories, cut by ``--max-docs`` (the
      hub's network is not part of this measurement: there is none here).
-2. Peak memory (RSS of the process tree, psutil every 20 ms, each run a fresh process) at 1x
+2. Peak memory (PSS and RSS of the process tree, psutil every 20 ms, each run a fresh process) at 1x
    and 4x the stream length, for the hub stand-in (``--max-docs`` N and 4N of the same unbounded
-   stream), ``hf:parquet`` and ``save_to_disk`` (data 1x and 4x as large).
+   stream), ``hf:parquet`` (one file 4x as large, and 4 files), ``save_to_disk`` and the JSONL
+   file (data 1x and 4x as large).
 
-    .venv/bin/python bench/bench_stream.py [--mb 16] [--rounds 2] [--workers 2]
+    .venv/bin/python bench/bench_stream.py [--mb 16] [--rounds 2] [--workers 2] [--skip-throughput]
 """
 
 from __future__ import annotations
@@ -28,15 +29,57 @@ import contextlib
 import itertools
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench_prepare import peak_rss_of
+import psutil
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories" / "tinystories_val_subset.txt"
+
+
+def peak_memory_of(cmd: list[str]) -> tuple[float, float, float]:
+    """Run ``cmd``; return (peak RSS, peak PSS of its process tree in MiB, wall seconds).
+
+    RSS summed over processes counts shared pages once per process, and a worker caught
+    between fork and exec shows the whole parent as its own; PSS splits shared pages among
+    the processes that map them, so its sum is the memory the tree really holds.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = psutil.Process(proc.pid)
+    peak_rss = peak_pss = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_rss, peak_pss
+        while not stop.is_set():
+            rss = pss = 0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                procs = []
+            for p in procs:
+                try:
+                    m = p.memory_full_info()  # /proc/PID/smaps_rollup: ~0.2 ms
+                    rss, pss = rss + m.rss, pss + m.pss
+                except psutil.Error:
+                    pass
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            stop.wait(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    rc = proc.wait()
+    stop.set()
+    th.join()
+    if rc != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])}...: exit status {rc}")
+    return peak_rss / 2**20, peak_pss / 2**20, time.perf_counter() - t0
 
 
 def stories() -> list[str]:
@@ -127,6 +170,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -149,7 +193,7 @@ def main() -> None:
 
         best: dict[str, float] = {}
         ref_tokens = None
-        for r in range(args.rounds):
+        for r in range(0 if args.skip_throughput else args.rounds):
             for name, spec in [*inputs.items(), ("hub stand-in", "")]:
                 job = hub if not spec else {"spec": spec}
                 t0 = time.perf_counter()
@@ -159,18 +203,24 @@ def main() -> None:
                 assert ref_tokens is None or tokens == ref_tokens, (name, tokens, ref_tokens)
                 ref_tokens = tokens
             print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f} MB/s" for k, v in best.items()))
-        print()
-        peer = best["jsonl files"]
-        for name, v in best.items():
-            print(f"{name:14s} {v:6.2f} MB/s  {v / peer:.2f}x jsonl files")
-        print(f"(every run wrote the same {ref_tokens[0]:,} train / {ref_tokens[1]:,} val tokens)")
+        if best:
+            print()
+            peer = best["jsonl files"]
+            for name, v in best.items():
+                print(f"{name:14s} {v:6.2f} MB/s  {v / peer:.2f}x jsonl files")
+            print(f"(every run wrote the same {ref_tokens[0]:,} train / {ref_tokens[1]:,} val tokens)")
 
         if not args.skip_memory:
             x4 = write_inputs(docs * 4, work / "x4")
+            (work / "x4" / "shards").mkdir()
+            for i in range(4):  # the 1x parquet file four times: a dataset of more shards, as on the hub
+                shutil.copy(work / "x1" / "docs.parquet", work / "x4" / "shards" / f"docs{i}.parquet")
             print()
             cases = [
                 ("hub stand-in", hub, {**hub, "max_docs": 4 * len(docs)}),
                 ("hf:parquet", {"spec": inputs["hf:parquet"]}, {"spec": x4["hf:parquet"]}),
+                ("hf:parquet, 4x as 4 files", {"spec": inputs["hf:parquet"]},
+                 {"spec": f"hf:{work / 'x4' / 'shards'}/*.parquet"}),
                 ("save_to_disk", {"spec": inputs["save_to_disk"]}, {"spec": x4["save_to_disk"]}),
                 ("jsonl files", {"spec": inputs["jsonl files"]}, {"spec": x4["jsonl files"]}),
             ]
@@ -178,9 +228,9 @@ def main() -> None:
                 for label, job in (("1x", one), ("4x", four)):
                     out = str(work / "mem")
                     job = {**job, "out": out, "tok": tok, "workers": args.workers}
-                    peak, wall = peak_rss_of([sys.executable, __file__, "--child", json.dumps(job)])
+                    rss, pss, wall = peak_memory_of([sys.executable, __file__, "--child", json.dumps(job)])
                     st = json.loads(Path(out + ".json").read_text())
-                    print(f"peak RSS, {name}, {label}: {peak:.0f} MiB  ({st['docs']:,} documents, "
+                    print(f"peak {name}, {label}: PSS {pss:.0f} MiB, RSS {rss:.0f} MiB  ({st['docs']:,} documents, "
                           f"{st['bytes'] / 1e6:.0f} MB in, {st['tokens']:,} train tokens out, {wall:.0f} s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
