@@ -47,6 +47,20 @@ def _parser(sub: Any, name: str, help: str, **kw: Any) -> argparse.ArgumentParse
     return p
 
 
+def _byte_count(text: str) -> int:
+    """``500M`` / ``2G`` / ``64K`` / ``1000`` as bytes (powers of 1000, like the sizes printed)."""
+    units = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    t = text.strip().upper().removesuffix("B")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(num) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 1000, 64K, 500M, 2G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return int(value)
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -106,6 +120,8 @@ def cmd_data_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
         workers=args.workers,
         seed=args.seed,
         errors=args.errors,
+        max_docs=args.max_docs,
+        max_bytes=args.max_bytes,
     )
     meta = prepare_dataset(pcfg, tokenizer_path=args.tokenizer, progress=not args.no_progress)
     _print_json(meta) if args.json else print(format_report(meta))
@@ -241,17 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
     dp = _parser(dsub, "data prepare", "filter, tokenize and pack documents into train/val shards")
-    dp.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
+    dp.add_argument("--input", nargs="+", required=True,
+                    help="files, folders or globs; datasets streamed: hf:NAME[:CONFIG][#SPLIT] (hub or local path), "
+                         "a save_to_disk folder")
     dp.add_argument("--tokenizer", required=True, help="tokenizer folder")
     dp.add_argument("--out", required=True, help="dataset folder to write")
     dp.add_argument("--filter", choices=("none", "code"), default="none")
     dp.add_argument("--format", choices=("auto", "text", "jsonl", "parquet"), default="auto")
-    dp.add_argument("--text-field", default="text", help="JSONL/parquet field with the document")
+    dp.add_argument("--text-field", default="text", help="JSONL/parquet field or dataset column with the document")
     dp.add_argument("--separator", default="", help="split text files on this string (e.g. '\\n\\n')")
     dp.add_argument("--val-fraction", type=float, default=0.05)
     dp.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     dp.add_argument("--seed", type=int, default=0)
     dp.add_argument("--errors", choices=("skip", "replace"), default="skip", help="non-UTF-8 files")
+    dp.add_argument("--max-docs", type=int, default=0, metavar="N",
+                    help="use only the first N documents of the input, before filtering (0: all)")
+    dp.add_argument("--max-bytes", type=_byte_count, default=0, metavar="B",
+                    help="use only the first documents totalling at most B bytes of text, e.g. 500M (0: all)")
     dp.add_argument("--no-progress", action="store_true")
     dp.add_argument("--json", action="store_true", help="print meta.json")
     dp.set_defaults(func=cmd_data_prepare)

@@ -159,17 +159,19 @@ class TokenizerConfig:
 class PrepareConfig:
     """The data preparation stage of a recipe (`lmlab run`)."""
 
-    input: list[str] = opt([], "files, folders or globs (@stdlib: this Python's standard library)")
+    input: list[str] = opt([], "files, folders or globs (@stdlib: this Python's standard library), or datasets streamed: hf:NAME[:CONFIG][#SPLIT], a save_to_disk folder")
     out: str = opt("", "dataset folder; empty skips this stage")
     filter: str = opt("none", "quality filter", choices=("none", "code"))
     format: str = opt("auto", "input format", choices=("auto", "text", "jsonl", "parquet"))
-    text_field: str = opt("text", "JSONL/parquet field holding the document")
+    text_field: str = opt("text", "JSONL/parquet field or dataset column holding the document")
     separator: str = opt("", "split text files into documents on this string; empty keeps one document per file")
     val_fraction: float = opt(0.05, "fraction of documents held out for validation", minimum=0.0)
     workers: int = opt(0, "worker processes; 0 means all cores", minimum=0)
     seed: int = opt(0, "seed for the train/val split")
     errors: str = opt("skip", "files that are not UTF-8: skip them or decode with replacement", choices=("skip", "replace"))
     suffixes: list[str] = opt([], "when a folder is given, only files ending in these (empty: .py for code, else all)")
+    max_docs: int = opt(0, "use only the first N documents of the input (before filtering); 0: all", minimum=0)
+    max_bytes: int = opt(0, "use only the first documents whose UTF-8 text adds up to at most this many bytes; 0: all", minimum=0)
 
 
 @dataclass

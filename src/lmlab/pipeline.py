@@ -32,8 +32,13 @@ STAGE_FILE = "stage.json"
 
 
 def _inputs_signature(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[list[Any]]:
-    files = expand_inputs(inputs, suffixes)
-    sig = []
+    from lmlab.data.streams import HF_PREFIX, local_path
+
+    # a hub dataset is known by its name only; a local dataset by its files, like any input
+    hub = [i for i in inputs if i.startswith(HF_PREFIX) and local_path(i) is None]
+    local = [local_path(i) or i for i in inputs if i not in hub]
+    files = expand_inputs(local, suffixes) if local else []
+    sig: list[list[Any]] = [[h] for h in hub]
     for f in files:
         st = f.stat()
         sig.append([str(f.resolve()), st.st_size, st.st_mtime_ns])

@@ -2,10 +2,12 @@
 
 Procedure:
 1. Expand the inputs (files, folders, globs; with ``--filter code`` a folder gives its
-   ``.py`` files) and load the tokenizer, which must have an end-of-text token.
-2. The main process reads the files in order and cuts them into pieces of ~512 KiB
+   ``.py`` files; datasets, ``hf:NAME[:CONFIG][#SPLIT]`` or a ``save_to_disk`` folder, stay
+   streams: :mod:`lmlab.data.streams`) and load the tokenizer, which must have an end-of-text
+   token.
+2. The main process reads the inputs in order and cuts them into pieces of ~512 KiB
    (:mod:`lmlab.data.sources`); at most ``2 * workers`` pieces are in flight, so memory stays
-   flat in corpus size.
+   flat in corpus size, and a stream is never held whole.
 3. Each worker process (``spawn``; it loads the tokenizer once) decodes its piece, applies
    the filter (:mod:`lmlab.data.filters`) and tokenizes the surviving documents, each
    followed by the eot token.
@@ -14,8 +16,13 @@ Procedure:
    its tokens to that split's shards (:mod:`lmlab.data.shards`): ``doc eot doc eot ...``, no
    padding. Input order in, input order out: the shards are byte-identical for any number
    of workers.
+   With ``max_docs`` / ``max_bytes`` only a prefix of the input is used: the first
+   ``max_docs`` documents, and the longest run of them whose UTF-8 bytes add up to at most
+   ``max_bytes`` (documents are never cut), counted before filtering and whatever the input
+   kind; reading stops there, so an unbounded stream ends. Workers report each document's size
+   and fate, so the cut falls at the same document for any piece size or number of workers.
 5. Everything is written into a temporary folder renamed to ``out`` at the end, with
-   ``meta.json`` (counts, tokenizer fingerprint, filter report, config).
+   ``meta.json`` (counts, tokenizer fingerprint, filter report, sources, limits, config).
 
 Memory does not grow with corpus size except for the duplicate check of the code filter,
 which keeps a 16-byte digest per kept document (about 100 bytes each with set overhead).
@@ -51,11 +58,12 @@ from lmlab.data.sources import (
     Piece,
     SourceSettings,
     entry_documents,
+    expand_sources,
     iter_pieces,
     unescape_separator,
 )
 from lmlab.errors import ConfigError, DataError
-from lmlab.io import atomic_dir, expand_inputs, write_json
+from lmlab.io import atomic_dir, write_json
 
 PIECE_BYTES = 512 * 1024
 MAX_WARNINGS = 20  # skipped files named on stderr (all are counted; the first few kept in meta)
@@ -76,10 +84,15 @@ class PieceResult:
     dropped: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
     input_bytes: int = 0
-    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> first paths
+    examples: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # reason -> first (doc index, path)
+    # per document seen, in order (for prefix limits): UTF-8 bytes, and 0 if kept else 1 + REASONS index
+    seen_bytes: list[int] = field(default_factory=list)
+    seen_status: bytes = b""
+    skipped_at: list[int] = field(default_factory=list)  # documents seen before each skipped file
 
 
 _STATE: dict[str, Any] = {}
+_STATUS = {r: i + 1 for i, r in enumerate(REASONS)}  # a dropped document's code in PieceResult.seen_status
 
 
 def _init_worker(tokenizer_path: str, settings: SourceSettings, code_filter: CodeFilter | None, tok: Any = None) -> None:
@@ -105,32 +118,41 @@ def _process_piece(piece: Piece) -> PieceResult:
     digests: list[bytes] = []
     dropped: Counter = Counter()
     skipped: list[tuple[str, str, str]] = []
-    examples: dict[str, list[str]] = {}
+    skipped_at: list[int] = []
+    examples: dict[str, list[tuple[int, str]]] = {}
+    seen_bytes: list[int] = []
+    status = bytearray()
     seen = 0
     for entry in piece.entries:
         docs, skip = entry_documents(entry, settings)
         if skip is not None:
             skipped.append((entry[1], "undecodable", skip))
+            skipped_at.append(seen)
             continue
         path = entry[1]
         for doc in docs:
             seen += 1
             if not doc or doc.isspace():
                 dropped["empty"] += 1
+                seen_bytes.append(len(doc.encode("utf-8", "replace")) if doc else 0)
+                status.append(_STATUS["empty"])
                 continue
             try:
                 data = doc.encode("utf-8")
             except UnicodeEncodeError:  # lone surrogates from JSON escapes
                 doc = doc.encode("utf-8", "replace").decode("utf-8")
                 data = doc.encode("utf-8")
+            seen_bytes.append(len(data))
             if code_filter is not None:
                 reason = code_reject_reason(doc, data, path, code_filter)
                 if reason is not None:
                     dropped[reason] += 1
+                    status.append(_STATUS[reason])
                     ex = examples.setdefault(reason, [])
                     if len(ex) < MAX_EXAMPLES:
-                        ex.append(path)
+                        ex.append((seen - 1, path))
                     continue
+            status.append(0)
             texts.append(doc)
             nbytes.append(len(data))
             digests.append(digest(data))
@@ -147,7 +169,8 @@ def _process_piece(piece: Piece) -> PieceResult:
         tokens[pos : pos + n] = x
         tokens[pos + n] = eot
         pos += n + 1
-    return PieceResult(tokens, lengths, nbytes, b"".join(digests), seen, dropped, skipped, piece.nbytes, examples)
+    return PieceResult(tokens, lengths, nbytes, b"".join(digests), seen, dropped, skipped, piece.nbytes, examples,
+                       seen_bytes, bytes(status), skipped_at)
 
 
 def _run_pieces(pieces: Iterator[Piece], workers: int, init_args: tuple) -> Iterator[PieceResult]:
@@ -178,6 +201,34 @@ def _run_pieces(pieces: Iterator[Piece], workers: int, init_args: tuple) -> Iter
 
 
 # ---- main side ---------------------------------------------------------------------------
+
+
+def _prefix_length(res: PieceResult, docs_left: int | None, bytes_left: int | None) -> tuple[int, str | None]:
+    """How many of the result's documents fit the limits left, and the limit that cut it (None: all fit)."""
+    k, why = res.documents, None
+    if docs_left is not None and docs_left < k:
+        k, why = docs_left, "max_docs"
+    if bytes_left is not None and res.seen_bytes:
+        fit = int(np.searchsorted(np.cumsum(res.seen_bytes), bytes_left, side="right"))
+        if fit < k:
+            k, why = fit, "max_bytes"
+    return k, why
+
+
+def _first_documents(res: PieceResult, k: int) -> PieceResult:
+    """The result cut to its first ``k`` documents seen (kept or dropped), as if the piece ended there."""
+    status = res.seen_status[:k]
+    kept = k - sum(1 for c in status if c)  # kept documents come first-to-last in seen order
+    ntok = sum(res.lengths[:kept])
+    reasons = {code: r for r, code in _STATUS.items()}
+    return PieceResult(
+        res.tokens[:ntok], res.lengths[:kept], res.nbytes[:kept], res.digests[: 16 * kept], k,
+        Counter(reasons[c] for c in status if c),
+        [s for s, at in zip(res.skipped, res.skipped_at) if at < k],
+        sum(res.seen_bytes[:k]),
+        {r: [x for x in ex if x[0] < k] for r, ex in res.examples.items()},
+        res.seen_bytes[:k], status, [at for at in res.skipped_at if at < k],
+    )
 
 Pending = list[tuple[bytes, np.ndarray, int]]  # (digest, tokens, nbytes)
 
@@ -295,12 +346,25 @@ def prepare_dataset(
                         "(train it with --special-token '<|endoftext|>')")
     dtype = dtype_for_vocab(tok.vocab_size)
     suffixes = tuple(pcfg.suffixes) or ((".py",) if pcfg.filter == "code" else ())
-    files = expand_inputs(list(pcfg.input), suffixes)
+    if pcfg.max_docs < 0 or pcfg.max_bytes < 0:
+        raise ConfigError("prepare.max_docs / prepare.max_bytes: must be >= 0 (0: no limit)")
+    sources, source_records = expand_sources(list(pcfg.input), suffixes)
+    files = [s for s in sources if isinstance(s, Path)]
+    streams = len(sources) - len(files)
     cf = (code_filter or CodeFilter()) if pcfg.filter == "code" else None
     settings = SourceSettings(pcfg.format, pcfg.text_field, unescape_separator(pcfg.separator), pcfg.errors)
-    total_bytes = sum(f.stat().st_size for f in files)
+    # bytes to read: known for files, not for a stream (unless the prefix bounds it)
+    total_bytes: int | None = None if streams else sum(f.stat().st_size for f in files)
+    if pcfg.max_bytes:
+        total_bytes = min(total_bytes if total_bytes is not None else pcfg.max_bytes, pcfg.max_bytes)
     # no more processes than pieces of work (a tiny corpus need not start 64 workers)
-    workers = max(1, min(pcfg.workers or os.cpu_count() or 1, -(-total_bytes // piece_bytes)))
+    workers = pcfg.workers or os.cpu_count() or 1
+    if total_bytes is not None:
+        workers = max(1, min(workers, -(-total_bytes // piece_bytes)))
+    docs_limit = pcfg.max_docs or None
+    bytes_limit = pcfg.max_bytes or None
+    read_bytes = 0
+    stopped_by: str | None = None
 
     skipped: Counter = Counter()
     examples: list[str] = []
@@ -324,18 +388,28 @@ def prepare_dataset(
     with atomic_dir(Path(pcfg.out)) as tmp:
         writers = {s: ShardWriter(tmp, s, dtype, shard_tokens) for s in SPLITS}
         router = _SplitRouter(writers, track=pcfg.val_fraction > 0)
-        pieces = iter_pieces(files, settings, piece_bytes, on_skip)
+        pieces = iter_pieces(sources, settings, piece_bytes, on_skip)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="data prepare", file=sys.stderr,
                    disable=not progress, smoothing=0.1, dynamic_ncols=True)
+        results = _run_pieces(pieces, workers, (str(tok_path), settings, cf, tok))
         try:
-            for res in _run_pieces(pieces, workers, (str(tok_path), settings, cf, tok)):
+            for res in results:
+                if docs_limit is not None or bytes_limit is not None:
+                    k, stopped_by = _prefix_length(
+                        res, None if docs_limit is None else docs_limit - documents,
+                        None if bytes_limit is None else bytes_limit - read_bytes)
+                    if stopped_by is not None:
+                        res = _first_documents(res, k)
+                    elif docs_limit is not None and documents + res.documents == docs_limit:
+                        stopped_by = "max_docs"  # exactly full: nothing more is read
+                read_bytes += sum(res.seen_bytes)
                 for path, reason, detail in res.skipped:
                     on_skip(path, reason, detail)
                 documents += res.documents
                 dropped.update(res.dropped)
-                for reason, paths in res.examples.items():
+                for reason, found in res.examples.items():
                     ex = drop_examples.setdefault(reason, [])
-                    ex.extend(paths[: MAX_EXAMPLES - len(ex)])
+                    ex.extend(path for _, path in found[: MAX_EXAMPLES - len(ex)])
                 input_bytes += res.input_bytes
                 pos = 0
                 for i, n in enumerate(res.lengths):
@@ -350,13 +424,20 @@ def prepare_dataset(
                     split = "val" if _split_key(seed_bytes, d) < threshold else "train"
                     router.add(split, d, tokens, res.nbytes[i])
                 bar.update(res.input_bytes)
+                if stopped_by is not None:
+                    break  # closing the generators below stops the readers and the workers
             router.finish(want_val=pcfg.val_fraction > 0)
         finally:
+            results.close()
+            pieces.close()
             bar.close()
         kept = router.docs["train"] + router.docs["val"]
         if kept == 0:
             why = ", ".join(f"{k} {v}" for k, v in {**dropped, **skipped}.items()) or "no documents found"
-            raise DataError(f"{', '.join(pcfg.input)}: no documents left to write ({len(files)} files; {why})")
+            read = f"{len(files)} files" + (f", {streams} streams" if streams else "")
+            if stopped_by is not None:
+                why += f"; stopped at {stopped_by} after {documents} documents"
+            raise DataError(f"{', '.join(pcfg.input)}: no documents left to write ({read}; {why})")
         seconds = time.perf_counter() - t0
         meta = {
             "format": FORMAT,
@@ -374,6 +455,7 @@ def prepare_dataset(
                 "name": pcfg.filter,
                 "thresholds": cf.to_dict() if cf is not None else {},
                 "files": len(files),
+                "streams": streams,
                 "files_skipped": dict(skipped),
                 "skipped_examples": examples,
                 "documents": documents,
@@ -382,6 +464,9 @@ def prepare_dataset(
                 "dropped_examples": {r: drop_examples[r] for r in REASONS if r in drop_examples},
             },
             "inputs": list(pcfg.input),
+            "sources": source_records,
+            "limits": {"max_docs": pcfg.max_docs, "max_bytes": pcfg.max_bytes, "stopped_by": stopped_by,
+                       "documents_read": documents, "bytes_read": read_bytes},
             "config": dataclasses.asdict(pcfg),
             "stats": {"input_bytes": input_bytes, "seconds": round(seconds, 3),
                       "mb_per_s": round(input_bytes / 1e6 / max(seconds, 1e-9), 3), "workers": workers},
@@ -392,15 +477,24 @@ def prepare_dataset(
     return meta
 
 
+def _streams_note(n: int) -> str:
+    return f" and {n} stream{'s' if n != 1 else ''}" if n else ""
+
+
 def format_report(meta: dict[str, Any]) -> str:
     """A short human-readable summary of a prepare run (what the CLI prints)."""
     f = meta["filter"]
     st = meta.get("stats", {})
     lines = [
         f"dataset {meta.get('path', '')}: {meta['dtype']}, vocab {meta['vocab_size']}, eot {meta['eot_id']}",
-        f"  read {f['files']:,} files, {st.get('input_bytes', 0) / 1e6:.1f} MB in {st.get('seconds', 0):.1f} s "
-        f"({st.get('mb_per_s', 0):.2f} MB/s, {st.get('workers', '?')} workers)",
+        f"  read {f['files']:,} files{_streams_note(f.get('streams', 0))}, {st.get('input_bytes', 0) / 1e6:.1f} MB "
+        f"in {st.get('seconds', 0):.1f} s ({st.get('mb_per_s', 0):.2f} MB/s, {st.get('workers', '?')} workers)",
     ]
+    lim = meta.get("limits", {})
+    if lim.get("stopped_by"):
+        by = lim["stopped_by"]
+        lines.append(f"  stopped at {by} = {lim[by]:,}: read {lim['documents_read']:,} documents, "
+                     f"{lim['bytes_read']:,} bytes of text")
     for s in SPLITS:
         sp = meta["splits"][s]
         lines.append(f"  {s:5s} {sp['documents']:>9,} documents {sp['tokens']:>13,} tokens "

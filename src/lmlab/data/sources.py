@@ -1,4 +1,4 @@
-"""Documents from input files: plain text, JSONL and parquet, streamed in bounded pieces.
+"""Documents from input files (plain text, JSONL, parquet) and datasets, streamed in bounded pieces.
 
 Two halves, so the heavy work can run in worker processes:
 
@@ -7,7 +7,12 @@ Two halves, so the heavy work can run in worker processes:
   a large one is cut at document boundaries (after a separator, or after a newline for
   JSONL), so memory stays flat however large the corpus or a file is (except a single
   document, which is always held whole). Parquet is read in record batches.
-* :func:`piece_documents` (worker) decodes a piece and returns its documents.
+* :func:`entry_documents` (worker) decodes one entry of a piece and returns its documents.
+
+Inputs are expanded by :func:`expand_sources`: files, folders and globs become files; a
+dataset (``hf:NAME[:CONFIG][#SPLIT]``, a ``save_to_disk`` folder, see :mod:`lmlab.data.streams`)
+stays one :class:`~lmlab.data.streams.StreamSource` whose rows are read in batches, like
+parquet's, by a generator (nothing is materialised, so a stream may be unbounded).
 
 Formats (``auto`` picks by suffix: ``.jsonl``/``.ndjson`` -> jsonl, ``.parquet`` -> parquet,
 anything else -> text; ``.gz`` files are decompressed on the fly):
@@ -33,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lmlab.data.streams import StreamSource, check_available, parse_stream_input, stream_batches
 from lmlab.errors import DataError
+from lmlab.io import expand_inputs
 
 # An entry is one contiguous part of one file:
 #   (kind, path, first_line, at_file_start, payload)
@@ -186,13 +193,54 @@ def _parquet_entries(path: Path, settings: SourceSettings, rows: int) -> Iterato
         row += len(values)
 
 
-def iter_pieces(files: list[Path], settings: SourceSettings, piece_bytes: int, on_skip: SkipFn) -> Iterator[Piece]:
-    """Pieces of about ``piece_bytes`` raw bytes over ``files``, in order (main process)."""
+Source = Path | StreamSource
+
+
+def expand_sources(inputs: list[str], suffixes: tuple[str, ...] = ()) -> tuple[list[Source], list[dict[str, Any]]]:
+    """Inputs in order as files and streams, and one meta.json record per input.
+
+    Files, folders and globs expand as :func:`lmlab.io.expand_inputs` does (a file named twice
+    is read once); a dataset input stays one stream.
+    """
+    if not inputs:
+        raise DataError("no input given: pass files, folders, globs or hf:NAME")
+    sources: list[Source] = []
+    records: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        stream = parse_stream_input(item)
+        if stream is not None:
+            check_available(stream)
+            sources.append(stream)
+            records.append(stream.record())
+            continue
+        new = [f for f in expand_inputs([item], suffixes) if f.resolve() not in seen]
+        seen.update(f.resolve() for f in new)
+        sources.extend(new)
+        records.append({"input": item, "kind": "paths", "files": len(new)})
+    return sources, records
+
+
+def _utf8_len(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+
+
+def _stream_entries(src: StreamSource, settings: SourceSettings, rows: int) -> Iterator[tuple[Entry, int]]:
+    row = 1
+    for values in stream_batches(src, settings.text_field, rows):
+        nbytes = sum(_utf8_len(v) for v in values if isinstance(v, str))
+        yield ("strings", src.spec, row, row == 1, values), nbytes
+        row += len(values)
+
+
+def iter_pieces(sources: list[Source], settings: SourceSettings, piece_bytes: int, on_skip: SkipFn) -> Iterator[Piece]:
+    """Pieces of about ``piece_bytes`` raw bytes over ``sources``, in order (main process)."""
     piece = Piece()
-    for path in files:
-        fmt = file_format(path, settings.format)
+    for path in sources:
         try:
-            if fmt == "parquet":
+            if isinstance(path, StreamSource):
+                it = _stream_entries(path, settings, rows=max(1, piece_bytes // 2048))
+            elif (fmt := file_format(path, settings.format)) == "parquet":
                 it = _parquet_entries(path, settings, rows=max(1, piece_bytes // 2048))
             else:
                 kind = "jsonl" if fmt == "jsonl" else ("split" if settings.separator else "doc")
