@@ -321,7 +321,7 @@ def prepare_dataset(
     threshold = _val_threshold(pcfg.val_fraction)
     from tqdm import tqdm
 
-    with atomic_dir(Path(pcfg.out)) as tmp:
+    with atomic_dir(Path(pcfg.out), "dataset") as tmp:
         writers = {s: ShardWriter(tmp, s, dtype, shard_tokens) for s in SPLITS}
         router = _SplitRouter(writers, track=pcfg.val_fraction > 0)
         pieces = iter_pieces(files, settings, piece_bytes, on_skip)
