@@ -284,6 +284,9 @@ def prepare_dataset(
         raise ConfigError("prepare.out: no output folder given")
     if not 0.0 <= pcfg.val_fraction < 1.0:
         raise ConfigError(f"prepare.val_fraction: must be in [0, 1), got {pcfg.val_fraction}")
+    from lmlab.outputs import check_output
+
+    check_output(pcfg.out, "dataset")  # refuse before reading anything (atomic_dir checks again)
     tok_path = Path(tokenizer_path)
     if not tok_path.exists():
         raise DataError(f"{tokenizer_path}: tokenizer not found")
