@@ -55,7 +55,7 @@ def open_run_dir(run_dir: Path, *, resume: bool, force: bool, log=print) -> Path
         if not force:
             raise CheckpointError(f"{run_dir}: holds a run{_steps(path)}; pass --resume to continue it "
                                   "or --force to start it over (its checkpoints and metrics are then deleted)")
-        log(f"{run_dir}: starting the run over (--force): removing its checkpoints and metrics")
+        log(f"{run_dir}: starting the run over: removing its checkpoints and metrics (other files stay)")
         for name in RUN_RESULTS:
             p = path / name
             if p.is_dir():

@@ -55,7 +55,7 @@ from lmlab.data.sources import (
     unescape_separator,
 )
 from lmlab.errors import ConfigError, DataError
-from lmlab.io import atomic_dir, expand_inputs, write_json
+from lmlab.io import atomic_dir, expand_inputs, read_json, write_json
 
 PIECE_BYTES = 512 * 1024
 MAX_WARNINGS = 20  # skipped files named on stderr (all are counted; the first few kept in meta)
@@ -391,6 +391,7 @@ def prepare_dataset(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json(tmp / "meta.json", meta)
+    meta = read_json(Path(pcfg.out) / "meta.json")  # as on disk: with the output marker atomic_dir adds
     meta["path"] = str(Path(pcfg.out).resolve())
     return meta
 
