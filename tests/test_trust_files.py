@@ -250,6 +250,45 @@ def test_run_killed_then_rerun_resumes_with_the_same_losses(tmp_path, monkeypatc
     assert sorted(got) == list(range(1, 31)) and got == want
 
 
+def _options(command: str) -> set[str]:
+    sub = next(a for a in build_parser()._actions if hasattr(a, "_name_parser_map"))
+    return {s for a in sub.choices[command]._actions for s in a.option_strings}
+
+
+def test_ctrl_c_of_lmlab_run_names_only_flags_that_exist_and_rerun_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(tmp_path, "runs/i", max_steps=100000)
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab", "run", str(recipe)], env=_env(), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs/i/metrics.jsonl"
+    t0 = time.monotonic()
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    said = [ln for ln in (out + err).splitlines() if "interrupted" in ln]
+    assert said
+    for line in said:
+        # a flag inside `lmlab CMD ...` belongs to CMD; any other one to the command that ran
+        for cmd, body in re.findall(r"`lmlab (\w+)([^`]*)`", line):
+            assert set(re.findall(r"--[a-z][a-z-]*", body)) <= _options(cmd), line
+        rest = re.sub(r"`lmlab [^`]*`", "", line)
+        assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", rest)) <= _options("run"), line
+    step = int((tmp_path / "runs/i/checkpoints/latest").read_text().strip()[5:])
+    assert step >= 3  # Ctrl-C saved the last step
+    # the same command again resumes it: check the decision (not 100000 steps of training)
+    lines: list[str] = []
+    from lmlab.config import load_config
+    from lmlab.pipeline import resolve_training_inputs, run_status
+    from lmlab.runs import same_run_config
+
+    cfg = resolve_training_inputs(load_config(recipe), log=lines.append)
+    assert same_run_config(tmp_path / "runs/i", cfg) and run_status(tmp_path / "runs/i")["step"] == step
+
+
 def test_run_refuses_a_run_of_another_config_without_force(tmp_path, monkeypatch):
     from lmlab.pipeline import run_recipe
 

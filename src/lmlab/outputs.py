@@ -129,7 +129,8 @@ def check_output(folder: str | Path, kind: str | None, *, whole: bool = True) ->
         path = path.resolve()
     why = protected_reason(path)
     if why:
-        raise DataError(f"{given}: {why}; lmlab writes its output only into a folder of its own "
+        shown = given if given == str(path) else f"{given} ({path})"
+        raise DataError(f"{shown}: {why}; lmlab writes its output only into a folder of its own "
                         "(name a new folder, e.g. out/)")
     if not path.exists() and not path.is_symlink():
         return path
