@@ -141,6 +141,7 @@ def test_out_naming_a_file_is_refused_not_renamed(tmp_path, capsys, finished_run
 def test_recipe_stage_outputs_train_demo_and_compare_are_guarded(tmp_path, dataset, finished_run, monkeypatch):
     from lmlab.demo import run_demo
     from lmlab.experiments.compare import compare_runs
+    from lmlab.experiments.sweep import run_sweep
     from lmlab.pipeline import run_recipe
 
     c = corpus(tmp_path)
@@ -157,6 +158,16 @@ def test_recipe_stage_outputs_train_demo_and_compare_are_guarded(tmp_path, datas
         run_demo(out=mine)
     with pytest.raises(DataError, match="raw.txt"):
         compare_runs([finished_run], out=mine, log=lambda *_: None)
+    base = tmp_path / "base.toml"
+    base.write_text(f'[data]\npath = "{dataset}"\n[train]\nmax_steps = 1\ndevice = "cpu"\n')
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(f'name = "s"\nbase = "{base}"\nout = "{mine}"\n[grid]\n"train.lr" = [1e-3]\n')
+    with pytest.raises(DataError, match="raw.txt"):
+        run_sweep(sweep, log=lambda *_: None)
+    curriculum = tmp_path / "cur.toml"
+    curriculum.write_text(f'[train]\nout = "{mine}"\n[[phase]]\ndata = "{dataset}"\n')
+    with pytest.raises(DataError, match="raw.txt"):
+        run_recipe(curriculum, log=lambda *_: None)
     assert_intact(mine, files)
     assert sorted(p.name for p in mine.iterdir()) == ["notes.md", "raw.txt"]
 

@@ -74,6 +74,9 @@ def output_kind(folder: Path) -> str | None:
         return "export"
     if (folder / "curriculum.json").is_file() or (folder / "phase_1" / "config.toml").is_file():
         return "curriculum"
+    if (folder / "runs").is_dir() and ((folder / "results.md").is_file() or any(
+            output_kind(p) == "run" for p in (folder / "runs").iterdir() if p.is_dir())):
+        return "sweep"
     if (folder / "run" / "config.toml").is_file() and (folder / "tokenizer" / MARKER).is_file():
         return "demo"
     if (folder / "results.md").is_file() and (folder / "results.csv").is_file():

@@ -456,6 +456,11 @@ def run_sweep(path: Path, overrides: list[str] | None = None, log=print) -> Swee
     built = [(p, *point_config(spec, base, p, cli)) for p in spec.points]
     configs = [(p, cfg) for p, cfg, _ in built]
     log(f"[sweep] {spec.name}: {len(configs)} points -> {spec.out}")
+    from lmlab.outputs import check_output, write_marker
+
+    check_output(spec.out, "sweep", whole=False)  # its tables and runs/ never go into a folder of the user's
+    Path(spec.out).mkdir(parents=True, exist_ok=True)
+    write_marker(Path(spec.out), "sweep")
     prepare_data(spec, configs, log=log)
     for _, cfg, budget in built:
         finalize(cfg, budget)
