@@ -144,11 +144,11 @@ def check_output(folder: str | Path, kind: str | None, *, whole: bool = True) ->
     if not names:
         return path
     found = output_kind(path)
-    label = kind or "output"
     if kind is None or found != kind:
         what = f"an lmlab {found} folder" if found else "not an lmlab folder"
-        raise DataError(f"{given}: not empty and {what} (holds {_shown(names)}); lmlab writes a {label} "
-                        "only into an absent or empty folder or its own output; name another folder")
+        own = f"its own {kind} folder" if kind else "nothing else"
+        raise DataError(f"{given}: not empty and {what} (holds {_shown(names)}); lmlab writes only into an "
+                        f"absent or empty folder or {own}; name another folder")
     if whole:
         foreign = sorted(set(names) - _ours(path, kind))
         if foreign:

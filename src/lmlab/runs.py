@@ -85,7 +85,7 @@ def _map_paths(cfg: Config, fn) -> None:
     d.mix = mix
     t.out, t.init_from = fn(t.out), fn(t.init_from)
     enc = getattr(cfg.model, "encoder", "")
-    if enc and Path(os.path.expanduser(enc)).exists():  # a local folder, not a hub name
+    if enc and (os.path.isabs(enc) or Path(os.path.expanduser(enc)).exists()):  # a local folder, not a hub name
         cfg.model.encoder = fn(enc)
 
 
