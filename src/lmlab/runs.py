@@ -178,7 +178,8 @@ def saved_config(run_dir: Path) -> Config | None:
     if not p.is_file():
         return None
     try:
-        return relocate(load_config(p), Path(run_dir))
+        # a run written before paths were recorded absolute kept them relative to where it started
+        return absolutize(relocate(load_config(p), Path(run_dir)))
     except (LmlabError, OSError):
         return None
 
