@@ -241,7 +241,7 @@ def test_run_killed_then_rerun_resumes_with_the_same_losses(tmp_path, monkeypatc
     from lmlab.pipeline import run_recipe
 
     monkeypatch.chdir(tmp_path)
-    recipe = _recipe(tmp_path, "runs/k")
+    recipe = _recipe(tmp_path, "runs/k", max_steps=60)  # long enough to be killed mid-run on a fast CPU
     proc = subprocess.Popen([sys.executable, "-m", "lmlab", "run", str(recipe)], env=_env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     latest = tmp_path / "runs/k/checkpoints/latest"
@@ -256,9 +256,9 @@ def test_run_killed_then_rerun_resumes_with_the_same_losses(tmp_path, monkeypatc
     lines: list[str] = []
     run_recipe(recipe, log=lines.append)
     assert "[train] resuming -> runs/k" in lines
-    run_recipe(_recipe(tmp_path, "runs/ref"), log=lambda *_: None)
+    run_recipe(_recipe(tmp_path, "runs/ref", max_steps=60), log=lambda *_: None)
     got, want = losses(tmp_path / "runs/k"), losses(tmp_path / "runs/ref")
-    assert sorted(got) == list(range(1, 31)) and got == want
+    assert sorted(got) == list(range(1, 61)) and got == want
 
 
 def _options(command: str) -> set[str]:
