@@ -194,9 +194,13 @@ def test_keep_last_n_plus_best_and_partial_folders(tmp_path):
     assert sorted(p.name for p in root.glob("step_*")) == ["step_000002", "step_000004", "step_000005"]
     assert (root / "latest").read_text().strip() == "step_000005"
     # a half-written folder from a killed save is never picked, and is cleaned up
-    (root / ".step_000006.tmp-abc").mkdir()
+    (root / ".step_000006.tmp-99999999-abc").mkdir()  # lmlab's naming, its process (pid) gone
+    (root / ".step_000008.tmp-x1y2z3w4").mkdir()  # the older mkdtemp naming
+    (root / ".step_notes").mkdir()  # not lmlab's naming: kept
     (root / "step_000007").mkdir()  # incomplete: no files
     (root / "latest").unlink()
     assert ck.resolve_checkpoint(tmp_path).name == "step_000005"
     ck.clean_partial(root)
-    assert not (root / ".step_000006.tmp-abc").exists()
+    assert not (root / ".step_000006.tmp-99999999-abc").exists()
+    assert not (root / ".step_000008.tmp-x1y2z3w4").exists()
+    assert (root / ".step_notes").is_dir()

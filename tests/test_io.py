@@ -42,14 +42,18 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_atomic_dir_replaces_existing(tmp_path):
+def test_atomic_dir_replaces_its_own_output_only(tmp_path):
     final = tmp_path / "out"
-    final.mkdir()
-    (final / "old").write_text("old")
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, "export") as tmp:
+        (tmp / "old").write_text("old")
+    with atomic_dir(final, "export") as tmp:  # an lmlab export: replaced whole
         (tmp / "new").write_text("new")
-    assert sorted(p.name for p in final.iterdir()) == ["new"]
+    assert sorted(p.name for p in final.iterdir()) == ["meta.json", "new"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    (final / "notes.md").write_text("mine")  # a user's file inside: the swap would lose it
+    with pytest.raises(DataError, match="notes.md"), atomic_dir(final, "export"):
+        pass
+    assert (final / "notes.md").read_text() == "mine" and (final / "new").is_file()
 
 
 def test_atomic_write_and_read_json(tmp_path):

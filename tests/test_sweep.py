@@ -99,9 +99,9 @@ def test_resume_skips_finished_points_and_continues_a_partial_one(folder, monkey
     calls = []
     real = loop.train
 
-    def spy(cfg, resume=False):
+    def spy(cfg, resume=False, **kw):
         calls.append((Path(cfg.train.out).name, resume))
-        return real(cfg, resume=resume)
+        return real(cfg, resume=resume, **kw)
 
     monkeypatch.setattr(loop, "train", spy)
     res = run_sweep(sweep)
@@ -125,10 +125,10 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(folder, monkeypatch):
     )
     real = loop.train
 
-    def flaky(cfg, resume=False):
+    def flaky(cfg, resume=False, **kw):
         if cfg.model.d_model == 16:
             raise RuntimeError("simulated out of memory")
-        return real(cfg, resume=resume)
+        return real(cfg, resume=resume, **kw)
 
     monkeypatch.setattr(loop, "train", flaky)
     res = run_sweep(sweep)

@@ -129,19 +129,21 @@ def cmd_data_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmlab.config import load_config
+    from lmlab.runs import load_run_config
 
+    if args.resume and args.force:
+        raise LmlabError("--resume and --force: give one (continue the run, or start it over)")
     if args.out:
         overrides = [*overrides, f"train.out={args.out}"]
-    cfg = load_config(args.config, overrides)
+    cfg = load_run_config(args.config, overrides)  # a run's own config.toml follows a moved run
     if cfg.model.arch == "encdec":  # pairs in, through the same loop
         from lmlab.train.encdec import run_encdec
 
-        run_encdec(cfg, resume=args.resume)
+        run_encdec(cfg, resume=args.resume, force=args.force)
         return 0
     from lmlab.train.loop import train
 
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, force=args.force)
     return 0
 
 
@@ -178,7 +180,7 @@ def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmlab.train.sft import run_sft
 
     cfg = load_config(args.config, overrides)
-    run_sft(cfg, resume=args.resume)
+    run_sft(cfg, resume=args.resume, force=args.force)
     return 0
 
 
@@ -282,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="TOML config")
     t.add_argument("--out", default="", help="run folder (overrides train.out)")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.add_argument("--force", action="store_true", help="start over a run folder that holds a run (deletes its checkpoints)")
     t.set_defaults(func=cmd_train)
 
     e = _parser(sub, "eval", "loss, perplexity, accuracy and bits per byte of a run or checkpoint; pass@k with --code")
@@ -327,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = _parser(sub, "sft", "instruction fine-tuning with response-only loss")
     f.add_argument("config", help="TOML config")
-    f.add_argument("--resume", action="store_true")
+    f.add_argument("--resume", action="store_true", help="continue the fine-tuning run from its latest checkpoint")
+    f.add_argument("--force", action="store_true", help="start over a run folder that holds a run (deletes its checkpoints)")
     f.set_defaults(func=cmd_sft)
 
     x = _parser(sub, "export", "write a Hugging Face transformers model folder")

@@ -142,7 +142,12 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     if minutes <= 0:
         raise ConfigError(f"--minutes: must be positive, got {minutes}")
     start = time.monotonic()
+    from lmlab.outputs import check_output, write_marker
+
+    check_output(out, "demo", whole=False)  # its tokenizer/, data/ and run/ are checked again when written
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "demo")
     cfg = load_config(
         "demo-python",
         [
@@ -170,7 +175,7 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     print(f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min", flush=True)
     from lmlab.train.loop import train
 
-    result = train(cfg, resume=False)
+    result = train(cfg, resume=False, force=True)  # the demo's own run folder: a rerun starts it over
 
     # 4) eval on the whole val split
     from lmlab.eval.metrics import evaluate_path, format_metrics

@@ -266,7 +266,7 @@ def export_model(model: torch.nn.Module, tokenizer: Any, out: Path, source: str 
     family = hf_family(mcfg)
     eot_id = getattr(tokenizer, "eot_id", None)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "export") as tmp:
         save_file(hf_state_dict(model, family), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config(mcfg, family, eot_id))
         gen: dict[str, Any] = {"bos_token_id": eot_id, "eos_token_id": eot_id}
@@ -281,8 +281,10 @@ def export_model(model: torch.nn.Module, tokenizer: Any, out: Path, source: str 
 
 def export_hf(run: str | Path, out: Path) -> Path:
     """`lmlab export RUN --format hf --out DIR`: load the run, check it, write the folder."""
+    from lmlab.outputs import check_output
     from lmlab.train.checkpoint import load_model_for_inference
 
+    check_output(out, "export")
     model, _cfg, tokenizer = load_model_for_inference(run, device="cpu")
     hf_family(model.config)  # fail before any work on an inexpressible run
     return export_model(model, tokenizer, Path(out), source=str(Path(run).resolve()))

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import Config, load_config
-from lmlab.errors import ConfigError
-from lmlab.io import atomic_write_text, expand_inputs, read_json
+from lmlab.errors import CheckpointError, ConfigError
+from lmlab.io import atomic_write_text, expand_inputs, read_json, write_json
 
 STAGE_FILE = "stage.json"
 
@@ -141,20 +141,60 @@ def run_status(run_dir: Path) -> dict[str, Any] | None:
     return read_json(state) if state.is_file() else None
 
 
-def _train_stage(cfg: Config, train_fn: Any, force: bool, log) -> None:
-    """Train, unless a finished run with the same config is there; resume a partial one."""
-    from lmlab.config import to_toml
+def _finished(run_dir: Path, state: dict[str, Any], cfg: Config) -> bool:
+    """The run reached max_steps, or stopped normally (early stop, time budget) at its last checkpoint."""
+    if int(state.get("step", 0)) >= cfg.train.max_steps:
+        return True
+    result = Path(run_dir) / "result.json"
+    res = read_json(result) if result.is_file() else {}
+    return (isinstance(res, dict) and res.get("stop_reason") in ("early_stop", "time_budget")
+            and int(res.get("steps", -1)) == int(state.get("step", -2)))
+
+
+def _train_stage(cfg: Config, train_fn: Any, force: bool, log) -> bool:
+    """Train, unless a finished run of the same config is there; resume a partial one.
+
+    The run's saved config is compared with the recipe's resolved the same way (vocab size
+    from the dataset, absolute paths: :func:`lmlab.runs.same_run_config`). A run of another
+    config is trained over only with ``force``. True when the stage was up to date.
+    """
+    from lmlab.runs import config_differences, holds_run, same_run_config
 
     run_dir = Path(cfg.train.out)
     state = run_status(run_dir)
-    saved = run_dir / "config.toml"
-    same_config = saved.is_file() and saved.read_text(encoding="utf-8") == to_toml(cfg)
-    if state is not None and same_config and not force and state.get("step", 0) >= cfg.train.max_steps:
+    same = same_run_config(run_dir, cfg)
+    if state is not None and same and not force and _finished(run_dir, state, cfg):
         log(f"[train] up to date: {run_dir} (step {state.get('step')})")
-        return
-    resume = state is not None and same_config and not force
+        return True
+    if holds_run(run_dir) and not same and not force:
+        diffs = config_differences(run_dir, cfg)
+        raise CheckpointError(f"{run_dir}: holds a run of another config ({'; '.join(diffs) or 'its config.toml differs'}); "
+                              "pass --force to train it over, or set train.out to another folder")
+    resume = state is not None and same and not force
     log(f"[train] {'resuming' if resume else 'training'} -> {run_dir}")
-    train_fn(cfg, resume=resume)
+    train_fn(cfg, resume=resume, force=not resume)
+    return False
+
+
+EVAL_FILE = "eval.json"
+
+
+def _eval_stage(run_dir: Path, batches: int | None, log) -> dict[str, Any]:
+    """The final metrics of the run's latest checkpoint, reused from eval.json when they are of it."""
+    from lmlab.eval.metrics import evaluate_path, format_metrics
+    from lmlab.train.checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(run_dir).name
+    cached = run_dir / EVAL_FILE
+    if cached.is_file():
+        old = read_json(cached)
+        if isinstance(old, dict) and old.get("checkpoint") == ckpt and old.get("batches") == batches:
+            log("[eval] up to date: " + format_metrics(old["metrics"]))
+            return old["metrics"]
+    metrics = evaluate_path(str(run_dir), data=None, batches=batches)
+    write_json(cached, {"checkpoint": ckpt, "batches": batches, "metrics": metrics})
+    log("[eval] " + format_metrics(metrics))
+    return metrics
 
 
 def run_recipe(path: Path, overrides: list[str] | None = None, force: bool = False, log=print) -> dict[str, Any]:
@@ -178,8 +218,4 @@ def run_recipe(path: Path, overrides: list[str] | None = None, force: bool = Fal
 
     run_dir = Path(cfg.train.out)
     _train_stage(cfg, train, force, log)
-    from lmlab.eval.metrics import evaluate_path, format_metrics
-
-    metrics = evaluate_path(str(run_dir), data=None, batches=cfg.eval.batches or None)
-    log("[eval] " + format_metrics(metrics))
-    return metrics
+    return _eval_stage(run_dir, cfg.eval.batches or None, log)

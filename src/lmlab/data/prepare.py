@@ -63,7 +63,7 @@ from lmlab.data.sources import (
     unescape_separator,
 )
 from lmlab.errors import ConfigError, DataError
-from lmlab.io import atomic_dir, write_json
+from lmlab.io import atomic_dir, read_json, write_json
 
 PIECE_BYTES = 512 * 1024
 MAX_WARNINGS = 20  # skipped files named on stderr (all are counted; the first few kept in meta)
@@ -335,6 +335,9 @@ def prepare_dataset(
         raise ConfigError("prepare.out: no output folder given")
     if not 0.0 <= pcfg.val_fraction < 1.0:
         raise ConfigError(f"prepare.val_fraction: must be in [0, 1), got {pcfg.val_fraction}")
+    from lmlab.outputs import check_output
+
+    check_output(pcfg.out, "dataset")  # refuse before reading anything (atomic_dir checks again)
     tok_path = Path(tokenizer_path)
     if not tok_path.exists():
         raise DataError(f"{tokenizer_path}: tokenizer not found")
@@ -385,7 +388,7 @@ def prepare_dataset(
     threshold = _val_threshold(pcfg.val_fraction)
     from tqdm import tqdm
 
-    with atomic_dir(Path(pcfg.out)) as tmp:
+    with atomic_dir(Path(pcfg.out), "dataset") as tmp:
         writers = {s: ShardWriter(tmp, s, dtype, shard_tokens) for s in SPLITS}
         router = _SplitRouter(writers, track=pcfg.val_fraction > 0)
         pieces = iter_pieces(sources, settings, piece_bytes, on_skip)
@@ -473,6 +476,7 @@ def prepare_dataset(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json(tmp / "meta.json", meta)
+    meta = read_json(Path(pcfg.out) / "meta.json")  # as on disk: with the output marker atomic_dir adds
     meta["path"] = str(Path(pcfg.out).resolve())
     return meta
 

@@ -72,7 +72,12 @@ def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> Compar
     result = CompareResult(rows=rows, columns=columns, markdown=md)
     if out is None:
         return result
+    from lmlab.outputs import check_output, write_marker
+
+    check_output(out, "compare", whole=False)  # never into a folder of the user's files
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "compare")
     md_table, csv_path = write_tables(rows, columns, out)
     made = []
     c = plots.plot_curves(

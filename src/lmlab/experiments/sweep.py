@@ -38,7 +38,6 @@ from lmlab.experiments import plots
 from lmlab.experiments.results import (
     METRIC_COLUMNS,
     is_finished,
-    read_config_dict,
     run_row,
     val_curve,
     write_tables,
@@ -52,7 +51,7 @@ from lmlab.experiments.spec import (
     override_text,
     resolve_base,
 )
-from lmlab.io import atomic_write_text, write_json
+from lmlab.io import atomic_write_text, open_append, write_json
 
 POINT_CONFIG = "sweep_point.toml"
 ERROR_FILE = "error.txt"
@@ -178,9 +177,14 @@ def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 def same_config(run_dir: Path, cfg: Config) -> bool:
-    """True when the run folder's config.toml is this config (ignoring logging and device)."""
-    saved = read_config_dict(run_dir)
-    return bool(saved) and _comparable(saved) == _comparable(tomllib.loads(to_toml(cfg)))
+    """True when the run folder's config.toml is this config (ignoring logging and device),
+    both resolved as the trainer saves them (:func:`lmlab.runs.expected_config`)."""
+    from lmlab.runs import expected_config, saved_config
+
+    saved, want = saved_config(run_dir), expected_config(cfg)
+    if saved is None or want is None:
+        return False
+    return _comparable(tomllib.loads(to_toml(saved))) == _comparable(tomllib.loads(to_toml(want)))
 
 
 def plan(run_dir: Path, cfg: Config) -> str:
@@ -203,13 +207,24 @@ def _record_failure(run_dir: Path, message: str) -> None:
     atomic_write_text(run_dir / ERROR_FILE, message.rstrip() + "\n")
 
 
+def claim_run_dir(run_dir: Path) -> None:
+    """Check a point's run folder is absent, empty or a run, and mark it, before the sweep
+    writes its point config and log there (the worker's trainer checks it again)."""
+    from lmlab.outputs import check_output, refuse_links, write_marker
+
+    path = check_output(run_dir, "run", whole=False)
+    refuse_links(path, (POINT_CONFIG, "train.log"))
+    path.mkdir(parents=True, exist_ok=True)
+    write_marker(path, "run", run_dir=str(path))
+
+
 def _run_inline(cfg: Config, resume: bool, log=print) -> None:
     """Train one point in this process; exceptions other than Ctrl-C become a failure record."""
     from lmlab.train.loop import train
 
     run_dir = Path(cfg.train.out)
     try:
-        train(cfg, resume=resume)
+        train(cfg, resume=resume, force=not resume)  # the sweep owns its point runs
     except KeyboardInterrupt:
         raise
     except LmlabError as e:
@@ -267,9 +282,9 @@ def _run_parallel(jobs: list[tuple[Config, bool]], devices: list[str], log=print
                 env, dev = _worker_env(device, n_cpu)
                 cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=dev))
                 run_dir = Path(cfg.train.out)
-                run_dir.mkdir(parents=True, exist_ok=True)
+                claim_run_dir(run_dir)
                 save_config(cfg, run_dir / POINT_CONFIG)
-                logf = open(run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 - closed on exit
+                logf = open_append(run_dir / "train.log")  # closed on exit
                 cmd = [
                     sys.executable,
                     "-m",
@@ -441,6 +456,11 @@ def run_sweep(path: Path, overrides: list[str] | None = None, log=print) -> Swee
     built = [(p, *point_config(spec, base, p, cli)) for p in spec.points]
     configs = [(p, cfg) for p, cfg, _ in built]
     log(f"[sweep] {spec.name}: {len(configs)} points -> {spec.out}")
+    from lmlab.outputs import check_output, write_marker
+
+    check_output(spec.out, "sweep", whole=False)  # its tables and runs/ never go into a folder of the user's
+    Path(spec.out).mkdir(parents=True, exist_ok=True)
+    write_marker(Path(spec.out), "sweep")
     prepare_data(spec, configs, log=log)
     for _, cfg, budget in built:
         finalize(cfg, budget)

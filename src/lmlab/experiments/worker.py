@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(paths[0])
     run_dir = Path(cfg.train.out)
     try:
-        train(cfg, resume=resume)
+        train(cfg, resume=resume, force=not resume)  # the sweep owns its point runs
     except KeyboardInterrupt:
         return 130
     except LmlabError as e:

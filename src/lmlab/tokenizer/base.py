@@ -178,7 +178,7 @@ class Tokenizer:
     def save(self, out_dir: Path | str) -> None:
         """Write the tokenizer folder atomically: the kind's file(s) plus meta.json."""
         out_dir = Path(out_dir)
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, "tokenizer") as tmp:
             self._write_files(tmp)
             meta = {
                 "format": META_FORMAT,

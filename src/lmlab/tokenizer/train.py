@@ -58,6 +58,9 @@ def train_tokenizer(inputs: list[str] | str, vocab_size: int, out: Path | str, k
         check_symbolic_vocab_size(vocab_size, specials)
     elif vocab_size < 1 + len(specials):
         raise LmlabError(f"vocab_size {vocab_size} is too small for a char tokenizer with {len(specials)} special tokens")
+    from lmlab.outputs import check_output
+
+    check_output(out, "tokenizer")  # refuse before training, not after minutes of it
     suffixes = (".py",) if kind == "symbolic" else ()  # a folder gives its Python files only
     files = expand_inputs([inputs] if isinstance(inputs, str | Path) else [str(i) for i in inputs], suffixes)
     if not files:

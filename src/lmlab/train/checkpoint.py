@@ -151,7 +151,7 @@ def save_checkpoint(
 
     name = checkpoint_name(step)
     final = root / name
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, "checkpoint") as tmp:
         save_model(unwrap(model), str(tmp / "model.safetensors"))
         torch.save(
             {
@@ -177,10 +177,11 @@ def prune(root: Path, keep: int, best_step: int | None) -> None:
 
 
 def clean_partial(root: Path) -> None:
-    """Remove temporary folders left by a checkpoint write that was killed."""
-    if root.is_dir():
-        for p in root.glob(".step_*"):
-            shutil.rmtree(p, ignore_errors=True)
+    """Remove temporary folders left by a checkpoint write that was killed (lmlab's naming
+    ``.step_NNNNNN.tmp-PID-XXXX`` with PID gone; :func:`lmlab.outputs.remove_stale_temps`)."""
+    from lmlab.outputs import remove_stale_temps
+
+    remove_stale_temps(root, r"step_\d+")
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -197,10 +198,15 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 
 
 def read_config(ckpt: Path) -> Config:
+    """The checkpoint's config; its paths follow the run folder if the project was moved."""
+    from lmlab.runs import relocate, run_folder_of
+
     try:
-        return load_config(ckpt / "config.toml")
+        cfg = load_config(ckpt / "config.toml")
     except LmlabError as e:
         raise CheckpointError(f"{ckpt / 'config.toml'}: {e}") from None
+    run = run_folder_of(ckpt)
+    return relocate(cfg, run) if run is not None else cfg
 
 
 def load_weights(model: torch.nn.Module, ckpt: Path, device: str | torch.device = "cpu") -> None:

@@ -39,7 +39,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import PHASE_INHERITED, Config, PhaseConfig, to_toml
+from lmlab.config import PHASE_INHERITED, Config, PhaseConfig
 from lmlab.errors import ConfigError, DataError
 from lmlab.io import atomic_write_text, read_json, write_json
 
@@ -178,8 +178,10 @@ def _check_same_tokenizer(datasets: list[Path]) -> dict[str, Any]:
 
 def _finished(run_dir: Path, cfg: Config) -> bool:
     """The phase's run exists with this exact config and stopped normally."""
-    saved, result = run_dir / "config.toml", run_dir / "result.json"
-    if not (saved.is_file() and result.is_file()) or saved.read_text(encoding="utf-8") != to_toml(cfg):
+    from lmlab.runs import same_run_config
+
+    result = run_dir / "result.json"
+    if not result.is_file() or not same_run_config(run_dir, cfg):
         return False
     from lmlab.pipeline import run_status
 
@@ -222,6 +224,11 @@ def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any
     if len(set(names)) != len(names):
         raise ConfigError(f"phase.name: names must differ, got {names}")
 
+    from lmlab.outputs import check_output, write_marker
+
+    check_output(root, "curriculum", whole=False)  # a folder of the user's is refused, not filled
+    root.mkdir(parents=True, exist_ok=True)
+    write_marker(root, "curriculum")
     # 1) tokenizer and 2) every phase's data (before any training: bad input fails early)
     tok_dir = ensure_tokenizer(cfg, force, log) if (cfg.tokenizer.out or cfg.tokenizer.path) else None
     datasets = [ensure_phase_data(cfg, k, tok_dir, force, log) for k in range(1, len(cfg.phase) + 1)]
@@ -244,12 +251,14 @@ def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any
             result = read_json(run_dir / "result.json")
         else:
             state = run_status(run_dir)
-            saved = run_dir / "config.toml"
-            same = saved.is_file() and saved.read_text(encoding="utf-8") == to_toml(pcfg)
+            from lmlab.runs import same_run_config
+
+            same = same_run_config(run_dir, pcfg)
             resume = state is not None and same and not retrained
             mix = f", replay {cfg.phase[k - 1].replay:g} from {len(pcfg.data.mix)} earlier phase(s)" if pcfg.data.mix else ""
             log(f"{tag} {'resuming' if resume else 'training'} -> {run_dir} ({pcfg.train.max_steps} steps{mix})")
-            result = train(pcfg, resume=resume).as_dict()
+            # the curriculum owns its phase runs: a changed phase is trained over (lmlab's files only)
+            result = train(pcfg, resume=resume, force=not resume).as_dict()
             retrained = True
             if result["stop_reason"] in ("diverged", "interrupted"):
                 raise DataError(f"{run_dir}: phase {k} stopped ({result['stop_reason']}); later phases not run")

@@ -88,7 +88,7 @@ def parse_rate(model: Any, data: Any, dec_tok: Any, n: int, max_new_tokens: int,
     return result
 
 
-def run_encdec(cfg: Config, resume: bool = False):
+def run_encdec(cfg: Config, resume: bool = False, force: bool = False):
     """Train the decoder of ``cfg`` (``model.arch = "encdec"``) on ``cfg.encdec``'s pairs into ``train.out``."""
     from lmlab.device import resolve_device
     from lmlab.model.encdec import load_encoder_tokenizer
@@ -120,10 +120,12 @@ def run_encdec(cfg: Config, resume: bool = False):
         if isinstance(old, dict) and old.get("fingerprint") not in (None, report["fingerprint"]):
             raise DataError(f"{info_path}: the pairs changed since this run started; cannot resume exactly")
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        from lmlab.runs import open_run_dir
+
+        open_run_dir(run_dir, resume=resume, force=force)  # before encdec.json: a folder of other files is refused
         write_json(info_path, report)
     # 3) the shared loop, with the pairs as its batch source
-    result = train(cfg, resume=resume, data=data)
+    result = train(cfg, resume=resume, data=data, force=force)
     if not main or result.stop_reason == "interrupted":
         return result
     # 4) the parse rate of the trained decoder's outputs for held-out sources

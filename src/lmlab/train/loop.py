@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import shutil
 import signal
 import statistics
 import time
@@ -40,9 +39,10 @@ import torch.nn.functional as F
 
 from lmlab.config import Config, save_config
 from lmlab.device import autocast, peak_flops, resolve_device, resolve_dtype
-from lmlab.errors import CheckpointError, ConfigError, LmlabError
-from lmlab.io import atomic_write_text, write_json
+from lmlab.errors import CheckpointError, ConfigError, DataError, LmlabError
+from lmlab.io import atomic_write_text, open_append, write_json
 from lmlab.model import forward
+from lmlab.runs import open_run_dir, resolve_run_config
 from lmlab.train import checkpoint as ck
 from lmlab.train import distributed as dd
 from lmlab.train.optim import build_optimizer, lr_at, set_lr
@@ -182,6 +182,22 @@ def _load_tokenizer(cfg: Config, meta: dict[str, Any]):
         return None
 
 
+def check_dataset_tokenizer(cfg: Config, meta: dict[str, Any]) -> None:
+    """DataError when ``data.tokenizer`` is not the tokenizer the dataset was prepared with
+    (every sample would decode to garbage): both fingerprints are named."""
+    want = meta.get("tokenizer_fingerprint")
+    if not cfg.data.tokenizer or not want:
+        return
+    from lmlab.tokenizer import load_tokenizer
+
+    if not Path(cfg.data.tokenizer).exists():
+        raise ConfigError(f"data.tokenizer: {cfg.data.tokenizer} not found")
+    got = load_tokenizer(cfg.data.tokenizer).fingerprint()
+    if got != want:
+        raise DataError(f"data.tokenizer: {cfg.data.tokenizer} (fingerprint {got[:12]}) is not the tokenizer "
+                        f"{cfg.data.path} was prepared with (fingerprint {want[:12]}, {meta.get('tokenizer', '?')})")
+
+
 @torch.no_grad()
 def _samples(model: torch.nn.Module, tok: Any, n: int, length: int, start_id: int, device: torch.device, seed: int) -> list[str]:
     """``n`` samples of ``length`` tokens at temperature 0.8, from their own RNG (so training's
@@ -199,7 +215,7 @@ def _samples(model: torch.nn.Module, tok: Any, n: int, length: int, start_id: in
     return [tok.decode(row[1:].tolist()) for row in idx.cpu()]
 
 
-def train(cfg: Config, resume: bool = False, data: Any = None) -> TrainResult:
+def train(cfg: Config, resume: bool = False, data: Any = None, force: bool = False) -> TrainResult:
     """Train ``cfg`` into ``cfg.train.out``; see the module docstring.
 
     ``data`` replaces the prepared dataset as the batch source (fine-tuning): an object with
@@ -212,12 +228,15 @@ def train(cfg: Config, resume: bool = False, data: Any = None) -> TrainResult:
     ``enc_ids``, ``enc_mask``); an optional ``samples(model, tokenizer, n, max_new_tokens,
     device)`` writes samples.md's texts instead of unconditional ones. See
     :class:`lmlab.data.sft.SftData` and :class:`lmlab.data.pairs.PairData`.
+
+    A run folder that already holds a run is continued only with ``resume`` and started over
+    only with ``force`` (:func:`lmlab.runs.open_run_dir`).
     """
     info = dd.from_env()
     device = resolve_device(cfg.train.device, info.local_rank if info.enabled else None)
     dd.setup(info, device)
     try:
-        result = _Trainer(copy.deepcopy(cfg), info, device, resume, data).run()
+        result = _Trainer(copy.deepcopy(cfg), info, device, resume, data, force).run()
         # leave together: with gloo, a rank that tears down while rank 0 is still writing the
         # report can abort ("terminate called without an active exception")
         dd.barrier(info)
@@ -227,7 +246,8 @@ def train(cfg: Config, resume: bool = False, data: Any = None) -> TrainResult:
 
 
 class _Trainer:
-    def __init__(self, cfg: Config, info: dd.Dist, device: torch.device, resume: bool, data: Any = None):
+    def __init__(self, cfg: Config, info: dd.Dist, device: torch.device, resume: bool, data: Any = None,
+                 force: bool = False):
         from lmlab.data.loader import (
             BatchLoader,
             TokenSplit,
@@ -250,12 +270,11 @@ class _Trainer:
         else:
             meta = read_meta(cfg.data.path)
         self.meta = meta
-        if m.vocab_size == 0:
-            m.vocab_size = int(meta["vocab_size"])
-        elif m.vocab_size < int(meta["vocab_size"]):
-            raise ConfigError(f"model.vocab_size: {m.vocab_size} is below the dataset's vocab_size {meta['vocab_size']}")
-        cfg.validate()
-        self.run_dir = Path(t.out)
+        self.run_dir = Path(t.out)  # as given (messages); config.toml records it absolute
+        self.resume_requested, self.force = resume, force
+        if data is None:
+            check_dataset_tokenizer(cfg, meta)
+        resolve_run_config(cfg, meta)  # what config.toml holds: vocab size filled in, paths absolute
         self.ckpt_root = self.run_dir / "checkpoints"
 
         # 1) where we start: a checkpoint of this run, or fresh
@@ -363,12 +382,8 @@ class _Trainer:
         from lmlab.train.progress import Logger
 
         run = self.run_dir
-        if self.resume_from is None and (self.ckpt_root.exists() or (run / "metrics.jsonl").exists()):
-            self._say(f"{run}: starting a new run over the old one (pass --resume to continue it)")
-            shutil.rmtree(self.ckpt_root, ignore_errors=True)
-            for name in ("metrics.jsonl", "samples.md", "result.json"):
-                (run / name).unlink(missing_ok=True)
-        run.mkdir(parents=True, exist_ok=True)
+        # refuses a folder of other files, or one holding a run without --resume/--force
+        open_run_dir(run, resume=self.resume_requested, force=self.force, log=self._say)
         ck.clean_partial(self.ckpt_root)
         save_config(self.cfg, run / "config.toml")
         self.tokenizer = _load_tokenizer(self.cfg, self.meta)
@@ -521,7 +536,8 @@ class _Trainer:
                     self._checkpoint(self.step, collective=False)
         result = self._finish(stop_reason, diverged, last_loss)
         if stop_reason == "interrupted":
-            self._say(f"interrupted at step {self.step}; checkpoint saved in {self.ckpt_root} (continue with --resume)")
+            self._say(f"interrupted at step {self.step}; checkpoint saved in {self.ckpt_root} "
+                      "(continue: the same `lmlab run`, `lmlab sweep` or `lmlab sft --resume` command, or `lmlab train ... --resume`)")
             raise KeyboardInterrupt
         return result
 
@@ -590,7 +606,7 @@ class _Trainer:
         parts = [f"## step {step} (val loss {val:.4f})\n"]
         for i, text in enumerate(texts):
             parts.append(f"### sample {i + 1}\n\n```\n{text.replace('```', '` ` `')}\n```\n")
-        with open(path, "a", encoding="utf-8") as f:
+        with open_append(path) as f:  # never through a link placed in the run folder
             f.write("\n".join(parts) + "\n")
 
     def _checkpoint(self, step: int, collective: bool = True) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from lmlab.config import Config, to_dict
 from lmlab.errors import ConfigError
+from lmlab.io import open_append
 
 
 def _clean(v: Any) -> Any:
@@ -65,7 +66,7 @@ class Logger:
             truncate_metrics(self.metrics_path, start_step)
         elif self.metrics_path.exists():
             self.metrics_path.unlink()
-        self._file = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._file = open_append(self.metrics_path)  # never through a link; closed in close()
         self.bar = None
         if cfg.log.progress and cfg.train.max_steps > start_step:
             from tqdm import tqdm

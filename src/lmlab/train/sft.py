@@ -146,7 +146,7 @@ def held_out_loss(ckpt: Path, data: Any, cfg: Config) -> float | None:
     return sums["nats"] / max(sums["tokens"], 1)
 
 
-def run_sft(cfg: Config, resume: bool = False):
+def run_sft(cfg: Config, resume: bool = False, force: bool = False):
     """Fine-tune ``train.init_from`` on ``cfg.sft``'s instruction data into ``train.out``."""
     from lmlab.tokenizer import load_tokenizer
     from lmlab.train import distributed as dd
@@ -180,6 +180,10 @@ def run_sft(cfg: Config, resume: bool = False):
 
     template = resolve_template(cfg.sft.template)
     cfg.sft.template = template.prompt if template.name == "custom" else template.name
+    if main:  # claim the run folder before mined.jsonl, sft.json or template.json go into it
+        from lmlab.runs import open_run_dir
+
+        open_run_dir(run_dir, resume=resume, force=force)
     # 2) instruction data
     data, report = build_sft_data(cfg, tokenizer, tok_dir, run_dir, main, reuse_mined=resume)
     sft_json = run_dir / "sft.json"
@@ -207,7 +211,7 @@ def run_sft(cfg: Config, resume: bool = False):
         write_json(run_dir / "template.json", report["template"])
         write_json(sft_json, report)
     # 4) the shared training loop with the SFT batch source
-    result = train(cfg, resume=resume, data=data)
+    result = train(cfg, resume=resume, data=data, force=force)
     report["val_loss_after"] = result.final_val_loss
     report["best_val_loss"] = result.best_val_loss
     if main:
