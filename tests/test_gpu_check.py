@@ -20,7 +20,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     res = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     secs = res["sections"]
     assert res["dry_run"] is True
-    assert list(secs) == ["env", "pytest", "gpt2", "tiny", "fsdp", "decode", "probe"]
+    assert list(secs) == ["env", "pytest", "gpt2", "tiny", "fsdp", "decode", "probe", "tiny_autotune"]
+    assert secs.pop("tiny_autotune")["status"] == "skipped"  # compile is off on the CPU
     assert all(s["status"] == "ok" for s in secs.values()), secs
     assert secs["pytest"]["counts"].get("skipped", 0) >= 1  # the gpu tests were collected (and skip here)
     for name in ("gpt2", "tiny", "fsdp"):

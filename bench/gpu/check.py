@@ -10,6 +10,7 @@ the rest, and a section that would start past the time budget is skipped and say
 5. fsdp     the same config under ``torchrun --nproc_per_node=1`` with ``train.parallel=fsdp``
 6. decode   KV-cache decode tok/s at batch 1 and 32 (the TinyStories shape, greedy)
 7. probe    ``train.micro_batch_size=0`` on gpt2-small against ``lmlab account --memory-gb``
+8. tiny_autotune  section 4 with ``train.compile_mode=max-autotune-no-cudagraphs``, if time is left
 
 Data: synthetic token shards written here (no network on the GPU machine; speed does not
 depend on the tokens). Output: ``OUT/gpu_check.json`` (figures) and ``OUT/gpu_check.log``
@@ -327,9 +328,17 @@ def main(argv: list[str] | None = None) -> int:
                                        torchrun=True), 45),
         ("decode", lambda: decode_section(c, ts, 8 if dry else 256, (1, 32)), 30),
         ("probe", lambda: probe_section(c, gpt2, 64 if dry else 512), 40),
+        # last and optional: autotuned GEMMs compile for minutes; it runs only if time is left
+        ("tiny_autotune", lambda: train_section(c, "tinystories_autotune", ts, {
+            **dev, "compile": not dry, "compile_mode": "max-autotune-no-cudagraphs", "max_steps": steps,
+            "batch_size": 4 if dry else 128, "log_every": 2 if dry else 10, "lr": 2e-3, "min_lr": 2e-4}), 150),
     ]
+    if dry:  # without compile it would repeat "tiny"; its code is that section's
+        skip.add("tiny_autotune")
     for name, fn, reserve in sections:
-        if name not in skip:
+        if name in skip:
+            c.results["sections"][name] = {"status": "skipped", "reason": "--skip" if not dry else "dry run: no compile"}
+        else:
             c.section(name, fn, reserve)
     c.write()
     bad = [n for n, r in c.results["sections"].items() if r["status"] == "error"]

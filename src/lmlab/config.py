@@ -103,6 +103,7 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = opt("auto", "compute precision", choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = opt(False, "wrap the model in torch.compile")
+    compile_mode: str = opt("default", "torch.compile mode when train.compile is on", choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     fused_loss: bool = opt(True, "compute the output layer and cross-entropy together in chunks, never holding the full logits (transformer, vocabularies of 1024+)")
     log_every: int = opt(10, "print a step line every N steps", minimum=1)
     out: str = opt("runs/run", "the run folder")

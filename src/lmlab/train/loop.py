@@ -361,7 +361,7 @@ class _Trainer:
         if t.micro_batch_size == 0 and mf.can_probe(device) and data is None:
             self._fit_micro_batch(model)
         if t.compile:
-            model = torch.compile(model)
+            model = torch.compile(model, mode=None if t.compile_mode == "default" else t.compile_mode)
         self.model = model if self.fsdp else dd.wrap_ddp(model, info, device)
         self.model.train()
         self.flops_per_token = _flops_per_token(cfg)
@@ -435,7 +435,9 @@ class _Trainer:
     def _shrink_micro_batch(self) -> bool:
         """After an out-of-memory in a step: halve the micro-batch (a divisor of the per-process batch)."""
         old = self.loader.micro_batch
-        if old <= 1 or self.info.enabled:  # other ranks would wait for this one's collectives
+        # other ranks would wait for this one's collectives; an FSDP step cut short leaves its
+        # gathered parameters behind
+        if old <= 1 or self.info.enabled or self.fsdp:
             return False
         new = mf.largest_divisor_at_most(self.loader.per_rank, old // 2)
         self.loader.micro_batch = new
