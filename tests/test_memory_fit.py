@@ -72,15 +72,22 @@ def _cfg(dataset, out, **kw):
     return tiny_config(dataset, out, **{**base, **kw})
 
 
-def test_probe_agrees_with_account_memory_gb(dataset, tmp_path, capsys, no_limit):
+def test_probe_agrees_with_account_memory_gb(dataset, tmp_path, capsys, no_limit, monkeypatch):
     cfg = _cfg(dataset, tmp_path / "r", train__batch_size=256, train__micro_batch_size=0, train__max_steps=1)
     m = dataclasses.replace(cfg.model, vocab_size=64)
     T = cfg.model.context_length
     limit = accounting.training_memory(m, 24, T, "float32")["total"]
     predicted = accounting.max_batch_size(m, T, limit, "float32")  # what `lmlab account --memory-gb` says
     assert predicted == 24
+    split = []
+    real_split = mf.split_batches
+    monkeypatch.setattr(mf, "split_batches", lambda b, n: split.append(n) or real_split(b, n))
     mf.set_fake_limit(limit)
-    train(cfg)
+    probed = train(cfg)
+    mf.set_fake_limit(None)
+    # evaluation reads the same val windows in pieces of the probed size: the same val loss
+    whole = train(_cfg(dataset, tmp_path / "whole", train__batch_size=256, train__max_steps=1))
+    assert split and probed.final_val_loss == pytest.approx(whole.final_val_loss, rel=1e-6)
     out = capsys.readouterr().out
     found = int(re.search(r"memory probe: up to (\d+) sequences fit; micro-batch (\d+)", out).group(1))
     micro = int(re.search(r"micro-batch (\d+)", out).group(1))

@@ -667,7 +667,10 @@ class _Trainer:
 
         # FSDP: rank 0 evaluates all val batches on the gathered model; the others add zeros
         model = fsdp.gather_model(self.raw_model, self.cfg, self.device, self.info.is_main) if self.fsdp else self.raw_model
-        sums = evaluate_batches(model, self.val_batches(), self.device, self.dtype) if model is not None else (
+        batches = self.val_batches() if model is not None else ()
+        if getattr(self, "probed_micro_batch", 0):  # the same val windows, in pieces that fit
+            batches = mf.split_batches(batches, self.probed_micro_batch)
+        sums = evaluate_batches(model, batches, self.device, self.dtype) if model is not None else (
             {"nats": 0.0, "tokens": 0, "correct": 0})
         nats, count, correct = dd.all_reduce_sum([sums["nats"], sums["tokens"], sums["correct"]], self.info, self.device)
         val = nats / max(count, 1)

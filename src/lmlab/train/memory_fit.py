@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -179,6 +179,14 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
         if n % d == 0:
             return d
     return 1
+
+
+def split_batches(batches: Iterable[tuple[Any, torch.Tensor]], size: int) -> Iterator[tuple[Any, torch.Tensor]]:
+    """The same (x, y) rows in batches of at most ``size`` (sums over them are unchanged)."""
+    for x, y in batches:
+        for i in range(0, len(y), size):
+            part = {k: v[i : i + size] for k, v in x.items()} if isinstance(x, dict) else x[i : i + size]
+            yield part, y[i : i + size]
 
 
 def probe_micro_batch(
