@@ -119,3 +119,29 @@ def test_oom_in_training_halves_the_micro_batch_and_redoes_the_step(dataset, tmp
     # start (the failed try's random draws are rewound): the same losses, bit for bit
     assert ref.steps == 4 and sorted(lo) == [1, 2, 3, 4]
     assert lo == lr_
+
+
+def test_activation_checkpointing_lowers_peak_memory_and_keeps_the_losses(dataset, tmp_path):
+    from lmlab.config import ModelConfig
+    from lmlab.model import build_model
+    from lmlab.train import fsdp
+
+    def peak(checkpointed: bool) -> int:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(vocab_size=64, n_layer=4, n_head=2, d_model=64, context_length=64))
+        if checkpointed:
+            fsdp.checkpoint_activations(model)
+        x = torch.randint(0, 64, (8, 64), generator=torch.Generator().manual_seed(1))
+        meter = mf.MemoryMeter(limit=float("inf"))
+        with meter:
+            model(x, targets=x).backward()
+        return meter.peak
+
+    plain, ckpt = peak(False), peak(True)
+    assert ckpt < 0.7 * plain, (ckpt, plain)  # only block inputs are kept through the forward
+    common = dict(train__max_steps=3, train__batch_size=4, model__dropout=0.1)
+    a = train(_cfg(dataset, tmp_path / "a", **common))
+    b = train(_cfg(dataset, tmp_path / "b", train__activation_checkpointing=True, **common))
+    # recomputation replays the same dropout masks (the RNG state is kept for it): same losses
+    assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), rel=1e-6)
+    assert a.steps == b.steps == 3

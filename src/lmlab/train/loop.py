@@ -358,6 +358,8 @@ class _Trainer:
         self.fused_loss = (t.fused_loss and getattr(self.raw_model, "supports_fused_loss", False)
                            and m.vocab_size >= FUSED_LOSS_MIN_VOCAB)
         self.state_bytes: dict[str, int] | None = None  # this rank's params+grads+optimizer, after step 1
+        self._new_state_bytes = False  # state_bytes not yet in a metrics record
+        self.probed_micro_batch = 0  # what the memory probe found (0: no probe)
         if t.micro_batch_size == 0 and mf.can_probe(device) and data is None:
             self._fit_micro_batch(model)
         if t.compile:
@@ -650,8 +652,8 @@ class _Trainer:
             rec["mfu"] = tok_s * self.flops_per_token / self.peak
         if self.device.type == "cuda":
             rec["max_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        if self.state_bytes is not None and getattr(self, "_new_state_bytes", False):
-            rec["state_bytes"] = self.state_bytes["total"]  # once: params + grads + optimizer, per process
+        if self._new_state_bytes:
+            rec["state_bytes"] = self.state_bytes["total"] if self.state_bytes else None  # once, per process
             self._new_state_bytes = False
         if self.skipped:
             rec["skipped"] = self.skipped
@@ -668,7 +670,7 @@ class _Trainer:
         # FSDP: rank 0 evaluates all val batches on the gathered model; the others add zeros
         model = fsdp.gather_model(self.raw_model, self.cfg, self.device, self.info.is_main) if self.fsdp else self.raw_model
         batches = self.val_batches() if model is not None else ()
-        if getattr(self, "probed_micro_batch", 0):  # the same val windows, in pieces that fit
+        if self.probed_micro_batch:  # the same val windows, in pieces that fit
             batches = mf.split_batches(batches, self.probed_micro_batch)
         sums = evaluate_batches(model, batches, self.device, self.dtype) if model is not None else (
             {"nats": 0.0, "tokens": 0, "correct": 0})
