@@ -37,6 +37,7 @@ from lmlab.errors import ConfigError, LmlabError
 PEAK_FLOPS: list[tuple[str, float]] = [
     ("GB200", 2.5e15),
     ("B200", 2.25e15),
+    ("GH200", 989e12),  # Grace Hopper: an H100-class GPU (before "H200", which its name contains)
     ("H200", 989e12),
     ("H100 PCIe", 756e12),
     ("H100", 989e12),
