@@ -127,6 +127,8 @@ def test_mfu_and_time():
     assert known_peak_flops("NVIDIA H100 PCIe") == 756e12
     assert known_peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
     assert known_peak_flops("NVIDIA L4") == 121e12
+    assert known_peak_flops("NVIDIA H200") == 989e12
+    assert known_peak_flops("NVIDIA GH200 480GB") == 989e12
     assert known_peak_flops("some cpu") is None
 
 

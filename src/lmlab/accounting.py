@@ -37,6 +37,7 @@ from lmlab.errors import ConfigError, LmlabError
 PEAK_FLOPS: list[tuple[str, float]] = [
     ("GB200", 2.5e15),
     ("B200", 2.25e15),
+    ("GH200", 989e12),  # Grace Hopper: an H100-class GPU (before "H200", which its name contains)
     ("H200", 989e12),
     ("H100 PCIe", 756e12),
     ("H100", 989e12),
@@ -243,7 +244,8 @@ def activation_bytes_per_token(mcfg: ModelConfig, compute_dtype: str = "bfloat16
     - norm inputs 2*r*d (when there are norms) and the two matmul inputs 2*a*d;
     - attention: q, k, v a*(H + 2*KV)*hd, the SDPA output a*H*hd plus 4*H (log-sum-exp),
       and its contiguous copy fed to the projection a*H*hd; no T x T matrix (flash /
-      memory-efficient SDPA; the CPU math backend also keeps a*H*T);
+      memory-efficient SDPA; the CPU math backend also keeps a*H*T); with RoPE the rotated
+      q and k a*(H + KV)*hd besides the unrotated projection output;
     - MLP: fc output and activation output, a*2f (swiglu: a*4f: gate|up, silu(gate), product);
     - dropout masks 1 byte * 3d when dropout > 0.
 
@@ -259,7 +261,8 @@ def activation_bytes_per_token(mcfg: ModelConfig, compute_dtype: str = "bfloat16
 
     def attn_act(H: int, KV: int) -> float:
         hd = d // H
-        return a * (H + 2 * KV) * hd + 2 * a * H * hd + 4 * H
+        rope = a * (H + KV) * hd if m.position == "rope" else 0
+        return a * (H + 2 * KV) * hd + 2 * a * H * hd + 4 * H + rope
 
     H, KV = _heads(m)
     has_norm = m.norm != "none"

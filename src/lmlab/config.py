@@ -87,7 +87,7 @@ class TrainConfig:
     max_steps: int = opt(1000, "optimizer steps to run", minimum=0)
     batch_size: int = opt(32, "sequences per optimizer step (the global batch)", minimum=1)
     batch_tokens: int = opt(0, "global batch in tokens; when set it overrides batch_size", minimum=0)
-    micro_batch_size: int = opt(0, "sequences per forward pass; 0 means the whole batch (no accumulation)", minimum=0)
+    micro_batch_size: int = opt(0, "sequences per forward pass; 0 means the largest that fits (probed on CUDA; the whole per-process batch on CPU)", minimum=0)
     lr: float = opt(3e-4, "peak learning rate", minimum=0.0)
     min_lr: float = opt(3e-5, "learning rate at the end of the decay", minimum=0.0)
     warmup_steps: int = opt(100, "linear warmup steps", minimum=0)
@@ -103,10 +103,13 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = opt("auto", "compute precision", choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = opt(False, "wrap the model in torch.compile")
+    compile_mode: str = opt("default", "torch.compile mode when train.compile is on", choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     fused_loss: bool = opt(True, "compute the output layer and cross-entropy together in chunks, never holding the full logits (transformer, vocabularies of 1024+)")
     log_every: int = opt(10, "print a step line every N steps", minimum=1)
     out: str = opt("runs/run", "the run folder")
     init_from: str = opt("", "start from this run or checkpoint's weights (fine-tuning)")
+    parallel: str = opt("ddp", "under torchrun: ddp replicates the model, fsdp shards parameters, gradients and optimizer state (FSDP2)", choices=("ddp", "fsdp"))
+    activation_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass (less memory, about a third more compute)")
 
 
 @dataclass

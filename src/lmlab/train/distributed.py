@@ -38,9 +38,23 @@ def from_env() -> Dist:
     return Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def setup(info: Dist, device: torch.device) -> None:
-    """Join the process group when running under torchrun with more than one process."""
-    if not info.enabled or dist.is_initialized():
+def under_torchrun() -> bool:
+    """True when torchrun (or another launcher setting RANK and WORLD_SIZE) started this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def setup(info: Dist, device: torch.device, force: bool = False) -> None:
+    """Join the process group under torchrun with more than one process (or one, with ``force``).
+
+    The rendezvous is torchrun's: ``--standalone`` on one machine, ``--nnodes N
+    --rdzv-backend c10d --rdzv-endpoint HOST:PORT`` across machines; either way RANK is the
+    global rank, so each rank's share of the data follows from RANK and WORLD_SIZE alone.
+    """
+    if not (info.enabled or (force and under_torchrun())) or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":

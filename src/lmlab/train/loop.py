@@ -45,6 +45,8 @@ from lmlab.model import forward
 from lmlab.runs import open_run_dir, resolve_run_config
 from lmlab.train import checkpoint as ck
 from lmlab.train import distributed as dd
+from lmlab.train import fsdp
+from lmlab.train import memory_fit as mf
 from lmlab.train.optim import build_optimizer, lr_at, set_lr
 
 # A loss this many times ln(vocab_size) (uniform guessing) can only come from a blown-up model.
@@ -234,7 +236,8 @@ def train(cfg: Config, resume: bool = False, data: Any = None, force: bool = Fal
     """
     info = dd.from_env()
     device = resolve_device(cfg.train.device, info.local_rank if info.enabled else None)
-    dd.setup(info, device)
+    # FSDP shards even over one process under torchrun (bench/gpu/check.sh runs it on one GPU)
+    dd.setup(info, device, force=cfg.train.parallel == "fsdp" and dd.under_torchrun())
     try:
         result = _Trainer(copy.deepcopy(cfg), info, device, resume, data, force).run()
         # leave together: with gloo, a rank that tears down while rank 0 is still writing the
@@ -312,7 +315,11 @@ class _Trainer:
         self.raw_model = model
         self.dtype = resolve_dtype(t.dtype, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
-        self.optimizer = build_optimizer(model, cfg.optim, t.lr, device)
+        self.fsdp = t.parallel == "fsdp" and dd.initialized()
+        if self.fsdp and self.dtype is torch.float16:
+            raise ConfigError("train.dtype: float16 is not supported with train.parallel=fsdp; use bfloat16")
+        # under FSDP the optimizer is built over the shards (step 5)
+        self.optimizer = None if self.fsdp else build_optimizer(model, cfg.optim, t.lr, device)
         self.params = [p for p in model.parameters() if p.requires_grad]
 
         # 3) data
@@ -328,16 +335,18 @@ class _Trainer:
         # val_batches() -> this rank's share of the fixed val batches, as (x, y) pairs
         self.val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
         bsz = eval_batch_size(cfg)  # the same windows whatever the process count
+        # under FSDP rank 0 evaluates every val batch on a gathered copy of the model
+        vrank, vworld = (0, 1) if self.fsdp else (info.rank, info.world)
         if self.val is not None and cfg.eval.batches:
-            mine = fixed_windows(self.val, T, bsz, cfg.eval.batches, t.seed)[info.rank :: info.world]
+            mine = fixed_windows(self.val, T, bsz, cfg.eval.batches, t.seed)[vrank::vworld]
             self.val_batches = lambda: as_batches(mine, device)
         elif self.val is not None:  # the whole split, streamed (it may be large)
             val = self.val
             self.val_batches = lambda: as_batches(
-                (w for i, w in enumerate(contiguous_windows(val, T, bsz)) if i % info.world == info.rank), device
+                (w for i, w in enumerate(contiguous_windows(val, T, bsz)) if i % vworld == vrank), device
             )
         elif data is not None:  # fixed (x, y) batches with masked targets, this rank's share
-            fixed = data.val_batches(bsz, cfg.eval.batches, t.seed, info.rank, info.world)
+            fixed = data.val_batches(bsz, cfg.eval.batches, t.seed, vrank, vworld)
             if fixed is not None:  # (an empty share still joins the all-reduce)
                 self.val_batches = lambda: fixed
 
@@ -355,16 +364,30 @@ class _Trainer:
         if self.resume_from is not None:
             self._restore(self.resume_from)
 
-        # 5) wrappers: compile, then DDP
-        if t.compile:
-            model = torch.compile(model)
-        self.model = dd.wrap_ddp(model, info, device)
-        self.model.train()
-        self.flops_per_token = _flops_per_token(cfg)
-        # fused head + loss: 7% faster per step at vocab 8192 on a 2-core CPU, 4% slower at
-        # vocab 65 (more small ops than the plain path); below FUSED_LOSS_MIN_VOCAB the plain path
+        # 5) wrappers: activation checkpointing, FSDP shards (and the optimizer over them), the
+        # micro-batch probe, compile, DDP
+        if t.activation_checkpointing:
+            fsdp.checkpoint_activations(model)
+        if self.fsdp:
+            fsdp.shard(model, self.dtype)
+            self.optimizer = build_optimizer(model, cfg.optim, t.lr, device)
+            self.params = [p for p in model.parameters() if p.requires_grad]
+            if self.resume_from is not None:
+                fsdp.load_optimizer_state(model, self.optimizer, self.resume_from)
         self.fused_loss = (t.fused_loss and getattr(self.raw_model, "supports_fused_loss", False)
                            and m.vocab_size >= FUSED_LOSS_MIN_VOCAB)
+        self.state_bytes: dict[str, int] | None = None  # this rank's params+grads+optimizer, after step 1
+        self._new_state_bytes = False  # state_bytes not yet in a metrics record
+        self.probed_micro_batch = 0  # what the memory probe found (0: no probe)
+        if t.micro_batch_size == 0 and mf.can_probe(device) and data is None:
+            self._fit_micro_batch(model)
+        if t.compile:
+            model = torch.compile(model, mode=None if t.compile_mode == "default" else t.compile_mode)
+        self.model = model if self.fsdp else dd.wrap_ddp(model, info, device)
+        self.model.train()
+        self.flops_per_token = _flops_per_token(cfg)
+        # fused head + loss (set in step 5): 7% faster per step at vocab 8192 on a 2-core CPU,
+        # 4% slower at vocab 65 (more small ops than the plain path); below FUSED_LOSS_MIN_VOCAB the plain path
         peak = peak_flops(device, self.dtype)
         self.peak = peak * info.world if peak else None
         self.tokenizer = None
@@ -392,10 +415,56 @@ class _Trainer:
                 self.tokenizer.save(run / "tokenizer")
         self.logger = Logger(run, self.cfg, self.step, resume=self.resume_from is not None)
 
+    def _micro_loss(self, x: Any, y: torch.Tensor, inv_targets: float, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """One micro-batch's share of the step loss (summed over its targets, scaled)."""
+        model = self.model if model is None else model
+        with autocast(self.device, self.dtype):
+            if self.fused_loss:  # head + cross-entropy in chunks, no logits tensor
+                return model(x, targets=y) * inv_targets
+            logits = forward(model, x)
+            return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum") * inv_targets
+
+    def _fit_micro_batch(self, model: torch.nn.Module) -> None:
+        """train.micro_batch_size = 0 on CUDA (or under an injected limit): the largest that fits."""
+        per_rank = self.loader.per_rank
+        T = self.cfg.model.context_length
+        vocab = self.cfg.model.vocab_size
+
+        gen = torch.Generator(self.device).manual_seed(0)
+
+        def try_batch(n: int) -> None:
+            x = torch.randint(0, vocab, (n, T), device=self.device, generator=gen)
+            self._micro_loss(x, x, 1.0, model).backward()
+
+        # the probe's dropout must not move training's random stream
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            found = mf.probe_micro_batch(model, self.optimizer, try_batch, per_rank, self.device)
+        # every rank takes the smallest, so the ranks stay in step
+        found = int(-dd.all_reduce_max([-float(found)], self.info, self.device)[0])
+        if found == 0:
+            raise ConfigError(f"train.micro_batch_size: not even one sequence of {T} tokens fits on {self.device}")
+        micro = mf.largest_divisor_at_most(per_rank, found)
+        self.loader.micro_batch = micro
+        self.probed_micro_batch = found
+        self._say(f"memory probe: up to {found} sequences fit; micro-batch {micro} "
+                  f"({per_rank // micro} per step of {per_rank} per process)")
+
+    def _shrink_micro_batch(self) -> bool:
+        """After an out-of-memory in a step: halve the micro-batch (a divisor of the per-process batch)."""
+        old = self.loader.micro_batch
+        # other ranks would wait for this one's collectives; an FSDP step cut short leaves its
+        # gathered parameters behind
+        if old <= 1 or self.info.enabled or self.fsdp:
+            return False
+        new = mf.largest_divisor_at_most(self.loader.per_rank, old // 2)
+        self.loader.micro_batch = new
+        self._say(f"out of memory at micro-batch {old}; retrying the step with {new}")
+        return True
+
     def _restore(self, ckpt: Path) -> None:
         state = ck.read_state(ckpt)
         ck.load_weights(self.raw_model, ckpt, self.device)
-        ck.load_training_state(ckpt, self.optimizer, self.scaler)
+        ck.load_training_state(ckpt, self.optimizer, self.scaler)  # under FSDP: after sharding
         try:
             self.step = int(state["step"])
             self.tokens = int(state["tokens"])
@@ -452,29 +521,26 @@ class _Trainer:
                     step = self.step
                     lr = lr_at(step, t)
                     set_lr(self.optimizer, lr)
-                    # 1) forward/backward over this rank's micro-batches
-                    batches = self.loader.get(step)
+                    # 1) forward/backward over this rank's micro-batches (an out-of-memory in
+                    # one process halves the micro-batch and redoes the step: same data, same loss)
                     if counts is not None:
                         step_tokens, n_targets = counts(step)
                         inv_targets = self.info.world / max(n_targets, 1)
-                    loss_acc = torch.zeros((), device=self.device)
-                    for i, (x, y) in enumerate(batches):
-                        no_sync = ddp and i < accum - 1
-                        with self.model.no_sync() if no_sync else contextlib.nullcontext():
-                            with autocast(self.device, self.dtype):
-                                if self.fused_loss:  # head + cross-entropy in chunks, no logits tensor
-                                    loss = self.model(x, targets=y) * inv_targets
-                                else:
-                                    logits = forward(self.model, x)
-                                    loss = F.cross_entropy(
-                                        logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"
-                                    ) * inv_targets
-                            self.scaler.scale(loss).backward()
-                        loss_acc += loss.detach()
+                    rng = self._dropout_rng()
+                    while True:
+                        try:
+                            loss_acc = self._forward_backward(step, inv_targets, ddp)
+                            break
+                        except torch.OutOfMemoryError:
+                            mf.release(self.raw_model, self.device)
+                            if not self._shrink_micro_batch():
+                                raise
+                            if rng is not None:
+                                self._dropout_rng(rng)  # the retry draws the same dropout masks
                     # 2) clip, spike guard, update
                     if self.scaler.is_enabled():
                         self.scaler.unscale_(self.optimizer)
-                    grad_norm = _clip_grads(self.params, self.cfg.optim.grad_clip)
+                    grad_norm = fsdp.full_value(_clip_grads(self.params, self.cfg.optim.grad_clip))
                     skip = self.guard.enabled and self.guard.is_spike(float(grad_norm))
                     if skip:
                         self.skipped += 1
@@ -483,6 +549,8 @@ class _Trainer:
                     else:
                         self.scaler.step(self.optimizer)
                         self.scaler.update()
+                    if self.state_bytes is None:
+                        self._measure_state()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.step = step + 1
                     self.loader.step = self.step
@@ -543,6 +611,45 @@ class _Trainer:
 
     # --- step actions ---------------------------------------------------------------------------
 
+    def _forward_backward(self, step: int, inv_targets: float, ddp: bool) -> torch.Tensor:
+        """Accumulate this rank's gradients for ``step``; returns its summed (scaled) loss."""
+        batches = self.loader.get(step)
+        accum = len(batches)
+        loss_acc = torch.zeros((), device=self.device)
+        with mf.watch(self.raw_model, self.optimizer):  # a no-op unless a memory limit is injected
+            for i, (x, y) in enumerate(batches):
+                # DDP syncs on the last micro-batch only; FSDP reduce-scatters every one, so
+                # gradients stay sharded in fp32 instead of accumulating unsharded
+                no_sync = ddp and not self.fsdp and i < accum - 1
+                with self.model.no_sync() if no_sync else contextlib.nullcontext():
+                    loss = self._micro_loss(x, y, inv_targets)
+                    self.scaler.scale(loss).backward()
+                loss_acc += loss.detach()
+        return loss_acc
+
+    def _dropout_rng(self, restore: Any = None) -> Any:
+        """The torch generator states dropout draws from (get), or put them back (restore)."""
+        if restore is not None:
+            torch.set_rng_state(restore[0])
+            if restore[1] is not None:
+                torch.cuda.set_rng_state(restore[1], self.device)
+            return None
+        if self.cfg.model.dropout <= 0:
+            return None
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return (torch.get_rng_state(), cuda)
+
+    def _measure_state(self) -> None:
+        """This rank's parameter + gradient + optimizer bytes after its first update (max over ranks)."""
+        mine = fsdp.local_state_bytes(self.raw_model, self.optimizer)
+        keys = ("params", "grads", "optimizer", "total")
+        peak = dd.all_reduce_max([float(mine[k]) for k in keys], self.info, self.device)
+        self.state_bytes = {k: int(v) for k, v in zip(keys, peak)}
+        self._new_state_bytes = True
+        if self.info.enabled or self.fsdp:
+            self._say(f"params + grads + optimizer state: {self.state_bytes['total'] / 2**20:.2f} MiB per process "
+                      f"({'sharded over' if self.fsdp else 'replicated on'} {self.info.world})")
+
     def _log_train(self, step: int, loss: float | None, lr: float, grad_norm: torch.Tensor, n_steps: int, dt: float, diverged: bool) -> None:
         if self.logger is None:
             return
@@ -559,6 +666,11 @@ class _Trainer:
         }
         if self.peak and self.flops_per_token:
             rec["mfu"] = tok_s * self.flops_per_token / self.peak
+        if self.device.type == "cuda":
+            rec["max_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self._new_state_bytes:
+            rec["state_bytes"] = self.state_bytes["total"] if self.state_bytes else None  # once, per process
+            self._new_state_bytes = False
         if self.skipped:
             rec["skipped"] = self.skipped
         if diverged:
@@ -571,7 +683,13 @@ class _Trainer:
         """Evaluate the fixed val batches; True when early stopping says stop."""
         from lmlab.eval.metrics import evaluate_batches
 
-        sums = evaluate_batches(self.raw_model, self.val_batches(), self.device, self.dtype)
+        # FSDP: rank 0 evaluates all val batches on the gathered model; the others add zeros
+        model = fsdp.gather_model(self.raw_model, self.cfg, self.device, self.info.is_main) if self.fsdp else self.raw_model
+        batches = self.val_batches() if model is not None else ()
+        if self.probed_micro_batch:  # the same val windows, in pieces that fit
+            batches = mf.split_batches(batches, self.probed_micro_batch)
+        sums = evaluate_batches(model, batches, self.device, self.dtype) if model is not None else (
+            {"nats": 0.0, "tokens": 0, "correct": 0})
         nats, count, correct = dd.all_reduce_sum([sums["nats"], sums["tokens"], sums["correct"]], self.info, self.device)
         val = nats / max(count, 1)
         self.last_val = val
@@ -588,10 +706,10 @@ class _Trainer:
             rec["elapsed"] = self.elapsed()
             self.logger.write(rec)
             self.logger.print(f"step {step} | val loss {val:.4f} | best {self.best_val:.4f} (step {self.best_step})")
-            self._write_samples(step, val)
+            self._write_samples(step, val, model)
         return bool(c.patience) and self.evals_since_best >= c.patience
 
-    def _write_samples(self, step: int, val: float) -> None:
+    def _write_samples(self, step: int, val: float, model: torch.nn.Module) -> None:
         e = self.cfg.eval
         if self.tokenizer is None or e.samples == 0:
             return
@@ -599,9 +717,9 @@ class _Trainer:
         start = int(eot) if eot is not None else 0
         custom = getattr(self.data, "samples", None)  # a batch source that needs more than a start token
         if custom is not None:
-            texts = custom(self.raw_model, self.tokenizer, e.samples, e.sample_tokens, self.device)
+            texts = custom(model, self.tokenizer, e.samples, e.sample_tokens, self.device)
         else:
-            texts = _samples(self.raw_model, self.tokenizer, e.samples, e.sample_tokens, start, self.device, self.cfg.train.seed + step)
+            texts = _samples(model, self.tokenizer, e.samples, e.sample_tokens, start, self.device, self.cfg.train.seed + step)
         path = self.run_dir / "samples.md"
         parts = [f"## step {step} (val loss {val:.4f})\n"]
         for i, text in enumerate(texts):
@@ -611,6 +729,12 @@ class _Trainer:
 
     def _checkpoint(self, step: int, collective: bool = True) -> None:
         rngs = dd.gather_objects(ck.rng_state(), self.info) if collective else [ck.rng_state()]
+        model, optimizer = self.raw_model, self.optimizer
+        if self.fsdp:  # gather the shards into one ordinary checkpoint (a collective)
+            if not collective:
+                self._say("FSDP: no checkpoint without the other ranks; the last saved one stands")
+                return
+            model, optimizer = fsdp.gather_for_checkpoint(self.raw_model, self.optimizer, self.cfg, self.info.is_main)
         if not self.info.is_main:
             return
         # the best checkpoint is judged by the most recent val loss at save time
@@ -632,7 +756,7 @@ class _Trainer:
             "global_batch": self.global_batch,
         }
         ck.save_checkpoint(
-            self.ckpt_root, step, self.raw_model, self.optimizer, self.scaler, state, self.cfg,
+            self.ckpt_root, step, model, optimizer, self.scaler, state, self.cfg,
             keep=self.cfg.train.keep_checkpoints, best_step=self.best_ckpt["step"],
         )
         if self.best_ckpt["step"] is not None:

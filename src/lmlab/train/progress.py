@@ -46,6 +46,8 @@ def format_step_line(rec: dict[str, Any], max_steps: int) -> str:
     parts.append(f"{tps / 1e3:.1f}k tok/s" if tps >= 1e3 else f"{tps:.0f} tok/s")
     if rec.get("mfu") is not None:
         parts.append(f"mfu {100 * rec['mfu']:.1f}%")
+    if rec.get("max_mem_gb") is not None:
+        parts.append(f"mem {rec['max_mem_gb']:.1f} GB")
     if rec.get("ms_per_step") is not None:
         parts.append(f"{rec['ms_per_step']:.1f} ms/it")
     if rec.get("skipped"):
