@@ -233,7 +233,7 @@ def test_char_tokenizer(tmp_path: Path) -> None:
     ids = t.encode(text[:5000])
     assert ids == [chars.index(c) for c in text[:5000]] and t.decode(ids) == text[:5000]
     assert t.encode(f"hi{EOT}you") == t.encode("hi") + [65] + t.encode("you")
-    with pytest.raises(LmlabError, match=r"'\\u00e9'|'é' \(U\+00E9\) at offset 3"):
+    with pytest.raises(LmlabError, match=r"'\\u00e9'|'é' \(U\+00E9\) at character offset 3"):
         t.encode("abcé")
     loaded = load_tokenizer(tmp_path / "c")
     assert isinstance(loaded, CharTokenizer) and loaded.fingerprint() == t.fingerprint()

@@ -279,6 +279,9 @@ class _Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)
+        from lmlab.memcheck import check_training_fits  # refuse before allocating what cannot fit
+
+        check_training_fits(cfg, _batch_shape(cfg, info.world)[1], device, resolve_dtype(t.dtype, device))
         model = build_model(m)
         if t.init_from and self.resume_from is None:
             src = ck.resolve_checkpoint(t.init_from)
