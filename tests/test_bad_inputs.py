@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from lmlab.cli import main  # noqa: E402
 from lmlab.config import ConfigError, load_config, save_config  # noqa: E402
