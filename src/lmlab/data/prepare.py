@@ -56,6 +56,7 @@ from lmlab.data.sources import (
 )
 from lmlab.errors import ConfigError, DataError, LmlabError
 from lmlab.io import atomic_dir, expand_inputs, write_json
+from lmlab.notices import file_key, first_time, progress_on_terminal
 
 PIECE_BYTES = 512 * 1024
 MAX_WARNINGS = 20  # skipped files named on stderr (all are counted; the first few kept in meta)
@@ -324,7 +325,8 @@ def prepare_dataset(
         msg = f"{path}: {detail}, skipped"
         if len(examples) < MAX_WARNINGS:
             examples.append(msg)
-            warn(f"lmlab: warning: {msg}")
+            if first_time(file_key(reason, path)):  # not again if the tokenizer stage said it
+                warn(f"lmlab: warning: {msg}")
 
     dropped: Counter = Counter()
     drop_examples: dict[str, list[str]] = {}
@@ -340,7 +342,7 @@ def prepare_dataset(
         router = _SplitRouter(writers, track=pcfg.val_fraction > 0)
         pieces = iter_pieces(files, settings, piece_bytes, on_skip)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="data prepare", file=sys.stderr,
-                   disable=not progress, smoothing=0.1, dynamic_ncols=True)
+                   disable=not progress or not progress_on_terminal(), smoothing=0.1, dynamic_ncols=True)
         try:
             for res in _run_pieces(pieces, workers, (str(tok_path), settings, cf, tok)):
                 for path, reason, detail in res.skipped:
