@@ -259,3 +259,20 @@ def test_negative_workers_is_rejected_naming_the_flag(corpus, tmp_path, capsys):
                  str(tmp_path / "ds"), "--workers", "-3"])
     err = one_line_error(capsys)
     assert code == 2 and "--workers" in err and "-3" in err
+
+
+def test_free_memory_honours_a_cgroup_limit_but_not_its_page_cache(tmp_path, monkeypatch):
+    import lmlab.memcheck as mc
+
+    gib = 2**30
+    (tmp_path / "max").write_text(f"{8 * gib}\n")
+    (tmp_path / "current").write_text(f"{7 * gib}\n")
+    (tmp_path / "stat").write_text(f"anon {2 * gib}\ninactive_file {5 * gib}\n")
+    monkeypatch.setattr(mc, "_CGROUP_LIMITS", ((tmp_path / "max", tmp_path / "current", tmp_path / "stat",
+                                                "inactive_file"),))
+    host = mc.host_available_bytes()
+    monkeypatch.setattr(mc, "_CGROUP_LIMITS", ())
+    uncapped = mc.host_available_bytes()
+    # 8 GiB limit, 2 GiB really in use (5 GiB of the 7 are page cache); the host's MemAvailable
+    # (read twice, it moves with other processes) only matters when it is the smaller
+    assert host <= 6 * gib and (host == 6 * gib or uncapped < 7 * gib)

@@ -18,10 +18,25 @@ from lmlab.config import Config, ModelConfig
 from lmlab.errors import ConfigError
 
 # cgroup v2 and v1 limits: a container sees the host's MemAvailable but may hold far less
+# (limit, usage, stat file, its reclaimable page-cache field): usage counts the page cache,
+# which the kernel gives back, so the in-use figure is usage minus inactive file pages
 _CGROUP_LIMITS = (
-    (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
-    (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")),
+    (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current"),
+     Path("/sys/fs/cgroup/memory.stat"), "inactive_file"),
+    (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+     Path("/sys/fs/cgroup/memory/memory.stat"), "total_inactive_file"),
 )
+
+
+def _stat_field(path: Path, name: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == name and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
 
 
 def _read_int(path: Path) -> int | None:
@@ -47,10 +62,11 @@ def host_available_bytes() -> int | None:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             return None
-    for limit_file, usage_file in _CGROUP_LIMITS:
+    for limit_file, usage_file, stat_file, cache_field in _CGROUP_LIMITS:
         limit, usage = _read_int(limit_file), _read_int(usage_file)
         if limit is not None and usage is not None and limit < 1 << 60:
-            avail = min(avail, max(limit - usage, 0))
+            in_use = max(usage - _stat_field(stat_file, cache_field), 0)
+            avail = min(avail, max(limit - in_use, 0))
             break
     return avail
 
