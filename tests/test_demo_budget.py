@@ -62,7 +62,7 @@ class SlowMachine:
         self.completions = 0
         self.whole = 0  # val batches in the whole split
 
-    def measure(self, cfg):
+    def measure(self, cfg, max_seconds=float("inf")):
         self.clock.now += (demo.TIMING_STEPS + 1) * self.step_s
         return self.step_s
 
@@ -131,3 +131,16 @@ def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, tmp_path, mo
     assert machine.eval_batches != "not called"
     if slowdown == 1.0 and minutes == 4.0:
         assert res["syntax_samples"] > 0  # time was left for the syntax check
+
+
+def test_step_measurement_stops_early_on_a_slow_machine(monkeypatch):
+    """Past max_seconds the measurement ends after the warm-up and one timed step."""
+    from lmlab.config import load_config
+
+    cfg = load_config("demo-python", ["model.n_layer=1", "model.d_model=32", "model.n_head=2",
+                                      "model.context_length=16", "model.vocab_size=64", "train.batch_size=2",
+                                      "train.device=cpu"])
+    ticks = iter(range(0, 1000, 10))  # every perf_counter() call: 10 s later
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: float(next(ticks)))
+    assert demo.measure_step_seconds(cfg, max_seconds=15.0) == 10.0
+    assert next(ticks) == 40  # warm-up and one step timed (4 clock reads), no more

@@ -39,8 +39,11 @@ SYNTAX_TOKENS = 96
 TIMING_STEPS = 3
 
 
-def measure_step_seconds(cfg: Config) -> float:
-    """Wall seconds of one optimizer step of ``cfg`` on random tokens (forward, backward, AdamW)."""
+def measure_step_seconds(cfg: Config, max_seconds: float = float("inf")) -> float:
+    """Wall seconds of one optimizer step of ``cfg`` on random tokens (forward, backward, AdamW).
+
+    The median of TIMING_STEPS steps after a warm-up one, or of fewer once ``max_seconds`` are
+    spent (a slow machine should not give its training time to the measurement)."""
     import torch
     import torch.nn.functional as F
 
@@ -64,7 +67,10 @@ def measure_step_seconds(cfg: Config) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[len(times[1:]) // 2]
+        if len(times) >= 2 and sum(times) >= max_seconds:
+            break
+    measured = sorted(times[1:])
+    return measured[len(measured) // 2]
 
 
 class Budget:
@@ -211,7 +217,7 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     left = budget.left() - finish_reserve(minutes * 60.0)
     if left < 20:
         raise ConfigError(f"--minutes: {minutes:g} leaves {max(left, 0):.0f}s to train after data preparation; give more")
-    step_s = measure_step_seconds(cfg)
+    step_s = measure_step_seconds(cfg, max_seconds=0.1 * left)
     left = budget.left() - finish_reserve(minutes * 60.0)  # the measurement took some of it
     fit_steps(cfg, left, step_s)
     print(f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min", flush=True)
