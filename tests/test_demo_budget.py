@@ -50,6 +50,9 @@ def test_training_share_is_a_hard_stop():
     demo.fit_steps(cfg, 120.0, 0.5)
     assert cfg.train.max_minutes * 60.0 == pytest.approx(120.0)  # no slack past its share
     assert cfg.train.max_steps == int(120.0 / (0.5 * 1.08))
+    assert cfg.eval.batches == 10  # the recipe's: 5 evals x 10 batches x 1/3 step < 8% of 222 steps
+    demo.fit_steps(cfg, 10.0, 0.5)
+    assert cfg.train.max_steps == 18 and cfg.eval.batches == 1  # a short run evaluates less
 
 
 class SlowMachine:

@@ -112,6 +112,8 @@ def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
     t.max_steps = steps
     t.warmup_steps = max(1, min(t.warmup_steps, steps // 10))
     t.eval_every = max(1, steps // 5)
+    # five evals of eval.batches forward passes (a third of a step each) stay within that 8%
+    cfg.eval.batches = max(1, min(cfg.eval.batches, int(0.08 * steps * 3 / 5)))
     t.checkpoint_every = steps
     t.log_every = max(1, min(t.log_every, steps // 20))
     # a hard stop in case the machine is slower than measured (or slows down): training never
