@@ -53,6 +53,7 @@ def test_training_share_is_a_hard_stop():
     assert cfg.eval.batches == 10  # the recipe's: 5 evals x 10 batches x 1/3 step < 8% of 222 steps
     demo.fit_steps(cfg, 10.0, 0.5)
     assert cfg.train.max_steps == 18 and cfg.eval.batches == 1  # a short run evaluates less
+    assert cfg.eval.samples == 0  # and writes no samples while training
 
 
 class SlowMachine:

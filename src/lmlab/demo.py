@@ -114,6 +114,9 @@ def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
     t.eval_every = max(1, steps // 5)
     # five evals of eval.batches forward passes (a third of a step each) stay within that 8%
     cfg.eval.batches = max(1, min(cfg.eval.batches, int(0.08 * steps * 3 / 5)))
+    # samples.md at each eval decodes without a KV cache (~1/100 step per token): one sample,
+    # and none in a short run, where 5 x sample_tokens of them would cost a good part of it
+    cfg.eval.samples = min(cfg.eval.samples, 1) if steps >= 100 else 0
     t.checkpoint_every = steps
     t.log_every = max(1, min(t.log_every, steps // 20))
     # a hard stop in case the machine is slower than measured (or slows down): training never
