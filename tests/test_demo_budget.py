@@ -32,6 +32,7 @@ def test_budget_counts_down_on_its_clock():
 def test_finish_reserve_is_bounded_by_the_budget():
     assert demo.finish_reserve(240.0) == demo.FINISH_RESERVE_S
     assert demo.finish_reserve(60.0) == pytest.approx(15.0)
+    assert demo.finish_reserve(240.0, step_s=14.0) == pytest.approx(demo.FINISH_MIN_STEPS * 14.0)  # a slow machine
 
 
 def test_eval_and_syntax_are_sized_to_the_time_left():
@@ -94,14 +95,18 @@ class SlowMachine:
         from types import SimpleNamespace
 
         self.completions += num_samples
-        self.clock.now += max_new_tokens * self.step_s * self.slow / 20.0  # a decode step
-        return [SimpleNamespace(text="x = 1\n", tokens=[1] * max_new_tokens, finish_reason="length")
+        for _ in range(max_new_tokens):
+            self.clock.now += self.step_s * self.slow / 20.0  # a decode step
+            if kw.get("stream_callback"):
+                kw["stream_callback"](0, "x")
+        return [SimpleNamespace(text="x" * max_new_tokens, tokens=[1] * max_new_tokens, finish_reason="length")
                 for _ in range(num_samples)]
 
 
+@pytest.mark.parametrize("step_s", [0.5, 4.0])
 @pytest.mark.parametrize("slowdown", [1.0, 3.0])
 @pytest.mark.parametrize("minutes", [1.0, 4.0])
-def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, tmp_path, monkeypatch):
+def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_path, monkeypatch):
     import lmlab.eval.metrics
     import lmlab.report
     import lmlab.sample
@@ -118,7 +123,7 @@ def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, tmp_path, mo
     resolve_training_inputs(load_config("demo-python", [f"tokenizer.out={out / 'tokenizer'}",
                                                         f"prepare.out={out / 'data'}", *overrides]), log=lambda m: None)
     clock = FakeClock()
-    machine = SlowMachine(clock, step_s=0.5, slowdown=slowdown)
+    machine = SlowMachine(clock, step_s=step_s, slowdown=slowdown)
     cfg = load_config("demo-python")
     val_tokens = json.loads((out / "data" / "meta.json").read_text())["splits"]["val"]["tokens"]
     machine.whole = -(-val_tokens // (cfg.train.batch_size * cfg.model.context_length))  # as the demo counts
@@ -133,7 +138,7 @@ def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, tmp_path, mo
     assert res["wall_time_s"] <= minutes * 60.0 * 1.15, res
     assert res["wall_time_s"] == pytest.approx(clock.now - FakeClock().now)
     assert machine.eval_batches != "not called"
-    if slowdown == 1.0 and minutes == 4.0:
+    if slowdown == 1.0 and minutes == 4.0 and step_s == 0.5:
         assert res["syntax_samples"] > 0  # time was left for the syntax check
 
 

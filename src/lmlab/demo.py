@@ -88,9 +88,14 @@ class Budget:
         return self.clock() - self.start
 
 
-def finish_reserve(budget_s: float) -> float:
-    """Seconds kept for the finish out of a budget of ``budget_s``."""
-    return min(FINISH_RESERVE_S, FINISH_RESERVE_SHARE * budget_s)
+# The finish's fixed costs (loading the model, one eval batch, a sample, the plot) grow with
+# the machine's slowness: at least this many measured training steps are kept for them.
+FINISH_MIN_STEPS = 6
+
+
+def finish_reserve(budget_s: float, step_s: float = 0.0) -> float:
+    """Seconds kept for the finish out of a budget of ``budget_s``, on a machine at ``step_s``."""
+    return max(min(FINISH_RESERVE_S, FINISH_RESERVE_SHARE * budget_s), FINISH_MIN_STEPS * step_s)
 
 
 def eval_batches_for(seconds: float, batch_s: float, whole: int) -> int | None:
@@ -189,6 +194,28 @@ def _syntax_section(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class _OutOfTime(Exception):
+    """Raised from a stream callback to stop a sample at the deadline."""
+
+
+def _sample_within(budget: Budget, keep_s: float, generate: Any, model: Any, tokenizer: Any, prompt: str,
+                   max_new_tokens: int, seed: int) -> tuple[str, int]:
+    """(text, tokens) of one sample, cut when only ``keep_s`` seconds of the budget are left."""
+    parts: list[str] = []
+
+    def on_token(_i: int, text: str) -> None:
+        parts.append(text)
+        if budget.left() < keep_s:
+            raise _OutOfTime
+
+    try:
+        s = generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.6, top_k=40,
+                     seed=seed, stream_callback=on_token)[0]
+    except _OutOfTime:
+        return "".join(parts) + "  # ... (cut: time budget)", len(parts)
+    return s.text, len(s.tokens)
+
+
 def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: list[str] | None = None,
              clock: Any = None) -> dict[str, Any]:
     """Run the demo; returns the final metrics (also in ``out/run/report.md``)."""
@@ -223,7 +250,7 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     if left < 20:
         raise ConfigError(f"--minutes: {minutes:g} leaves {max(left, 0):.0f}s to train after data preparation; give more")
     step_s = measure_step_seconds(cfg, max_seconds=0.1 * left)
-    left = budget.left() - finish_reserve(minutes * 60.0)  # the measurement took some of it
+    left = budget.left() - finish_reserve(minutes * 60.0, step_s)  # the measurement took some of it
     fit_steps(cfg, left, step_s)
     print(f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min", flush=True)
     from lmlab.train.loop import train
@@ -240,7 +267,8 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     # a forward pass is about a third of a training step (forward + backward); the same batch.
     # The step time is what training really took, if slower than measured (a loaded machine)
     step_s = max(step_s, result.wall_time_s / max(result.steps, 1))
-    eval_batches = eval_batches_for(EVAL_SHARE * (budget.left() - REPORT_S), step_s / 3.0, whole)
+    report_s = REPORT_S + step_s  # the report and plot, slower on a slower machine
+    eval_batches = eval_batches_for(EVAL_SHARE * (budget.left() - report_s), step_s / 3.0, whole)
     metrics = evaluate_path(str(run_dir), batches=eval_batches)
     print("[eval]\n" + format_metrics(metrics), flush=True)
 
@@ -254,16 +282,16 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     shown = []
     t_gen, n_gen = clock(), 0
     for i, prompt in enumerate(prompts[:2]):
-        if i and budget.left() < REPORT_S:
+        if i and budget.left() - report_s < clock() - t_gen:  # a second one only if it fits
             break
-        s = generate(model, tokenizer, prompt, max_new_tokens=cfg.eval.sample_tokens, temperature=0.6, top_k=40, seed=i)[0]
-        n_gen += max(1, len(s.tokens))
-        shown.append(f"```python\n{prompt}{s.text}\n```")
-        print(f"[sample {i + 1}]\n{prompt}{s.text}\n", flush=True)
+        text, n = _sample_within(budget, report_s, generate, model, tokenizer, prompt, cfg.eval.sample_tokens, seed=i)
+        n_gen += max(1, n)
+        shown.append(f"```python\n{prompt}{text}\n```")
+        print(f"[sample {i + 1}]\n{prompt}{text}\n", flush=True)
     # one completion of the syntax check costs at most SYNTAX_TOKENS tokens at the speed just
     # measured one sample at a time (batched decoding is cheaper per completion)
     token_s = (clock() - t_gen) / n_gen
-    n_syntax = syntax_samples_for(budget.left() - REPORT_S, SYNTAX_TOKENS * token_s, max(1, cfg.eval.syntax_samples))
+    n_syntax = syntax_samples_for(budget.left() - report_s, SYNTAX_TOKENS * token_s, max(1, cfg.eval.syntax_samples))
     syntax = None
     if n_syntax:
         syntax = syntax_pass_rate(
