@@ -7,8 +7,10 @@ tokenizer trained on the same text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +106,22 @@ def losses(run: Path, key: str = "train_loss") -> dict[int, float]:
         if key in rec:
             out[rec["step"]] = rec[key]
     return out
+
+
+@contextlib.contextmanager
+def float64() -> Iterator[None]:
+    """Build and train in float64, for tests that compare two computations meant to be equal.
+
+    Float32 results depend on summation order, which differs across CPUs (AVX2, AVX-512, AMX)
+    and between a batch and its micro-batches; Adam then amplifies a gradient difference
+    near its eps. In float64 the unit roundoff is 2**-53 instead of 2**-24, 5e8 times smaller,
+    so a tolerance far below float32's noise still leaves orders of margin.
+    """
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)

@@ -56,11 +56,12 @@ def test_plain_completion_uses_history_and_commands(model, tok):
     assert [u for u, _ in pairs] == ["hello", "how are"]
     assert "(temperature 0)" in shown and "plain completion" in shown
     assert pairs[0][1] in shown and pairs[1][1] in shown
-    # the second turn was greedy, continuing "hello<reply>\nhow are", cut at a newline
-    history = tok.encode("hello") + tok.encode(pairs[0][1]) + tok.encode("\nhow are")
+    # the second turn was greedy, continuing "hello\n<reply>\nhow are\n", cut at a blank line
+    sep = "" if pairs[0][1].endswith("\n") else "\n"
+    history = tok.encode("hello\n") + tok.encode(pairs[0][1]) + tok.encode(sep + "how are\n")
     expect = generate(model, tok, history, max_new_tokens=8, temperature=0.0, top_p=0.95,
-                      stop=["\n"])[0]
-    assert pairs[1][1] == expect.text and "\n" not in expect.text
+                      stop=["\n\n"])[0]
+    assert pairs[1][1] == expect.text and "\n\n" not in expect.text
 
 
 def test_bad_commands_are_explained_not_fatal(model, tok):
@@ -74,11 +75,11 @@ def test_bad_commands_are_explained_not_fatal(model, tok):
 def test_reset_forgets_history(model, tok):
     conv = Conversation(tok, None)
     ids, new = conv.prompt_ids("hello", None)
-    conv.add(new, " there")
+    conv.add(new, "there")
     ids2, new2 = conv.prompt_ids("how", None)
-    assert ids2 == tok.encode("hello") + tok.encode(" there") + tok.encode("\nhow")
+    assert ids2 == tok.encode("hello\n") + tok.encode("there") + tok.encode("\nhow\n")
     conv.reset()
-    assert conv.prompt_ids("how", None)[0] == tok.encode("how")
+    assert conv.prompt_ids("how", None)[0] == tok.encode("how\n")
     _, shown = run_chat(model, tok, "hello\n/reset\nhello\n", temperature=0.0)
     assert "(conversation reset)" in shown
 
@@ -133,3 +134,32 @@ def test_too_long_message_is_reported_and_chat_goes_on(tok):
     pairs, shown = run_chat(m, tok, "hello there " * 20 + "\nhi\n", temperature=0.0)
     assert "(error: prompt:" in shown and "learned positions" in shown
     assert [u for u, _ in pairs] == ["hi"]
+
+
+class NewlineFirst(torch.nn.Module):
+    """A stand-in base model that starts every continuation on a new line, then writes 'ok'."""
+
+    def __init__(self, tok):
+        super().__init__()
+        self.config = types.SimpleNamespace(context_length=64, position="rope")
+        self.tok = tok
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx, kv_cache=None, targets=None):
+        plan = self.tok.encode("\nok then\n\nmore")
+        text = self.tok.decode(idx[0].tolist())
+        done = len(text) - text.rfind("hi\n") - 3 if "hi\n" in text else 0
+        n = len(self.tok.encode(text[len(text) - done:])) if done else 0
+        logits = torch.full((idx.shape[0], idx.shape[1], self.tok.vocab_size), -1e9)
+        logits[:, -1, plan[min(n, len(plan) - 1)]] = 0.0
+        return logits
+
+
+def test_base_reply_starting_on_a_new_line_is_not_empty(tok):
+    """A base model's continuation often begins with a newline; the reply runs to a blank line."""
+    model = NewlineFirst(tok)
+    out = io.StringIO()
+    pairs = chat_session(model, tok, None, io.StringIO("hi\n"), out, max_new_tokens=12, temperature=0.0)
+    assert pairs[0][1].strip() == "ok then"
+    shown = out.getvalue()
+    assert "continues what you type" in shown and "lmlab sft" in shown and "empty reply" not in shown

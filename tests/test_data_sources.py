@@ -119,7 +119,7 @@ def test_invalid_utf8_skipped_or_replaced(tmp_path, piece_bytes):
     docs, skipped = read_docs([bad, good], piece_bytes=piece_bytes, separator="\n\n")
     assert docs == ["fine"]
     assert len(skipped) == 1 and skipped[0][0] == str(bad) and skipped[0][1] == "undecodable"
-    assert "0xe9 at offset 3" in skipped[0][2]
+    assert "0xe9 at byte offset 3" in skipped[0][2]
     docs, skipped = read_docs([bad, good], piece_bytes=piece_bytes, separator="\n\n", errors="replace")
     assert docs == ["caf\ufffd au lait", "second part", "fine"] and not skipped
 

@@ -29,20 +29,30 @@ def test_two_processes_match_one(tmp_path):
     toml.write_text(to_toml(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
+    # in float64: one process and two sum the gradients in a different order, which in float32
+    # moves the losses by CPU-dependent amounts (Adam amplifies them); in float64 by ~1e-15
+    entry = tmp_path / "lmlab_f64.py"
+    entry.write_text("import sys, torch\ntorch.set_default_dtype(torch.float64)\n"
+                     "from lmlab.cli import main\nsys.exit(main())\n")
     for cmd in (
-        [sys.executable, "-m", "lmlab", "train", str(toml), "--out", str(tmp_path / "one")],
-        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "lmlab", "train", str(toml), "--out", str(tmp_path / "two")],
+        [sys.executable, str(entry), "train", str(toml), "--out", str(tmp_path / "one")],
+        [torchrun, "--standalone", "--nproc_per_node=2", str(entry), "train", str(toml), "--out", str(tmp_path / "two")],
     ):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    for run in ("one", "two"):  # the runs really were in float64
+        weights = load_file(str(tmp_path / run / "checkpoints" / "step_000004" / "model.safetensors"))
+        assert {str(w.dtype) for w in weights.values()} == {"torch.float64"}
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(two) == [1, 2, 3, 4]
     for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-5)
+        assert two[step] == pytest.approx(one[step], rel=1e-10, abs=0)
     v1, v2 = losses(tmp_path / "one", "val_loss"), losses(tmp_path / "two", "val_loss")
     assert sorted(v2) == [2, 4]
     for step in v1:
-        assert v2[step] == pytest.approx(v1[step], rel=1e-5)
+        assert v2[step] == pytest.approx(v1[step], rel=1e-10, abs=0)
     # rank 0 alone wrote the run folder; the checkpoint holds both ranks' RNG states
     import json
 

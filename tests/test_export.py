@@ -78,7 +78,11 @@ def test_export_parity(tmp_path, tok, preset, kw):
     idx = torch.randint(0, tok.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours, theirs = model(idx), hf(idx).logits
-    assert (ours - theirs).abs().max().item() < 1e-4
+    # two float32 implementations (HF's LLaMA norms are float32 whatever the dtype): each of
+    # the 2 * n_layer + 1 block/norm outputs may differ by reordering, up to sqrt(K) = 16 ulps
+    # for inner sizes K <= 256, with O(1) gain to the logits; 4x margin on that (observed ~1 ulp)
+    n_layer = model.config.n_layer
+    assert (ours - theirs).abs().max().item() <= 64 * (2 * n_layer + 1) * 2.0**-24 * theirs.abs().max().item()
 
     # 2. 50 greedy tokens identical (KV cache on both sides)
     prompt = tok.encode("def add(x")

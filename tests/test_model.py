@@ -16,6 +16,20 @@ from lmlab.model.presets import PRESETS
 from lmlab.model.transformer import resolve_d_ff
 
 V = 64
+# Tests that compare two computations meant to be equal (cached vs full, GQA vs repeated heads,
+# compiled vs eager) run in float64 (the f64 fixture): in float32 their difference is summation
+# order, which differs across CPUs. Float64 roundoff is 1.1e-16 per operation; through a few
+# hundred operations on O(1) values it stays below 1e-13, so F64_ATOL has 1000x margin and is
+# still 1e4 below the float32 noise a real mismatch would dwarf.
+F64_ATOL = 1e-10
+
+
+@pytest.fixture
+def f64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def tiny(**kw) -> ModelConfig:
@@ -91,18 +105,18 @@ def test_d_ff_defaults():
 
 @pytest.mark.parametrize("position", ["rope", "learned", "none"])
 @pytest.mark.parametrize("norm_position", ["pre", "post"])
-def test_causal(position, norm_position):
+def test_causal(position, norm_position, f64):
     torch.manual_seed(0)
     model = build_model(tiny(position=position, norm_position=norm_position)).eval()
     idx = torch.randint(0, V, (1, 12))
     changed = idx.clone()
     changed[0, 8:] = (changed[0, 8:] + 1) % V
     a, b = model(idx), model(changed)
-    assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6)
+    assert torch.allclose(a[:, :8], b[:, :8], rtol=0, atol=F64_ATOL)
     assert not torch.allclose(a[:, 8:], b[:, 8:], atol=1e-4)
 
 
-def test_positions_matter_except_none():
+def test_positions_matter_except_none(f64):
     # One layer without positions: the last token's output depends on the earlier tokens as
     # a set, so permuting them changes nothing. With rope or learned positions it does.
     torch.manual_seed(0)
@@ -112,10 +126,10 @@ def test_positions_matter_except_none():
         model = build_model(tiny(position=position, n_layer=1)).eval()
         assert not torch.allclose(model(a)[0, -1], model(b)[0, -1], atol=1e-5), position
     model = build_model(tiny(position="none", n_layer=1)).eval()
-    assert torch.allclose(model(a)[0, -1], model(b)[0, -1], atol=1e-5)
+    assert torch.allclose(model(a)[0, -1], model(b)[0, -1], rtol=0, atol=F64_ATOL)
 
 
-def test_gqa_shapes_and_matches_repeated_heads():
+def test_gqa_shapes_and_matches_repeated_heads(f64):
     torch.manual_seed(0)
     model = build_model(tiny(n_head=4, n_kv_head=2)).eval()
     attn = model.blocks[0].attn
@@ -133,7 +147,7 @@ def test_gqa_shapes_and_matches_repeated_heads():
             if "attn.qkv" not in name:
                 p.copy_(dict(model.named_parameters())[name])
     idx = torch.randint(0, V, (2, 10))
-    assert torch.allclose(model(idx), full(idx), atol=1e-5)
+    assert torch.allclose(model(idx), full(idx), rtol=0, atol=F64_ATOL)
 
 
 def test_bad_configs_raise():
@@ -222,7 +236,7 @@ def greedy(model, prompt, steps: int, cached: bool):
 
 @pytest.mark.parametrize("position", ["rope", "learned", "none"])
 @pytest.mark.parametrize("extra", [{}, {"n_kv_head": 2, "norm_position": "post"}, PRESETS["gpt2"]])
-def test_kv_cache_greedy_equals_uncached(position, extra):
+def test_kv_cache_greedy_equals_uncached(position, extra, f64):
     torch.manual_seed(0)
     model = build_model(tiny(**{**extra, "position": position}, context_length=24)).eval()
     prompt = torch.randint(0, V, (2, 5))
@@ -234,10 +248,10 @@ def test_kv_cache_greedy_equals_uncached(position, extra):
         parts = [model(idx[:, :4], kv_cache=cache), model(idx[:, 4:5], kv_cache=cache),
                  model(idx[:, 5:11], kv_cache=cache), model(idx[:, 11:], kv_cache=cache)]
         assert cache.pos == 14
-        assert torch.allclose(torch.cat(parts, dim=1), model(idx), atol=1e-5)
+        assert torch.allclose(torch.cat(parts, dim=1), model(idx), rtol=0, atol=F64_ATOL)
 
 
-def test_kv_cache_limits_and_reset():
+def test_kv_cache_limits_and_reset(f64):
     model = build_model(tiny(position="learned", context_length=8)).eval()
     with pytest.raises(LmlabError, match="context_length"):
         model.new_kv_cache(1, max_len=9)
@@ -252,7 +266,7 @@ def test_kv_cache_limits_and_reset():
         # sliding window: reset and re-prefill the last context_length - 1 tokens
         cache.reset()
         a = model(idx[:, 1:], kv_cache=cache)
-        assert torch.allclose(a, model(idx[:, 1:]), atol=1e-6)
+        assert torch.allclose(a, model(idx[:, 1:]), rtol=0, atol=F64_ATOL)
     with pytest.raises(LmlabError, match="sequences"):
         model(idx[:, :1].repeat(2, 1), kv_cache=model.new_kv_cache(1))
 
@@ -285,13 +299,13 @@ def test_kv_cache_under_autocast(cache_dtype):
     assert torch.allclose(torch.cat(parts, 1).float(), full.float(), atol=0.05)
 
 
-def test_compiles_fullgraph():
+def test_compiles_fullgraph(f64):
     pytest.importorskip("torch._dynamo")
     torch._dynamo.reset()
     model = build_model(tiny(n_kv_head=2))
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     idx = torch.randint(0, V, (2, 16))
-    assert torch.allclose(compiled(idx), model(idx), atol=1e-6)
+    assert torch.allclose(compiled(idx), model(idx), rtol=0, atol=F64_ATOL)
 
 
 def test_presets_are_model_fields():

@@ -24,7 +24,6 @@ Conventions, stated once:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -96,12 +95,20 @@ def _heads(m: ModelConfig) -> tuple[int, int]:
     return m.n_head, m.n_kv_head or m.n_head
 
 
-def count_params(mcfg: ModelConfig) -> dict[str, Any]:
+def _cross_params(m: ModelConfig) -> int:
+    """One decoder block's cross-attention (q, kv, proj) of the encoder-decoder."""
+    d = m.d_model
+    return 4 * d * d + (4 * d if m.bias else 0)
+
+
+def count_params(mcfg: ModelConfig, enc_dim: int = 0) -> dict[str, Any]:
     """Parameters per component and ``total``, exactly as ``build_model`` creates them.
 
     Keys: token_embedding, position_embedding, attention, mlp, norms, head (0 when tied:
     the shared matrix is counted once, under token_embedding), total, non_embedding (total
-    minus the token and position tables), tied (bool).
+    minus the token and position tables), tied (bool). The encoder-decoder (``enc_dim``: the
+    encoder's width) counts its trained decoder: cross-attention goes under attention, the
+    encoder-to-decoder projection under ``encoder_proj``; the frozen encoder is not counted.
     """
     m = mcfg
     if m.vocab_size <= 0:
@@ -130,6 +137,15 @@ def count_params(mcfg: ModelConfig) -> dict[str, Any]:
         H, KV = _heads(m)
         attn = m.n_layer * _attn_params(m, H, KV)
         mlp = m.n_layer * _mlp_params(m)
+    elif m.arch == "encdec":
+        if enc_dim <= 0:
+            raise ConfigError("model.encoder: the encoder's width is needed to count the encoder-decoder")
+        H, KV = _heads(m)
+        attn = m.n_layer * (_attn_params(m, H, KV) + _cross_params(m))
+        mlp = m.n_layer * _mlp_params(m)
+        norms = 3 * m.n_layer * _norm_params(m)
+        if m.norm_position == "pre" and m.norm != "none":
+            norms += _norm_params(m)
     else:
         raise ConfigError(f"model.arch: unknown architecture {m.arch!r}")
     out = {
@@ -140,6 +156,8 @@ def count_params(mcfg: ModelConfig) -> dict[str, Any]:
         "norms": norms,
         "head": 0 if tied else V * d,
     }
+    if m.arch == "encdec":
+        out["encoder_proj"] = enc_dim * d + (d if m.bias else 0)
     total = sum(out.values())
     out["total"] = total
     out["non_embedding"] = total - V * d - pos
@@ -166,11 +184,15 @@ def _mlp_flops(m: ModelConfig) -> float:
     return 2.0 * m.d_model * fc_out + 2.0 * d_ff * m.d_model
 
 
-def forward_flops(mcfg: ModelConfig, seq_len: int | None = None) -> dict[str, float]:
+def forward_flops(mcfg: ModelConfig, seq_len: int | None = None, enc_dim: int = 0, source_len: int = 0) -> dict[str, float]:
     """Forward FLOPs per token at ``seq_len`` (default context_length), per component + total.
 
     Components: attention_qkv, attention_scores, attention_values, attention_proj, mlp, head
-    (matmuls only, 2*m*n*k, attention over the full T x T: see the module docstring).
+    (matmuls only, 2*m*n*k, attention over the full T x T: see the module docstring). The
+    encoder-decoder adds ``cross_attention`` (q and output projections per token, scores and
+    values over ``source_len`` encoder states) and ``encoder_side`` (the encoder states'
+    projection and keys/values, once per sequence, spread over its ``seq_len`` tokens); the
+    frozen encoder's own forward pass is not counted.
     """
     m = mcfg
     if m.vocab_size <= 0:
@@ -178,7 +200,7 @@ def forward_flops(mcfg: ModelConfig, seq_len: int | None = None) -> dict[str, fl
     T = seq_len or m.context_length
     out = {k: 0.0 for k in ("attention_qkv", "attention_scores", "attention_values", "attention_proj", "mlp")}
     layers, with_attn, with_mlp, heads = 0, False, False, _heads(m)
-    if m.arch in ("transformer", "no_residual"):
+    if m.arch in ("transformer", "no_residual", "encdec"):
         layers, with_attn, with_mlp = m.n_layer, True, True
     elif m.arch == "one_head":
         layers, with_attn, heads = 1, True, (1, 1)
@@ -191,6 +213,10 @@ def forward_flops(mcfg: ModelConfig, seq_len: int | None = None) -> dict[str, fl
             out[k] = layers * v
     if with_mlp:
         out["mlp"] = layers * _mlp_flops(m)
+    if m.arch == "encdec":
+        d, S = m.d_model, source_len
+        out["cross_attention"] = layers * (4.0 * d * d + 4.0 * S * d)
+        out["encoder_side"] = (2.0 * enc_dim * d + layers * 4.0 * d * d) * S / T
     out["head"] = 2.0 * m.d_model * m.vocab_size
     out["total"] = sum(out.values())
     return out
@@ -266,8 +292,10 @@ def activation_bytes_per_token(mcfg: ModelConfig, compute_dtype: str = "bfloat16
 
     H, KV = _heads(m)
     has_norm = m.norm != "none"
-    if m.arch == "transformer":
+    if m.arch in ("transformer", "encdec"):
         per_layer = 2 * a * d + (2 * r * d if has_norm else 0) + attn_act(H, KV) + mlp_act + drop
+        if m.arch == "encdec":  # cross-attention: norm input, q input, q, output, projection input
+            per_layer += (r * d if has_norm else 0) + 4 * a * d
         body = m.n_layer * per_layer
     elif m.arch == "no_residual":
         body = m.n_layer * (2 * a * d + attn_act(H, KV) + mlp_act + drop)
@@ -282,7 +310,7 @@ def activation_bytes_per_token(mcfg: ModelConfig, compute_dtype: str = "bfloat16
 
 
 def training_memory(
-    mcfg: ModelConfig, batch_size: int, seq_len: int, compute_dtype: str = "bfloat16"
+    mcfg: ModelConfig, batch_size: int, seq_len: int, compute_dtype: str = "bfloat16", enc_dim: int = 0
 ) -> dict[str, float]:
     """Bytes for AdamW training: weights, gradients, optimizer, activations, total.
 
@@ -290,7 +318,7 @@ def training_memory(
     two fp32 moments (8 bytes/param); activations are ``batch_size * seq_len`` tokens of
     :func:`activation_bytes_per_token`.
     """
-    n = count_params(mcfg)["total"]
+    n = count_params(mcfg, enc_dim)["total"]
     out = {
         "weights": 4.0 * n,
         "gradients": 4.0 * n,
@@ -301,9 +329,10 @@ def training_memory(
     return out
 
 
-def max_batch_size(mcfg: ModelConfig, seq_len: int, memory_bytes: float, compute_dtype: str = "bfloat16") -> int:
+def max_batch_size(mcfg: ModelConfig, seq_len: int, memory_bytes: float, compute_dtype: str = "bfloat16",
+                   enc_dim: int = 0) -> int:
     """The largest micro-batch (sequences) whose :func:`training_memory` fits ``memory_bytes``."""
-    static = training_memory(mcfg, 0, seq_len, compute_dtype)["total"]
+    static = training_memory(mcfg, 0, seq_len, compute_dtype, enc_dim)["total"]
     per_seq = seq_len * activation_bytes_per_token(mcfg, compute_dtype)
     if memory_bytes <= static:
         return 0
@@ -323,25 +352,31 @@ def training_time_seconds(
 
 
 def resolve_vocab_size(cfg: Config) -> int:
-    """model.vocab_size, else the tokenizer's (data.tokenizer) or the dataset's (data.path)."""
-    if cfg.model.vocab_size > 0:
-        return cfg.model.vocab_size
-    if cfg.data.tokenizer and Path(cfg.data.tokenizer).exists():
-        from lmlab.tokenizer import load_tokenizer
+    """model.vocab_size, else the tokenizer's, the dataset's or the tokenizer stage's (lmlab.account_model)."""
+    from lmlab.account_model import resolve_vocab
 
-        return int(load_tokenizer(cfg.data.tokenizer).vocab_size)
-    meta = Path(cfg.data.path) / "meta.json" if cfg.data.path else None
-    if meta is not None and meta.is_file():
+    return resolve_vocab(cfg)[0]
+
+
+# Widths of encoders that can only be named (hub names, offline): model.encoder's hidden size.
+KNOWN_ENCODER_WIDTHS = {"answerdotai/ModernBERT-base": 768, "answerdotai/ModernBERT-large": 1024}
+
+
+def encoder_width(name_or_path: str) -> int:
+    """model.encoder's hidden size: a local folder's config.json, else a known hub name's."""
+    cfg_file = Path(name_or_path) / "config.json"
+    if cfg_file.is_file():
         from lmlab.io import read_json
 
-        size = read_json(meta).get("vocab_size", 0)
-        if isinstance(size, int) and size > 0:
-            return size
-    raise ConfigError(
-        "model.vocab_size: 0 and no tokenizer or prepared dataset to take it from "
-        f"(data.tokenizer={cfg.data.tokenizer!r}, data.path={cfg.data.path!r}); "
-        "pass --model.vocab_size=N"
-    )
+        conf = read_json(cfg_file)
+        width = conf.get("hidden_size") or conf.get("d_model")
+        if isinstance(width, int) and width > 0:
+            return width
+        raise ConfigError(f"model.encoder: {cfg_file} names no hidden_size")
+    if name_or_path in KNOWN_ENCODER_WIDTHS:
+        return KNOWN_ENCODER_WIDTHS[name_or_path]
+    raise ConfigError(f"model.encoder: {name_or_path!r} is not a local folder with config.json nor a known encoder "
+                      f"({', '.join(KNOWN_ENCODER_WIDTHS)}); its width is needed to count the decoder")
 
 
 def _fmt_count(x: float) -> str:
@@ -375,7 +410,12 @@ def account(
     peak_tflops: float = 0.0,
 ) -> dict[str, Any]:
     """Everything `lmlab account` reports, as one JSON-ready dict."""
-    m = dataclasses.replace(cfg.model, vocab_size=resolve_vocab_size(cfg))
+    from lmlab.account_model import resolve_model
+
+    resolved = resolve_model(cfg)
+    m = resolved.model
+    enc_dim = encoder_width(m.encoder) if m.arch == "encdec" else 0
+    source_len = cfg.encdec.max_source_tokens if m.arch == "encdec" else 0
     T = seq_len or m.context_length
     t = cfg.train
     B = batch_size or t.micro_batch_size or (max(1, t.batch_tokens // T) if t.batch_tokens else t.batch_size)
@@ -384,13 +424,15 @@ def account(
         peak = peak_tflops * 1e12
     # "auto" follows the trainer: bf16 autocast on a GPU, float32 on the CPU.
     dtype = t.dtype if t.dtype != "auto" else ("float32" if device == "cpu" else "bfloat16")
-    params = count_params(m)
-    fwd = forward_flops(m, T)
+    params = count_params(m, enc_dim)
+    fwd = forward_flops(m, T, enc_dim, source_len)
     total = fwd["total"]
-    mem = training_memory(m, B, T, dtype)
+    mem = training_memory(m, B, T, dtype, enc_dim)
     out: dict[str, Any] = {
         "arch": m.arch,
         "vocab_size": m.vocab_size,
+        "vocab_source": resolved.vocab_source,
+        "model_source": resolved.model_source,
         "seq_len": T,
         "batch_size": B,
         "compute_dtype": dtype,
@@ -400,6 +442,8 @@ def account(
         "forward_flops_total": total,
         "forward_flops": {k: {"flops": v, "share": v / total} for k, v in fwd.items() if k != "total"},
         "training_flops_per_token": 3 * total,
+        "forward_flops_per_sequence": total * T,
+        "training_flops_per_sequence": 3 * total * T,
         "six_n": 6 * params["total"],
         "memory_bytes": mem,
         "activation_bytes_per_token": activation_bytes_per_token(m, dtype),
@@ -408,13 +452,13 @@ def account(
     }
     if memory_gb > 0:
         out["memory_gb"] = memory_gb
-        out["max_batch_size"] = max_batch_size(m, T, memory_gb * 2**30, dtype)
+        out["max_batch_size"] = max_batch_size(m, T, memory_gb * 2**30, dtype, enc_dim)
     if tokens > 0:
         if not peak:
             raise LmlabError(
                 f"no known peak FLOP/s for device {device!r}: pass --peak-tflops P to estimate training time"
             )
-        seconds = training_time_seconds(m, T, tokens, mfu_fraction, peak)
+        seconds = tokens * 3 * total / (mfu_fraction * peak)  # training_time_seconds, with cross-attention
         out["time"] = {
             "tokens": tokens,
             "mfu": mfu_fraction,
@@ -439,18 +483,28 @@ def format_report(res: dict[str, Any]) -> str:
     p = res["params"]
     total = p["total"]
     rows = [("parameters", "count", "share")]
-    for k in ("token_embedding", "position_embedding", "attention", "mlp", "norms", "head"):
+    for k in ("token_embedding", "position_embedding", "attention", "mlp", "norms", "head", "encoder_proj"):
+        if k not in p:
+            continue
         label = k + (" (tied)" if k == "head" and p["tied"] else "")
         rows.append((label, f"{p[k]:,}", f"{p[k] / total:.1%}"))
     rows.append(("total", f"{total:,}", f"({_fmt_count(total)})"))
     rows.append(("non-embedding", f"{p['non_embedding']:,}", f"({_fmt_count(p['non_embedding'])})"))
-    out = [f"arch {res['arch']}, vocab {res['vocab_size']}, seq_len {res['seq_len']}", "", _table(rows), ""]
+    out = [f"arch {res['arch']}, vocab {res['vocab_size']}, seq_len {res['seq_len']}",
+           f"vocabulary from {res['vocab_source']}"]
+    if res["model_source"] != "config":
+        out.append(f"model from {res['model_source']}")
+    if res["arch"] == "encdec":
+        out.append("(the trained decoder only: the frozen encoder's parameters and forward pass are not counted)")
+    out += ["", _table(rows), ""]
     rows = [("forward FLOPs per token", "FLOPs", "share")]
     for k, v in res["forward_flops"].items():
         rows.append((k, _fmt_count(v["flops"]), f"{v['share']:.1%}"))
     rows.append(("total", _fmt_count(res["forward_flops_total"]), ""))
     rows.append(("training (3x forward)", _fmt_count(res["training_flops_per_token"]), ""))
     rows.append(("6N for comparison", _fmt_count(res["six_n"]), ""))
+    rows.append((f"forward per sequence ({res['seq_len']} tokens)", _fmt_count(res["forward_flops_per_sequence"]), ""))
+    rows.append(("training per sequence", _fmt_count(res["training_flops_per_sequence"]), ""))
     out += [_table(rows), "(matmuls only; attention over the full T x T, no causal halving)", ""]
     mem = res["memory_bytes"]
     rows = [(f"training memory, batch {res['batch_size']} x {res['seq_len']}, {res['compute_dtype']}", "bytes")]

@@ -2,7 +2,10 @@
 
 Instruction-tuned runs format each user turn with the run's prompt template and end the
 model's reply at end-of-text (or at the template's stop strings); base runs do plain
-completion: each line extends the transcript and the model continues it. Commands:
+completion: each line you type is added to the transcript as a line of text and the model
+writes what follows, up to a blank line (a paragraph, a function body) or the token limit.
+A base model was never taught to answer, so its reply continues the text rather than
+responding to it; ``lmlab sft`` makes an instruction-following run. Commands:
 ``/reset`` forgets the conversation, ``/temp T`` sets the temperature (0 is greedy),
 ``/quit`` (or end of input) leaves.
 
@@ -30,6 +33,11 @@ from lmlab.io import read_json
 from lmlab.sample import generate
 
 HELP = "commands: /reset (forget the conversation), /temp T (temperature, 0 = greedy), /quit"
+# A base model's reply ends at a blank line: stopping at the first newline (as this once did)
+# left an empty reply whenever the model began its continuation on a new line.
+BASE_STOP = "\n\n"
+BASE_MODE = ("plain completion (base run, not fine-tuned): the model continues what you type, "
+             "up to a blank line; `lmlab sft` makes a run that follows instructions")
 
 
 @dataclass
@@ -89,8 +97,8 @@ class Conversation:
 
     def prompt_ids(self, message: str, budget: int | None) -> tuple[list[int], list[int]]:
         """(history + new user turn, new user turn), dropping whole old turns to fit ``budget``."""
-        text = self.template.render(message) if self.template else message
-        if self.template is None and self.turns:
+        text = self.template.render(message) if self.template else message + "\n"
+        if self.template is None and self.turns and not self._ends_line():
             text = "\n" + text
         encode = getattr(self.tok, "encode_ordinary", self.tok.encode)  # as SFT encodes prompts
         new = encode(text)
@@ -101,6 +109,10 @@ class Conversation:
         if not self.turns:
             new = boundary + new  # SFT examples start after a document boundary
         return [t for turn in self.turns for t in turn] + new, new
+
+    def _ends_line(self) -> bool:
+        last = self.turns[-1] if self.turns else []
+        return bool(last) and self.tok.decode(last[-1:]).endswith("\n")
 
     def add(self, new_ids: list[int], reply: str) -> None:
         """Record a finished exchange; an instruction reply is closed with end-of-text."""
@@ -134,8 +146,8 @@ def chat_session(
     budget = max(1, ctx - max_new_tokens) if ctx else None
     stops = list(stop) + (template.stop if template else [])
     if template is None:
-        stops.append("\n")  # base model: one line answers one line
-    mode = "instruction template" if template else "plain completion (base run)"
+        stops.append(BASE_STOP)
+    mode = "instruction template" if template else BASE_MODE
     out.write(f"lmlab chat: {mode}. {HELP}\n")
     exchanged: list[tuple[str, str]] = []
     turn = 0
@@ -184,6 +196,8 @@ def chat_session(
         out.write("\n")
         if sample.message:
             out.write(f"({sample.message})\n")
+        if not sample.text.strip():
+            out.write("(empty reply: the model ended its text at once; try /temp 1 or more context)\n")
         conv.add(new_ids, sample.text)
         exchanged.append((message, sample.text))
         turn += 1

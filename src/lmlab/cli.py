@@ -65,6 +65,27 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def _check_flags(section: Any, prefix: str) -> None:
+    """Validate a config section built from flags; the error names the flag (--workers), not the key."""
+    from lmlab.config import check_section
+    from lmlab.errors import ConfigError
+
+    try:
+        check_section(section, prefix)
+    except ConfigError as e:
+        key, _, why = str(e).partition(": ")
+        raise ConfigError(f"--{key.removeprefix(prefix + '.').replace('_', '-')}: {why}") from None
+
+
+def _own_folder(out: str, flag: str = "--out") -> Path:
+    """``out`` as a folder lmlab writes whole: it needs a name of its own (not ., .. or /)."""
+    import os
+
+    if os.path.basename(os.path.normpath(out)) in ("", ".", ".."):
+        raise LmlabError(f"{flag} {out}: names no folder of its own; give a new folder such as {flag} {out.rstrip('/')}/out")
+    return Path(out)
+
+
 # --- handlers -------------------------------------------------------------------------------
 
 
@@ -88,7 +109,7 @@ def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
     tok = train_tokenizer(
         inputs=args.input,
         vocab_size=args.vocab_size,
-        out=Path(args.out),
+        out=_own_folder(args.out),
         kind=args.kind,
         special_tokens=args.special_token or [],
     )
@@ -111,7 +132,7 @@ def cmd_data_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
 
     pcfg = PrepareConfig(
         input=args.input,
-        out=args.out,
+        out=str(_own_folder(args.out)),
         filter=args.filter,
         format=args.format,
         text_field=args.text_field,
@@ -123,6 +144,7 @@ def cmd_data_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
         max_docs=args.max_docs,
         max_bytes=args.max_bytes,
     )
+    _check_flags(pcfg, "prepare")
     meta = prepare_dataset(pcfg, tokenizer_path=args.tokenizer, progress=not args.no_progress)
     _print_json(meta) if args.json else print(format_report(meta))
     return 0
@@ -189,7 +211,7 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if args.format != "hf":
         raise LmlabError(f"--format: only 'hf' is supported, got {args.format!r}")
-    export_hf(args.run, Path(args.out))
+    export_hf(args.run, _own_folder(args.out))
     print(f"exported {args.run} -> {args.out}")
     return 0
 
@@ -377,6 +399,14 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+def _output_of(args: argparse.Namespace, overrides: list[str]) -> str:
+    """The folder a command writes (for an OSError that carries no file name), or ''."""
+    for item in reversed(overrides):
+        if item.startswith("train.out="):
+            return item.split("=", 1)[1]
+    return str(getattr(args, "out", "") or "")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = split_overrides(argv)
@@ -387,6 +417,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(func(args, overrides) or 0)
     except LmlabError as e:
         print(f"lmlab: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # full disk, read-only or unwritable folder, ...: one line naming the path
+        from lmlab.errors import os_error_message
+
+        print(f"lmlab: error: {os_error_message(e, _output_of(args, overrides))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmlab: interrupted", file=sys.stderr)

@@ -375,7 +375,26 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
-def _set(cfg: Config, key: str, value: Any) -> None:
+def _check_toml_type(key: str, tp: Any, value: Any) -> None:
+    """A TOML file has typed values: a quoted "8" for an integer key is a mistake, not 8."""
+    if typing.get_origin(tp) is list and isinstance(value, list):
+        (item_tp,) = typing.get_args(tp)
+        for v in value:
+            _check_toml_type(key, item_tp, v)
+        return
+    names = {int: "an integer", float: "a number", bool: "true or false"}
+    if tp in names and isinstance(value, str):
+        raise ConfigError(f"{key}: expected {names[tp]}, got the string {value!r} (write it without quotes)")
+
+
+def _set(cfg: Config, key: str, value: Any, typed: bool = False) -> None:
+    """Set ``key`` to ``value``; ``typed``: the value comes from TOML, where strings stay strings."""
+
+    def convert(tp: Any) -> Any:
+        if typed:
+            _check_toml_type(key, tp, value)
+        return _convert(key, tp, value)
+
     parts = key.split(".")
     if len(parts) == 3 and parts[0] == "phase":  # phase.N.key, N counted from 1
         n = int(parts[1]) if parts[1].isdigit() else 0
@@ -384,7 +403,7 @@ def _set(cfg: Config, key: str, value: Any) -> None:
         hints = _field_types(PhaseConfig)
         if parts[2] not in hints:
             raise ConfigError(f"{key}: unknown key in [[phase]] (known: {', '.join(sorted(hints))})")
-        setattr(cfg.phase[n - 1], parts[2], _convert(key, hints[parts[2]], value))
+        setattr(cfg.phase[n - 1], parts[2], convert(hints[parts[2]]))
         return
     if len(parts) != 2:
         raise ConfigError(f"{key}: config keys look like section.name (e.g. train.lr)")
@@ -398,7 +417,7 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     hints = _field_types(type(section))
     if name not in hints:
         raise ConfigError(f"{key}: unknown key in [{section_name}] (known: {', '.join(sorted(hints))})")
-    setattr(section, name, _convert(key, hints[name], value))
+    setattr(section, name, convert(hints[name]))
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> Config:
@@ -412,7 +431,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
                 cfg.phase.append(PhaseConfig())
                 for name, value in table.items():
                     try:
-                        _set(cfg, f"phase.{i}.{name}", value)
+                        _set(cfg, f"phase.{i}.{name}", value, typed=True)
                     except ConfigError as e:
                         raise ConfigError(f"{source}: {e}") from None
             continue
@@ -420,7 +439,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
             raise ConfigError(f"{source}: {section_name}: expected a [{section_name}] table")
         for name, value in body.items():
             try:
-                _set(cfg, f"{section_name}.{name}", value)
+                _set(cfg, f"{section_name}.{name}", value, typed=True)
             except ConfigError as e:
                 raise ConfigError(f"{source}: {e}") from None
     return cfg
@@ -533,3 +552,9 @@ def describe_fields() -> str:
             extra = f" ({'|'.join(choices)})" if choices else ""
             out.append(f"  {section.name}.{f.name} = {_toml_value(getattr(obj, f.name))}  {f.metadata.get('help', '')}{extra}")
     return "\n".join(out)
+
+
+def check_section(obj: Any, prefix: str) -> None:
+    """Check one section built outside a Config (e.g. from command-line flags): ConfigError naming ``prefix.key``."""
+    for f in dataclasses.fields(obj):
+        _check_field(f"{prefix}.{f.name}", f, getattr(obj, f.name))

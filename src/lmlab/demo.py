@@ -4,11 +4,17 @@
 2. data: the stdlib filtered as code (syntax, size, duplicates, undecodable files) and packed;
 3. train: the `demo-python` recipe, its step count fitted to the time left;
 4. eval: val loss, perplexity, accuracy, bits per byte on the whole val split;
-5. samples from held-out function headers, and the syntax pass rate of 100 completions;
+5. samples from held-out function headers, and the syntax pass rate of up to 100 completions;
 6. report.md with the loss plot.
 
 Stages 1 and 2 are skipped when their outputs are up to date, so a second demo spends its
 whole budget training.
+
+The budget covers everything from the start of the command to the report: training gets
+what the tokenizer and data stages leave, minus a reserve for the finish, and stops at its
+share however slow the machine turns out to be; the final evaluation and the syntax check are
+then sized to the time really left (from the measured step time and decoding speed), so the
+demo ends within ``--minutes`` plus a few percent on any machine.
 """
 
 from __future__ import annotations
@@ -20,14 +26,24 @@ from typing import Any
 
 from lmlab.config import Config, load_config
 
-# Seconds kept back for evaluation, sampling, the syntax check and the report.
+# Seconds kept back for evaluation, sampling, the syntax check and the report (at most this
+# share of the budget, so a short budget still trains).
 FINISH_RESERVE_S = 50.0
+FINISH_RESERVE_SHARE = 0.25
+# Of the time left after training: the share the final evaluation may take (then samples and
+# the syntax check share what remains, keeping REPORT_S for the report and plot).
+EVAL_SHARE = 0.4
+REPORT_S = 3.0
+SYNTAX_TOKENS = 96
 # Training steps measured to size the run (after one warm-up step).
 TIMING_STEPS = 3
 
 
-def measure_step_seconds(cfg: Config) -> float:
-    """Wall seconds of one optimizer step of ``cfg`` on random tokens (forward, backward, AdamW)."""
+def measure_step_seconds(cfg: Config, max_seconds: float = float("inf")) -> float:
+    """Wall seconds of one optimizer step of ``cfg`` on random tokens (forward, backward, AdamW).
+
+    The median of TIMING_STEPS steps after a warm-up one, or of fewer once ``max_seconds`` are
+    spent (a slow machine should not give its training time to the measurement)."""
     import torch
     import torch.nn.functional as F
 
@@ -51,21 +67,66 @@ def measure_step_seconds(cfg: Config) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[len(times[1:]) // 2]
+        if len(times) >= 2 and sum(times) >= max_seconds:
+            break
+    measured = sorted(times[1:])
+    return measured[len(measured) // 2]
+
+
+class Budget:
+    """A deadline on a clock (injectable for tests): ``left()`` seconds until it."""
+
+    def __init__(self, seconds: float, clock: Any = None):
+        self.clock = clock or time.monotonic
+        self.start = clock()
+        self.end = self.start + seconds
+
+    def left(self) -> float:
+        return self.end - self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+
+# The finish's fixed costs (loading the model, one eval batch, a sample, the plot) grow with
+# the machine's slowness: at least this many measured training steps are kept for them.
+FINISH_MIN_STEPS = 6
+
+
+def finish_reserve(budget_s: float, step_s: float = 0.0) -> float:
+    """Seconds kept for the finish out of a budget of ``budget_s``, on a machine at ``step_s``."""
+    return max(min(FINISH_RESERVE_S, FINISH_RESERVE_SHARE * budget_s), FINISH_MIN_STEPS * step_s)
+
+
+def eval_batches_for(seconds: float, batch_s: float, whole: int) -> int | None:
+    """Val batches that fit ``seconds`` at ``batch_s`` each: None (the whole split) if all ``whole`` fit."""
+    n = max(1, int(seconds / max(batch_s, 1e-9)))
+    return None if n >= whole else n
+
+
+def syntax_samples_for(seconds: float, completion_s: float, wanted: int) -> int:
+    """Completions of the syntax check that fit ``seconds`` at ``completion_s`` each, at most ``wanted``."""
+    return max(0, min(wanted, int(seconds / max(completion_s, 1e-9))))
 
 
 def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
     """Size max_steps, warmup, eval and checkpoint intervals to a training time budget."""
     t = cfg.train
     # evals and checkpoints cost time too: count them as ~8% extra
-    steps = max(20, int(seconds / (step_s * 1.08)))
+    steps = max(1, int(seconds / (step_s * 1.08)))
     t.max_steps = steps
     t.warmup_steps = max(1, min(t.warmup_steps, steps // 10))
     t.eval_every = max(1, steps // 5)
+    # five evals of eval.batches forward passes (a third of a step each) stay within that 8%
+    cfg.eval.batches = max(1, min(cfg.eval.batches, int(0.08 * steps * 3 / 5)))
+    # samples.md at each eval decodes without a KV cache (~1/100 step per token): one sample,
+    # and none in a short run, where 5 x sample_tokens of them would cost a good part of it
+    cfg.eval.samples = min(cfg.eval.samples, 1) if steps >= 100 else 0
     t.checkpoint_every = steps
     t.log_every = max(1, min(t.log_every, steps // 20))
-    # a hard stop in case the machine is slower than measured; the schedule still ends on time
-    t.max_minutes = seconds * 1.25 / 60.0
+    # a hard stop in case the machine is slower than measured (or slows down): training never
+    # takes more than its share, so the finish keeps its reserve
+    t.max_minutes = max(seconds, step_s) / 60.0
 
 
 def held_out_prompts(data_dir: Path, tokenizer: Any, limit: int = 40) -> list[str]:
@@ -134,14 +195,38 @@ def _syntax_section(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: list[str] | None = None) -> dict[str, Any]:
+class _OutOfTime(Exception):
+    """Raised from a stream callback to stop a sample at the deadline."""
+
+
+def _sample_within(budget: Budget, keep_s: float, generate: Any, model: Any, tokenizer: Any, prompt: str,
+                   max_new_tokens: int, seed: int) -> tuple[str, int]:
+    """(text, tokens) of one sample, cut when only ``keep_s`` seconds of the budget are left."""
+    parts: list[str] = []
+
+    def on_token(_i: int, text: str) -> None:
+        parts.append(text)
+        if budget.left() < keep_s:
+            raise _OutOfTime
+
+    try:
+        s = generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.6, top_k=40,
+                     seed=seed, stream_callback=on_token)[0]
+    except _OutOfTime:
+        return "".join(parts) + "  # ... (cut: time budget)", len(parts)
+    return s.text, len(s.tokens)
+
+
+def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: list[str] | None = None,
+             clock: Any = None) -> dict[str, Any]:
     """Run the demo; returns the final metrics (also in ``out/run/report.md``)."""
     from lmlab.errors import ConfigError
     from lmlab.pipeline import resolve_training_inputs
 
     if minutes <= 0:
         raise ConfigError(f"--minutes: must be positive, got {minutes}")
-    start = time.monotonic()
+    clock = clock or time.monotonic  # looked up now: tests scale the time module's clocks
+    budget = Budget(minutes * 60.0, clock)
     from lmlab.outputs import check_output, write_marker
 
     check_output(out, "demo", whole=False)  # its tokenizer/, data/ and run/ are checked again when written
@@ -167,21 +252,30 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     cfg.validate()
 
     # 3) train for the time that is left
-    left = minutes * 60.0 - (time.monotonic() - start) - FINISH_RESERVE_S
+    left = budget.left() - finish_reserve(minutes * 60.0)
     if left < 20:
         raise ConfigError(f"--minutes: {minutes:g} leaves {max(left, 0):.0f}s to train after data preparation; give more")
-    step_s = measure_step_seconds(cfg)
-    fit_steps(cfg, left - TIMING_STEPS * step_s, step_s)
+    step_s = measure_step_seconds(cfg, max_seconds=0.1 * left)
+    left = budget.left() - finish_reserve(minutes * 60.0, step_s)  # the measurement took some of it
+    fit_steps(cfg, left, step_s)
     print(f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min", flush=True)
     from lmlab.train.loop import train
 
     result = train(cfg, resume=False, force=True)  # the demo's own run folder: a rerun starts it over
 
-    # 4) eval on the whole val split
+    # 4) eval on the whole val split, or on as many batches as the time left allows
     from lmlab.eval.metrics import evaluate_path, format_metrics
+    from lmlab.train.loop import eval_batch_size
 
     run_dir = Path(cfg.train.out)
-    metrics = evaluate_path(str(run_dir), batches=None)
+    val_tokens = int(meta["splits"].get("val", {}).get("tokens", 0))
+    whole = max(1, -(-val_tokens // (eval_batch_size(cfg) * cfg.model.context_length)))
+    # a forward pass is about a third of a training step (forward + backward); the same batch.
+    # The step time is what training really took, if slower than measured (a loaded machine)
+    step_s = max(step_s, result.wall_time_s / max(result.steps, 1))
+    report_s = REPORT_S + step_s  # the report and plot, slower on a slower machine
+    eval_batches = eval_batches_for(EVAL_SHARE * (budget.left() - report_s), step_s / 3.0, whole)
+    metrics = evaluate_path(str(run_dir), batches=eval_batches)
     print("[eval]\n" + format_metrics(metrics), flush=True)
 
     # 5) samples and syntax pass rate from held-out function headers
@@ -192,18 +286,30 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     model, _, tokenizer = load_model_for_inference(run_dir, device="cpu", decode_batch=1)
     prompts = held_out_prompts(Path(cfg.data.path), tokenizer) or [""]
     shown = []
+    t_gen, n_gen = clock(), 0
     for i, prompt in enumerate(prompts[:2]):
-        s = generate(model, tokenizer, prompt, max_new_tokens=cfg.eval.sample_tokens, temperature=0.6, top_k=40, seed=i)[0]
-        shown.append(f"```python\n{prompt}{s.text}\n```")
-        print(f"[sample {i + 1}]\n{prompt}{s.text}\n", flush=True)
-    syntax = syntax_pass_rate(
-        make_generate_fn(model, tokenizer), prompts, n=max(1, cfg.eval.syntax_samples), max_new_tokens=96, batch_size=20
-    )
-    print(
-        f"[syntax] {100 * syntax['pass_rate']:.1f}% of {syntax['n']} completions compile "
-        f"({syntax['cut_by_length']} cut by the token limit)",
-        flush=True,
-    )
+        if i and budget.left() - report_s < clock() - t_gen:  # a second one only if it fits
+            break
+        text, n = _sample_within(budget, report_s, generate, model, tokenizer, prompt, cfg.eval.sample_tokens, seed=i)
+        n_gen += max(1, n)
+        shown.append(f"```python\n{prompt}{text}\n```")
+        print(f"[sample {i + 1}]\n{prompt}{text}\n", flush=True)
+    # one completion of the syntax check costs at most SYNTAX_TOKENS tokens at the speed just
+    # measured one sample at a time (batched decoding is cheaper per completion)
+    token_s = (clock() - t_gen) / n_gen
+    n_syntax = syntax_samples_for(budget.left() - report_s, SYNTAX_TOKENS * token_s, max(1, cfg.eval.syntax_samples))
+    syntax = None
+    if n_syntax:
+        syntax = syntax_pass_rate(
+            make_generate_fn(model, tokenizer), prompts, n=n_syntax, max_new_tokens=SYNTAX_TOKENS, batch_size=20
+        )
+        print(
+            f"[syntax] {100 * syntax['pass_rate']:.1f}% of {syntax['n']} completions compile "
+            f"({syntax['cut_by_length']} cut by the token limit)",
+            flush=True,
+        )
+    else:
+        print("[syntax] skipped: no time left in the budget", flush=True)
 
     # 6) report
     from lmlab.report import markdown_table, write_report
@@ -230,11 +336,13 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
         sections={
             "Data": "\n".join(data_lines),
             "Training": markdown_table([train_summary]),
-            "Final metrics (whole val split)": markdown_table([final]),
-            "Syntax pass rate": _syntax_section(syntax),
+            ("Final metrics (whole val split)" if eval_batches is None
+             else f"Final metrics ({eval_batches} val batches: the time left)"): markdown_table([final]),
+            "Syntax pass rate": _syntax_section(syntax) if syntax else "Skipped: no time left in the budget.",
             "Samples from held-out function headers": "\n\n".join(shown),
         },
     )
-    total = time.monotonic() - start
+    total = budget.elapsed()
     print(f"lmlab demo: done in {total / 60:.1f} min; report: {report}", flush=True)
-    return {**final, "syntax_pass_rate": syntax["pass_rate"], "report": str(report), "wall_time_s": total}
+    return {**final, "syntax_pass_rate": syntax["pass_rate"] if syntax else None, "report": str(report),
+            "wall_time_s": total, "eval_batches": eval_batches, "syntax_samples": n_syntax}

@@ -22,3 +22,16 @@ class DataError(LmlabError):
 
 class CheckpointError(LmlabError):
     """A missing, incomplete or corrupt checkpoint or run folder."""
+
+
+def os_error_message(e: OSError, where: str = "") -> str:
+    """One line for a failed file operation: the path (``e.filename``, else ``where``) and why.
+
+    A write that fails on a full disk or a read-only filesystem often carries no file name
+    (``write()``/``fsync()`` on an open file); ``where`` then names the output being written.
+    """
+    path = e.filename if e.filename is not None else where
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.filename2 is not None:
+        path = f"{path} -> {e.filename2}"
+    return f"{path}: {reason}" if path else reason

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from lmlab.config import PrepareConfig
+from lmlab.config import PrepareConfig, check_section
 from lmlab.data.filters import REASONS, CodeFilter, code_reject_reason, digest
 from lmlab.data.shards import DEFAULT_SHARD_TOKENS, FORMAT, SPLITS, ShardWriter, dtype_for_vocab
 from lmlab.data.sources import (
@@ -62,8 +62,9 @@ from lmlab.data.sources import (
     iter_pieces,
     unescape_separator,
 )
-from lmlab.errors import ConfigError, DataError
+from lmlab.errors import ConfigError, DataError, LmlabError
 from lmlab.io import atomic_dir, read_json, write_json
+from lmlab.notices import file_key, first_time, progress_on_terminal
 
 PIECE_BYTES = 512 * 1024
 MAX_WARNINGS = 20  # skipped files named on stderr (all are counted; the first few kept in meta)
@@ -114,6 +115,7 @@ def _process_piece(piece: Piece) -> PieceResult:
     settings: SourceSettings = _STATE["settings"]
     code_filter: CodeFilter | None = _STATE["code_filter"]
     texts: list[str] = []
+    paths: list[str] = []  # each kept document's file, to name it if it cannot be encoded
     nbytes: list[int] = []
     digests: list[bytes] = []
     dropped: Counter = Counter()
@@ -154,12 +156,13 @@ def _process_piece(piece: Piece) -> PieceResult:
                     continue
             status.append(0)
             texts.append(doc)
+            paths.append(path)
             nbytes.append(len(data))
             digests.append(digest(data))
     # One document at a time: the process is the unit of parallelism, and the batch call's
     # thread pool only adds contention inside a worker (measured: ~35% more CPU per MB).
     encode = _STATE["tok"].encode_ordinary
-    ids = [encode(t) for t in texts]
+    ids = [_encode_document(encode, t, p, settings.errors) for t, p in zip(texts, paths)]
     lengths = [len(x) + 1 for x in ids]
     tokens = np.empty(sum(lengths), dtype=_STATE["dtype"])
     pos = 0
@@ -171,6 +174,17 @@ def _process_piece(piece: Piece) -> PieceResult:
         pos += n + 1
     return PieceResult(tokens, lengths, nbytes, b"".join(digests), seen, dropped, skipped, piece.nbytes, examples,
                        seen_bytes, bytes(status), skipped_at)
+
+
+def _encode_document(encode: Callable[[str], list[int]], text: str, path: str, errors: str) -> list[int]:
+    """``encode(text)``; a character the tokenizer cannot encode (char-level) names the file."""
+    try:
+        return encode(text)
+    except LmlabError as e:
+        hint = ""
+        if errors == "replace" and "\ufffd" in text:
+            hint = " (--errors replace put U+FFFD for its undecodable bytes; use --errors skip)"
+        raise DataError(f"{path}: {e}{hint}") from None
 
 
 def _run_pieces(pieces: Iterator[Piece], workers: int, init_args: tuple) -> Iterator[PieceResult]:
@@ -333,6 +347,7 @@ def prepare_dataset(
     t0 = time.perf_counter()
     if not pcfg.out:
         raise ConfigError("prepare.out: no output folder given")
+    check_section(pcfg, "prepare")  # e.g. workers >= 0, as load_config checks a recipe's
     if not 0.0 <= pcfg.val_fraction < 1.0:
         raise ConfigError(f"prepare.val_fraction: must be in [0, 1), got {pcfg.val_fraction}")
     from lmlab.outputs import check_output
@@ -377,7 +392,8 @@ def prepare_dataset(
         msg = f"{path}: {detail}, skipped"
         if len(examples) < MAX_WARNINGS:
             examples.append(msg)
-            warn(f"lmlab: warning: {msg}")
+            if first_time(file_key(reason, path)):  # not again if the tokenizer stage said it
+                warn(f"lmlab: warning: {msg}")
 
     dropped: Counter = Counter()
     drop_examples: dict[str, list[str]] = {}
@@ -393,7 +409,7 @@ def prepare_dataset(
         router = _SplitRouter(writers, track=pcfg.val_fraction > 0)
         pieces = iter_pieces(sources, settings, piece_bytes, on_skip)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="data prepare", file=sys.stderr,
-                   disable=not progress, smoothing=0.1, dynamic_ncols=True)
+                   disable=not progress or not progress_on_terminal(), smoothing=0.1, dynamic_ncols=True)
         results = _run_pieces(pieces, workers, (str(tok_path), settings, cf, tok))
         try:
             for res in results:

@@ -64,7 +64,10 @@ class ShardWriter:
             if self._file is None or self._in_shard >= self.shard_tokens:
                 self._roll()
             take = min(n - pos, self.shard_tokens - self._in_shard)
-            self._file.write(tokens[pos : pos + take].tobytes())
+            try:
+                self._file.write(tokens[pos : pos + take].tobytes())
+            except OSError as e:  # a full disk: name the shard, which write() does not
+                raise OSError(e.errno, e.strerror, self._file.name) from e
             self._in_shard += take
             pos += take
         self.tokens += n

@@ -97,8 +97,9 @@ def _open(path: Path) -> BinaryIO:
 
 
 def _utf8_error(e: UnicodeDecodeError, base: int = 0) -> str:
-    bad = e.object[e.start : e.start + 1]
-    return f"not valid UTF-8 (byte 0x{bad.hex()} at offset {base + e.start})"
+    from lmlab.notices import utf8_reason  # the tokenizer stage words it the same way
+
+    return utf8_reason(e, base)
 
 
 def _check_utf8_stream(path: Path, block: int) -> str | None:

@@ -25,6 +25,7 @@ decoder alone and the encoder is reloaded from ``model.encoder``.
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,28 @@ def _from_pretrained(cls_name: str, name_or_path: str) -> Any:
         raise LmlabError("model.arch=encdec needs transformers (pip install 'lmlab[hf]')") from None
     local = Path(name_or_path).exists()
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no")
+    kw: dict[str, Any] = {"local_files_only": local or offline}
+    if cls_name != "AutoTokenizer":  # weights: safetensors only, never unpickle (it can run code)
+        kw["use_safetensors"] = True
+        if local:
+            _check_safetensors(Path(name_or_path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return getattr(transformers, cls_name).from_pretrained(name_or_path, local_files_only=local or offline)
-    except (OSError, ValueError) as e:
+            return getattr(transformers, cls_name).from_pretrained(name_or_path, **kw)
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
         where = "local folder" if local else "hub name (not a local folder; offline, or no such model?)"
         raise LmlabError(f"model.encoder: cannot load {name_or_path!r} as a {where}: {str(e).splitlines()[0]}") from None
+
+
+def _check_safetensors(folder: Path) -> None:
+    """A local encoder folder must hold safetensors weights; a pickle (.bin, .pt) is refused by name."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p for ext in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(ext))
+    if pickles:
+        raise LmlabError(f"model.encoder: {pickles[0]}: pickled weights are not loaded (unpickling can run code); "
+                         "save the encoder with safetensors (model.save_pretrained(folder) does by default)")
 
 
 def load_encoder(name_or_path: str = DEFAULT_ENCODER) -> nn.Module:

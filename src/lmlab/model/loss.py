@@ -12,7 +12,7 @@ log-softmax, its backward and the zero-filled gradient: 8-9% of a ~10M LLaMA tra
 a 2-core CPU (bench/RESULTS.md).
 
 Under autocast the matmuls run in the autocast dtype; the logits, softmax and the weight
-gradient are accumulated in float32.
+gradient are accumulated in float32 (float64 for a float64 model: tests compare in float64).
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ def _chunk_rows(vocab: int) -> int:
     return max(16, CHUNK_ELEMENTS // max(vocab, 1))
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Logits, softmax, loss and weight gradient: float32, or float64 when computing in float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _compute_dtype(h: torch.Tensor) -> torch.dtype:
     dev = h.device.type
     if torch.is_autocast_enabled(dev):
@@ -38,13 +43,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         w = weight.to(dtype)
+        acc = _acc_dtype(dtype)
         grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        total = torch.zeros((), dtype=acc, device=h.device)
         step = _chunk_rows(weight.shape[0])
         for lo in range(0, h.shape[0], step):
             hs, ys = h[lo : lo + step].to(dtype), targets[lo : lo + step]
-            logits = (hs @ w.t()).float()  # (chunk, V)
+            logits = (hs @ w.t()).to(acc)  # (chunk, V)
             lse = torch.logsumexp(logits, dim=-1)
             valid = ys != IGNORE_INDEX
             safe = ys.clamp(min=0)
@@ -55,7 +61,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             p.mul_(valid[:, None])
             pc = p.to(dtype)
             grad_h[lo : lo + step] = pc @ w
-            if dtype == torch.float32:
+            if dtype == acc:
                 grad_w.addmm_(pc.t(), hs)
             else:  # as autocast's backward: the matmul in the low precision, summed in float32
                 grad_w += (pc.t() @ hs).float()
@@ -71,10 +77,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
 @torch.no_grad()
 def _loss_only(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     w = weight.to(dtype)
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    acc = _acc_dtype(dtype)
+    total = torch.zeros((), dtype=acc, device=h.device)
     step = _chunk_rows(weight.shape[0])
     for lo in range(0, h.shape[0], step):
-        logits = (h[lo : lo + step].to(dtype) @ w.t()).float()
+        logits = (h[lo : lo + step].to(dtype) @ w.t()).to(acc)
         total += torch.nn.functional.cross_entropy(logits, targets[lo : lo + step], ignore_index=IGNORE_INDEX, reduction="sum")
     return total
 

@@ -256,7 +256,15 @@ def bpe_from_parts(vocab: dict[str, int], merges: list[tuple[str, str]], special
     return BPETokenizer(hf.to_str(), where=where)
 
 
+# Four times the largest published LM vocabularies (256K). The trainer reserves memory per
+# entry up front: 1e9 asked it for 70 GB and aborted the process instead of raising.
+MAX_BPE_VOCAB_SIZE = 1 << 20
+
+
 def check_bpe_vocab_size(vocab_size: int, n_special: int) -> None:
+    if vocab_size > MAX_BPE_VOCAB_SIZE:
+        raise LmlabError(f"vocab_size {vocab_size} is above the largest byte-level BPE vocabulary lmlab trains, "
+                         f"{MAX_BPE_VOCAB_SIZE:,}")
     if vocab_size < 256 + n_special:
         raise LmlabError(f"vocab_size {vocab_size} is too small for byte-level BPE: needs at least "
                          f"256 byte tokens + {n_special} special tokens = {256 + n_special}")

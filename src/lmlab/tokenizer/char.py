@@ -51,7 +51,7 @@ class CharTokenizer(Tokenizer):
         except KeyError:
             pos = next(i for i, c in enumerate(text) if c not in stoi)
             c = text[pos]
-            raise LmlabError(f"character {c!r} (U+{ord(c):04X}) at offset {base + pos} is not in the "
+            raise LmlabError(f"character {c!r} (U+{ord(c):04X}) at character offset {base + pos} is not in the "
                              f"char tokenizer's vocabulary of {len(stoi)} characters") from None
 
     def encode_ordinary(self, text: str) -> list[int]:

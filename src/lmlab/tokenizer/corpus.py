@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger("lmlab.tokenizer")
 
 
 class Corpus:
@@ -35,8 +32,10 @@ class Corpus:
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as e:
-                reason = f"not valid UTF-8 (byte {e.start})"
-                log.warning("warning: %s: %s; skipped", path, reason)
+                from lmlab.notices import file_key, utf8_reason, warn_once
+
+                reason = utf8_reason(e)
+                warn_once(f"{path}: {reason}, skipped", key=file_key("undecodable", path))
                 self.skipped.append({"path": str(path.resolve()), "reason": reason})
                 continue
             self.inputs.append({"path": str(path.resolve()), "bytes": len(data),

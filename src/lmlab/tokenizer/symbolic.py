@@ -83,6 +83,7 @@ OPERATORS = (
 )  # fmt: skip
 DEFAULT_MAX_SYMBOLS = 256
 DEFAULT_VOCAB_SIZE = 1024
+MAX_VOCAB_SIZE = 1024  # the README's promise: a symbolic vocabulary is at most 1024 tokens
 COMMENT_PLACEHOLDER = "# ..."
 
 _INDEX_RE = re.compile(r"<\|(\d+)\|>")
@@ -693,7 +694,10 @@ def check_symbolic_vocab_size(
     max_symbols: int = DEFAULT_MAX_SYMBOLS,
     keep_builtins: bool = True,
 ) -> SymbolicTokenizer:
-    """The tokenizer without merges; ConfigError if ``vocab_size`` cannot even hold that."""
+    """The tokenizer without merges; ConfigError if ``vocab_size`` cannot even hold that,
+    or is above :data:`MAX_VOCAB_SIZE`."""
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise ConfigError(f"vocab_size: {vocab_size} is above the symbolic tokenizer's maximum of {MAX_VOCAB_SIZE}")
     base = SymbolicTokenizer(
         (),
         max_symbols=max_symbols,

@@ -147,22 +147,31 @@ def save_checkpoint(
     best_step: int | None = None,
 ) -> Path:
     """Write ``root/step_NNNNNN`` atomically, point ``latest`` at it, prune old ones."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_model
 
     name = checkpoint_name(step)
     final = root / name
-    with atomic_dir(final, "checkpoint") as tmp:
-        save_model(unwrap(model), str(tmp / "model.safetensors"))
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-            },
-            tmp / "optimizer.pt",
-        )
-        write_json(tmp / "state.json", {**state, "step": step})
-        save_config(cfg, tmp / "config.toml")
-    atomic_write_text(root / "latest", name + "\n")
+    try:
+        with atomic_dir(final, "checkpoint") as tmp:
+            save_model(unwrap(model), str(tmp / "model.safetensors"))
+            torch.save(
+                {
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+                },
+                tmp / "optimizer.pt",
+            )
+            write_json(tmp / "state.json", {**state, "step": step})
+            save_config(cfg, tmp / "config.toml")
+        atomic_write_text(root / "latest", name + "\n")
+    except (OSError, RuntimeError, SafetensorError) as e:
+        # a full disk or a read-only folder: torch reports it as RuntimeError, safetensors as its own
+        # error; atomic_dir has removed the partial folder and `latest` still names the last good one
+        kept = complete_checkpoints(root)
+        prev = f"the previous checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint"
+        why = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)).splitlines()[0]
+        raise CheckpointError(f"{final}: cannot write the checkpoint ({why}); {prev}") from None
     prune(root, keep, best_step)
     return final
 

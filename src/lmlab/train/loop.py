@@ -301,6 +301,9 @@ class _Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)
+        from lmlab.memcheck import check_training_fits  # refuse before allocating what cannot fit
+
+        check_training_fits(cfg, _batch_shape(cfg, info.world)[1], device, resolve_dtype(t.dtype, device))
         model = build_model(m)
         if t.init_from and self.resume_from is None:
             src = ck.resolve_checkpoint(t.init_from)
@@ -509,7 +512,8 @@ class _Trainer:
         log_t, log_step = time.perf_counter(), self.step
 
         if self.info.is_main and self.step < t.max_steps:
-            self._say(
+            # through the logger: printed above the progress bar, never into its line
+            (self.logger.print if self.logger is not None else self._say)(
                 f"training {self.n_params / 1e6:.2f}M params on {self.device} ({str(self.dtype).removeprefix('torch.')}), "
                 f"{self.info.world} process(es), batch {self.global_batch} x {self.cfg.model.context_length} tokens "
                 f"({accum} micro-batch(es) per process), steps {self.step}->{t.max_steps}"

@@ -18,6 +18,7 @@ from typing import Any
 from lmlab.config import Config, to_dict
 from lmlab.errors import ConfigError
 from lmlab.io import open_append
+from lmlab.notices import progress_on_terminal
 
 
 def _clean(v: Any) -> Any:
@@ -70,7 +71,8 @@ class Logger:
             self.metrics_path.unlink()
         self._file = open_append(self.metrics_path)  # never through a link; closed in close()
         self.bar = None
-        if cfg.log.progress and cfg.train.max_steps > start_step:
+        # a bar only on a terminal: in a log file its carriage-return frames are thousands of lines
+        if cfg.log.progress and cfg.train.max_steps > start_step and progress_on_terminal():
             from tqdm import tqdm
 
             self.bar = tqdm(total=cfg.train.max_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=False)

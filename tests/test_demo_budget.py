@@ -1,0 +1,155 @@
+"""`lmlab demo --minutes M` ends within M plus 15%, whatever the machine's speed.
+
+The finish (final evaluation, samples, syntax check, report) is sized to the time left. The
+end-to-end test runs the demo's own sequencing on a fake clock, with its costly stages replaced
+by stand-ins that advance the clock as a machine 1x or 3x slower than its measurement would.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmlab import demo
+
+
+class FakeClock:
+    def __init__(self, start: float = 100.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_budget_counts_down_on_its_clock():
+    clock = FakeClock()
+    b = demo.Budget(60.0, clock)
+    clock.now += 45.0
+    assert b.left() == pytest.approx(15.0) and b.elapsed() == pytest.approx(45.0)
+
+
+def test_finish_reserve_is_bounded_by_the_budget():
+    assert demo.finish_reserve(240.0) == demo.FINISH_RESERVE_S
+    assert demo.finish_reserve(60.0) == pytest.approx(15.0)
+    assert demo.finish_reserve(240.0, step_s=14.0) == pytest.approx(demo.FINISH_MIN_STEPS * 14.0)  # a slow machine
+
+
+def test_eval_and_syntax_are_sized_to_the_time_left():
+    assert demo.eval_batches_for(10.0, 0.5, whole=100) == 20
+    assert demo.eval_batches_for(100.0, 0.5, whole=100) is None  # the whole split fits
+    assert demo.eval_batches_for(0.0, 0.5, whole=100) == 1  # always at least one batch
+    assert demo.syntax_samples_for(30.0, 0.5, wanted=100) == 60
+    assert demo.syntax_samples_for(300.0, 0.5, wanted=100) == 100
+    assert demo.syntax_samples_for(-5.0, 0.5, wanted=100) == 0
+
+
+def test_training_share_is_a_hard_stop():
+    from lmlab.config import load_config
+
+    cfg = load_config("demo-python")
+    demo.fit_steps(cfg, 120.0, 0.5)
+    assert cfg.train.max_minutes * 60.0 == pytest.approx(120.0)  # no slack past its share
+    assert cfg.train.max_steps == int(120.0 / (0.5 * 1.08))
+    assert cfg.eval.batches == 10  # the recipe's: 5 evals x 10 batches x 1/3 step < 8% of 222 steps
+    demo.fit_steps(cfg, 10.0, 0.5)
+    assert cfg.train.max_steps == 18 and cfg.eval.batches == 1  # a short run evaluates less
+    assert cfg.eval.samples == 0  # and writes no samples while training
+
+
+class SlowMachine:
+    """Stand-ins for the demo's costly stages that advance a fake clock, on a machine
+    ``slowdown`` times slower than its own measurement said (it got loaded after measuring)."""
+
+    def __init__(self, clock: FakeClock, step_s: float, slowdown: float, startup_s: float = 5.0):
+        self.clock, self.step_s, self.slow, self.startup_s = clock, step_s, slowdown, startup_s
+        self.eval_batches = "not called"
+        self.completions = 0
+        self.whole = 0  # val batches in the whole split
+
+    def measure(self, cfg, max_seconds=float("inf")):
+        self.clock.now += (demo.TIMING_STEPS + 1) * self.step_s
+        return self.step_s
+
+    def train(self, cfg, resume=False):
+        from types import SimpleNamespace
+
+        t0 = self.clock.now
+        self.clock.now += self.startup_s
+        real_step = self.step_s * self.slow
+        budget = cfg.train.max_minutes * 60.0
+        steps = 0
+        while steps < cfg.train.max_steps and self.clock.now - t0 < budget:  # the loop's time_budget stop
+            self.clock.now += real_step
+            steps += 1
+        return SimpleNamespace(steps=steps, tokens=steps, params=1, wall_time_s=self.clock.now - t0,
+                               stop_reason="time_budget")
+
+    def evaluate(self, run, batches=None, **kw):
+        self.eval_batches = batches
+        n = batches if batches is not None else self.whole
+        self.clock.now += n * self.step_s * self.slow / 3.0
+        return {"val_loss": 3.0, "perplexity": 20.0, "accuracy": 0.1, "bits_per_byte": 2.0, "tokens": n}
+
+    def generate(self, model, tok, prompt, max_new_tokens=1, num_samples=1, **kw):
+        from types import SimpleNamespace
+
+        self.completions += num_samples
+        for _ in range(max_new_tokens):
+            self.clock.now += self.step_s * self.slow / 20.0  # a decode step
+            if kw.get("stream_callback"):
+                kw["stream_callback"](0, "x")
+        return [SimpleNamespace(text="x" * max_new_tokens, tokens=[1] * max_new_tokens, finish_reason="length")
+                for _ in range(num_samples)]
+
+
+@pytest.mark.parametrize("step_s", [0.5, 4.0])
+@pytest.mark.parametrize("slowdown", [1.0, 3.0])
+@pytest.mark.parametrize("minutes", [1.0, 4.0])
+def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_path, monkeypatch):
+    import lmlab.eval.metrics
+    import lmlab.report
+    import lmlab.sample
+    import lmlab.train.checkpoint
+    import lmlab.train.loop
+    from lmlab.config import load_config
+    from lmlab.pipeline import resolve_training_inputs
+    from lmlab.tokenizer import load_tokenizer
+
+    overrides = ["tokenizer.input=@stdlib/json", "prepare.input=@stdlib/json", "prepare.val_fraction=0.2",
+                 "tokenizer.vocab_size=300", "log.progress=false"]
+    out = tmp_path / "demo"
+    # tokenizer and data for real (the demo then finds them up to date, on a frozen clock)
+    resolve_training_inputs(load_config("demo-python", [f"tokenizer.out={out / 'tokenizer'}",
+                                                        f"prepare.out={out / 'data'}", *overrides]), log=lambda m: None)
+    clock = FakeClock()
+    machine = SlowMachine(clock, step_s=step_s, slowdown=slowdown)
+    cfg = load_config("demo-python")
+    val_tokens = json.loads((out / "data" / "meta.json").read_text())["splits"]["val"]["tokens"]
+    machine.whole = -(-val_tokens // (cfg.train.batch_size * cfg.model.context_length))  # as the demo counts
+    tok = load_tokenizer(out / "tokenizer")
+    monkeypatch.setattr(demo, "measure_step_seconds", machine.measure)
+    monkeypatch.setattr(lmlab.train.loop, "train", machine.train)
+    monkeypatch.setattr(lmlab.eval.metrics, "evaluate_path", machine.evaluate)
+    monkeypatch.setattr(lmlab.sample, "generate", machine.generate)
+    monkeypatch.setattr(lmlab.train.checkpoint, "load_model_for_inference", lambda *a, **k: (None, None, tok))
+    monkeypatch.setattr(lmlab.report, "write_report", lambda run, **k: run / "report.md")
+    res = demo.run_demo(minutes=minutes, out=out, overrides=overrides, clock=clock)
+    assert res["wall_time_s"] <= minutes * 60.0 * 1.15, res
+    assert res["wall_time_s"] == pytest.approx(clock.now - FakeClock().now)
+    assert machine.eval_batches != "not called"
+    if slowdown == 1.0 and minutes == 4.0 and step_s == 0.5:
+        assert res["syntax_samples"] > 0  # time was left for the syntax check
+
+
+def test_step_measurement_stops_early_on_a_slow_machine(monkeypatch):
+    """Past max_seconds the measurement ends after the warm-up and one timed step."""
+    from lmlab.config import load_config
+
+    cfg = load_config("demo-python", ["model.n_layer=1", "model.d_model=32", "model.n_head=2",
+                                      "model.context_length=16", "model.vocab_size=64", "train.batch_size=2",
+                                      "train.device=cpu"])
+    ticks = iter(range(0, 1000, 10))  # every perf_counter() call: 10 s later
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: float(next(ticks)))
+    assert demo.measure_step_seconds(cfg, max_seconds=15.0) == 10.0
+    assert next(ticks) == 40  # warm-up and one step timed (4 clock reads), no more
