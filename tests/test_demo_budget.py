@@ -71,7 +71,7 @@ class SlowMachine:
         self.clock.now += (demo.TIMING_STEPS + 1) * self.step_s
         return self.step_s
 
-    def train(self, cfg, resume=False):
+    def train(self, cfg, resume=False, force=False):
         from types import SimpleNamespace
 
         t0 = self.clock.now
@@ -113,12 +113,14 @@ def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_
     import lmlab.train.checkpoint
     import lmlab.train.loop
     from lmlab.config import load_config
+    from lmlab.outputs import write_marker
     from lmlab.pipeline import resolve_training_inputs
     from lmlab.tokenizer import load_tokenizer
 
     overrides = ["tokenizer.input=@stdlib/json", "prepare.input=@stdlib/json", "prepare.val_fraction=0.2",
                  "tokenizer.vocab_size=300", "log.progress=false"]
     out = tmp_path / "demo"
+    write_marker(out, "demo")  # as an earlier demo into this folder left it
     # tokenizer and data for real (the demo then finds them up to date, on a frozen clock)
     resolve_training_inputs(load_config("demo-python", [f"tokenizer.out={out / 'tokenizer'}",
                                                         f"prepare.out={out / 'data'}", *overrides]), log=lambda m: None)

@@ -82,7 +82,8 @@ def _own_folder(out: str, flag: str = "--out") -> Path:
     import os
 
     if os.path.basename(os.path.normpath(out)) in ("", ".", ".."):
-        raise LmlabError(f"{flag} {out}: names no folder of its own; give a new folder such as {flag} {out.rstrip('/')}/out")
+        what = "a filesystem root" if os.path.normpath(out) == os.sep else "the working directory or a parent of it"
+        raise LmlabError(f"{flag} {out}: names {what}, not a folder of its own; give a new folder such as {flag} {out.rstrip('/')}/out")
     return Path(out)
 
 
