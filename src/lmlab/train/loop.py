@@ -250,6 +250,13 @@ class _Trainer:
         else:
             meta = read_meta(cfg.data.path)
         self.meta = meta
+        self.hf_init = None  # train.init_from = "hf:...": its config is the model (lmlab.export.hf_import)
+        if t.init_from.startswith("hf:"):
+            from lmlab.export.hf_import import start_from_hf
+
+            self.hf_init, changed = start_from_hf(cfg, meta)
+            self._say(f"model config taken from {t.init_from}" + (f" ({len(changed)} key(s) differed from the config's "
+                      f"[model]: {', '.join(c.split(':')[0] for c in changed)})" if changed else ""))
         if m.vocab_size == 0:
             m.vocab_size = int(meta["vocab_size"])
         elif m.vocab_size < int(meta["vocab_size"]):
@@ -280,7 +287,11 @@ class _Trainer:
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)
         model = build_model(m)
-        if t.init_from and self.resume_from is None:
+        if self.hf_init is not None and self.resume_from is None:
+            from lmlab.export.hf_import import load_into
+
+            load_into(model, self.hf_init)
+        elif t.init_from and self.resume_from is None:
             src = ck.resolve_checkpoint(t.init_from)
             diffs = ck.model_differences(ck.read_config(src).model, m)
             if diffs:
