@@ -30,9 +30,8 @@ CASES = [("llama", {"n_kv_head": 2}), ("gpt2", {})]
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from test_export_gguf import CORPUS
-
     from lmlab.tokenizer import train_tokenizer
+    from test_export_gguf import CORPUS
 
     d = tmp_path_factory.mktemp("tok")
     (d / "corpus.txt").write_text(CORPUS + "Once upon a time there was a tab\tand 12345.\n" * 5, encoding="utf-8")

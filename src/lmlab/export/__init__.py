@@ -7,7 +7,14 @@
 - :mod:`lmlab.export.names`: the tensor-name table all three share.
 """
 
-from lmlab.export.hf import export_hf, export_model, hf_config, hf_family, hf_state_dict, write_tokenizer_files
+from lmlab.export.hf import (
+           export_hf,
+           export_model,
+           hf_config,
+           hf_family,
+           hf_state_dict,
+           write_tokenizer_files,
+)
 from lmlab.export.names import GPT2_ACT
 
 __all__ = ["GPT2_ACT", "export_hf", "export_model", "hf_config", "hf_family", "hf_state_dict",
