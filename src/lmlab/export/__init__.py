@@ -8,12 +8,12 @@
 """
 
 from lmlab.export.hf import (
-           export_hf,
-           export_model,
-           hf_config,
-           hf_family,
-           hf_state_dict,
-           write_tokenizer_files,
+    export_hf,
+    export_model,
+    hf_config,
+    hf_family,
+    hf_state_dict,
+    write_tokenizer_files,
 )
 from lmlab.export.names import GPT2_ACT
 
