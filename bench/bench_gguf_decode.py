@@ -90,7 +90,7 @@ def main() -> int:
         print(f"| {label} | lmlab generate (KV cache, {layout}-major, fp32) | {n / t_ours:.1f} | {n / c_ours:.1f} | 1.00x |")
         for dt, path in files.items():
             llm = llama_cpp.Llama(model_path=str(path), n_ctx=cfg.context_length, n_batch=64,
-                                  n_threads=args.threads, seed=0, verbose=False)
+                                  n_threads=args.threads, seed=0, logits_all=True, verbose=False)
 
             def cpp_run(llm=llm):
                 llm.reset()
