@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench clean gguf-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# llama.cpp runs lmlab's GGUF export (tests/test_gguf_llama_cpp.py). llama-cpp-python builds
+# llama.cpp from source, many minutes on a small machine: the wheel is built once into .whl/
+# and reused. Not part of `make test`. Decode speed: $(BIN)/python bench/bench_gguf_decode.py
+gguf-check: $(STAMP)
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
+	  ls .whl/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+	    CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip wheel --no-deps -w .whl llama-cpp-python; \
+	  $(BIN)/pip install -q "$$(ls .whl/llama_cpp_python-*.whl | tail -1)"; }
+	$(BIN)/python -m pytest -q tests/test_gguf_llama_cpp.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -27,7 +27,7 @@ EXAMPLES = {
     "sample": "lmlab sample runs/ts --prompt 'Once upon a time' --num-samples 3 --top-p 0.9",
     "chat": "lmlab chat runs/ts-sft",
     "sft": "lmlab sft recipes/sft-mbpp.toml --train.init_from=runs/demo",
-    "export": "lmlab export runs/ts --format hf --out hf/ts",
+    "export": "lmlab export runs/ts --format hf --out hf/ts\n  lmlab export runs/ts --format gguf --dtype f16 --out ts.gguf",
     "sweep": "lmlab sweep sweeps/lr.toml",
     "compare": "lmlab compare runs/a runs/b --out cmp/",
     "account": "lmlab account recipes/gpt2-small.toml --seq-len 1024 --batch-size 8 --json",
@@ -208,11 +208,18 @@ def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmlab.export import export_hf
+    if args.format == "gguf":
+        from lmlab.export.gguf import export_gguf
 
-    if args.format != "hf":
-        raise LmlabError(f"--format: only 'hf' is supported, got {args.format!r}")
-    export_hf(args.run, _own_folder(args.out))
+        export_gguf(args.run, Path(args.out), args.dtype)
+    elif args.format == "hf":
+        from lmlab.export import export_hf
+
+        if args.dtype != "f32":
+            raise LmlabError(f"--dtype {args.dtype}: the Hugging Face export is float32 (--dtype is for gguf)")
+        export_hf(args.run, _own_folder(args.out))
+    else:
+        raise LmlabError(f"--format: 'hf' or 'gguf', got {args.format!r}")
     print(f"exported {args.run} -> {args.out}")
     return 0
 
@@ -357,10 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="start over a run folder that holds a run (deletes its checkpoints)")
     f.set_defaults(func=cmd_sft)
 
-    x = _parser(sub, "export", "write a Hugging Face transformers model folder")
+    x = _parser(sub, "export", "write a Hugging Face transformers folder or a GGUF file for llama.cpp")
     x.add_argument("run", help="run folder or checkpoint folder")
-    x.add_argument("--format", default="hf")
+    x.add_argument("--format", default="hf", help="hf (a transformers folder) or gguf (one file for llama.cpp)")
     x.add_argument("--out", required=True)
+    x.add_argument("--dtype", default="f32", help="gguf weights: f32, f16 or q8_0 (default f32)")
     x.set_defaults(func=cmd_export)
 
     w = _parser(sub, "sweep", "run a grid or list of overrides over a base recipe")

@@ -83,10 +83,19 @@ def _map_paths(cfg: Config, fn) -> None:
         path, sep, frac = item.rpartition(":")
         mix.append(f"{fn(path)}{sep}{frac}" if sep and path else item)
     d.mix = mix
-    t.out, t.init_from = fn(t.out), fn(t.init_from)
+    t.out, t.init_from = fn(t.out), _map_init(t.init_from, fn)
     enc = getattr(cfg.model, "encoder", "")
     if enc and (os.path.isabs(enc) or Path(os.path.expanduser(enc)).exists()):  # a local folder, not a hub name
         cfg.model.encoder = fn(enc)
+
+
+def _map_init(init: str, fn) -> str:
+    """``train.init_from``: a run path, or ``hf:FOLDER`` (mapped) / ``hf:HUB_NAME`` (kept)."""
+    if init.startswith("hf:"):
+        rest = init[len("hf:"):]
+        local = os.path.isabs(rest) or Path(os.path.expanduser(rest)).exists()
+        return "hf:" + fn(rest) if local and rest else init
+    return fn(init)
 
 
 def absolutize(cfg: Config) -> Config:

@@ -275,6 +275,13 @@ class _Trainer:
         self.meta = meta
         self.run_dir = Path(t.out)  # as given (messages); config.toml records it absolute
         self.resume_requested, self.force = resume, force
+        self.hf_init = None  # train.init_from = "hf:...": its config is the model (lmlab.export.hf_import)
+        if t.init_from.startswith("hf:"):
+            from lmlab.export.hf_import import start_from_hf
+
+            self.hf_init, changed = start_from_hf(cfg, meta)
+            self._say(f"model config taken from {t.init_from}" + (f" ({len(changed)} key(s) differed from the config's "
+                      f"[model]: {', '.join(c.split(':')[0] for c in changed)})" if changed else ""))
         if data is None:
             check_dataset_tokenizer(cfg, meta)
         resolve_run_config(cfg, meta)  # what config.toml holds: vocab size filled in, paths absolute
@@ -305,7 +312,11 @@ class _Trainer:
 
         check_training_fits(cfg, _batch_shape(cfg, info.world)[1], device, resolve_dtype(t.dtype, device))
         model = build_model(m)
-        if t.init_from and self.resume_from is None:
+        if self.hf_init is not None and self.resume_from is None:
+            from lmlab.export.hf_import import load_into
+
+            load_into(model, self.hf_init)
+        elif t.init_from and self.resume_from is None:
             src = ck.resolve_checkpoint(t.init_from)
             diffs = ck.model_differences(ck.read_config(src).model, m)
             if diffs:

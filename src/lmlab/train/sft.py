@@ -32,12 +32,21 @@ def _log(msg: str, main: bool) -> None:
         print(msg, flush=True)
 
 
-def _base_run(cfg: Config) -> tuple[Path, Config, Path]:
-    """(checkpoint, its config, tokenizer folder) of ``train.init_from``."""
+def _base_run(cfg: Config) -> tuple[Path | None, Config, Path]:
+    """(checkpoint, its config, tokenizer folder) of ``train.init_from``; no checkpoint for
+    ``hf:FOLDER`` (:mod:`lmlab.export.hf_import`), whose config.json is the base config."""
     from lmlab.train import checkpoint as ck
 
     if not cfg.train.init_from:
         raise ConfigError("train.init_from: sft starts from a trained run; name its folder (e.g. runs/demo/run)")
+    if cfg.train.init_from.startswith("hf:"):  # a transformers folder: no checkpoint, its own tokenizer
+        from lmlab.export.hf_import import PREFIX, apply_model_fields, read_hf_model
+
+        hfm = read_hf_model(cfg.train.init_from)
+        base = Config()
+        apply_model_fields(base.model, hfm)
+        cfg.train.init_from = PREFIX + str(hfm.folder)
+        return None, base, hfm.folder
     path = Path(cfg.train.init_from)
     try:
         ckpt = ck.resolve_checkpoint(path)
@@ -130,7 +139,7 @@ def build_sft_data(cfg: Config, tokenizer: Any, tokenizer_dir: Path, run_dir: Pa
     return data, report
 
 
-def held_out_loss(ckpt: Path, data: Any, cfg: Config) -> float | None:
+def held_out_loss(ckpt: Path | None, data: Any, cfg: Config) -> float | None:
     """Mean loss per learned token of the held-out examples under ``ckpt``'s weights."""
     from lmlab.device import resolve_device
     from lmlab.eval.metrics import evaluate_batches
@@ -141,7 +150,14 @@ def held_out_loss(ckpt: Path, data: Any, cfg: Config) -> float | None:
     if not batches:
         return None
     device = resolve_device(cfg.train.device)
-    model, _, _ = ck.load_model(ckpt, device)
+    if ckpt is None:  # hf:FOLDER
+        import dataclasses
+
+        from lmlab.export.hf_import import load_hf_model
+
+        model = load_hf_model(cfg.train.init_from, dataclasses.replace(cfg.model))[0].to(device)
+    else:
+        model, _, _ = ck.load_model(ckpt, device)
     sums = evaluate_batches(model, batches, device)
     return sums["nats"] / max(sums["tokens"], 1)
 
@@ -159,15 +175,16 @@ def run_sft(cfg: Config, resume: bool = False, force: bool = False):
         raise ConfigError("data.mix: sft mixes pretraining data with sft.replay_fraction instead")
     # 1) the base run: model config, tokenizer, (replay) data
     ckpt, base, tok_dir = _base_run(cfg)
-    if run_dir.resolve() in (ckpt.resolve(), ckpt.parent.parent.resolve()):
+    if ckpt is not None and run_dir.resolve() in (ckpt.resolve(), ckpt.parent.parent.resolve()):
         raise ConfigError("train.out: the sft run folder must differ from train.init_from (the base run)")
-    cfg.train.init_from = str(ckpt)  # the exact checkpoint, recorded in the run's config
+    if ckpt is not None:
+        cfg.train.init_from = str(ckpt)  # the exact checkpoint, recorded in the run's config
     diffs = model_differences(base.model, cfg.model)
     dropout = cfg.model.dropout
     cfg.model = base.model
     cfg.model.dropout = dropout
     _log(
-        f"sft: model config taken from the base run {ckpt} (the sft config's [model] is ignored"
+        f"sft: model config taken from the base run {cfg.train.init_from} (the sft config's [model] is ignored"
         + (f"; it differed in {len(diffs)} key(s): {', '.join(d.split(':')[0] for d in diffs)}" if diffs else "")
         + f"); model.dropout = {dropout}",
         main,

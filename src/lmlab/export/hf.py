@@ -12,6 +12,8 @@ Which HF class a run becomes is decided by its norm:
 Anything else (post-norm, no norm, RoPE with LayerNorm, learned positions with RMSNorm, a
 non-gated MLP for Llama, a baseline arch) raises :class:`LmlabError` naming the switch.
 lmlab's RoPE already uses HF's rotate-half pairing, so q/k weights copy without permutation.
+The names come from the table in :mod:`lmlab.export.names`, shared with GGUF export and
+with import (:mod:`lmlab.export.hf_import`).
 
 The folder is written with :func:`lmlab.io.atomic_dir`: it appears complete or not at all.
 Nothing here imports transformers; loading the result needs it.
@@ -26,50 +28,14 @@ from typing import Any
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.export.names import GPT2_ACT, to_format
+from lmlab.export.names import family as family_of
 from lmlab.io import atomic_dir, write_json
-
-GPT2_ACT = {"gelu": "gelu_new", "relu": "relu", "silu": "silu"}
 
 
 def hf_family(mcfg: Any) -> str:
     """``"gpt2"`` or ``"llama"`` for an exportable config; LmlabError naming the switch if not."""
-    if mcfg.arch != "transformer":
-        raise LmlabError(f"model.arch={mcfg.arch}: only the transformer can be exported to Hugging Face")
-    if mcfg.norm_position != "pre":
-        raise LmlabError(
-            f"model.norm_position={mcfg.norm_position}: GPT-2 and Llama in transformers are pre-norm only"
-        )
-    if mcfg.norm == "layernorm":
-        if mcfg.position == "rope":
-            raise LmlabError(
-                "model.position=rope with model.norm=layernorm: transformers' GPT-2 has learned "
-                "positions and Llama has RMSNorm; no class expresses this combination"
-            )
-        if mcfg.mlp not in GPT2_ACT:
-            raise LmlabError(
-                f"model.mlp={mcfg.mlp} with model.norm=layernorm: transformers' GPT-2 MLP is not gated "
-                "(use gelu, relu or silu, or rmsnorm + swiglu for Llama)"
-            )
-        n_kv = mcfg.n_kv_head or mcfg.n_head
-        if n_kv != mcfg.n_head:
-            raise LmlabError(
-                f"model.n_kv_head={mcfg.n_kv_head} with model.norm=layernorm: transformers' GPT-2 has "
-                "no grouped-query attention"
-            )
-        return "gpt2"
-    if mcfg.norm == "rmsnorm":
-        if mcfg.position != "rope":
-            raise LmlabError(
-                f"model.position={mcfg.position} with model.norm=rmsnorm: transformers' Llama always "
-                "applies RoPE"
-            )
-        if mcfg.mlp != "swiglu":
-            raise LmlabError(
-                f"model.mlp={mcfg.mlp} with model.norm=rmsnorm: transformers' Llama MLP is gated "
-                "(swiglu)"
-            )
-        return "llama"
-    raise LmlabError(f"model.norm={mcfg.norm}: GPT-2 and Llama in transformers both need a norm layer")
+    return family_of(mcfg, "hf")
 
 
 def hf_config(mcfg: Any, family: str, eot_id: int | None) -> dict[str, Any]:
@@ -121,63 +87,10 @@ def hf_config(mcfg: Any, family: str, eot_id: int | None) -> dict[str, Any]:
     }
 
 
-def _gpt2_state(sd: dict[str, torch.Tensor], mcfg: Any) -> dict[str, torch.Tensor]:
-    d = mcfg.d_model
-    zeros = torch.zeros  # stand-in biases / positions that make HF compute lmlab's function
-    out = {"transformer.wte.weight": sd["tok_emb.weight"]}
-    out["transformer.wpe.weight"] = sd.get("pos_emb.weight", zeros(mcfg.context_length, d))
-    for i in range(mcfg.n_layer):
-        p, q = f"blocks.{i}.", f"transformer.h.{i}."
-        # HF Conv1D stores (in, out): the transpose of nn.Linear.
-        for ours, theirs in [("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                             ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")]:
-            w = sd[p + ours + ".weight"]
-            out[q + theirs + ".weight"] = w.t()
-            out[q + theirs + ".bias"] = sd.get(p + ours + ".bias", zeros(w.shape[0]))
-        for ours, theirs in [("norm1", "ln_1"), ("norm2", "ln_2")]:
-            out[q + theirs + ".weight"] = sd[p + ours + ".weight"]
-            out[q + theirs + ".bias"] = sd.get(p + ours + ".bias", zeros(d))
-    out["transformer.ln_f.weight"] = sd["norm_f.weight"]
-    out["transformer.ln_f.bias"] = sd.get("norm_f.bias", zeros(d))
-    if not mcfg.tie_embeddings:
-        out["lm_head.weight"] = sd["head.weight"]
-    return out
-
-
-def _llama_state(sd: dict[str, torch.Tensor], mcfg: Any) -> dict[str, torch.Tensor]:
-    from lmlab.model.transformer import resolve_d_ff
-
-    H, KV = mcfg.n_head, mcfg.n_kv_head or mcfg.n_head
-    hd = mcfg.d_model // H
-    d_ff = resolve_d_ff(mcfg)
-    out = {"model.embed_tokens.weight": sd["tok_emb.weight"]}
-    for i in range(mcfg.n_layer):
-        p, q = f"blocks.{i}.", f"model.layers.{i}."
-        names = ["weight", "bias"] if mcfg.bias else ["weight"]
-        for n in names:
-            # qkv rows are [q heads | k heads | v heads]; swiglu fc rows are [gate | up].
-            qkv = sd[f"{p}attn.qkv.{n}"]
-            out[f"{q}self_attn.q_proj.{n}"] = qkv[: H * hd]
-            out[f"{q}self_attn.k_proj.{n}"] = qkv[H * hd : (H + KV) * hd]
-            out[f"{q}self_attn.v_proj.{n}"] = qkv[(H + KV) * hd :]
-            out[f"{q}self_attn.o_proj.{n}"] = sd[f"{p}attn.proj.{n}"]
-            fc = sd[f"{p}mlp.fc.{n}"]
-            out[f"{q}mlp.gate_proj.{n}"] = fc[:d_ff]
-            out[f"{q}mlp.up_proj.{n}"] = fc[d_ff:]
-            out[f"{q}mlp.down_proj.{n}"] = sd[f"{p}mlp.proj.{n}"]
-        out[f"{q}input_layernorm.weight"] = sd[f"{p}norm1.weight"]
-        out[f"{q}post_attention_layernorm.weight"] = sd[f"{p}norm2.weight"]
-    out["model.norm.weight"] = sd["norm_f.weight"]
-    if not mcfg.tie_embeddings:
-        out["lm_head.weight"] = sd["head.weight"]
-    return out
-
-
 def hf_state_dict(model: torch.nn.Module, family: str) -> dict[str, torch.Tensor]:
-    """The model's weights under HF names, fp32, contiguous, no shared storage."""
-    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    out = _gpt2_state(sd, model.config) if family == "gpt2" else _llama_state(sd, model.config)
-    return {k: v.contiguous().clone() for k, v in out.items()}
+    """The model's weights under HF names (:mod:`lmlab.export.names`), fp32, contiguous, unshared."""
+    sd = dict(model.state_dict())
+    return to_format(sd, model.config, family, "hf")
 
 
 # --- tokenizer files -------------------------------------------------------------------------
