@@ -47,6 +47,7 @@ class ModelConfig:
     context_length: int = opt(256, "maximum sequence length in tokens", minimum=1)
     norm: str = opt("rmsnorm", "normalisation layer", choices=("rmsnorm", "layernorm", "none"))
     norm_position: str = opt("pre", "norm before (pre) or after (post) each sublayer", choices=("pre", "post"))
+    residual: bool = opt(True, "residual connections around each sublayer; false stacks them plainly (the ladder's no-residual rung, with norms unless model.norm=none)")
     norm_eps: float = opt(1e-5, "epsilon inside the norm", minimum=0.0)
     position: str = opt("rope", "positional scheme", choices=("rope", "learned", "none"))
     rope_theta: float = opt(10000.0, "RoPE base frequency", minimum=1.0)

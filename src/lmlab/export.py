@@ -35,6 +35,8 @@ def hf_family(mcfg: Any) -> str:
     """``"gpt2"`` or ``"llama"`` for an exportable config; LmlabError naming the switch if not."""
     if mcfg.arch != "transformer":
         raise LmlabError(f"model.arch={mcfg.arch}: only the transformer can be exported to Hugging Face")
+    if not mcfg.residual:
+        raise LmlabError("model.residual=false: a model without residual connections has no Hugging Face equivalent")
     if mcfg.norm_position != "pre":
         raise LmlabError(
             f"model.norm_position={mcfg.norm_position}: GPT-2 and Llama in transformers are pre-norm only"

@@ -36,7 +36,14 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError, LmlabError
-from lmlab.model.transformer import MLP, CausalSelfAttention, Rotary, init_weights, make_norm
+from lmlab.model.transformer import (
+    MLP,
+    CausalSelfAttention,
+    Rotary,
+    init_weights,
+    init_without_residuals,
+    make_norm,
+)
 
 
 class _Baseline(nn.Module):
@@ -166,12 +173,7 @@ class NoResidual(_Baseline):
             self.rotary = Rotary(cfg.d_model // cfg.n_head, cfg.context_length, cfg.rope_theta)
         self.blocks = nn.ModuleList(_PlainBlock(cfg) for _ in range(cfg.n_layer))
         self._finish(cfg.n_layer)
-        for emb in (self.tok_emb, self.pos_emb):
-            if emb is not None:
-                nn.init.normal_(emb.weight, mean=0.0, std=1.0)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
+        init_without_residuals(self.blocks, [self.tok_emb, self.pos_emb])
 
     def _logits(self, idx: torch.Tensor) -> torch.Tensor:
         x = self._embed(idx)
