@@ -53,7 +53,9 @@ def test_interval_is_a_t_interval_from_five_seeds_and_the_range_below():
     half = 2.7764451051977987 * statistics.stdev(five) / math.sqrt(5)
     assert iv.kind == "t95" and iv.n == 5
     assert iv.mean == pytest.approx(4.2, abs=1e-12)
-    assert iv.lo == pytest.approx(4.2 - half, abs=1e-4) and iv.hi == pytest.approx(4.2 + half, abs=1e-4)
+    assert iv.lo == pytest.approx(4.2 - half, abs=1e-4) and iv.hi == pytest.approx(
+        4.2 + half, abs=1e-4
+    )
     three = interval([4.3, 4.1, 4.2])
     assert (three.kind, three.lo, three.hi) == ("min-max", 4.1, 4.3)
     assert three.mean == pytest.approx(4.2, abs=1e-12)
@@ -71,7 +73,10 @@ def test_findings_say_which_points_three_seeds_can_tell_apart():
         ({"point": "c"}, [{"final_val_loss": v, "status": "ok"} for v in (4.30, 4.35, 4.32)]),
         (
             {"point": "d"},
-            [{"final_val_loss": None, "status": "diverged"}, {"final_val_loss": 5.0, "status": "ok"}],
+            [
+                {"final_val_loss": None, "status": "diverged"},
+                {"final_val_loss": 5.0, "status": "ok"},
+            ],
         ),
     ]
     rows = aggregate(groups)
@@ -82,7 +87,9 @@ def test_findings_say_which_points_three_seeds_can_tell_apart():
     assert lines[0].startswith("best final_val_loss: a 4.11 [4.1, 4.12]")
     assert "b:" in lines[1] and "+0.020 against a" in lines[1]
     assert lines[1].endswith("not distinguishable at 3 seeds")
-    assert "c:" in lines[2] and lines[2].endswith("distinguishable at 3 seeds (the intervals do not overlap)")
+    assert "c:" in lines[2] and lines[2].endswith(
+        "distinguishable at 3 seeds (the intervals do not overlap)"
+    )
     assert "d:" in lines[3] and "one seed" in lines[3]
     assert Interval(1, 0, 2, 3, "min-max").overlaps(Interval(3, 2, 4, 3, "min-max"))
     assert not Interval(1, 0, 1.9, 3, "min-max").overlaps(Interval(3, 2, 4, 3, "min-max"))
@@ -117,7 +124,9 @@ def folder(base, tmp_path) -> Path:
 
 def write_sweep(folder: Path, body: str) -> Path:
     path = folder / "s.toml"
-    path.write_text(f'name = "s"\nbase = "{folder / "base.toml"}"\nout = "{folder / "out"}"\n' + body)
+    path.write_text(
+        f'name = "s"\nbase = "{folder / "base.toml"}"\nout = "{folder / "out"}"\n' + body
+    )
     return path
 
 
@@ -168,7 +177,9 @@ def test_seeds_run_each_point_in_its_own_folder_and_tabulate_mean_and_range(fold
     assert "mean over 2 seeds [min, max]" in md and "## Runs (one row per seed)" in md
     assert "## Findings" in md and "best final_val_loss: lr-0.01" in md
     assert res.rows and len(res.rows) == 4
-    assert (out / "s_curves.png").stat().st_size > 1000 and (out / "s_summary.png").stat().st_size > 1000
+    assert (out / "s_curves.png").stat().st_size > 1000 and (
+        out / "s_summary.png"
+    ).stat().st_size > 1000
 
     # resume per seed: one seed made partial continues, the other three are skipped
     part = runs / "lr-0.01__seed-1"
@@ -181,7 +192,10 @@ def test_seeds_run_each_point_in_its_own_folder_and_tabulate_mean_and_range(fold
     # --seeds 3 adds the third seed of each point and keeps the two that exist
     calls.clear()
     res = run_sweep(write_sweep(folder, SWEEP), seeds=3)
-    assert calls == [("lr-0.0001__seed-2", base_seed + 2, False), ("lr-0.01__seed-2", base_seed + 2, False)]
+    assert calls == [
+        ("lr-0.0001__seed-2", base_seed + 2, False),
+        ("lr-0.01__seed-2", base_seed + 2, False),
+    ]
     assert "mean over 3 seeds" in (out / "results.md").read_text()
     assert f"lmlab sweep {folder / 's.toml'} --seeds 3" in (out / "results.md").read_text()
     assert all(int(r["seeds"]) == 3 for r in read_csv(out / "results_seeds.csv"))
@@ -214,12 +228,31 @@ def test_plots_draw_the_seed_band(tmp_path, monkeypatch):
 
     monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", spy)
     rows = [
-        {"point": "a", "x": 1.0, "final_val_loss": 4.0, "final_val_loss_lo": 3.9, "final_val_loss_hi": 4.2},
-        {"point": "b", "x": 2.0, "final_val_loss": 3.5, "final_val_loss_lo": 3.4, "final_val_loss_hi": 3.7},
+        {
+            "point": "a",
+            "x": 1.0,
+            "final_val_loss": 4.0,
+            "final_val_loss_lo": 3.9,
+            "final_val_loss_hi": 4.2,
+        },
+        {
+            "point": "b",
+            "x": 2.0,
+            "final_val_loss": 3.5,
+            "final_val_loss_lo": 3.4,
+            "final_val_loss_hi": 3.7,
+        },
     ]
     assert plots.plot_summary(rows, "x", tmp_path / "s.png", series=None)
     assert drawn == [([1.0, 2.0], [3.9, 3.4], [4.2, 3.7])]
-    curve = {"step": [1, 2], "tokens": [4, 8], "flops": [1, 2], "val_loss": [5, 4], "val_lo": [4.5, 3.5], "val_hi": [5.5, 4.5]}
+    curve = {
+        "step": [1, 2],
+        "tokens": [4, 8],
+        "flops": [1, 2],
+        "val_loss": [5, 4],
+        "val_lo": [4.5, 3.5],
+        "val_hi": [5.5, 4.5],
+    }
     drawn.clear()
     assert plots.plot_curves([("a", curve)], tmp_path / "c.png")
     assert drawn == [([1, 2], [4.5, 3.5], [5.5, 4.5])]

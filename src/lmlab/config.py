@@ -270,6 +270,8 @@ class Config:
                 raise ConfigError(f"model.position: rope needs an even head size, got {m.d_model // m.n_head}")
         if m.dropout >= 1.0:
             raise ConfigError(f"model.dropout: must be below 1, got {m.dropout}")
+        if not m.residual and m.arch != "transformer":
+            raise ConfigError(f"model.residual: false is a switch of model.arch=transformer, not {m.arch}")
         t = self.train
         if t.min_lr > t.lr:
             raise ConfigError(f"train.min_lr: {t.min_lr} is above train.lr={t.lr}")

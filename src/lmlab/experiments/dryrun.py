@@ -23,7 +23,19 @@ from lmlab.experiments.results import table_markdown
 from lmlab.experiments.spec import load_sweep, resolve_base
 from lmlab.experiments.sweep import apply_budget, point_config
 
-COLUMNS = ["point", "seed", "arch", "params", "vocab_size", "steps", "batch", "context", "tokens", "train_flops", "vocab_from"]
+COLUMNS = [
+    "point",
+    "seed",
+    "arch",
+    "params",
+    "vocab_size",
+    "steps",
+    "batch",
+    "context",
+    "tokens",
+    "train_flops",
+    "vocab_from",
+]
 
 
 @dataclass
@@ -45,7 +57,9 @@ def _vocab(cfg: Config) -> tuple[int, str]:
             return int(read_meta(folder)["vocab_size"]), f"{folder}/meta.json"
     if cfg.tokenizer.vocab_size:
         return cfg.tokenizer.vocab_size, "tokenizer.vocab_size"
-    raise ConfigError("model.vocab_size: 0, and no prepared dataset or tokenizer.vocab_size to take it from")
+    raise ConfigError(
+        "model.vocab_size: 0, and no prepared dataset or tokenizer.vocab_size to take it from"
+    )
 
 
 def meta_params(cfg: Config) -> int:
@@ -60,7 +74,9 @@ def meta_params(cfg: Config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def dry_run(path: Path, overrides: list[str] | None = None, seeds: int | None = None, log=print) -> DryRun:
+def dry_run(
+    path: Path, overrides: list[str] | None = None, seeds: int | None = None, log=print
+) -> DryRun:
     """Build and check every point of the sweep in ``path``; see the module docstring."""
     from lmlab.accounting import training_flops_per_token
     from lmlab.train.loop import _batch_shape
@@ -76,7 +92,9 @@ def dry_run(path: Path, overrides: list[str] | None = None, seeds: int | None = 
         try:
             cfg.validate()
             if cfg.model.arch == "encdec":
-                raise ConfigError("model.arch: encdec needs its pretrained encoder; a dry run cannot build it")
+                raise ConfigError(
+                    "model.arch: encdec needs its pretrained encoder; a dry run cannot build it"
+                )
             params = meta_params(cfg)
         except (ConfigError, ValueError) as e:
             raise ConfigError(f"{spec.path}: point {point.name}: {e}") from None

@@ -153,7 +153,12 @@ def aggregate(
 
 def row_interval(row: dict[str, Any], metric: str) -> Interval | None:
     """The interval :func:`aggregate` stored in ``row`` for ``metric``."""
-    mean, lo, hi, n = (row.get(metric), row.get(f"{metric}_lo"), row.get(f"{metric}_hi"), row.get("seeds", 1))
+    mean, lo, hi, n = (
+        row.get(metric),
+        row.get(f"{metric}_lo"),
+        row.get(f"{metric}_hi"),
+        row.get("seeds", 1),
+    )
     if not (_number(mean) and _number(lo) and _number(hi)):
         return None
     return Interval(float(mean), float(lo), float(hi), int(n or 1), interval_kind(int(n or 1)))
@@ -167,7 +172,9 @@ def aggregate_columns(label_columns: list[str]) -> list[str]:
     return [*cols, *MEAN_ONLY, "status"]
 
 
-def display_rows(rows: list[dict[str, Any]], label_columns: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+def display_rows(
+    rows: list[dict[str, Any]], label_columns: list[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows for the Markdown table: each interval metric as one ``mean [lo, hi]`` cell."""
     shown = []
     for r in rows:
@@ -179,7 +186,17 @@ def display_rows(rows: list[dict[str, Any]], label_columns: list[str]) -> tuple[
         d.update({k: r.get(k) for k in MEAN_ONLY})
         d["status"] = r.get("status")
         shown.append(d)
-    columns = [*label_columns, "seeds", "params", "steps", "tokens", "flops", *INTERVAL_METRICS, *MEAN_ONLY, "status"]
+    columns = [
+        *label_columns,
+        "seeds",
+        "params",
+        "steps",
+        "tokens",
+        "flops",
+        *INTERVAL_METRICS,
+        *MEAN_ONLY,
+        "status",
+    ]
     return shown, columns
 
 
@@ -190,12 +207,16 @@ def write_seed_tables(rows: list[dict[str, Any]], label_columns: list[str], out_
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "results_seeds.csv", table_csv(rows, aggregate_columns(label_columns)))
+    atomic_write_text(
+        out_dir / "results_seeds.csv", table_csv(rows, aggregate_columns(label_columns))
+    )
     shown, columns = display_rows(rows, label_columns)
     return table_markdown(shown, columns)
 
 
-def finding_lines(rows: list[dict[str, Any]], label: str, metric: str = "final_val_loss") -> list[str]:
+def finding_lines(
+    rows: list[dict[str, Any]], label: str, metric: str = "final_val_loss"
+) -> list[str]:
     """One line per point against the best one (lowest mean ``metric``).
 
     ``best: a 4.104 [4.09, 4.12]``, then ``b: 4.350 [..], +0.246 against a`` with either
@@ -244,7 +265,14 @@ def curve_band(curves: list[dict[str, list[float]]]) -> dict[str, list[float]]:
     steps = sorted(set.intersection(*(set(m) for m in by_step))) if by_step else []
     ref = curves[0]
     ref_index = by_step[0]
-    out: dict[str, list[float]] = {"step": [], "tokens": [], "flops": [], "val_loss": [], "val_lo": [], "val_hi": []}
+    out: dict[str, list[float]] = {
+        "step": [],
+        "tokens": [],
+        "flops": [],
+        "val_loss": [],
+        "val_lo": [],
+        "val_hi": [],
+    }
     for s in steps:
         iv = interval([c["val_loss"][m[s]] for c, m in zip(curves, by_step, strict=True)])
         if iv is None:

@@ -309,9 +309,11 @@ def init_without_residuals(blocks: nn.Module, embeddings: list[nn.Embedding | No
     """Init for sublayers stacked without skip connections: activations stay O(1).
 
     Embeddings normal(0, 1), every linear layer in ``blocks`` normal(0, 1/sqrt(fan_in)) (no
-    residual scaling). With init_std=0.02 and no norm the signal shrinks ~10x per layer and
-    the stack cannot train at all, which would measure the init rather than depth without
-    skip connections.
+    residual scaling), so no linear layer shrinks the signal (with init_std=0.02 each would
+    shrink it ~8x at width 64, and the ablation would measure the init). Without norms the
+    stack still fades: attention averages over positions and the gated MLP damps, so at
+    width 64 the activations' std goes 1 -> 0.12 -> 0.04 -> 0.007 -> 0.0002 over 4 blocks
+    (tests/test_model_residual.py); with norms it stays near 0.6.
     """
     for emb in embeddings:
         if emb is not None:
