@@ -78,9 +78,15 @@ def test_findings_say_which_points_three_seeds_can_tell_apart():
                 {"final_val_loss": 5.0, "status": "ok"},
             ],
         ),
+        # a partial run (stopped early) is not a result of the point: left out of the mean
+        (
+            {"point": "e"},
+            [{"final_val_loss": 3.0, "status": "partial"}, {"final_val_loss": 4.5, "status": "ok"}],
+        ),
     ]
     rows = aggregate(groups)
-    assert [r["seeds"] for r in rows] == [3, 3, 3, 1]
+    assert [r["seeds"] for r in rows] == [3, 3, 3, 1, 1]
+    assert rows[4]["final_val_loss"] == 4.5 and rows[4]["status"] == "1 partial, 1 ok"
     assert rows[0]["final_val_loss"] == pytest.approx(4.11) and rows[0]["final_val_loss_lo"] == 4.10
     assert rows[3]["status"] == "1 diverged, 1 ok"
     lines = finding_lines(rows, "point")

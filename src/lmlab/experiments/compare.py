@@ -166,7 +166,7 @@ def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> Compar
     ]
     if result.seed_rows:
         parts.append(
-            f"## Results: {seed_stats.describe_kind(max(len(g) for g in groups))}\n\n{seed_md}"
+            f"## Results: {seed_stats.describe_kind(max(len(g) for g in groups))}\n\n{seed_md}\n"
             "Full precision in `results_seeds.csv`.\n"
         )
         parts.append("## Findings\n\n" + "\n".join(f"- {f}" for f in result.findings) + "\n")

@@ -125,25 +125,27 @@ def aggregate(
     """One row per group: its label columns, ``seeds``, and each metric's mean/lo/hi.
 
     ``groups`` pairs the columns that name a group (point, swept values) with the rows of
-    its seeds. A metric's mean and interval are over the seeds where it is finite (a
-    diverged seed has no final loss), and ``seeds`` counts those of ``final_val_loss``;
-    ``status`` is ``ok`` or the count of each status (``2 ok, 1 diverged``).
+    its seeds. A metric's mean and interval are over the finished seeds (status ``ok``)
+    where it is finite: a partial run's loss is not the point's, a diverged one has none.
+    ``seeds`` counts the seeds in ``final_val_loss``'s interval; ``status`` is ``ok`` or
+    the count of each status (``2 ok, 1 partial``).
     """
     out = []
     for label, members in groups:
         row: dict[str, Any] = dict(label)
+        done = [r for r in members if r.get("status") == "ok"]
         for key in ("params", "steps", "tokens", "flops"):
-            values = {r.get(key) for r in members}
-            row[key] = members[0].get(key) if len(values) == 1 else None
+            values = {r.get(key) for r in done or members}
+            row[key] = (done or members)[0].get(key) if len(values) == 1 else None
         for key in INTERVAL_METRICS:
-            iv = interval([r.get(key) for r in members])
+            iv = interval([r.get(key) for r in done])
             row[key] = iv.mean if iv else None
             row[f"{key}_lo"] = iv.lo if iv else None
             row[f"{key}_hi"] = iv.hi if iv else None
             if key == "final_val_loss":
                 row["seeds"] = iv.n if iv else 0
         for key in MEAN_ONLY:
-            iv = interval([r.get(key) for r in members])
+            iv = interval([r.get(key) for r in done])
             row[key] = iv.mean if iv else None
         row["runs"] = len(members)
         row["status"] = _status(members)

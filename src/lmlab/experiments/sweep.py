@@ -410,7 +410,7 @@ def write_outputs(
         seed_md = seed_stats.write_seed_tables(summary_rows, label_columns, out)
         findings = seed_stats.finding_lines(summary_rows, "point", metric)
         seed_section.append(
-            f"## Results: {seed_stats.describe_kind(spec.seeds)}\n\n{seed_md}"
+            f"## Results: {seed_stats.describe_kind(spec.seeds)}\n\n{seed_md}\n"
             "One row per seed below; the seed table in full precision in `results_seeds.csv`.\n"
         )
         if findings:
