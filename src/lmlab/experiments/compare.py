@@ -146,7 +146,9 @@ def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> Compar
     numeric = [
         k
         for k in (label_columns[1:] if result.seed_rows else keys)
-        if all(isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool) for r in summary)
+        if all(
+            isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool) for r in summary
+        )
     ]
     x = numeric[0] if len(numeric) == 1 else None
     for r in summary:

@@ -387,7 +387,10 @@ def summary_x(spec: SweepSpec, rows: list[dict[str, Any]]) -> str | None:
 
 
 def write_outputs(
-    spec: SweepSpec, configs: list[tuple[Point, Config]], cli: list[str], seeds_arg: int | None = None
+    spec: SweepSpec,
+    configs: list[tuple[Point, Config]],
+    cli: list[str],
+    seeds_arg: int | None = None,
 ) -> SweepResult:
     """Tables, plots and results.md for the sweep as it stands on disk.
 
@@ -415,10 +418,19 @@ def write_outputs(
         )
         if findings:
             seed_section.append("## Findings\n\n" + "\n".join(f"- {f}" for f in findings) + "\n")
-        by_group: dict[str, list[dict[str, list[float]]]] = {}
+        by_group: dict[str, list[Path]] = {}
         for p, c in configs:
-            by_group.setdefault(p.group, []).append(val_curve(Path(c.train.out)))
-        curves = [(g, seed_stats.curve_band(cs)) for g, cs in by_group.items()]
+            by_group.setdefault(p.group, []).append(Path(c.train.out))
+        # the band of the finished seeds (a partial run would cut every seed's curve short)
+        curves = [
+            (
+                g,
+                seed_stats.curve_band(
+                    [val_curve(r) for r in ([r for r in rs if is_finished(r)] or rs)]
+                ),
+            )
+            for g, rs in by_group.items()
+        ]
     else:
         curves = [(p.name, val_curve(Path(c.train.out))) for p, c in configs]
     x = summary_x(spec, summary_rows)
