@@ -50,18 +50,8 @@ from typing import Any
 from lmlab.errors import ConfigError
 
 BUDGET_KEYS = ("budget_tokens", "budget_flops")
-TOP_KEYS = {
-    "name",
-    "base",
-    "out",
-    "devices",
-    "seeds",
-    "overrides",
-    "grid",
-    "points",
-    "plot",
-    "description",
-}
+TOP_KEYS = {"name", "base", "out", "devices", "overrides", "grid", "points", "plot", "description"}
+TOP_KEYS |= {"seeds"}  # runs per point (see expand_seeds)
 PLOT_KEYS = {"x", "log_x", "curves_x", "metric", "group", "hide"}
 
 
