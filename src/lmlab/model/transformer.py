@@ -9,9 +9,9 @@ Architecture choices (all from :class:`lmlab.config.ModelConfig`):
   placed ``pre`` (``x + f(norm(x))``, plus a final norm ``norm_f`` before the head) or
   ``post`` (``norm(x + f(x))``, GPT-1/BERT style, no final norm);
 - ``residual = false`` drops the skip connections (``f(norm(x))``, ``norm(f(x))`` post):
-  the ladder's stacked model without residuals, with or without norms. Its init keeps
-  activations O(1) without them (:func:`init_without_residuals`), the same as the
-  ``no_residual`` baseline's, so ``norm = "none"`` there is that baseline;
+  the ladder's stacked model without residuals, with or without norms. With norms it keeps
+  the init above; with ``norm = "none"`` it takes the ``no_residual`` baseline's
+  (:func:`init_without_residuals`) and is that baseline;
 - attention: one fused q/k/v projection, ``n_head`` query heads and ``n_kv_head`` key/value
   heads (grouped-query when fewer), ``F.scaled_dot_product_attention`` with a causal mask;
 - MLP: ``swiglu`` (fused gate/up projection, ``silu(gate) * up``), ``gelu`` (GPT-2's tanh
@@ -348,7 +348,9 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
         init_weights(self, cfg, cfg.n_layer)
-        if not cfg.residual:
+        if not cfg.residual and cfg.norm == "none":
+            # with norms each sublayer's input is rescaled and the standard init serves; a
+            # unit-scale embedding there would only feed the tied head logits of std ~sqrt(d)
             init_without_residuals(self.blocks, [self.tok_emb, self.pos_emb])
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
