@@ -136,18 +136,21 @@ def plot_summary(
                     for v, r in zip(values, rows, strict=True)
                 ],
             ]
+        lo = min(r[metric] for r in have)
+        left = max(0.0, lo - 0.25 * (top - lo + 0.1))
         bars = ax.barh(range(len(rows)), values, color="tab:blue", xerr=err, capsize=3)
         for i, r in enumerate(rows):
             text = f"{r[metric]:.4f}" if _is_number(r.get(metric)) else str(r.get("status", "n/a"))
             at = r.get(f"{metric}_hi") if _is_number(r.get(f"{metric}_hi")) else values[i]
+            if not _is_number(r.get(metric)):
+                at = left  # a run with no value: its status at the axis' left edge, in view
             ax.text(at, i, " " + text, va="center", fontsize=8)
             if not _is_number(r.get(metric)):
                 bars[i].set_color("tab:red")
         ax.set_yticks(range(len(rows)), labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(METRIC_LABELS.get(metric, metric))
-        lo = min(r[metric] for r in have)
-        ax.set_xlim(max(0.0, lo - 0.25 * (top - lo + 0.1)), top + 0.3 * (top - lo + 0.1))
+        ax.set_xlim(left, top + 0.3 * (top - lo + 0.1))
     else:
         fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
         groups: dict[str, list[dict[str, Any]]] = {}
