@@ -227,7 +227,13 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmlab.experiments.sweep import run_sweep
 
-    run_sweep(Path(args.sweep), overrides=overrides)
+    seeds = args.seeds
+    if args.dry_run:
+        from lmlab.experiments.dryrun import dry_run
+
+        dry_run(Path(args.sweep), overrides=overrides, seeds=seeds)
+        return 0
+    run_sweep(Path(args.sweep), overrides=overrides, seeds=seeds)
     return 0
 
 
@@ -373,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = _parser(sub, "sweep", "run a grid or list of overrides over a base recipe")
     w.add_argument("sweep", help="sweep TOML")
+    w.add_argument("--seeds", type=int, default=None, help="runs per point (train.seed + 0..N-1); replaces the file's seeds")
+    w.add_argument("--dry-run", action="store_true", help="build and check every point's config and model (meta device), train nothing")
     w.set_defaults(func=cmd_sweep)
 
     cm = _parser(sub, "compare", "tables and overlaid curves for existing runs")

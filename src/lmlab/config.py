@@ -47,6 +47,7 @@ class ModelConfig:
     context_length: int = opt(256, "maximum sequence length in tokens", minimum=1)
     norm: str = opt("rmsnorm", "normalisation layer", choices=("rmsnorm", "layernorm", "none"))
     norm_position: str = opt("pre", "norm before (pre) or after (post) each sublayer", choices=("pre", "post"))
+    residual: bool = opt(True, "residual connections around each sublayer; false stacks them plainly (the ladder's no-residual rung, with norms unless model.norm=none)")
     norm_eps: float = opt(1e-5, "epsilon inside the norm", minimum=0.0)
     position: str = opt("rope", "positional scheme", choices=("rope", "learned", "none"))
     rope_theta: float = opt(10000.0, "RoPE base frequency", minimum=1.0)
@@ -274,6 +275,8 @@ class Config:
                 raise ConfigError(f"model.position: rope needs an even head size, got {m.d_model // m.n_head}")
         if m.dropout >= 1.0:
             raise ConfigError(f"model.dropout: must be below 1, got {m.dropout}")
+        if not m.residual and m.arch != "transformer":
+            raise ConfigError(f"model.residual: false is a switch of model.arch=transformer, not {m.arch}")
         t = self.train
         if t.min_lr > t.lr:
             raise ConfigError(f"train.min_lr: {t.min_lr} is above train.lr={t.lr}")

@@ -6,16 +6,24 @@ differ between the runs, and the metric columns of :mod:`lmlab.experiments.resul
 printed; with ``--out`` the folder also gets ``results.md``, ``results.csv``,
 ``compare_curves.png`` (val loss against step) and ``compare_summary.png`` (final val loss
 per run, or against the one numeric key that differs).
+
+Runs whose configs differ only in ``train.seed`` (and where they were written: ``train.out``,
+``train.device``, ``[log]``) are seeds of one point: the comparison then also has one row
+per point with the mean and interval of :mod:`lmlab.experiments.seeds` (printed, and in
+``results_seeds.csv``), finding lines that say which points the seeds can tell apart, and
+plots of the means with their bands.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmlab.errors import CheckpointError
 from lmlab.experiments import plots
+from lmlab.experiments import seeds as seed_stats
 from lmlab.experiments.results import (
     METRIC_COLUMNS,
     config_value,
@@ -36,6 +44,36 @@ class CompareResult:
     markdown: str
     out: Path | None = None
     plots: list[Path] = field(default_factory=list)
+    seed_rows: list[dict[str, Any]] = field(default_factory=list)  # one per point, when seeded
+    findings: list[str] = field(default_factory=list)
+
+
+SEED_BLIND = {("train", "seed"), ("train", "out"), ("train", "device")}
+
+
+def seed_group_key(cfg: dict[str, Any]) -> str:
+    """The config with the seed (and where the run was written) left out, as text."""
+    kept = {
+        section: {k: v for k, v in body.items() if (section, k) not in SEED_BLIND}
+        for section, body in cfg.items()
+        if section != "log" and isinstance(body, dict)
+    }
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def group_by_seed(names: list[str], configs: list[dict[str, Any]]) -> list[list[int]]:
+    """Indices of the runs, grouped by config minus seed, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault(seed_group_key(cfg) if cfg else f"?{names[i]}", []).append(i)
+    return list(groups.values())
+
+
+def _group_labels(names: list[str], groups: list[list[int]]) -> list[str]:
+    labels = [seed_stats.strip_seed_suffix(names[g[0]]) for g in groups]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab}#{i + 1}" for i, lab in enumerate(labels)]
+    return labels
 
 
 def _names(runs: list[Path]) -> list[str]:
@@ -70,6 +108,24 @@ def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> Compar
     md = table_markdown(rows, columns)
     log(md.rstrip())
     result = CompareResult(rows=rows, columns=columns, markdown=md)
+    groups = group_by_seed(names, configs)
+    seed_md = ""
+    label_columns = ["run", *[k for k in keys if k != "train.seed"]]
+    if any(len(g) > 1 for g in groups):
+        labels = _group_labels(names, groups)
+        labelled = []
+        for label, g in zip(labels, groups, strict=True):
+            head = {c: rows[g[0]].get(c) for c in label_columns}
+            head["run"] = label
+            labelled.append((head, [rows[i] for i in g]))
+        result.seed_rows = seed_stats.aggregate(labelled)
+        result.findings = seed_stats.finding_lines(result.seed_rows, "run")
+        n = max(len(g) for g in groups)
+        shown, cols = seed_stats.display_rows(result.seed_rows, label_columns)
+        seed_md = table_markdown(shown, cols)
+        log(f"\n{seed_stats.describe_kind(n)}:\n{seed_md.rstrip()}")
+        for line in result.findings:
+            log(f"- {line}")
     if out is None:
         return result
     from lmlab.outputs import check_output, write_marker
@@ -80,23 +136,30 @@ def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> Compar
     write_marker(out, "compare")
     md_table, csv_path = write_tables(rows, columns, out)
     made = []
-    c = plots.plot_curves(
-        [(n, val_curve(r)) for n, r in zip(names, runs, strict=True)],
-        out / "compare_curves.png",
-        title="validation loss",
-    )
+    if result.seed_rows:
+        seed_stats.write_seed_tables(result.seed_rows, label_columns, out)
+        curves = [
+            (row["run"], seed_stats.curve_band([val_curve(runs[i]) for i in g]))
+            for row, g in zip(result.seed_rows, groups, strict=True)
+        ]
+    else:
+        curves = [(n, val_curve(r)) for n, r in zip(names, runs, strict=True)]
+    c = plots.plot_curves(curves, out / "compare_curves.png", title="validation loss")
     if c:
         made.append(c)
+    summary = result.seed_rows or rows
     numeric = [
         k
-        for k in keys
-        if all(isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool) for r in rows)
+        for k in (label_columns[1:] if result.seed_rows else keys)
+        if all(
+            isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool) for r in summary
+        )
     ]
     x = numeric[0] if len(numeric) == 1 else None
-    for r in rows:
+    for r in summary:
         r["point"] = r["run"]  # the bar chart's label
     s = plots.plot_summary(
-        rows,
+        summary,
         x,
         out / "compare_summary.png",
         series=None,
@@ -107,7 +170,16 @@ def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> Compar
     parts = [
         "# Comparison\n",
         "Command: `lmlab compare " + " ".join(str(r) for r in runs) + f" --out {out}`\n",
-        "## Results\n\n" + md_table.read_text(encoding="utf-8"),
+    ]
+    if result.seed_rows:
+        parts.append(
+            f"## Results: {seed_stats.describe_kind(max(len(g) for g in groups))}\n\n{seed_md}\n"
+            "Full precision in `results_seeds.csv`.\n"
+        )
+        parts.append("## Findings\n\n" + "\n".join(f"- {f}" for f in result.findings) + "\n")
+    parts += [
+        ("## Runs\n\n" if result.seed_rows else "## Results\n\n")
+        + md_table.read_text(encoding="utf-8"),
         "Full precision in `results.csv`.\n",
     ]
     if made:

@@ -2,6 +2,10 @@
 against the swept value (a line per series, log x for learning rates and wide ranges, bars
 when the swept value is not a number).
 
+Where the rows or curves carry an interval over seeds (``<metric>_lo``/``_hi`` columns,
+``val_lo``/``val_hi`` curve lists, from :mod:`lmlab.experiments.seeds`), the plots draw it:
+a shaded band around each line, an error bar on each bar.
+
 Each function writes one PNG atomically and returns its path, or None when there is
 nothing to draw. matplotlib is imported inside (Agg backend), never at import time.
 """
@@ -54,7 +58,23 @@ def plot_curves(
         pts = [(a, b) for a, b in zip(xs, c["val_loss"], strict=True) if math.isfinite(a)]
         if not pts:
             continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=2.5, lw=1.4, label=label)
+        line = ax.plot(
+            [p[0] for p in pts], [p[1] for p in pts], marker="o", ms=2.5, lw=1.4, label=label
+        )
+        if c.get("val_lo") and c.get("val_hi"):
+            band = [
+                (a, lo, hi)
+                for a, lo, hi in zip(xs, c["val_lo"], c["val_hi"], strict=True)
+                if math.isfinite(a)
+            ]
+            ax.fill_between(
+                [b[0] for b in band],
+                [b[1] for b in band],
+                [b[2] for b in band],
+                color=line[0].get_color(),
+                alpha=0.2,
+                lw=0,
+            )
     if x in ("tokens", "flops"):
         ax.set_xscale("log")
     ax.set_xlabel(CURVE_X_LABELS.get(x, x))
@@ -98,22 +118,39 @@ def plot_summary(
         return None
     plt = _plt()
     numeric = x is not None and all(_is_number(r.get(x)) for r in rows)
-    top = max(r[metric] for r in have)
+    # the top of the axis clears the intervals' upper ends too
+    top = max(max(r[metric], r.get(f"{metric}_hi") or r[metric]) for r in have)
     if not numeric:
         fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.5), dpi=110)
         labels = [str(r.get("point") or r.get("run") or i) for i, r in enumerate(rows)]
         values = [r[metric] if _is_number(r.get(metric)) else 0.0 for r in rows]
-        bars = ax.barh(range(len(rows)), values, color="tab:blue")
+        err = None
+        if any(_is_number(r.get(f"{metric}_lo")) for r in rows):
+            err = [
+                [
+                    v - r[f"{metric}_lo"] if _is_number(r.get(f"{metric}_lo")) else 0.0
+                    for v, r in zip(values, rows, strict=True)
+                ],
+                [
+                    r[f"{metric}_hi"] - v if _is_number(r.get(f"{metric}_hi")) else 0.0
+                    for v, r in zip(values, rows, strict=True)
+                ],
+            ]
+        lo = min(r[metric] for r in have)
+        left = max(0.0, lo - 0.25 * (top - lo + 0.1))
+        bars = ax.barh(range(len(rows)), values, color="tab:blue", xerr=err, capsize=3)
         for i, r in enumerate(rows):
             text = f"{r[metric]:.4f}" if _is_number(r.get(metric)) else str(r.get("status", "n/a"))
-            ax.text(values[i], i, " " + text, va="center", fontsize=8)
+            at = r.get(f"{metric}_hi") if _is_number(r.get(f"{metric}_hi")) else values[i]
+            if not _is_number(r.get(metric)):
+                at = left  # a run with no value: its status at the axis' left edge, in view
+            ax.text(at, i, " " + text, va="center", fontsize=8)
             if not _is_number(r.get(metric)):
                 bars[i].set_color("tab:red")
         ax.set_yticks(range(len(rows)), labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(METRIC_LABELS.get(metric, metric))
-        lo = min(r[metric] for r in have)
-        ax.set_xlim(max(0.0, lo - 0.25 * (top - lo + 0.1)), top + 0.3 * (top - lo + 0.1))
+        ax.set_xlim(left, top + 0.3 * (top - lo + 0.1))
     else:
         fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
         groups: dict[str, list[dict[str, Any]]] = {}
@@ -125,6 +162,16 @@ def plot_summary(
             line = ax.plot(
                 [r[x] for r in ok], [r[metric] for r in ok], marker="o", lw=1.5, label=name or None
             )
+            banded = [r for r in ok if _is_number(r.get(f"{metric}_lo"))]
+            if banded and line:
+                ax.fill_between(
+                    [r[x] for r in banded],
+                    [r[f"{metric}_lo"] for r in banded],
+                    [r[f"{metric}_hi"] for r in banded],
+                    color=line[0].get_color(),
+                    alpha=0.2,
+                    lw=0,
+                )
             bad = [r for r in members if not _is_number(r.get(metric))]
             if bad:
                 color = line[0].get_color() if line else "tab:red"

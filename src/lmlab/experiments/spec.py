@@ -7,6 +7,7 @@ A sweep file is TOML::
                                          # or a shipped recipe's name ("shakespeare-char")
     out = "runs/sweeps/lr"               # the sweep folder; default runs/sweeps/<name>
     devices = "auto"                     # auto | a list such as ["0", "1"] or ["cpu", "cpu"]
+    seeds = 3                            # runs per point, train.seed + 0..N-1 (default 1)
 
     [overrides]                          # applied to every point
     "train.max_steps" = 300
@@ -30,6 +31,10 @@ Keys may be quoted (``"train.lr"``) or dotted (``train.lr``, which TOML nests). 
 Two sweep-only keys set ``train.max_steps`` from a budget, after every other override:
 ``budget_tokens`` (tokens seen) and ``budget_flops`` (training FLOPs from
 :mod:`lmlab.accounting`, 3x the forward matmul FLOPs per token).
+
+With ``seeds = N`` every point runs N times, with ``train.seed`` offset by 0..N-1 (after
+every override, the command line's included); seed offset 0 keeps the point's folder name,
+offset k runs in ``<point>__seed-<k>``, so raising N later adds runs and keeps the old one.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from lmlab.errors import ConfigError
 
 BUDGET_KEYS = ("budget_tokens", "budget_flops")
 TOP_KEYS = {"name", "base", "out", "devices", "overrides", "grid", "points", "plot", "description"}
+TOP_KEYS |= {"seeds"}  # runs per point (see expand_seeds)
 PLOT_KEYS = {"x", "log_x", "curves_x", "metric", "group", "hide"}
 
 
@@ -56,6 +62,11 @@ class Point:
     name: str
     overrides: dict[str, Any]  # section.key (or a budget key) -> value, in file order
     series: str | None = None  # a line label for plots (the point's ``series`` key)
+    seed_offset: int = 0  # added to train.seed (sweep.seeds > 1)
+    group: str = ""  # the point's name without its seed suffix (its row in the seed table)
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.name
 
     def label(self) -> str:
         return (
@@ -77,6 +88,7 @@ class SweepSpec:
     devices: str | list[str] = "auto"
     plot: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    seeds: int = 1
 
     @property
     def swept_keys(self) -> list[str]:
@@ -165,8 +177,31 @@ def _check_budget(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: {key} must be a positive number, got {value!r}")
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Parse and expand a sweep file; errors name the file and the key."""
+def seed_folder(name: str, offset: int) -> str:
+    """The run folder of seed offset ``offset`` of point ``name``."""
+    return name if offset == 0 else f"{name}__seed-{offset}"
+
+
+def expand_seeds(points: list[Point], seeds: int) -> list[Point]:
+    """Each point ``seeds`` times, seed offsets 0..seeds-1 (point order, then seed order)."""
+    return [
+        Point(seed_folder(p.name, k), p.overrides, p.series, seed_offset=k, group=p.name)
+        for p in points
+        for k in range(seeds)
+    ]
+
+
+def _check_seeds(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: seeds must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
+    """Parse and expand a sweep file; errors name the file and the key.
+
+    ``seeds`` (the command line's ``--seeds``) replaces the file's ``seeds``.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: sweep file not found")
@@ -241,6 +276,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
             else:
                 folder = pname or folder_name(ov)
             points.append(Point(folder, ov, series))
+    n_seeds = _check_seeds(data.get("seeds", 1), str(path))
+    if seeds is not None:
+        n_seeds = _check_seeds(seeds, "--seeds")
+    points = expand_seeds(points, n_seeds)
     seen: dict[str, int] = {}
     for p in points:
         if p.name in seen:
@@ -279,6 +318,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         devices=devices,
         plot=plot,
         description=str(data.get("description", "")),
+        seeds=n_seeds,
     )
 
 

@@ -35,6 +35,7 @@ from typing import Any
 from lmlab.config import Config, apply_overrides, load_config, save_config, to_toml
 from lmlab.errors import ConfigError, LmlabError
 from lmlab.experiments import plots
+from lmlab.experiments import seeds as seed_stats
 from lmlab.experiments.results import (
     METRIC_COLUMNS,
     is_finished,
@@ -92,6 +93,7 @@ def point_config(
         except ConfigError as e:
             raise ConfigError(f"{spec.path}: {where}: {e}") from None
     apply_overrides(cfg, cli)
+    cfg.train.seed += point.seed_offset  # sweep.seeds: seed k of a point trains at seed + k
     cfg.train.out = str(spec.out / "runs" / point.name)
     try:
         cfg.validate()
@@ -152,19 +154,25 @@ def finalize(cfg: Config, budget: dict[str, float]) -> None:
     meta = read_meta(cfg.data.path)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = int(meta["vocab_size"])
-    if budget:
-        from lmlab.accounting import training_flops_per_token
-        from lmlab.train.loop import _batch_shape
-
-        tokens_per_step = _batch_shape(cfg, 1)[0] * cfg.model.context_length
-        ((kind, amount),) = budget.items()
-        per_step = (
-            tokens_per_step
-            if kind == "budget_tokens"
-            else tokens_per_step * training_flops_per_token(cfg.model)
-        )
-        cfg.train.max_steps = max(1, round(amount / per_step))
+    apply_budget(cfg, budget)
     cfg.validate()
+
+
+def apply_budget(cfg: Config, budget: dict[str, float]) -> None:
+    """Set ``train.max_steps`` from a budget_tokens or budget_flops (needs model.vocab_size)."""
+    if not budget:
+        return
+    from lmlab.accounting import training_flops_per_token
+    from lmlab.train.loop import _batch_shape
+
+    tokens_per_step = _batch_shape(cfg, 1)[0] * cfg.model.context_length
+    ((kind, amount),) = budget.items()
+    per_step = (
+        tokens_per_step
+        if kind == "budget_tokens"
+        else tokens_per_step * training_flops_per_token(cfg.model)
+    )
+    cfg.train.max_steps = max(1, round(amount / per_step))
 
 
 def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
@@ -343,6 +351,8 @@ def sweep_rows(
     for point, cfg in configs:
         run_dir = Path(cfg.train.out)
         row: dict[str, Any] = {"point": point.name}
+        if spec.seeds > 1:
+            row["seed"] = cfg.train.seed
         if has_series:
             row["series"] = point.series or ""
         for k in swept:
@@ -355,8 +365,28 @@ def sweep_rows(
                 (run_dir / ERROR_FILE).read_text(encoding="utf-8").strip().splitlines()[-1][:300]
             )
         rows.append(row)
-    columns = ["point"] + (["series"] if has_series else []) + swept + METRIC_COLUMNS
+    columns = (
+        ["point"]
+        + (["seed"] if spec.seeds > 1 else [])
+        + (["series"] if has_series else [])
+        + swept
+        + METRIC_COLUMNS
+    )
     return rows, columns
+
+
+def seed_groups(
+    configs: list[tuple[Point, Config]], rows: list[dict[str, Any]], label_columns: list[str]
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(label, rows of its seeds) per point, in point order; the label names the group."""
+    groups: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for (point, _), row in zip(configs, rows, strict=True):
+        if point.group not in groups:
+            label = {c: row.get(c) for c in label_columns}
+            label["point"] = point.group
+            groups[point.group] = (label, [])
+        groups[point.group][1].append(row)
+    return list(groups.values())
 
 
 def summary_x(spec: SweepSpec, rows: list[dict[str, Any]]) -> str | None:
@@ -372,17 +402,53 @@ def summary_x(spec: SweepSpec, rows: list[dict[str, Any]]) -> str | None:
 
 
 def write_outputs(
-    spec: SweepSpec, configs: list[tuple[Point, Config]], cli: list[str]
+    spec: SweepSpec,
+    configs: list[tuple[Point, Config]],
+    cli: list[str],
+    seeds_arg: int | None = None,
 ) -> SweepResult:
-    """Tables, plots and results.md for the sweep as it stands on disk."""
+    """Tables, plots and results.md for the sweep as it stands on disk.
+
+    With several seeds per point, results.csv keeps one row per run and
+    results_seeds.csv / results.md / the plots show one row per point: the mean and the
+    interval of :mod:`lmlab.experiments.seeds`, with finding lines against the best point.
+    """
     out = spec.out
     rows, columns = sweep_rows(spec, configs)
     md_table, csv_path = write_tables(rows, columns, out)
-    x = summary_x(spec, rows)
     metric = str(spec.plot.get("metric", "final_val_loss"))
     curves_x = str(spec.plot.get("curves_x", "step"))
     made: list[Path] = []
-    curves = [(p.name, val_curve(Path(c.train.out))) for p, c in configs]
+    summary_rows = rows
+    seed_section: list[str] = []
+    if spec.seeds > 1:
+        label_columns = [c for c in columns if c not in METRIC_COLUMNS and c != "seed"]
+        groups = seed_groups(configs, rows, label_columns)
+        summary_rows = seed_stats.aggregate(groups)
+        seed_md = seed_stats.write_seed_tables(summary_rows, label_columns, out)
+        findings = seed_stats.finding_lines(summary_rows, "point", metric)
+        seed_section.append(
+            f"## Results: {seed_stats.describe_kind(spec.seeds)}\n\n{seed_md}\n"
+            "One row per seed below; the seed table in full precision in `results_seeds.csv`.\n"
+        )
+        if findings:
+            seed_section.append("## Findings\n\n" + "\n".join(f"- {f}" for f in findings) + "\n")
+        by_group: dict[str, list[Path]] = {}
+        for p, c in configs:
+            by_group.setdefault(p.group, []).append(Path(c.train.out))
+        # the band of the finished seeds (a partial run would cut every seed's curve short)
+        curves = [
+            (
+                g,
+                seed_stats.curve_band(
+                    [val_curve(r) for r in ([r for r in rs if is_finished(r)] or rs)]
+                ),
+            )
+            for g, rs in by_group.items()
+        ]
+    else:
+        curves = [(p.name, val_curve(Path(c.train.out))) for p, c in configs]
+    x = summary_x(spec, summary_rows)
     c = plots.plot_curves(
         curves, out / f"{spec.name}_curves.png", x=curves_x, title=f"{spec.name}: validation loss"
     )
@@ -390,7 +456,7 @@ def write_outputs(
         made.append(c)
     series = str(spec.plot.get("group", "series"))
     s = plots.plot_summary(
-        rows,
+        summary_rows,
         x,
         out / f"{spec.name}_summary.png",
         metric=metric,
@@ -400,7 +466,8 @@ def write_outputs(
     )
     if s:
         made.append(s)
-    cmd = " ".join(["lmlab sweep", str(spec.path)] + [f"--{o}" for o in cli])
+    seeds_flag = [f"--seeds {seeds_arg}"] if seeds_arg is not None else []
+    cmd = " ".join(["lmlab sweep", str(spec.path), *seeds_flag] + [f"--{o}" for o in cli])
     parts = [f"# Sweep: {spec.name}\n"]
     if spec.description:
         parts.append(spec.description.strip() + "\n")
@@ -411,7 +478,9 @@ def write_outputs(
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    parts.append("## Results\n\n" + md_table.read_text(encoding="utf-8"))
+    parts += seed_section
+    runs_title = "## Runs (one row per seed)" if spec.seeds > 1 else "## Results"
+    parts.append(f"{runs_title}\n\n" + md_table.read_text(encoding="utf-8"))
     parts.append(
         "Status: "
         + ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -441,9 +510,14 @@ def write_outputs(
     return SweepResult(out=out, rows=rows, markdown=md, csv=csv_path, plots=made)
 
 
-def run_sweep(path: Path, overrides: list[str] | None = None, log=print) -> SweepResult:
-    """Run (or resume) the sweep in ``path``; see the module docstring."""
-    spec = load_sweep(path)
+def run_sweep(
+    path: Path, overrides: list[str] | None = None, log=print, seeds: int | None = None
+) -> SweepResult:
+    """Run (or resume) the sweep in ``path``; see the module docstring.
+
+    ``seeds`` (``--seeds N``) replaces the sweep file's ``seeds``.
+    """
+    spec = load_sweep(path, seeds=seeds)
     base = resolve_base(spec)
     cli = [o[2:] if o.startswith("--") else o for o in (overrides or [])]
     swept = set(spec.swept_keys)
@@ -486,7 +560,7 @@ def run_sweep(path: Path, overrides: list[str] | None = None, log=print) -> Swee
                 _run_inline(cfg, resume, log)
     finally:
         # on Ctrl-C too: the table shows what exists, and rerunning resumes
-        result = write_outputs(spec, configs, cli)
+        result = write_outputs(spec, configs, cli, seeds)
     log(
         f"[sweep] table: {result.markdown} ({result.csv.name}); plots: {', '.join(p.name for p in result.plots) or 'none'}"
     )

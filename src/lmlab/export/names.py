@@ -54,6 +54,8 @@ def family(mcfg: Any, target: str = "hf") -> str:
     if mcfg.arch != "transformer":
         raise LmlabError(f"model.arch={mcfg.arch}: only the decoder-only transformer can be exported "
                          f"({gpt2} / {llama})")
+    if not getattr(mcfg, "residual", True):
+        raise LmlabError(f"model.residual=false: a model without residual connections has no {gpt2} / {llama} equivalent")
     if mcfg.norm_position != "pre":
         raise LmlabError(f"model.norm_position={mcfg.norm_position}: {gpt2} and {llama} are pre-norm only")
     if mcfg.norm == "layernorm":

@@ -18,11 +18,11 @@ that changes between rungs is the architecture named here:
   Positions as configured.
 - ``no_residual``: ``n_layer`` blocks of attention then MLP with no residual connections
   and no norms at all (``norm`` is ignored): ``x = mlp(attn(x))``. Positions as configured.
-  With no norm to rescale activations it is initialised to keep them O(1): embeddings
-  normal(0, 1), linear layers normal(0, 1/sqrt(fan_in)) (no residual scaling). With
-  init_std=0.02 throughout the signal shrinks ~10x per layer and the network cannot train
-  at all, so the ablation would measure the init rather than depth without skip
-  connections. An untied head keeps init_std.
+  With no norm to rescale activations its linear layers are initialised not to shrink
+  them (:func:`lmlab.model.transformer.init_without_residuals`: embeddings normal(0, 1),
+  linear layers normal(0, 1/sqrt(fan_in)), no residual scaling); attention's averaging
+  still shrinks them block by block. An untied head keeps init_std. The same model is
+  ``arch = "transformer"`` with ``residual = false`` and ``norm = "none"``.
 
 Parameter names follow the transformer's (``tok_emb``, ``pos_emb``, ``attn.qkv``, ``mlp.fc``,
 ``norm1``, ``norm_f``, ``head``). Baselines have no KV cache (``supports_kv_cache = False``):
@@ -36,7 +36,14 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError, LmlabError
-from lmlab.model.transformer import MLP, CausalSelfAttention, Rotary, init_weights, make_norm
+from lmlab.model.transformer import (
+    MLP,
+    CausalSelfAttention,
+    Rotary,
+    init_weights,
+    init_without_residuals,
+    make_norm,
+)
 
 
 class _Baseline(nn.Module):
@@ -166,12 +173,7 @@ class NoResidual(_Baseline):
             self.rotary = Rotary(cfg.d_model // cfg.n_head, cfg.context_length, cfg.rope_theta)
         self.blocks = nn.ModuleList(_PlainBlock(cfg) for _ in range(cfg.n_layer))
         self._finish(cfg.n_layer)
-        for emb in (self.tok_emb, self.pos_emb):
-            if emb is not None:
-                nn.init.normal_(emb.weight, mean=0.0, std=1.0)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
+        init_without_residuals(self.blocks, [self.tok_emb, self.pos_emb])
 
     def _logits(self, idx: torch.Tensor) -> torch.Tensor:
         x = self._embed(idx)
