@@ -151,9 +151,9 @@ def test_seeds_run_each_point_in_its_own_folder_and_tabulate_mean_and_range(fold
     calls = []
     real = loop.train
 
-    def spy(cfg, resume=False):
+    def spy(cfg, resume=False, **kw):
         calls.append((Path(cfg.train.out).name, cfg.train.seed, resume))
-        return real(cfg, resume=resume)
+        return real(cfg, resume=resume, **kw)
 
     monkeypatch.setattr(loop, "train", spy)
     res = run_sweep(write_sweep(folder, SWEEP))
