@@ -106,3 +106,30 @@ def test_missing_base_run_is_one_line(tmp_path, capsys):
     assert main(["account", str(cfg_file)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lmlab: error: train.init_from:") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_an_hf_folder_gives_its_model(tmp_path, family):
+    transformers = pytest.importorskip("transformers")
+    if family == "gpt2":
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=96, n_positions=32, n_embd=48, n_layer=2, n_head=3))
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=96, hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=32))
+    hf.save_pretrained(tmp_path / "hf")
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(f'[train]\ninit_from = "hf:{tmp_path / "hf"}"\n', encoding="utf-8")
+    res = account(load_config(cfg_file))
+    # the same parameters as transformers' model (tied head counted once, as both count it)
+    assert res["params_total"] == hf.num_parameters()
+    assert res["model_source"] == f"train.init_from: the transformers folder {tmp_path / 'hf'}"
+
+
+def test_an_hf_folder_not_made_yet_is_one_line(tmp_path, capsys):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(f'[train]\ninit_from = "hf:{tmp_path / "nowhere"}"\n', encoding="utf-8")
+    assert main(["account", str(cfg_file)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lmlab: error: train.init_from: hf:") and len(err.splitlines()) == 1

@@ -6,7 +6,9 @@ resolved without training anything:
 
 1. ``train.init_from``: the model in that run's ``config.toml``; when the run does not exist
    yet, the model of the shipped recipe that writes it (``runs/demo/run`` is what `lmlab demo`
-   writes from ``demo-python``).
+   writes from ``demo-python``). ``hf:FOLDER``: the model its ``config.json`` describes; a
+   folder not made yet that a recipe documents as an export of a run (``runs/demo/hf``, the
+   demo's run exported) counts that run's model.
 2. the vocabulary, first found of: ``model.vocab_size``; ``data.tokenizer``; ``data.path``'s
    meta.json; ``tokenizer.path``; a tokenizer already at ``tokenizer.out``; a dataset already at
    ``prepare.out``; else what the tokenizer stage will produce: a char tokenizer's distinct
@@ -24,6 +26,8 @@ from lmlab.errors import ConfigError, LmlabError
 
 # Where `lmlab demo` (default --out runs/demo) writes its run, and the recipe it trains.
 DEMO_RUN = Path("runs/demo/run")
+# Where the sft-from-hf recipe's comment exports that run (`lmlab export runs/demo/run --format hf`).
+DEMO_HF_EXPORT = Path("runs/demo/hf")
 DEMO_RECIPE = "demo-python"
 # Counting characters reads the corpus; past this many bytes the char vocabulary is given as
 # the bound tokenizer.vocab_size instead.
@@ -45,6 +49,8 @@ def base_config(init_from: str) -> tuple[Config, str]:
     """The config whose model ``train.init_from`` holds: the run's own, or the recipe that writes it."""
     from lmlab.train.checkpoint import read_config, resolve_checkpoint
 
+    if init_from.startswith("hf:"):
+        return _hf_base_config(init_from)
     if Path(init_from).exists():
         try:
             ckpt = resolve_checkpoint(init_from)
@@ -60,6 +66,31 @@ def base_config(init_from: str) -> tuple[Config, str]:
     raise ConfigError(
         f"train.init_from: {init_from} does not exist and no shipped recipe writes it; the model is that "
         "run's: train it first, or pass --model.* keys and --train.init_from=''"
+    )
+
+
+def _hf_base_config(init_from: str) -> tuple[Config, str]:
+    """``hf:FOLDER``: the model of its config.json (no weights read), or of the run it will export."""
+    from lmlab.export.hf_import import model_fields
+
+    folder = Path(init_from[len("hf:"):]).expanduser()
+    cfg_file = folder / "config.json"
+    if cfg_file.is_file():
+        import json
+
+        try:
+            hf = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"train.init_from: {cfg_file}: not valid JSON ({e})") from None
+        cfg = Config()
+        for k, v in model_fields(hf, str(cfg_file))[1].items():
+            setattr(cfg.model, k, v)
+        return cfg, f"the transformers folder {folder}"
+    if _same_path(folder, DEMO_HF_EXPORT):
+        cfg, src = base_config(str(DEMO_RUN))
+        return cfg, f"{src}, exported to {folder}"
+    raise ConfigError(
+        f"train.init_from: {init_from}: no config.json there (not a transformers model folder, or not made yet)"
     )
 
 
