@@ -166,6 +166,7 @@ class PrepareConfig:
     text_field: str = opt("text", "JSONL/parquet field holding the document")
     separator: str = opt("", "split text files into documents on this string; empty keeps one document per file")
     val_fraction: float = opt(0.05, "fraction of documents held out for validation", minimum=0.0)
+    split: str = opt("hash", "how val is chosen: hash (documents by a hash of their content) or tail (the last val_fraction of the token stream, as nanoGPT and char-rnn split)", choices=("hash", "tail"))
     workers: int = opt(0, "worker processes; 0 means all cores", minimum=0)
     seed: int = opt(0, "seed for the train/val split")
     errors: str = opt("skip", "files that are not UTF-8: skip them or decode with replacement", choices=("skip", "replace"))
