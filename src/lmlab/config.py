@@ -69,8 +69,12 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the update guards."""
+    """AdamW (or Muon) and the update guards."""
 
+    name: str = opt("adamw", "optimizer: adamw, or muon (orthogonalised momentum for hidden matrices, AdamW at train.lr for embeddings, head, norms, biases)", choices=("adamw", "muon"))
+    muon_lr: float = opt(0.02, "muon: peak learning rate of the hidden matrices (follows train.lr's schedule)", minimum=0.0)
+    muon_momentum: float = opt(0.95, "muon: momentum (Nesterov)", minimum=0.0)
+    muon_ns_steps: int = opt(5, "muon: Newton-Schulz iterations", minimum=1)
     weight_decay: float = opt(0.1, "AdamW weight decay, applied to matrices only", minimum=0.0)
     beta1: float = opt(0.9, "AdamW beta1", minimum=0.0)
     beta2: float = opt(0.95, "AdamW beta2", minimum=0.0)
