@@ -2,7 +2,8 @@
 
 ``auto`` picks CUDA when present (then MPS, then CPU); ``dtype = auto`` picks bfloat16 on a
 CUDA device that supports it, float16 on older CUDA devices (with a GradScaler in the loop)
-and float32 everywhere else. Mixed precision runs under :func:`autocast`; weights and the
+and float32 everywhere else; the training loop refines ``auto`` on a CPU with native bf16
+by measuring (:mod:`lmlab.train.precision`). Mixed precision runs under :func:`autocast`; weights and the
 optimizer stay in float32.
 """
 

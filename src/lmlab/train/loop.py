@@ -346,6 +346,9 @@ class _Trainer:
         # vocab 65 (more small ops than the plain path); below FUSED_LOSS_MIN_VOCAB the plain path
         self.fused_loss = (t.fused_loss and getattr(self.raw_model, "supports_fused_loss", False)
                            and m.vocab_size >= FUSED_LOSS_MIN_VOCAB)
+        self.precision: dict[str, Any] | None = None
+        if t.dtype == "auto" and device.type == "cpu":
+            self.dtype = self._auto_cpu_dtype(micro)
         peak = peak_flops(device, self.dtype)
         self.peak = peak * info.world if peak else None
         self.tokenizer = None
@@ -354,6 +357,29 @@ class _Trainer:
             self._prepare_run_dir()
 
     # --- setup helpers --------------------------------------------------------------------------
+
+    def _auto_cpu_dtype(self, micro: int) -> torch.dtype:
+        """bf16 autocast when it trains this model faster here (lmlab.train.precision), the
+        choice a resumed run made before, or fp32; every rank takes the same."""
+        from lmlab.train.precision import pick_cpu_train_dtype
+
+        saved = self.run_dir / "precision.json"
+        if self.resume_from is not None and saved.exists():
+            from lmlab.io import read_json
+
+            self.precision = {**read_json(saved), "resumed": True}
+        elif self.cfg.model.arch == "transformer":
+            self.precision = pick_cpu_train_dtype(
+                self.raw_model, micro, self.cfg.model.context_length, self.cfg.model.vocab_size, self.fused_loss
+            )
+        else:  # the probe feeds token ids; other architectures take other inputs
+            self.precision = {"dtype": "float32", "reason": f"model.arch = {self.cfg.model.arch}"}
+        times = self.precision.get("seconds_per_pass")
+        if times:
+            self._say(f"train.dtype auto: {self.precision['dtype']} (forward+backward {1000 * times['float32']:.1f} ms "
+                      f"in float32, {1000 * times['bfloat16']:.1f} ms in bfloat16 autocast)")
+        votes = dd.all_reduce_sum([float(self.precision["dtype"] == "bfloat16")], self.info, self.device)[0]
+        return torch.bfloat16 if votes == self.info.world else torch.float32
 
     def _say(self, msg: str) -> None:
         if self.info.is_main:
@@ -366,11 +392,13 @@ class _Trainer:
         if self.resume_from is None and (self.ckpt_root.exists() or (run / "metrics.jsonl").exists()):
             self._say(f"{run}: starting a new run over the old one (pass --resume to continue it)")
             shutil.rmtree(self.ckpt_root, ignore_errors=True)
-            for name in ("metrics.jsonl", "samples.md", "result.json"):
+            for name in ("metrics.jsonl", "samples.md", "result.json", "precision.json"):
                 (run / name).unlink(missing_ok=True)
         run.mkdir(parents=True, exist_ok=True)
         ck.clean_partial(self.ckpt_root)
         save_config(self.cfg, run / "config.toml")
+        if self.precision is not None and not self.precision.get("resumed"):
+            write_json(run / "precision.json", {**self.precision, "dtype": str(self.dtype).removeprefix("torch.")})
         self.tokenizer = _load_tokenizer(self.cfg, self.meta)
         if self.tokenizer is not None and not (run / "tokenizer").exists():
             with contextlib.suppress(Exception):  # a copy is a convenience; training does not need it
