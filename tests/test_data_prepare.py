@@ -271,3 +271,7 @@ def test_tail_split_is_the_end_of_the_stream(tok_dir, tmp_path, shard_tokens):
     tok = load_tokenizer(tok_dir)
     assert sp["val"]["bytes"] == len(tok.decode_bytes([t for t in val.tolist() if t != tok.eot_id]))
     assert read_meta(tmp_path / "tail")["splits"] == sp  # shards on disk match meta (open_shards checks sizes)
+    ends_in_val = int((val == tok.eot_id).sum())
+    split_doc = int(everything[cut - 1] != tok.eot_id)
+    assert sp["val"]["documents"] == ends_in_val >= 1
+    assert sp["train"]["documents"] == len(docs) - ends_in_val + split_doc

@@ -279,14 +279,19 @@ def _move_tail(folder: Path, writers: dict[str, ShardWriter], router: _SplitRout
     start = 0  # stream position of the current shard's first token
     keep: list[str] = []
     moved_bytes = moved_docs = 0
+    before_cut = tok.eot_id  # the token just before the cut: not eot when the cut splits a document
     for name in train.shards:
         path = folder / name
         size = path.stat().st_size // train.dtype.itemsize
         if start + size <= cut:
             keep.append(name)
+            if start + size == cut:
+                before_cut = int(np.memmap(path, dtype=train.dtype, mode="r")[-1])
         else:
             lo = max(cut - start, 0)
             mm = np.memmap(path, dtype=train.dtype, mode="r")
+            if lo:
+                before_cut = int(mm[lo - 1])
             for a in range(lo, size, 1 << 22):  # bounded memory: 4M tokens at a time
                 chunk = np.array(mm[a : min(a + (1 << 22), size)])
                 val.write(chunk)
@@ -301,8 +306,10 @@ def _move_tail(folder: Path, writers: dict[str, ShardWriter], router: _SplitRout
         start += size
     val.close()
     train.shards, train.tokens = keep, cut
-    # a document counts in the split that holds its end-of-text
-    router.docs["val"], router.docs["train"] = max(moved_docs, 1), router.docs["train"] - moved_docs
+    # documents that start in train count there, those that end in val count there (a
+    # document cut in two counts in both)
+    split_doc = int(before_cut != tok.eot_id)
+    router.docs["val"], router.docs["train"] = moved_docs, router.docs["train"] - moved_docs + split_doc
     router.bytes["val"], router.bytes["train"] = moved_bytes, router.bytes["train"] - moved_bytes
 
 
