@@ -10,7 +10,7 @@ op overhead). Without native bf16 the CPU emulates it and fp32 is faster.
 :func:`pick_cpu_train_dtype` therefore measures, as :mod:`lmlab.model.layout` does for
 decoding: a few forward+backward passes of a copy of the model on a random batch of the run's
 shape, alternating fp32 and bf16 autocast, best of each; bf16 is kept when it is at least
-``MIN_GAIN`` faster. The training RNG is untouched (the passes run under
+``MIN_GAIN`` faster in both wall and CPU time. The training RNG is untouched (the passes run under
 ``torch.random.fork_rng`` on a copy). The decision is cached for the process (a sweep measures
 once per shape) and the loop records it in the run folder (``precision.json``), so a resumed
 run keeps the precision it started with.
@@ -46,9 +46,10 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def _pass_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype, fused: bool) -> float:
+def _pass_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype, fused: bool) -> tuple[float, float]:
+    """(wall, CPU) seconds of one forward+backward; CPU time is this process's, all threads."""
     device = x.device
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with autocast(device, dtype):
         if fused:
             loss = model(x, targets=y)
@@ -56,27 +57,37 @@ def _pass_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtyp
             loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten(), reduction="sum")
     loss.backward()
     model.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def measure_cpu_train_dtype(
-    model: torch.nn.Module, batch: int, seq_len: int, vocab: int, fused: bool, rounds: int = 3
+    model: torch.nn.Module, batch: int, seq_len: int, vocab: int, fused: bool, budget_s: float = 2.0
 ) -> dict[str, Any]:
-    """Best-of seconds per forward+backward in fp32 and bf16 autocast, and the pick."""
+    """Best-of wall and CPU seconds per forward+backward in fp32 and bf16 autocast, and the pick.
+
+    A warm-up round, then rounds alternating the two until about ``budget_s`` of wall time has
+    gone (2 to 10 rounds). bf16 is picked only when it is ``MIN_GAIN`` times faster in both
+    wall and CPU time: on a machine shared with other jobs one of the two alone can be off."""
     probe = copy.deepcopy(model).train()
     device = next(probe.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randint(0, vocab, (batch, seq_len + 1), generator=gen).to(device)
     x, y = x[:, :-1], x[:, 1:]
-    times = {"float32": float("inf"), "bfloat16": float("inf")}
+    wall = {"float32": float("inf"), "bfloat16": float("inf")}
+    cpu = dict(wall)
+    dtypes = (("float32", torch.float32), ("bfloat16", torch.bfloat16))
     with torch.random.fork_rng(devices=[]):
-        for r in range(rounds + 1):  # round 0 warms up both (allocator, kernels, autocast)
-            for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-                s = _pass_seconds(probe, x, y, dtype, fused)
-                if r:
-                    times[name] = min(times[name], s)
-    pick = "bfloat16" if times["float32"] >= MIN_GAIN * times["bfloat16"] else "float32"
-    return {"dtype": pick, "seconds_per_pass": times, "min_gain": MIN_GAIN, "batch": [batch, seq_len]}
+        for _, dtype in dtypes:  # warm-up: allocator, kernels, autocast's casts
+            _pass_seconds(probe, x, y, dtype, fused)
+        t0, rounds = time.perf_counter(), 0
+        while rounds < 2 or (rounds < 10 and time.perf_counter() - t0 < budget_s):
+            for name, dtype in dtypes:
+                w, c = _pass_seconds(probe, x, y, dtype, fused)
+                wall[name], cpu[name] = min(wall[name], w), min(cpu[name], c)
+            rounds += 1
+    faster = all(t["float32"] >= MIN_GAIN * t["bfloat16"] for t in (wall, cpu))
+    return {"dtype": "bfloat16" if faster else "float32", "seconds_per_pass": wall, "cpu_seconds_per_pass": cpu,
+            "rounds": rounds, "min_gain": MIN_GAIN, "batch": [batch, seq_len]}
 
 
 def pick_cpu_train_dtype(model: torch.nn.Module, batch: int, seq_len: int, vocab: int, fused: bool) -> dict[str, Any]:
