@@ -19,31 +19,17 @@ run keeps the precision it started with.
 from __future__ import annotations
 
 import copy
-import functools
 import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from lmlab.device import autocast
+from lmlab.device import autocast, cpu_has_native_bf16
 
 MIN_GAIN = 1.1  # bf16 must be this many times faster: a near tie keeps fp32's precision
 _CACHE: dict[tuple, dict[str, Any]] = {}
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 dot products in hardware (AMX-BF16 or AVX512-BF16)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return False
+__all__ = ["cpu_has_native_bf16", "measure_cpu_train_dtype", "pick_cpu_train_dtype"]
 
 
 def _pass_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype, fused: bool) -> tuple[float, float]:
