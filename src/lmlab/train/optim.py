@@ -61,6 +61,10 @@ def build_optimizer(model: torch.nn.Module, ocfg: OptimConfig, lr: float, device
     from lmlab.train.muon import Muon, split_params
 
     muon, decay, no_decay = split_params(model)
+    if any(type(p).__name__ == "DTensor" for p in muon):  # Newton-Schulz needs whole matrices
+        from lmlab.errors import ConfigError
+
+        raise ConfigError("optim.name: muon needs whole weight matrices on every rank (DDP), not FSDP shards")
     groups = [{"params": decay, "weight_decay": ocfg.weight_decay, "name": "decay"},
               {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
     groups = [g for g in groups if g["params"]]
