@@ -25,7 +25,7 @@ Every figure is only a ratio within this run; the script prints the machine (CPU
 flags, threads, load average) beside them. On a machine shared with other jobs the wall times
 are noisy: repeat with ``--rounds``.
 
-    .venv/bin/python bench/cpu_vs_nanogpt.py [--rounds 1] [--skip 1,2,3] [--llama-steps 10]
+    .venv/bin/python bench/cpu_vs_nanogpt.py [--rounds 1] [--skip 1,2,3] [--llama-steps 10] [--iters 2000]
 """
 
 from __future__ import annotations
@@ -99,11 +99,12 @@ def setup_nanogpt(tmp: Path) -> Path:
     return work
 
 
-def run_nanogpt(work: Path) -> dict:
+def run_nanogpt(work: Path, iters: int) -> dict:
     shutil.rmtree(work / "out-shakespeare-char", ignore_errors=True)
-    wall, out = timed([PY, "train.py", *NANOGPT_ARGS], cwd=work)
+    short = [f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={iters}"] if iters != 2000 else []
+    wall, out = timed([PY, "train.py", *NANOGPT_ARGS, *short], cwd=work)
     vals = re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", out)
-    return {"wall_s": wall, "val_loss": float(vals[-1][1]), "iters": 2000}
+    return {"wall_s": wall, "val_loss": float(vals[-1][1]), "iters": iters}
 
 
 # --- lmlab ----------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def run_nanogpt(work: Path) -> dict:
 def prepare_lmlab(tmp: Path) -> tuple[Path, Path]:
     """The shakespeare-char recipe's tokenizer and dataset (standard split), not timed."""
     tok, data = tmp / "tok", tmp / "data"
-    timed([*LMLAB, "run", "shakespeare-char", "--train.max_steps=0", f"--tokenizer.out={tok}",
+    timed([*LMLAB, "run", "shakespeare-char", "--train.max_steps=1", f"--tokenizer.out={tok}",
            f"--prepare.out={data}", f"--train.out={tmp / 'prep-run'}", "--log.progress=false"], cwd=ROOT)
     return tok, data
 
@@ -157,19 +158,21 @@ progress = false
 """
 
 
-def run_lmlab_gpt2(tmp: Path, data: Path, tag: str) -> dict:
+def run_lmlab_gpt2(tmp: Path, data: Path, tag: str, iters: int) -> dict:
     cfg = tmp / "gpt2-same.toml"
     cfg.write_text(GPT2_SAME_AS_NANOGPT)
     out = tmp / f"gpt2-{tag}"
-    wall, _ = timed([*LMLAB, "train", str(cfg), f"--data.path={data}", "--out", str(out)], cwd=ROOT)
+    short = [f"--train.{k}={iters}" for k in ("max_steps", "eval_every", "checkpoint_every")] if iters != 2000 else []
+    wall, _ = timed([*LMLAB, "train", str(cfg), f"--data.path={data}", "--out", str(out), *short], cwd=ROOT)
     res = json.loads((out / "result.json").read_text())
     return {"wall_s": wall, "val_loss": res["final_val_loss"], "train_s": res["wall_time_s"]}
 
 
-def run_recipe(tmp: Path, tok: Path, data: Path, tag: str, target: float = 1.88) -> dict:
+def run_recipe(tmp: Path, tok: Path, data: Path, tag: str, iters: int, target: float = 1.88) -> dict:
     out = tmp / f"recipe-{tag}"
+    short = [f"--train.max_steps={iters}"] if iters != 2000 else []
     wall, _ = timed([*LMLAB, "run", "shakespeare-char", f"--tokenizer.out={tok}", f"--prepare.out={data}",
-                     f"--train.out={out}", "--log.progress=false"], cwd=ROOT)
+                     f"--train.out={out}", "--log.progress=false", *short], cwd=ROOT)
     res = json.loads((out / "result.json").read_text())
     outside = wall - res["wall_time_s"]  # start-up before the loop and the report after it
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -200,6 +203,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="repeat parts 1 and 2, alternating the sides")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip (1, 2, 3)")
     ap.add_argument("--llama-steps", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=2000, help="iterations of parts 1 and 2 (2000: the targets; fewer: a smoke run)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     print(f"machine: {machine()}", flush=True)
@@ -210,13 +214,13 @@ def main() -> None:
         tok, data = prepare_lmlab(tmp) if peers else (None, None)
         ng, gpt2, recipe = [], [], []
         for r in range(args.rounds if peers else 0):
-            ng.append(run_nanogpt(ng_work))
+            ng.append(run_nanogpt(ng_work, args.iters))
             print(f"round {r + 1}: nanoGPT {ng[-1]['wall_s']:.1f} s, val {ng[-1]['val_loss']:.4f}", flush=True)
             if "1" not in skip:
-                gpt2.append(run_lmlab_gpt2(tmp, data, str(r)))
+                gpt2.append(run_lmlab_gpt2(tmp, data, str(r), args.iters))
                 print(f"round {r + 1}: lmlab GPT-2 same arch {gpt2[-1]['wall_s']:.1f} s, val {gpt2[-1]['val_loss']:.4f}", flush=True)
             if "2" not in skip:
-                recipe.append(run_recipe(tmp, tok, data, str(r)))
+                recipe.append(run_recipe(tmp, tok, data, str(r), args.iters))
                 x = recipe[-1]
                 print(f"round {r + 1}: lmlab shakespeare-char recipe {x['wall_s']:.1f} s, val {x['val_loss']:.4f}, "
                       f"val <= 1.88 at step {x['target_step']} after {x['time_to_target_s']} s", flush=True)
@@ -225,14 +229,14 @@ def main() -> None:
             ng_wall = statistics.median(x["wall_s"] for x in ng)
         if gpt2:
             lm = statistics.median(x["wall_s"] for x in gpt2)
-            print(f"1. GPT-2 step fp32, 2000 its incl. evals: lmlab it/s / nanoGPT it/s = {ng_wall / lm:.2f}x "
+            print(f"1. GPT-2 step fp32, {args.iters} its incl. evals: lmlab it/s / nanoGPT it/s = {ng_wall / lm:.2f}x "
                   f"(target >= 1.3x; median walls {lm:.1f} s vs {ng_wall:.1f} s)")
         if recipe:
             ttt = [x["time_to_target_s"] for x in recipe if x["time_to_target_s"] is not None]
             t = statistics.median(ttt) if len(ttt) == len(recipe) else None
             fin = statistics.median(x["val_loss"] for x in recipe)
             wall = statistics.median(x["wall_s"] for x in recipe)
-            print(f"2. time to val 1.88: {t / ng_wall:.2f}x nanoGPT's 2000-it wall (target <= 0.3x)" if t else
+            print(f"2. time to val 1.88: {t / ng_wall:.2f}x nanoGPT's {args.iters}-it wall (target <= 0.3x)" if t else
                   "2. time to val 1.88: not reached")
             print(f"   recipe's final val loss {fin:.4f} after {wall:.1f} s = {wall / ng_wall:.2f}x nanoGPT's wall "
                   f"(target <= 1.58 within 1.00x)")
