@@ -19,8 +19,12 @@ timed as a full run minus a 1-step run. Rounds alternate the two so background l
 both. CPU time (process_time, all threads) is printed beside wall time: on a machine shared
 with other jobs it is the steadier figure.
 
+With ``--dtype bfloat16`` both sides train under bf16 autocast (weights and AdamW in fp32),
+like for like; ``--dtype auto`` gives lmlab ``train.dtype = "auto"`` (its measured pick) and
+the peer bf16 autocast.
+
     .venv/bin/python bench/train_speed.py [--shape shakespeare|llama10m] [--style llama|gpt2]
-        [--peer bare|hf] [--compile] [--steps 200] [--rounds 3]
+        [--peer bare|hf] [--compile] [--dtype float32|bfloat16|auto] [--steps 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ def make_dataset(folder: Path, vocab: int = 0) -> Path:
     return folder
 
 
-def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style: str = "llama", compile: bool = False):
+def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style: str = "llama", compile: bool = False,
+           dtype: str = "float32"):
     from lmlab.model.presets import PRESETS
 
     sh = SHAPES[shape]
@@ -86,7 +91,7 @@ def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style:
             "train": {
                 "max_steps": steps, "batch_size": sh["batch"], "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10,
                 "eval_every": 0, "checkpoint_every": 0, "log_every": steps, "device": "cpu", "out": str(out),
-                "compile": compile,
+                "compile": compile, "dtype": dtype,
             },
             "eval": {"batches": 1, "samples": 0},
             "log": {"progress": False},
@@ -94,11 +99,12 @@ def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style:
     ).validate()
 
 
-def lmlab_ms_per_step(data: Path, tmp: Path, steps: int, shape: str, style: str, compile: bool = False) -> tuple[float, float]:
+def lmlab_ms_per_step(data: Path, tmp: Path, steps: int, shape: str, style: str, compile: bool = False,
+                      dtype: str = "float32") -> tuple[float, float]:
     """(wall, CPU) ms per step of train(), minus its fixed start/end cost (a 1-step run)."""
     def timed(n: int) -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
-        train(config(data, tmp / f"run{n}", n, shape, style, compile))
+        train(config(data, tmp / f"run{n}", n, shape, style, compile, dtype))
         return time.perf_counter() - t0, time.process_time() - c0
 
     timed(2)  # warm caches (and, with compile, the compiler's on-disk cache)
@@ -107,7 +113,7 @@ def lmlab_ms_per_step(data: Path, tmp: Path, steps: int, shape: str, style: str,
     return 1000.0 * (full[0] - base[0]) / steps, 1000.0 * (full[1] - base[1]) / steps
 
 
-def peer_ms_per_step(data: Path, steps: int, shape: str, style: str, peer: str) -> tuple[float, float]:
+def peer_ms_per_step(data: Path, steps: int, shape: str, style: str, peer: str, dtype: str = "float32") -> tuple[float, float]:
     cfg = config(data, Path("unused"), steps, shape, style)
     meta = json.loads((data / "meta.json").read_text())
     cfg.model.vocab_size = meta["vocab_size"]
@@ -133,7 +139,8 @@ def peer_ms_per_step(data: Path, steps: int, shape: str, style: str, peer: str) 
         ix = rng.integers(0, len(mm) - T - 1, B)
         w = torch.from_numpy(mm[ix[:, None] + offs].astype(np.int64))
         x, y = w[:, :-1], w[:, 1:]
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype != "float32"):
+            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -153,6 +160,8 @@ def main() -> None:
     ap.add_argument("--style", choices=("llama", "gpt2"), default="llama")
     ap.add_argument("--peer", choices=("bare", "hf"), default="bare")
     ap.add_argument("--compile", action="store_true", help="lmlab with train.compile=true (the peer stays eager)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32",
+                    help="both sides; auto: lmlab's measured pick, the peer in bf16 autocast")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
@@ -160,14 +169,14 @@ def main() -> None:
     tokens = sh["batch"] * sh["model"]["context_length"]
     peer_name = {"bare": "bare loop (same lmlab model)", "hf": "transformers model, plain loop"}[args.peer]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, shape {args.shape} ({args.style} style), "
-          f"{tokens} tokens/step, lmlab compile {args.compile}, peer: {peer_name}")
+          f"{tokens} tokens/step, lmlab compile {args.compile}, dtype {args.dtype}, peer: {peer_name}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         data = make_dataset(tmp / "ds", sh["vocab"])
         ours, peer = [], []
         for r in range(args.rounds):
-            peer.append(peer_ms_per_step(data, args.steps, args.shape, args.style, args.peer))
-            ours.append(lmlab_ms_per_step(data, tmp / f"r{r}", args.steps, args.shape, args.style, args.compile))
+            peer.append(peer_ms_per_step(data, args.steps, args.shape, args.style, args.peer, args.dtype))
+            ours.append(lmlab_ms_per_step(data, tmp / f"r{r}", args.steps, args.shape, args.style, args.compile, args.dtype))
             print(f"round {r + 1}: lmlab {ours[-1][0]:.1f} ms/iter wall, {ours[-1][1]:.1f} CPU; "
                   f"peer {peer[-1][0]:.1f} wall, {peer[-1][1]:.1f} CPU", flush=True)
     for i, kind in enumerate(("wall", "CPU")):

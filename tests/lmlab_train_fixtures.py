@@ -87,6 +87,7 @@ def tiny_config(data: Path, out: Path, **overrides: object) -> Config:
             "checkpoint_every": 4,
             "log_every": 1,
             "device": "cpu",
+            "dtype": "float32",  # not auto: a timing-based pick must not move stored losses
             "out": str(out),
             "seed": 3,
         },

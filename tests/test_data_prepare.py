@@ -250,3 +250,28 @@ def test_cli(tok_dir, tmp_path, capsys):
                    "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("lmlab: error: ") and "missing" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("shard_tokens", [10_000_000, 7])
+def test_tail_split_is_the_end_of_the_stream(tok_dir, tmp_path, shard_tokens):
+    """split=tail: val is exactly the last val_fraction of what a train-only run writes
+    (int(n * 0.9) train tokens, as nanoGPT), the cut falling mid-document and across shards."""
+    docs = [c * (i + 1) for i, c in enumerate(CODE)]
+    files = write_corpus(tmp_path / "c", docs)
+    whole = prep(tok_dir, files, tmp_path / "all", val_fraction=0.0)
+    everything = stream(tmp_path / "all", "train")
+    meta = prep(tok_dir, files, tmp_path / "tail", val_fraction=0.1, split="tail", shard_tokens=shard_tokens)
+    n = len(everything)
+    cut = int(n * 0.9)
+    train, val = stream(tmp_path / "tail", "train"), stream(tmp_path / "tail", "val")
+    assert np.array_equal(train, everything[:cut]) and np.array_equal(val, everything[cut:])
+    sp = meta["splits"]
+    assert (sp["train"]["tokens"], sp["val"]["tokens"]) == (cut, n - cut)
+    assert sp["train"]["bytes"] + sp["val"]["bytes"] == whole["splits"]["train"]["bytes"]
+    tok = load_tokenizer(tok_dir)
+    assert sp["val"]["bytes"] == len(tok.decode_bytes([t for t in val.tolist() if t != tok.eot_id]))
+    assert read_meta(tmp_path / "tail")["splits"] == sp  # shards on disk match meta (open_shards checks sizes)
+    ends_in_val = int((val == tok.eot_id).sum())
+    split_doc = int(everything[cut - 1] != tok.eot_id)
+    assert sp["val"]["documents"] == ends_in_val >= 1
+    assert sp["train"]["documents"] == len(docs) - ends_in_val + split_doc

@@ -139,6 +139,7 @@ def cmd_data_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
         text_field=args.text_field,
         separator=args.separator,
         val_fraction=args.val_fraction,
+        split=args.split,
         workers=args.workers,
         seed=args.seed,
         errors=args.errors,
@@ -305,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--text-field", default="text", help="JSONL/parquet field or dataset column with the document")
     dp.add_argument("--separator", default="", help="split text files on this string (e.g. '\\n\\n')")
     dp.add_argument("--val-fraction", type=float, default=0.05)
+    dp.add_argument("--split", choices=("hash", "tail"), default="hash",
+                    help="val: documents by content hash, or the last val-fraction of the token stream")
     dp.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     dp.add_argument("--seed", type=int, default=0)
     dp.add_argument("--errors", choices=("skip", "replace"), default="skip", help="non-UTF-8 files")

@@ -70,8 +70,12 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the update guards."""
+    """AdamW (or Muon) and the update guards."""
 
+    name: str = opt("adamw", "optimizer: adamw, or muon (orthogonalised momentum for hidden matrices, AdamW at train.lr for embeddings, head, norms, biases)", choices=("adamw", "muon"))
+    muon_lr: float = opt(0.02, "muon: peak learning rate of the hidden matrices (follows train.lr's schedule)", minimum=0.0)
+    muon_momentum: float = opt(0.95, "muon: momentum (Nesterov)", minimum=0.0)
+    muon_ns_steps: int = opt(5, "muon: Newton-Schulz iterations", minimum=1)
     weight_decay: float = opt(0.1, "AdamW weight decay, applied to matrices only", minimum=0.0)
     beta1: float = opt(0.9, "AdamW beta1", minimum=0.0)
     beta2: float = opt(0.95, "AdamW beta2", minimum=0.0)
@@ -170,6 +174,7 @@ class PrepareConfig:
     text_field: str = opt("text", "JSONL/parquet field or dataset column holding the document")
     separator: str = opt("", "split text files into documents on this string; empty keeps one document per file")
     val_fraction: float = opt(0.05, "fraction of documents held out for validation", minimum=0.0)
+    split: str = opt("hash", "how val is chosen: hash (documents by a hash of their content) or tail (the last val_fraction of the token stream, as nanoGPT and char-rnn split)", choices=("hash", "tail"))
     workers: int = opt(0, "worker processes; 0 means all cores", minimum=0)
     seed: int = opt(0, "seed for the train/val split")
     errors: str = opt("skip", "files that are not UTF-8: skip them or decode with replacement", choices=("skip", "replace"))

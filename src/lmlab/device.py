@@ -2,13 +2,15 @@
 
 ``auto`` picks CUDA when present (then MPS, then CPU); ``dtype = auto`` picks bfloat16 on a
 CUDA device that supports it, float16 on older CUDA devices (with a GradScaler in the loop)
-and float32 everywhere else. Mixed precision runs under :func:`autocast`; weights and the
+and float32 everywhere else; the training loop refines ``auto`` on a CPU with native bf16
+by measuring (:mod:`lmlab.train.precision`). Mixed precision runs under :func:`autocast`; weights and the
 optimizer stay in float32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import torch
@@ -16,6 +18,20 @@ import torch
 from lmlab.errors import ConfigError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 dot products in hardware (AMX-BF16 or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` -> a torch.device (ConfigError if absent).

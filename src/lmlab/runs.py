@@ -26,7 +26,8 @@ from lmlab.config import Config, load_config, to_toml
 from lmlab.errors import CheckpointError, ConfigError
 
 # what lmlab writes into a run folder (links there are refused; --force removes the first group)
-RUN_RESULTS = ("checkpoints", "metrics.jsonl", "samples.md", "result.json", "report.md", "loss.png", "eval.json")
+RUN_RESULTS = ("checkpoints", "metrics.jsonl", "samples.md", "result.json", "report.md", "loss.png", "eval.json",
+               "precision.json")
 RUN_FILES = (*RUN_RESULTS, "config.toml", "tokenizer", "meta.json", "sft.json", "template.json", "mined.jsonl",
              "encdec.json", "train.log", "error.txt", "stage.json", "sweep_point.toml")
 

@@ -27,6 +27,10 @@ Procedure:
 Memory does not grow with corpus size except for the duplicate check of the code filter,
 which keeps a 16-byte digest per kept document (about 100 bytes each with set overhead).
 
+With ``split = "tail"`` every document goes to train first and, at the end, the last
+``val_fraction`` of the train token stream moves to val (cut mid-document if need be): the
+standard split of nanoGPT and char-rnn, where val is the end of the text.
+
 Splitting by content means identical documents always land in the same split. When
 ``val_fraction > 0`` and at least two distinct documents survive, val gets at least one
 document (the last distinct train document moves there if the hash gave val none); train
@@ -323,6 +327,57 @@ def _split_key(seed_bytes: bytes, d: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(seed_bytes + d, digest_size=8).digest(), "little")
 
 
+def _move_tail(folder: Path, writers: dict[str, ShardWriter], router: _SplitRouter, fraction: float, tok: Any) -> None:
+    """Move the last ``fraction`` of the train stream (at least one token when train has
+    two) into val; the train shards past the cut are truncated or deleted."""
+    train, val = writers["train"], writers["val"]
+    n = train.tokens
+    n_val = min(n - 1, n - int(n * (1.0 - fraction))) if n >= 2 else 0
+    if n_val <= 0:
+        return
+    # bytes per id (end-of-text counts 0, as the per-document byte counts exclude it)
+    lengths = np.zeros(tok.vocab_size, dtype=np.int64)
+    for i, b in tok.vocab.items():
+        lengths[i] = len(b)
+    lengths[tok.eot_id] = 0
+    cut = n - n_val  # stream position of the first val token
+    start = 0  # stream position of the current shard's first token
+    keep: list[str] = []
+    moved_bytes = moved_docs = 0
+    before_cut = tok.eot_id  # the token just before the cut: not eot when the cut splits a document
+    for name in train.shards:
+        path = folder / name
+        size = path.stat().st_size // train.dtype.itemsize
+        if start + size <= cut:
+            keep.append(name)
+            if start + size == cut:
+                before_cut = int(np.memmap(path, dtype=train.dtype, mode="r")[-1])
+        else:
+            lo = max(cut - start, 0)
+            mm = np.memmap(path, dtype=train.dtype, mode="r")
+            if lo:
+                before_cut = int(mm[lo - 1])
+            for a in range(lo, size, 1 << 22):  # bounded memory: 4M tokens at a time
+                chunk = np.array(mm[a : min(a + (1 << 22), size)])
+                val.write(chunk)
+                moved_bytes += int(lengths[chunk].sum())
+                moved_docs += int((chunk == tok.eot_id).sum())
+            del mm
+            if lo:
+                os.truncate(path, lo * train.dtype.itemsize)
+                keep.append(name)
+            else:
+                path.unlink()
+        start += size
+    val.close()
+    train.shards, train.tokens = keep, cut
+    # documents that start in train count there, those that end in val count there (a
+    # document cut in two counts in both)
+    split_doc = int(before_cut != tok.eot_id)
+    router.docs["val"], router.docs["train"] = moved_docs, router.docs["train"] - moved_docs + split_doc
+    router.bytes["val"], router.bytes["train"] = moved_bytes, router.bytes["train"] - moved_bytes
+
+
 def _stderr(msg: str) -> None:
     from tqdm import tqdm
 
@@ -406,7 +461,8 @@ def prepare_dataset(
 
     with atomic_dir(Path(pcfg.out), "dataset") as tmp:
         writers = {s: ShardWriter(tmp, s, dtype, shard_tokens) for s in SPLITS}
-        router = _SplitRouter(writers, track=pcfg.val_fraction > 0)
+        tail = pcfg.split == "tail"
+        router = _SplitRouter(writers, track=pcfg.val_fraction > 0 and not tail)
         pieces = iter_pieces(sources, settings, piece_bytes, on_skip)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="data prepare", file=sys.stderr,
                    disable=not progress or not progress_on_terminal(), smoothing=0.1, dynamic_ncols=True)
@@ -440,12 +496,14 @@ def prepare_dataset(
                             dropped["duplicate"] += 1
                             continue
                         seen.add(d)
-                    split = "val" if _split_key(seed_bytes, d) < threshold else "train"
+                    split = "val" if not tail and _split_key(seed_bytes, d) < threshold else "train"
                     router.add(split, d, tokens, res.nbytes[i])
                 bar.update(res.input_bytes)
                 if stopped_by is not None:
                     break  # closing the generators below stops the readers and the workers
-            router.finish(want_val=pcfg.val_fraction > 0)
+            router.finish(want_val=pcfg.val_fraction > 0 and not tail)
+            if tail and pcfg.val_fraction > 0:
+                _move_tail(tmp, writers, router, pcfg.val_fraction, tok)
         finally:
             results.close()
             pieces.close()

@@ -402,6 +402,9 @@ class _Trainer:
         self.flops_per_token = _flops_per_token(cfg)
         # fused head + loss (set in step 5): 7% faster per step at vocab 8192 on a 2-core CPU,
         # 4% slower at vocab 65 (more small ops than the plain path); below FUSED_LOSS_MIN_VOCAB the plain path
+        self.precision: dict[str, Any] | None = None
+        if t.dtype == "auto" and device.type == "cpu":
+            self.dtype = self._auto_cpu_dtype(micro)
         peak = peak_flops(device, self.dtype)
         self.peak = peak * info.world if peak else None
         self.tokenizer = None
@@ -410,6 +413,29 @@ class _Trainer:
             self._prepare_run_dir()
 
     # --- setup helpers --------------------------------------------------------------------------
+
+    def _auto_cpu_dtype(self, micro: int) -> torch.dtype:
+        """bf16 autocast when it trains this model faster here (lmlab.train.precision), the
+        choice a resumed run made before, or fp32; every rank takes the same."""
+        from lmlab.train.precision import pick_cpu_train_dtype
+
+        saved = self.run_dir / "precision.json"
+        if self.resume_from is not None and saved.exists():
+            from lmlab.io import read_json
+
+            self.precision = {**read_json(saved), "resumed": True}
+        elif self.cfg.model.arch == "transformer":
+            self.precision = pick_cpu_train_dtype(
+                self.raw_model, micro, self.cfg.model.context_length, self.cfg.model.vocab_size, self.fused_loss
+            )
+        else:  # the probe feeds token ids; other architectures take other inputs
+            self.precision = {"dtype": "float32", "reason": f"model.arch = {self.cfg.model.arch}"}
+        times = self.precision.get("seconds_per_pass")
+        if times:
+            self._say(f"train.dtype auto: {self.precision['dtype']} (forward+backward {1000 * times['float32']:.1f} ms "
+                      f"in float32, {1000 * times['bfloat16']:.1f} ms in bfloat16 autocast)")
+        votes = dd.all_reduce_sum([float(self.precision["dtype"] == "bfloat16")], self.info, self.device)[0]
+        return torch.bfloat16 if votes == self.info.world else torch.float32
 
     def _say(self, msg: str) -> None:
         if self.info.is_main:
@@ -423,6 +449,8 @@ class _Trainer:
         open_run_dir(run, resume=self.resume_requested, force=self.force, log=self._say)
         ck.clean_partial(self.ckpt_root)
         save_config(self.cfg, run / "config.toml")
+        if self.precision is not None and not self.precision.get("resumed"):
+            write_json(run / "precision.json", {**self.precision, "dtype": str(self.dtype).removeprefix("torch.")})
         self.tokenizer = _load_tokenizer(self.cfg, self.meta)
         if self.tokenizer is not None and not (run / "tokenizer").exists():
             with contextlib.suppress(Exception):  # a copy is a convenience; training does not need it

@@ -38,8 +38,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: torch.nn.Module, ocfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; the fused kernel where torch offers it, else foreach."""
+def _adamw(groups: list[dict], ocfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over ``groups``; the fused kernel where torch offers it, else foreach."""
     kwargs: dict = {"lr": lr, "betas": (ocfg.beta1, ocfg.beta2), "eps": ocfg.eps}
     params = inspect.signature(torch.optim.AdamW).parameters
     if "fused" in params and device.type in ("cuda", "cpu"):
@@ -47,10 +47,29 @@ def build_optimizer(model: torch.nn.Module, ocfg: OptimConfig, lr: float, device
     elif "foreach" in params:
         kwargs["foreach"] = True
     try:
-        return torch.optim.AdamW(param_groups(model, ocfg.weight_decay), **kwargs)
+        return torch.optim.AdamW(groups, **kwargs)
     except (RuntimeError, ValueError):  # fused unsupported for this device/dtype
         kwargs.pop("fused", None)
-        return torch.optim.AdamW(param_groups(model, ocfg.weight_decay), **kwargs)
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def build_optimizer(model: torch.nn.Module, ocfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """``optim.name``: AdamW over :func:`param_groups`, or :class:`lmlab.train.muon.Muon`
+    (hidden matrices) with AdamW for the embeddings, head, norms and biases."""
+    if ocfg.name != "muon":
+        return _adamw(param_groups(model, ocfg.weight_decay), ocfg, lr, device)
+    from lmlab.train.muon import Muon, split_params
+
+    muon, decay, no_decay = split_params(model)
+    if any(type(p).__name__ == "DTensor" for p in muon):  # Newton-Schulz needs whole matrices
+        from lmlab.errors import ConfigError
+
+        raise ConfigError("optim.name: muon needs whole weight matrices on every rank (DDP), not FSDP shards")
+    groups = [{"params": decay, "weight_decay": ocfg.weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    groups = [g for g in groups if g["params"]]
+    inner = _adamw(groups, ocfg, lr, device) if groups else None
+    return Muon(muon, inner, lr, ocfg.muon_lr, ocfg.muon_momentum, ocfg.muon_ns_steps)
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
@@ -79,5 +98,6 @@ def lr_at(step: int, t: TrainConfig) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group to ``lr`` times its ``lr_scale`` (Muon's matrices run at their own lr)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
