@@ -49,7 +49,7 @@ LEGACY_NAMES: dict[str, tuple[str, ...]] = {
 SHOWN_NAMES = 4  # entries named in a refusal
 
 
-def _read_marker(folder: Path) -> dict[str, Any]:
+def read_marker(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -60,7 +60,7 @@ def _read_marker(folder: Path) -> dict[str, Any]:
 def output_kind(folder: Path) -> str | None:
     """The kind of lmlab output ``folder`` is (its marker, else its files), or None."""
     folder = Path(folder)
-    meta = _read_marker(folder)
+    meta = read_marker(folder)
     if isinstance(meta.get(KIND_KEY), str):
         return meta[KIND_KEY]
     fmt = meta.get("format")
@@ -90,7 +90,7 @@ def output_kind(folder: Path) -> str | None:
 def _ours(folder: Path, kind: str) -> set[str]:
     """The names in ``folder`` that lmlab wrote there as a ``kind`` output."""
     names = {p.name for p in folder.iterdir()}
-    listed = _read_marker(folder).get("files")
+    listed = read_marker(folder).get("files")
     if isinstance(listed, list):
         mine = set(listed) | ALWAYS_OURS
         return {n for n in names if n in mine}
@@ -162,7 +162,7 @@ def write_marker(folder: Path, kind: str, files: list[str] | None = None, **extr
     from lmlab.io import write_json
 
     folder = Path(folder)
-    meta = _read_marker(folder)
+    meta = read_marker(folder)
     meta[KIND_KEY] = kind
     if files is not None:
         meta["files"] = sorted(set(files) | {MARKER})

@@ -421,7 +421,7 @@ def _pick_device() -> str:
 
 def sample_command(args: argparse.Namespace, out: Any = None, err: Any = None) -> list[Sample]:
     """`lmlab sample RUN ...`: print samples (streamed by default, or as JSON)."""
-    from lmlab.train.checkpoint import load_model_for_inference
+    from lmlab.runs import load_model_for_inference
 
     out = out or sys.stdout
     err = err or sys.stderr

@@ -174,7 +174,7 @@ def code_eval(
     rows = rows[:tasks] if tasks else rows
 
     from lmlab.sample import generate
-    from lmlab.train.checkpoint import load_model_for_inference, resolve_checkpoint
+    from lmlab.runs import load_model_for_inference, resolve_checkpoint
 
     ckpt = resolve_checkpoint(run)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else run

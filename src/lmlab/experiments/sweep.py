@@ -163,9 +163,8 @@ def apply_budget(cfg: Config, budget: dict[str, float]) -> None:
     if not budget:
         return
     from lmlab.accounting import training_flops_per_token
-    from lmlab.train.loop import _batch_shape
 
-    tokens_per_step = _batch_shape(cfg, 1)[0] * cfg.model.context_length
+    tokens_per_step = cfg.batch_shape(1)[0] * cfg.model.context_length
     ((kind, amount),) = budget.items()
     per_step = (
         tokens_per_step

@@ -195,7 +195,7 @@ def export_model(model: torch.nn.Module, tokenizer: Any, out: Path, source: str 
 def export_hf(run: str | Path, out: Path) -> Path:
     """`lmlab export RUN --format hf --out DIR`: load the run, check it, write the folder."""
     from lmlab.outputs import check_output
-    from lmlab.train.checkpoint import load_model_for_inference
+    from lmlab.runs import load_model_for_inference
 
     check_output(out, "export")
     model, _cfg, tokenizer = load_model_for_inference(run, device="cpu")

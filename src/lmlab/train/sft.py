@@ -144,9 +144,8 @@ def held_out_loss(ckpt: Path | None, data: Any, cfg: Config) -> float | None:
     from lmlab.device import resolve_device
     from lmlab.eval.metrics import evaluate_batches
     from lmlab.train import checkpoint as ck
-    from lmlab.train.loop import eval_batch_size
 
-    batches = data.val_batches(eval_batch_size(cfg), cfg.eval.batches, cfg.train.seed)
+    batches = data.val_batches(cfg.eval_batch_size, cfg.eval.batches, cfg.train.seed)
     if not batches:
         return None
     device = resolve_device(cfg.train.device)
@@ -211,9 +210,8 @@ def run_sft(cfg: Config, resume: bool = False, force: bool = False):
             raise DataError(f"{sft_json}: the instruction data changed since this run started; cannot resume exactly")
         before = old.get("val_loss_before") if isinstance(old, dict) else None
     if cfg.sft.epochs > 0:
-        from lmlab.train.loop import _batch_shape
 
-        B = _batch_shape(cfg, dd.from_env().world)[0]
+        B = cfg.batch_shape(dd.from_env().world)[0]
         rows = B - (max(1, round(cfg.sft.replay_fraction * B)) if data.replay is not None else 0)
         cfg.train.max_steps = max(1, math.ceil(cfg.sft.epochs * len(data.train) / rows))
         _log(f"sft: {cfg.sft.epochs:g} epoch(s) of {len(data.train)} examples at {rows} per step -> train.max_steps = {cfg.train.max_steps}", main)

@@ -117,9 +117,9 @@ def resolve_run_config(cfg: Config, meta: dict[str, Any]) -> Config:
 
 
 def recorded_run_dir(run_dir: Path) -> str | None:
-    from lmlab.outputs import _read_marker
+    from lmlab.outputs import read_marker
 
-    rec = _read_marker(Path(run_dir)).get("run_dir")
+    rec = read_marker(Path(run_dir)).get("run_dir")
     return rec if isinstance(rec, str) else None
 
 
