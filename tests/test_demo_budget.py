@@ -109,8 +109,8 @@ class SlowMachine:
 def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_path, monkeypatch):
     import lmlab.eval.metrics
     import lmlab.report
-    import lmlab.sample
     import lmlab.runs
+    import lmlab.sample
     import lmlab.train.loop
     from lmlab.config import load_config
     from lmlab.outputs import write_marker

@@ -279,8 +279,8 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
 
     # 5) samples and syntax pass rate from held-out function headers
     from lmlab.eval.code import syntax_pass_rate
-    from lmlab.sample import generate
     from lmlab.runs import load_model_for_inference
+    from lmlab.sample import generate
 
     model, _, tokenizer = load_model_for_inference(run_dir, device="cpu", decode_batch=1)
     prompts = held_out_prompts(Path(cfg.data.path), tokenizer) or [""]

@@ -173,8 +173,8 @@ def code_eval(
         raise LmlabError(f"{path}: no {benchmark} tasks")
     rows = rows[:tasks] if tasks else rows
 
-    from lmlab.sample import generate
     from lmlab.runs import load_model_for_inference, resolve_checkpoint
+    from lmlab.sample import generate
 
     ckpt = resolve_checkpoint(run)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else run
