@@ -212,7 +212,7 @@ PHASE_INHERITED = ("max_steps", "lr", "min_lr", "warmup_steps", "lr_schedule", "
 
 @dataclass
 class PhaseConfig:
-    """One phase of a curriculum (a ``[[phase]]`` table; see lmlab.train.curriculum)."""
+    """One phase of a curriculum (a ``[[phase]]`` table; see lmlab.pipeline.curriculum)."""
 
     name: str = opt("", "phase name (empty: phase_N)")
     data: str = opt("", "a prepared dataset folder; empty prepares one from phase input")

@@ -18,6 +18,7 @@ from lmlab.runs.folder import (
     same_run_config,
     saved_config,
 )
+from lmlab.runs.plan import RunPlan, plan_run
 from lmlab.runs.read import (
     complete_checkpoints,
     find_tokenizer,
@@ -30,7 +31,7 @@ from lmlab.runs.read import (
 )
 
 __all__ = [
-    "RUN_FILES", "RUN_RESULTS", "absolutize", "complete_checkpoints", "config_differences", "expected_config",
+    "RUN_FILES", "RUN_RESULTS", "RunPlan", "plan_run", "absolutize", "complete_checkpoints", "config_differences", "expected_config",
     "find_tokenizer", "holds_run", "load_model", "load_model_for_inference", "load_run_config", "open_run_dir",
     "read_config", "read_state", "recorded_run_dir", "relocate", "resolve_checkpoint", "resolve_run_config",
     "run_folder_of", "run_status", "same_run_config", "saved_config",

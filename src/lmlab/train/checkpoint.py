@@ -31,7 +31,8 @@ import torch
 
 from lmlab.config import Config, save_config
 from lmlab.errors import CheckpointError
-from lmlab.io import atomic_dir, atomic_write_text, write_json
+from lmlab.io import atomic_write_text, write_json
+from lmlab.outputs import atomic_dir
 from lmlab.runs.read import (
     FILES,
     complete_checkpoints,
