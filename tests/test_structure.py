@@ -130,6 +130,28 @@ def test_only_training_drivers_import_the_trainer():
     assert not missing, f"allowed importers that no longer exist: {missing}"
 
 
+def private_imports(root: Path) -> list[str]:
+    """``module: from X import _name`` for every import of another lmlab module's private name."""
+    found = []
+    for m, f in module_files(root).items():
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("lmlab")):
+                found += [f"{m}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_name():
+    found = private_imports(SRC)
+    assert not found, "make shared names public: " + "; ".join(found)
+
+
+def test_library_functions_take_typed_arguments_not_argparse_namespaces():
+    # the CLI parses; every other module takes what it needs as typed arguments
+    found = [m for m, f in module_files(SRC).items() if m != "lmlab.cli" and "Namespace" in f.read_text(encoding="utf-8")]
+    assert not found, f"argparse.Namespace outside lmlab.cli: {found}"
+
+
 def _write(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
         p = root / "lmlab" / rel
@@ -149,6 +171,7 @@ def test_the_checks_see_function_level_and_relative_imports(tmp_path):
         "train/__init__.py": "",
         "train/loop.py": "",
         "reader.py": "def load():\n    from lmlab.train.loop import x\n",
+        "peek.py": "def f():\n    from .a import _hidden, __version__\n",
     })
     graph = import_graph(tmp_path)
     assert graph["lmlab.a"] == {"lmlab.b"}
@@ -158,6 +181,7 @@ def test_the_checks_see_function_level_and_relative_imports(tmp_path):
     assert graph["lmlab.pkg.x"] == {"lmlab", "lmlab.c"}
     assert cycles(graph) == [["lmlab.a", "lmlab.b"]]
     assert "lmlab.train.loop" in graph["lmlab.reader"]
+    assert private_imports(tmp_path) == ["lmlab.peek: from .a import _hidden"]
 
 
 @pytest.mark.parametrize("size", [2, 3, 40])
