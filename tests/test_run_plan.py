@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmlab.config import Config, save_config
+from lmlab.errors import CheckpointError
 from lmlab.experiments import sweep
 from lmlab.runs import expected_config, plan_run
 
@@ -105,3 +106,17 @@ def test_logging_and_device_do_not_make_a_run_another_run(tmp_path):
     changed = copy.deepcopy(cfg)
     changed.train.lr = cfg.train.lr / 2
     assert plan_run(run, changed).action == "fresh"
+
+
+def test_a_broken_newest_checkpoint_is_reported_not_started_over(tmp_path):
+    run = tmp_path / "r"
+    cfg = config(run)
+    lay_out(run, cfg, step=4)
+    (run / "checkpoints" / "step_000004" / "optimizer.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"step_000004/optimizer\.pt: missing"):
+        plan_run(run, cfg)
+    # `latest` naming a folder deleted by hand, no other checkpoint: nothing to resume
+    lay_out(tmp_path / "s", config(tmp_path / "s"))
+    (tmp_path / "s" / "checkpoints").mkdir()
+    (tmp_path / "s" / "checkpoints" / "latest").write_text("step_000009\n")
+    assert plan_run(tmp_path / "s", config(tmp_path / "s")).action == "fresh"

@@ -54,6 +54,7 @@ EVAL_FILE = "eval.json"
 def _eval_stage(run_dir: Path, batches: int | None, log) -> dict[str, Any]:
     """The final metrics of the run's latest checkpoint, reused from eval.json when they are of it."""
     from lmlab.eval.metrics import evaluate_path, format_metrics
+
     ckpt = resolve_checkpoint(run_dir).name
     cached = run_dir / EVAL_FILE
     if cached.is_file():

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmlab.config import Config
-from lmlab.errors import CheckpointError, LmlabError
+from lmlab.errors import LmlabError
 from lmlab.io import read_json
 from lmlab.runs.folder import holds_run, same_run_config
-from lmlab.runs.read import read_state, resolve_checkpoint
+from lmlab.runs.read import complete_checkpoints, read_state, resolve_checkpoint
 
 FINISHED_REASONS = ("max_steps", "early_stop", "time_budget")
 
@@ -47,12 +47,16 @@ class RunPlan:
 
 
 def newest_state(run_dir: Path) -> dict[str, Any] | None:
-    """The newest complete checkpoint's state.json, or None when the run has no checkpoint."""
-    try:
-        ckpt = resolve_checkpoint(run_dir)
-    except CheckpointError:
+    """The newest complete checkpoint's state.json, or None when the run has no checkpoint.
+
+    A checkpoint that ``latest`` names but that lacks a file raises CheckpointError: starting
+    over would delete it, and it is the user's to look at."""
+    root = Path(run_dir) / "checkpoints"
+    latest = root / "latest"
+    named = latest.is_file() and (root / latest.read_text(encoding="utf-8").strip()).is_dir()
+    if not named and not complete_checkpoints(root):
         return None
-    return read_state(ckpt)
+    return read_state(resolve_checkpoint(run_dir))
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
