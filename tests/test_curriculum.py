@@ -1,4 +1,4 @@
-"""Curricula (lmlab.train.curriculum): phase configs, replay fractions in the batches, the
+"""Curricula (lmlab.pipeline.curriculum): phase configs, replay fractions in the batches, the
 forgetting table, and a recipe with scrambled / ordered / instruction phases end to end."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from lmlab.config import from_dict, load_config
 from lmlab.data.loader import BatchLoader
 from lmlab.errors import ConfigError, DataError
-from lmlab.train.curriculum import forgetting_table, phase_config, run_curriculum
+from lmlab.pipeline.curriculum import forgetting_table, phase_config, run_curriculum
 
 VOCAB = 40
 RANGES = [(0, 10), (10, 20), (20, 30)]  # phase k's tokens all lie in RANGES[k-1]

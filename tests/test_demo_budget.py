@@ -109,8 +109,8 @@ class SlowMachine:
 def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_path, monkeypatch):
     import lmlab.eval.metrics
     import lmlab.report
+    import lmlab.runs
     import lmlab.sample
-    import lmlab.train.checkpoint
     import lmlab.train.loop
     from lmlab.config import load_config
     from lmlab.outputs import write_marker
@@ -134,7 +134,7 @@ def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_
     monkeypatch.setattr(lmlab.train.loop, "train", machine.train)
     monkeypatch.setattr(lmlab.eval.metrics, "evaluate_path", machine.evaluate)
     monkeypatch.setattr(lmlab.sample, "generate", machine.generate)
-    monkeypatch.setattr(lmlab.train.checkpoint, "load_model_for_inference", lambda *a, **k: (None, None, tok))
+    monkeypatch.setattr(lmlab.runs, "load_model_for_inference", lambda *a, **k: (None, None, tok))
     monkeypatch.setattr(lmlab.report, "write_report", lambda run, **k: run / "report.md")
     res = demo.run_demo(minutes=minutes, out=out, overrides=overrides, clock=clock)
     assert res["wall_time_s"] <= minutes * 60.0 * 1.15, res

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lmlab.errors import DataError
-from lmlab.io import atomic_dir, atomic_write_text, expand_inputs, read_json, stdlib_path
+from lmlab.io import atomic_write_text, expand_inputs, read_json, stdlib_path
+from lmlab.outputs import atomic_dir
 
 
 def test_expand_files_folders_globs(tmp_path):

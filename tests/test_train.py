@@ -81,11 +81,11 @@ def test_accumulation_matches_one_pass(dataset, tmp_path):
 
 def test_batch_tokens_sets_the_global_batch(dataset, tmp_path):
     cfg = tiny_config(dataset, tmp_path / "r", train__batch_tokens=100, train__micro_batch_size=2)
-    assert loop._batch_shape(cfg, 1) == (6, 2)  # 100/16 -> 6 sequences, a multiple of 2
-    assert loop._batch_shape(cfg, 2) == (8, 2)  # and of micro x world
+    assert cfg.batch_shape(1) == (6, 2)  # 100/16 -> 6 sequences, a multiple of 2
+    assert cfg.batch_shape(2) == (8, 2)  # and of micro x world
     bad = tiny_config(dataset, tmp_path / "r", train__batch_size=6)
     with pytest.raises(ConfigError, match="train.batch_size"):
-        loop._batch_shape(bad, 4)
+        bad.batch_shape(4)
 
 
 def test_divergence_is_recorded_not_raised(dataset, tmp_path):

@@ -47,7 +47,7 @@ def _same_path(a: str | Path, b: str | Path) -> bool:
 
 def base_config(init_from: str) -> tuple[Config, str]:
     """The config whose model ``train.init_from`` holds: the run's own, or the recipe that writes it."""
-    from lmlab.train.checkpoint import read_config, resolve_checkpoint
+    from lmlab.runs import read_config, resolve_checkpoint
 
     if init_from.startswith("hf:"):
         return _hf_base_config(init_from)

@@ -23,7 +23,6 @@ Conventions, stated once:
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -522,23 +521,34 @@ def format_report(res: dict[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def account_command(args: argparse.Namespace, overrides: list[str]) -> None:
+def account_command(
+    config: str,
+    overrides: list[str],
+    *,
+    seq_len: int = 0,
+    batch_size: int = 0,
+    memory_gb: float = 0.0,
+    tokens: float = 0.0,
+    mfu: float = 0.4,
+    peak_tflops: float = 0.0,
+    as_json: bool = False,
+) -> None:
     """`lmlab account CONFIG.toml [--seq-len S] [--batch-size B] [--memory-gb G] [--tokens N] ...`."""
-    cfg = load_config(args.config, overrides)
-    if args.seq_len < 0 or args.batch_size < 0:
+    cfg = load_config(config, overrides)
+    if seq_len < 0 or batch_size < 0:
         raise LmlabError("--seq-len and --batch-size must be positive")
-    if not 0 < args.mfu <= 1:
-        raise LmlabError(f"--mfu must be in (0, 1], got {args.mfu}")
+    if not 0 < mfu <= 1:
+        raise LmlabError(f"--mfu must be in (0, 1], got {mfu}")
     res = account(
         cfg,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        memory_gb=args.memory_gb,
-        tokens=args.tokens,
-        mfu_fraction=args.mfu,
-        peak_tflops=args.peak_tflops,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        memory_gb=memory_gb,
+        tokens=tokens,
+        mfu_fraction=mfu,
+        peak_tflops=peak_tflops,
     )
-    if args.json:
+    if as_json:
         print(json.dumps(res, indent=2))
     else:
         print(format_report(res), end="")

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 import torch
 
+from lmlab.device import inference_device
 from lmlab.errors import LmlabError
 from lmlab.io import read_json
 from lmlab.sample import generate
@@ -206,10 +207,9 @@ def chat_session(
 
 def chat_loop(run: str | Path, temperature: float = 0.7, max_new_tokens: int = 256) -> None:
     """`lmlab chat RUN`: load the run and talk on stdin/stdout."""
-    from lmlab.sample import _pick_device
-    from lmlab.train.checkpoint import load_model_for_inference, resolve_checkpoint
+    from lmlab.runs import load_model_for_inference, resolve_checkpoint
 
-    model, cfg, tokenizer = load_model_for_inference(run, device=_pick_device(), decode_batch=1)
+    model, cfg, tokenizer = load_model_for_inference(run, device=inference_device(), decode_batch=1)
     template = find_template(resolve_checkpoint(run), cfg)
     chat_session(
         model, tokenizer, template, sys.stdin, sys.stdout,

@@ -175,7 +175,11 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.code:
         from lmlab.eval.passk import code_eval_command, format_code_eval
 
-        result = code_eval_command(args)
+        result = code_eval_command(
+            args.run, args.code, samples=args.samples, k=args.k, allow_code_execution=args.allow_code_execution,
+            temperature=args.temperature, max_new_tokens=args.max_new_tokens, tasks=args.tasks,
+            problems=args.problems, seed=args.seed,
+        )
         _print_json(result) if args.json else print(format_code_eval(result))
         return 0
     from lmlab.eval.metrics import evaluate_path, format_metrics
@@ -188,7 +192,11 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmlab.sample import sample_command
 
-    sample_command(args)
+    sample_command(
+        args.run, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, num_samples=args.num_samples,
+        seed=args.seed, stream=not args.no_stream, as_json=args.json,
+    )
     return 0
 
 
@@ -248,7 +256,10 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_account(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmlab.accounting import account_command
 
-    account_command(args, overrides)
+    account_command(
+        args.config, overrides, seq_len=args.seq_len, batch_size=args.batch_size, memory_gb=args.memory_gb,
+        tokens=args.tokens, mfu=args.mfu, peak_tflops=args.peak_tflops, as_json=args.json,
+    )
     return 0
 
 

@@ -217,7 +217,7 @@ PHASE_INHERITED = ("max_steps", "lr", "min_lr", "warmup_steps", "lr_schedule", "
 
 @dataclass
 class PhaseConfig:
-    """One phase of a curriculum (a ``[[phase]]`` table; see lmlab.train.curriculum)."""
+    """One phase of a curriculum (a ``[[phase]]`` table; see lmlab.pipeline.curriculum)."""
 
     name: str = opt("", "phase name (empty: phase_N)")
     data: str = opt("", "a prepared dataset folder; empty prepares one from phase input")
@@ -299,6 +299,34 @@ class Config:
         if not 0.0 <= self.encdec.val_fraction < 1.0:
             raise ConfigError(f"encdec.val_fraction: must be in [0, 1), got {self.encdec.val_fraction}")
         return self
+
+    def batch_shape(self, world: int = 1) -> tuple[int, int]:
+        """(global batch in sequences, micro-batch per process) for ``world`` processes."""
+        t = self.train
+        T = self.model.context_length
+        per_proc_unit = (t.micro_batch_size or 1) * world
+        if t.batch_tokens:
+            # round the token budget to whole sequences, then up to a multiple of micro x world
+            B = max(1, round(t.batch_tokens / T))
+            B = math.ceil(B / per_proc_unit) * per_proc_unit
+        else:
+            B = t.batch_size
+            if B % world:
+                raise ConfigError(f"train.batch_size: {B} is not divisible by the {world} processes")
+            if t.micro_batch_size and (B // world) % t.micro_batch_size:
+                raise ConfigError(
+                    f"train.micro_batch_size: {t.micro_batch_size} does not divide the per-process batch {B // world}"
+                )
+        micro = t.micro_batch_size or B // world
+        return B, micro
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Sequences per eval batch: eval.batch_size, else the micro-batch, else the global batch.
+
+        It does not depend on the process count, so val windows (and losses) are comparable.
+        """
+        return self.eval.batch_size or self.train.micro_batch_size or self.batch_shape(1)[0]
 
 
 def _check_field(key: str, f: dataclasses.Field, value: Any) -> None:

@@ -265,11 +265,10 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
 
     # 4) eval on the whole val split, or on as many batches as the time left allows
     from lmlab.eval.metrics import evaluate_path, format_metrics
-    from lmlab.train.loop import eval_batch_size
 
     run_dir = Path(cfg.train.out)
     val_tokens = int(meta["splits"].get("val", {}).get("tokens", 0))
-    whole = max(1, -(-val_tokens // (eval_batch_size(cfg) * cfg.model.context_length)))
+    whole = max(1, -(-val_tokens // (cfg.eval_batch_size * cfg.model.context_length)))
     # a forward pass is about a third of a training step (forward + backward); the same batch.
     # The step time is what training really took, if slower than measured (a loaded machine)
     step_s = max(step_s, result.wall_time_s / max(result.steps, 1))
@@ -280,8 +279,8 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
 
     # 5) samples and syntax pass rate from held-out function headers
     from lmlab.eval.code import syntax_pass_rate
+    from lmlab.runs import load_model_for_inference
     from lmlab.sample import generate
-    from lmlab.train.checkpoint import load_model_for_inference
 
     model, _, tokenizer = load_model_for_inference(run_dir, device="cpu", decode_batch=1)
     prompts = held_out_prompts(Path(cfg.data.path), tokenizer) or [""]

@@ -65,6 +65,11 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
     return dev
 
 
+def inference_device() -> str:
+    """Where sample, chat and code eval run a model: the GPU when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` -> bf16 on capable CUDA, fp16 on older CUDA, fp32 otherwise; or the named dtype."""
     if name == "auto":

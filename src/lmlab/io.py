@@ -7,11 +7,7 @@ import glob
 import hashlib
 import json
 import os
-import re
-import shutil
-import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,54 +48,6 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path, kind: str | None = None) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
-
-    ``final`` must be absent, empty, or an lmlab ``kind`` output holding only lmlab's files
-    (:func:`lmlab.outputs.check_output`, checked before and again just before the swap);
-    ``kind`` None accepts only an absent or empty folder. The new folder gets the marker
-    (``meta.json``: kind and file list; not for checkpoints) and every file in it is fsynced
-    before the rename. On any error the temporary folder is removed and ``final`` is left as
-    it was, so an interrupted stage never leaves a folder that looks complete. Temporary
-    folders of killed writers into the same place are removed first.
-    """
-    from lmlab.outputs import (
-        check_output,
-        fsync_dir,
-        fsync_tree,
-        lmlab_files,
-        remove_stale_temps,
-        temp_prefix,
-        write_marker,
-    )
-
-    final = check_output(final, kind)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(final.parent, re.escape(final.name))
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(final.name)))
-    try:
-        yield tmp
-        if kind is not None and kind != "checkpoint":
-            write_marker(tmp, kind, files=[p.name for p in tmp.iterdir()])
-        fsync_tree(tmp)
-        check_output(final, kind)  # nothing of the user's arrived while we wrote
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(final.name, "old")))
-            os.replace(final, old)  # (an empty folder is replaced by a rename onto it)
-            os.replace(tmp, final)
-            if kind is None or {p.name for p in old.iterdir()} <= lmlab_files(old, kind):
-                shutil.rmtree(old, ignore_errors=True)
-            else:  # a file appeared between the check and the swap: keep it, say where
-                print(f"lmlab: warning: kept {old}: it holds files lmlab did not write", file=sys.stderr)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def open_append(path: Path):

@@ -24,14 +24,20 @@ only when their name is lmlab's and their owning process is gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from lmlab.errors import DataError
+from lmlab.io import write_json
 
 MARKER = "meta.json"
 KIND_KEY = "lmlab_output"
@@ -49,7 +55,7 @@ LEGACY_NAMES: dict[str, tuple[str, ...]] = {
 SHOWN_NAMES = 4  # entries named in a refusal
 
 
-def _read_marker(folder: Path) -> dict[str, Any]:
+def read_marker(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -60,7 +66,7 @@ def _read_marker(folder: Path) -> dict[str, Any]:
 def output_kind(folder: Path) -> str | None:
     """The kind of lmlab output ``folder`` is (its marker, else its files), or None."""
     folder = Path(folder)
-    meta = _read_marker(folder)
+    meta = read_marker(folder)
     if isinstance(meta.get(KIND_KEY), str):
         return meta[KIND_KEY]
     fmt = meta.get("format")
@@ -90,7 +96,7 @@ def output_kind(folder: Path) -> str | None:
 def _ours(folder: Path, kind: str) -> set[str]:
     """The names in ``folder`` that lmlab wrote there as a ``kind`` output."""
     names = {p.name for p in folder.iterdir()}
-    listed = _read_marker(folder).get("files")
+    listed = read_marker(folder).get("files")
     if isinstance(listed, list):
         mine = set(listed) | ALWAYS_OURS
         return {n for n in names if n in mine}
@@ -159,10 +165,8 @@ def check_output(folder: str | Path, kind: str | None, *, whole: bool = True) ->
 
 def write_marker(folder: Path, kind: str, files: list[str] | None = None, **extra: Any) -> None:
     """Record in ``folder/meta.json`` that it is a ``kind`` output (kept: the file's other keys)."""
-    from lmlab.io import write_json
-
     folder = Path(folder)
-    meta = _read_marker(folder)
+    meta = read_marker(folder)
     meta[KIND_KEY] = kind
     if files is not None:
         meta["files"] = sorted(set(files) | {MARKER})
@@ -210,8 +214,6 @@ def remove_stale_temps(parent: Path, name: str) -> list[Path]:
     own naming matches: ``.NAME.(tmp|old)-PID-XXXX`` with PID dead, and the older forms
     ``.NAME.tmp-XXXXXXXX`` (mkdtemp's 8 characters) and ``.NAME.old-PID`` with PID dead.
     """
-    import shutil
-
     parent = Path(parent)
     if not parent.is_dir():
         return []
@@ -253,3 +255,44 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --- writing an output whole ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, kind: str | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
+
+    ``final`` must be absent, empty, or an lmlab ``kind`` output holding only lmlab's files
+    (:func:`check_output`, checked before and again just before the swap);
+    ``kind`` None accepts only an absent or empty folder. The new folder gets the marker
+    (``meta.json``: kind and file list; not for checkpoints) and every file in it is fsynced
+    before the rename. On any error the temporary folder is removed and ``final`` is left as
+    it was, so an interrupted stage never leaves a folder that looks complete. Temporary
+    folders of killed writers into the same place are removed first.
+    """
+    final = check_output(final, kind)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final.parent, re.escape(final.name))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(final.name)))
+    try:
+        yield tmp
+        if kind is not None and kind != "checkpoint":
+            write_marker(tmp, kind, files=[p.name for p in tmp.iterdir()])
+        fsync_tree(tmp)
+        check_output(final, kind)  # nothing of the user's arrived while we wrote
+        if final.exists():
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(final.name, "old")))
+            os.replace(final, old)  # (an empty folder is replaced by a rename onto it)
+            os.replace(tmp, final)
+            if kind is None or {p.name for p in old.iterdir()} <= lmlab_files(old, kind):
+                shutil.rmtree(old, ignore_errors=True)
+            else:  # a file appeared between the check and the swap: keep it, say where
+                print(f"lmlab: warning: kept {old}: it holds files lmlab did not write", file=sys.stderr)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -15,7 +15,6 @@ Loading a run never runs code (safetensors weights; see ``lmlab.train.checkpoint
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import json
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from lmlab.device import inference_device
 from lmlab.errors import LmlabError
 
 StreamCallback = Callable[[int, str], None]
@@ -415,18 +415,30 @@ def generate(
 # --- command line --------------------------------------------------------------------------
 
 
-def _pick_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def sample_command(args: argparse.Namespace, out: Any = None, err: Any = None) -> list[Sample]:
-    """`lmlab sample RUN ...`: print samples (streamed by default, or as JSON)."""
-    from lmlab.train.checkpoint import load_model_for_inference
+def sample_command(
+    run: str,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+    stop: list[str] | None,
+    num_samples: int,
+    seed: int | None,
+    stream: bool = True,
+    as_json: bool = False,
+    out: Any = None,
+    err: Any = None,
+) -> list[Sample]:
+    """`lmlab sample RUN ...`: print samples (the first streamed unless ``stream`` is off, or as JSON)."""
+    from lmlab.runs import load_model_for_inference
 
     out = out or sys.stdout
     err = err or sys.stderr
-    model, _cfg, tokenizer = load_model_for_inference(args.run, device=_pick_device(), decode_batch=args.num_samples)
-    stream = not (args.no_stream or args.json)
+    model, _cfg, tokenizer = load_model_for_inference(run, device=inference_device(), decode_batch=num_samples)
+    stream = stream and not as_json
     streamed_first = False
 
     def on_text(i: int, text: str) -> None:
@@ -434,9 +446,9 @@ def sample_command(args: argparse.Namespace, out: Any = None, err: Any = None) -
         nonlocal streamed_first
         if i == 0:
             if not streamed_first:
-                if args.num_samples > 1:
+                if num_samples > 1:
                     out.write("--- sample 1 ---\n")
-                out.write(args.prompt)
+                out.write(prompt)
                 streamed_first = True
             out.write(text)
             out.flush()
@@ -444,32 +456,32 @@ def sample_command(args: argparse.Namespace, out: Any = None, err: Any = None) -
     samples = generate(
         model,
         tokenizer,
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        stop=args.stop,
-        num_samples=args.num_samples,
-        seed=args.seed,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        stop=stop,
+        num_samples=num_samples,
+        seed=seed,
         stream_callback=on_text if stream else None,
     )
-    if args.json:
-        rows = [{"index": i, "prompt": args.prompt, **asdict(s)} for i, s in enumerate(samples)]
+    if as_json:
+        rows = [{"index": i, "prompt": prompt, **asdict(s)} for i, s in enumerate(samples)]
         out.write(json.dumps(rows, indent=2) + "\n")
     else:
         for i, s in enumerate(samples):
             if stream and i == 0:
                 if not streamed_first:  # nothing was generated: still show the prompt
-                    if args.num_samples > 1:
+                    if num_samples > 1:
                         out.write("--- sample 1 ---\n")
-                    out.write(args.prompt)
+                    out.write(prompt)
                 out.write("\n")
                 continue
-            if args.num_samples > 1:
+            if num_samples > 1:
                 out.write(f"--- sample {i + 1} ---\n")
-            out.write(args.prompt + s.text + "\n")
+            out.write(prompt + s.text + "\n")
         out.flush()
     for s in samples:
         if s.message:

@@ -67,8 +67,9 @@ from lmlab.data.sources import (
     unescape_separator,
 )
 from lmlab.errors import ConfigError, DataError, LmlabError
-from lmlab.io import atomic_dir, read_json, write_json
+from lmlab.io import read_json, write_json
 from lmlab.notices import file_key, first_time, progress_on_terminal
+from lmlab.outputs import atomic_dir
 
 PIECE_BYTES = 512 * 1024
 MAX_WARNINGS = 20  # skipped files named on stderr (all are counted; the first few kept in meta)

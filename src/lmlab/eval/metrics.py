@@ -83,8 +83,7 @@ def evaluate_path(
     """Evaluate a run (its latest checkpoint) or a checkpoint on a dataset's val split."""
     from lmlab.data.loader import TokenSplit, as_batches, contiguous_windows, fixed_windows
     from lmlab.data.shards import read_meta
-    from lmlab.train.checkpoint import load_model, read_state
-    from lmlab.train.loop import eval_batch_size
+    from lmlab.runs import load_model, read_state
 
     dev = resolve_device(device)
     model, cfg, ckpt = load_model(run_or_ckpt, dev)
@@ -99,7 +98,7 @@ def evaluate_path(
     split = TokenSplit(data_path, "val", meta)
     t = cfg.train
     seq_len = cfg.model.context_length
-    bsz = eval_batch_size(cfg)
+    bsz = cfg.eval_batch_size
     dtype = resolve_dtype(t.dtype if dev.type != "cpu" else "float32", dev)
     if batches:
         windows = fixed_windows(split, seq_len, bsz, batches, t.seed)

@@ -15,7 +15,6 @@ both are lmlab's own, unchanged since it wrote them; anything else there is refu
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -25,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from lmlab.device import inference_device
 from lmlab.errors import LmlabError
 from lmlab.eval.code import (
     cut_completion,
@@ -173,8 +173,8 @@ def code_eval(
         raise LmlabError(f"{path}: no {benchmark} tasks")
     rows = rows[:tasks] if tasks else rows
 
+    from lmlab.runs import load_model_for_inference, resolve_checkpoint
     from lmlab.sample import generate
-    from lmlab.train.checkpoint import load_model_for_inference, resolve_checkpoint
 
     ckpt = resolve_checkpoint(run)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else run
@@ -244,25 +244,30 @@ def format_code_eval(result: dict[str, Any]) -> str:
     )
 
 
-def code_eval_command(args: argparse.Namespace) -> dict[str, Any]:
-    """`lmlab eval RUN --code ...` from parsed arguments."""
-    result = code_eval(
-        args.run,
-        args.code,
-        samples=args.samples,
-        ks=parse_ks(args.k, args.samples),
-        allow_code_execution=args.allow_code_execution,
-        temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
-        tasks=args.tasks,
-        problems=args.problems,
-        seed=args.seed,
-        device=_pick_device(),
+def code_eval_command(
+    run: str,
+    benchmark: str,
+    *,
+    samples: int,
+    k: str,
+    allow_code_execution: bool,
+    temperature: float | None,
+    max_new_tokens: int,
+    tasks: int,
+    problems: str | None,
+    seed: int,
+) -> dict[str, Any]:
+    """`lmlab eval RUN --code ...`: :func:`code_eval` with ``--k`` parsed, on the inference device."""
+    return code_eval(
+        run,
+        benchmark,
+        samples=samples,
+        ks=parse_ks(k, samples),
+        allow_code_execution=allow_code_execution,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        tasks=tasks,
+        problems=problems,
+        seed=seed,
+        device=inference_device(),
     )
-    return result
-
-
-def _pick_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -79,7 +79,6 @@ def dry_run(
 ) -> DryRun:
     """Build and check every point of the sweep in ``path``; see the module docstring."""
     from lmlab.accounting import training_flops_per_token
-    from lmlab.train.loop import _batch_shape
 
     spec = load_sweep(path, seeds=seeds)
     base = resolve_base(spec)
@@ -98,7 +97,7 @@ def dry_run(
             params = meta_params(cfg)
         except (ConfigError, ValueError) as e:
             raise ConfigError(f"{spec.path}: point {point.name}: {e}") from None
-        batch = _batch_shape(cfg, 1)[0]
+        batch = cfg.batch_shape(1)[0]
         tokens = cfg.train.max_steps * batch * cfg.model.context_length
         rows.append(
             {

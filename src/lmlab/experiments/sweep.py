@@ -27,12 +27,11 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import Config, apply_overrides, load_config, save_config, to_toml
+from lmlab.config import Config, apply_overrides, load_config, save_config
 from lmlab.errors import ConfigError, LmlabError
 from lmlab.experiments import plots
 from lmlab.experiments import seeds as seed_stats
@@ -53,12 +52,10 @@ from lmlab.experiments.spec import (
     resolve_base,
 )
 from lmlab.io import atomic_write_text, open_append, write_json
+from lmlab.runs import plan_run
 
 POINT_CONFIG = "sweep_point.toml"
 ERROR_FILE = "error.txt"
-# Keys that may differ between a saved run and the sweep's config without making it stale.
-IGNORED_FOR_RESUME = {("train", "device")}
-IGNORED_SECTIONS = {"log"}
 
 
 @dataclass
@@ -163,9 +160,8 @@ def apply_budget(cfg: Config, budget: dict[str, float]) -> None:
     if not budget:
         return
     from lmlab.accounting import training_flops_per_token
-    from lmlab.train.loop import _batch_shape
 
-    tokens_per_step = _batch_shape(cfg, 1)[0] * cfg.model.context_length
+    tokens_per_step = cfg.batch_shape(1)[0] * cfg.model.context_length
     ((kind, amount),) = budget.items()
     per_step = (
         tokens_per_step
@@ -175,37 +171,10 @@ def apply_budget(cfg: Config, budget: dict[str, float]) -> None:
     cfg.train.max_steps = max(1, round(amount / per_step))
 
 
-def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for section, body in tree.items():
-        if section in IGNORED_SECTIONS or not isinstance(body, dict):
-            continue
-        out[section] = {k: v for k, v in body.items() if (section, k) not in IGNORED_FOR_RESUME}
-    return out
-
-
-def same_config(run_dir: Path, cfg: Config) -> bool:
-    """True when the run folder's config.toml is this config (ignoring logging and device),
-    both resolved as the trainer saves them (:func:`lmlab.runs.expected_config`)."""
-    from lmlab.runs import expected_config, saved_config
-
-    saved, want = saved_config(run_dir), expected_config(cfg)
-    if saved is None or want is None:
-        return False
-    return _comparable(tomllib.loads(to_toml(saved))) == _comparable(tomllib.loads(to_toml(want)))
-
-
 def plan(run_dir: Path, cfg: Config) -> str:
-    """skip (finished, same config) | resume (checkpoint of the same config) | fresh."""
-    from lmlab.train.checkpoint import complete_checkpoints
-
-    if not same_config(run_dir, cfg):
-        return "fresh"
-    if is_finished(run_dir):
-        return "skip"
-    if complete_checkpoints(run_dir / "checkpoints"):
-        return "resume"
-    return "fresh"
+    """skip (finished, same config) | resume (checkpoint of the same config) | fresh: the
+    decision :func:`lmlab.runs.plan_run` makes for every trainer; a diverged point is a result."""
+    return plan_run(run_dir, cfg, diverged_is_final=True).action
 
 
 # --- running points -------------------------------------------------------------------------

@@ -234,7 +234,7 @@ def export_gguf_model(model: torch.nn.Module, tokenizer: Any, out: Path, dtype: 
 
 def export_gguf(run: str | Path, out: Path, dtype: str = "f32") -> Path:
     """`lmlab export RUN --format gguf --out FILE.gguf [--dtype ...]`."""
-    from lmlab.train.checkpoint import load_model_for_inference
+    from lmlab.runs import load_model_for_inference
 
     if dtype not in DTYPES:
         raise LmlabError(f"--dtype: one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -15,7 +15,7 @@ lmlab's RoPE already uses HF's rotate-half pairing, so q/k weights copy without 
 The names come from the table in :mod:`lmlab.export.names`, shared with GGUF export and
 with import (:mod:`lmlab.export.hf_import`).
 
-The folder is written with :func:`lmlab.io.atomic_dir`: it appears complete or not at all.
+The folder is written with :func:`lmlab.outputs.atomic_dir`: it appears complete or not at all.
 Nothing here imports transformers; loading the result needs it.
 """
 
@@ -30,7 +30,8 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.export.names import GPT2_ACT, to_format
 from lmlab.export.names import family as family_of
-from lmlab.io import atomic_dir, write_json
+from lmlab.io import write_json
+from lmlab.outputs import atomic_dir
 
 
 def hf_family(mcfg: Any) -> str:
@@ -195,7 +196,7 @@ def export_model(model: torch.nn.Module, tokenizer: Any, out: Path, source: str 
 def export_hf(run: str | Path, out: Path) -> Path:
     """`lmlab export RUN --format hf --out DIR`: load the run, check it, write the folder."""
     from lmlab.outputs import check_output
-    from lmlab.train.checkpoint import load_model_for_inference
+    from lmlab.runs import load_model_for_inference
 
     check_output(out, "export")
     model, _cfg, tokenizer = load_model_for_inference(run, device="cpu")

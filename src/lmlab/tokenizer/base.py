@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import DataError, LmlabError
-from lmlab.io import atomic_dir, write_json
+from lmlab.io import write_json
+from lmlab.outputs import atomic_dir
 from lmlab.tokenizer.bytelevel import GPT2_PATTERN
 
 META_FORMAT = "lmlab-tokenizer-v1"

@@ -31,23 +31,23 @@ def _log(msg: str, main: bool) -> None:
 
 def build_pair_data(cfg: Config, dec_tok: Any, enc_tok: Any, main: bool = True) -> tuple[Any, dict[str, Any]]:
     """Read, tokenize and split ``cfg.encdec``'s pairs: (PairData, report for encdec.json)."""
-    from lmlab.data import pairs as dp
-    from lmlab.data import sft as sd
+    from lmlab.data import pairs as pair_data
+    from lmlab.data import sft as sft_data
 
     e = cfg.encdec
     if not e.data:
         raise ConfigError("encdec.data: no pairs given (JSONL with source/target, or MBPP text/code records)")
-    skips = sd.SkipReport()
+    skips = sft_data.SkipReport()
 
     def examples(sources: list[str]) -> list[Any]:
-        records = sd.read_records(sources, skips)
-        return dp.tokenize_pairs(records, enc_tok, dec_tok, cfg.model.context_length, e.max_source_tokens, skips)
+        records = sft_data.read_records(sources, skips)
+        return pair_data.tokenize_pairs(records, enc_tok, dec_tok, cfg.model.context_length, e.max_source_tokens, skips)
 
     pairs = examples(list(e.data))
     if e.val_data:
         train, val = pairs, examples(list(e.val_data))
     elif e.val_fraction > 0 and len(pairs) >= 2:
-        train, val = sd.hold_out(pairs, e.val_fraction, cfg.train.seed)
+        train, val = sft_data.hold_out(pairs, e.val_fraction, cfg.train.seed)
     else:
         train, val = pairs, []
     if not train:
@@ -58,7 +58,7 @@ def build_pair_data(cfg: Config, dec_tok: Any, enc_tok: Any, main: bool = True) 
     eot = int(dec_tok.eot_id)
     enc_pad = enc_tok.pad_token_id if enc_tok.pad_token_id is not None else 0
     meta = {"vocab_size": dec_tok.vocab_size, "eot_id": eot, "tokenizer": cfg.data.tokenizer}
-    data = dp.PairData(train, val, meta, pad_id=eot, enc_pad_id=int(enc_pad))
+    data = pair_data.PairData(train, val, meta, pad_id=eot, enc_pad_id=int(enc_pad))
     report = {
         "encoder": cfg.model.encoder,
         "sources": list(e.data),
@@ -66,7 +66,7 @@ def build_pair_data(cfg: Config, dec_tok: Any, enc_tok: Any, main: bool = True) 
         "train_pairs": len(train),
         "val_pairs": len(val),
         "skipped": skips.as_dict(),
-        "fingerprint": dp.pairs_fingerprint(train) + ":" + dp.pairs_fingerprint(val),
+        "fingerprint": pair_data.pairs_fingerprint(train) + ":" + pair_data.pairs_fingerprint(val),
     }
     return data, report
 

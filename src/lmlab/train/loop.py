@@ -133,35 +133,6 @@ def _clip_grads(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf, foreach=True)
 
 
-def _batch_shape(cfg: Config, world: int) -> tuple[int, int]:
-    """(global batch in sequences, micro-batch per process)."""
-    t = cfg.train
-    T = cfg.model.context_length
-    per_proc_unit = (t.micro_batch_size or 1) * world
-    if t.batch_tokens:
-        # round the token budget to whole sequences, then up to a multiple of micro x world
-        B = max(1, round(t.batch_tokens / T))
-        B = math.ceil(B / per_proc_unit) * per_proc_unit
-    else:
-        B = t.batch_size
-        if B % world:
-            raise ConfigError(f"train.batch_size: {B} is not divisible by the {world} processes")
-        if t.micro_batch_size and (B // world) % t.micro_batch_size:
-            raise ConfigError(
-                f"train.micro_batch_size: {t.micro_batch_size} does not divide the per-process batch {B // world}"
-            )
-    micro = t.micro_batch_size or B // world
-    return B, micro
-
-
-def eval_batch_size(cfg: Config) -> int:
-    """Sequences per eval batch: eval.batch_size, else the micro-batch, else the global batch.
-
-    It does not depend on the process count, so val windows (and losses) are comparable.
-    """
-    return cfg.eval.batch_size or cfg.train.micro_batch_size or _batch_shape(cfg, 1)[0]
-
-
 def _flops_per_token(cfg: Config) -> float:
     """Training FLOPs per token (3 x forward, lmlab.accounting's convention), for MFU."""
     from lmlab.accounting import training_flops_per_token
@@ -310,7 +281,7 @@ class _Trainer:
         torch.manual_seed(t.seed)
         from lmlab.memcheck import check_training_fits  # refuse before allocating what cannot fit
 
-        check_training_fits(cfg, _batch_shape(cfg, info.world)[1], device, resolve_dtype(t.dtype, device))
+        check_training_fits(cfg, cfg.batch_shape(info.world)[1], device, resolve_dtype(t.dtype, device))
         model = build_model(m)
         if self.hf_init is not None and self.resume_from is None:
             from lmlab.export.hf_import import load_into
@@ -337,7 +308,7 @@ class _Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
 
         # 3) data
-        self.global_batch, micro = _batch_shape(cfg, info.world)
+        self.global_batch, micro = cfg.batch_shape(info.world)
         T = m.context_length
         mix = [(TokenSplit(p, "train"), f) for p, f in parse_mix(cfg.data.mix)] if data is None else []
         self.loader = BatchLoader(
@@ -348,7 +319,7 @@ class _Trainer:
         self.val = TokenSplit(cfg.data.path, "val", meta) if has_val else None
         # val_batches() -> this rank's share of the fixed val batches, as (x, y) pairs
         self.val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None
-        bsz = eval_batch_size(cfg)  # the same windows whatever the process count
+        bsz = cfg.eval_batch_size  # the same windows whatever the process count
         # under FSDP rank 0 evaluates every val batch on a gathered copy of the model
         vrank, vworld = (0, 1) if self.fsdp else (info.rank, info.world)
         if self.val is not None and cfg.eval.batches:

@@ -78,11 +78,11 @@ def _replay_split(cfg: Config, tokenizer: Any):
 def build_sft_data(cfg: Config, tokenizer: Any, tokenizer_dir: Path, run_dir: Path, main: bool = True,
                    reuse_mined: bool = False) -> tuple[Any, dict[str, Any]]:
     """Read, render, tokenize and split the instruction data: (SftData, report for sft.json)."""
-    from lmlab.data import sft as sd
+    from lmlab.data import sft as sft_data
 
     s = cfg.sft
-    template = sd.resolve_template(s.template)
-    skips = sd.SkipReport(on_error=s.on_error)
+    template = sft_data.resolve_template(s.template)
+    skips = sft_data.SkipReport(on_error=s.on_error)
     sources = list(s.data)
     mined: dict[str, Any] | None = None
     if s.mine:
@@ -98,17 +98,17 @@ def build_sft_data(cfg: Config, tokenizer: Any, tokenizer_dir: Path, run_dir: Pa
     if not sources:
         raise ConfigError("sft.data: no instruction data (give files, hf:NAME, or sft.mine)")
     T = cfg.model.context_length
-    records = sd.read_records(sources, skips, s.mbpp_tests)
-    examples = sd.tokenize_records(records, tokenizer, template, T, skips)
+    records = sft_data.read_records(sources, skips, s.mbpp_tests)
+    examples = sft_data.tokenize_records(records, tokenizer, template, T, skips)
     if s.val_data:
-        val_records = sd.read_records(s.val_data, skips, s.mbpp_tests)
-        val = sd.tokenize_records(val_records, tokenizer, template, T, skips)
+        val_records = sft_data.read_records(s.val_data, skips, s.mbpp_tests)
+        val = sft_data.tokenize_records(val_records, tokenizer, template, T, skips)
         train = examples
     else:
         if not examples:
             raise DataError(f"sft.data: no usable examples ({skips.summary()})")
-        train, val = sd.hold_out(examples, s.val_fraction, cfg.train.seed) if s.val_fraction > 0 else (examples, [])
-    train = sd.subset(train, s.max_examples, cfg.train.seed)
+        train, val = sft_data.hold_out(examples, s.val_fraction, cfg.train.seed) if s.val_fraction > 0 else (examples, [])
+    train = sft_data.subset(train, s.max_examples, cfg.train.seed)
     if not train:
         raise DataError(f"sft.data: no usable training examples ({skips.summary()})")
     _log(f"sft: {len(train)} training and {len(val)} held-out examples, {skips.summary()}", main)
@@ -117,13 +117,13 @@ def build_sft_data(cfg: Config, tokenizer: Any, tokenizer_dir: Path, run_dir: Pa
     replay = _replay_split(cfg, tokenizer) if s.replay_fraction > 0 else None
     eot = int(tokenizer.eot_id)
     meta = {"vocab_size": tokenizer.vocab_size, "eot_id": eot, "tokenizer": str(Path(tokenizer_dir).resolve())}
-    data = sd.SftData(train, val, meta, pad_id=eot, replay=replay, replay_fraction=s.replay_fraction)
+    data = sft_data.SftData(train, val, meta, pad_id=eot, replay=replay, replay_fraction=s.replay_fraction)
     lengths = [e.length for e in train]
     report = {
         "base": cfg.train.init_from,
         "sources": sources,
         "val_sources": list(s.val_data),
-        "template": sd.template_record(template),
+        "template": sft_data.template_record(template),
         "mbpp_tests": s.mbpp_tests,
         "records": len(records),
         "train_examples": len(train),
@@ -134,7 +134,7 @@ def build_sft_data(cfg: Config, tokenizer: Any, tokenizer_dir: Path, run_dir: Pa
         "mined": mined,
         "replay_fraction": s.replay_fraction,
         "replay_data": cfg.data.path if replay is not None else None,
-        "fingerprint": sd.fingerprint(train) + ":" + sd.fingerprint(val),
+        "fingerprint": sft_data.fingerprint(train) + ":" + sft_data.fingerprint(val),
     }
     return data, report
 
@@ -144,9 +144,8 @@ def held_out_loss(ckpt: Path | None, data: Any, cfg: Config) -> float | None:
     from lmlab.device import resolve_device
     from lmlab.eval.metrics import evaluate_batches
     from lmlab.train import checkpoint as ck
-    from lmlab.train.loop import eval_batch_size
 
-    batches = data.val_batches(eval_batch_size(cfg), cfg.eval.batches, cfg.train.seed)
+    batches = data.val_batches(cfg.eval_batch_size, cfg.eval.batches, cfg.train.seed)
     if not batches:
         return None
     device = resolve_device(cfg.train.device)
@@ -211,9 +210,8 @@ def run_sft(cfg: Config, resume: bool = False, force: bool = False):
             raise DataError(f"{sft_json}: the instruction data changed since this run started; cannot resume exactly")
         before = old.get("val_loss_before") if isinstance(old, dict) else None
     if cfg.sft.epochs > 0:
-        from lmlab.train.loop import _batch_shape
 
-        B = _batch_shape(cfg, dd.from_env().world)[0]
+        B = cfg.batch_shape(dd.from_env().world)[0]
         rows = B - (max(1, round(cfg.sft.replay_fraction * B)) if data.replay is not None else 0)
         cfg.train.max_steps = max(1, math.ceil(cfg.sft.epochs * len(data.train) / rows))
         _log(f"sft: {cfg.sft.epochs:g} epoch(s) of {len(data.train)} examples at {rows} per step -> train.max_steps = {cfg.train.max_steps}", main)

@@ -11,7 +11,8 @@
    (a path recorded inside the old location of the run's project, missing now, is looked up
    at the same place relative to the run folder's new location).
 3. :func:`same_run_config` compares a run's saved config with a config resolved the same way
-   (``lmlab run`` uses it to skip or resume; the recipe says ``vocab_size = 0``, the run 66).
+   (the recipe says ``vocab_size = 0``, the run 66), logging and device aside;
+   :func:`lmlab.runs.plan.plan_run` builds on it to skip, resume or start a run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import Config, load_config, to_toml
+from lmlab.config import Config, load_config, to_dict
 from lmlab.errors import CheckpointError, ConfigError
 
 # what lmlab writes into a run folder (links there are refused; --force removes the first group)
@@ -118,9 +119,9 @@ def resolve_run_config(cfg: Config, meta: dict[str, Any]) -> Config:
 
 
 def recorded_run_dir(run_dir: Path) -> str | None:
-    from lmlab.outputs import _read_marker
+    from lmlab.outputs import read_marker
 
-    rec = _read_marker(Path(run_dir)).get("run_dir")
+    rec = read_marker(Path(run_dir)).get("run_dir")
     return rec if isinstance(rec, str) else None
 
 
@@ -194,20 +195,35 @@ def saved_config(run_dir: Path) -> Config | None:
         return None
 
 
+# settings that change how a run is watched or where it runs, not what it learns: a run that
+# differs only in them is the same run (a sweep point moved to another GPU resumes)
+IGNORED_SECTIONS = ("log",)
+IGNORED_KEYS = (("train", "device"),)
+
+
+def comparable(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as a dict, without the settings that do not change what a run learns."""
+    tree = to_dict(cfg)
+    for section in IGNORED_SECTIONS:
+        tree.pop(section, None)
+    for section, key in IGNORED_KEYS:
+        tree[section].pop(key, None)
+    return tree
+
+
 def same_run_config(run_dir: Path, cfg: Config) -> bool:
-    """True when the run at ``run_dir`` was trained with ``cfg`` (resolved the same way)."""
+    """True when the run at ``run_dir`` was trained with ``cfg`` (resolved the same way,
+    logging and device aside)."""
     saved, want = saved_config(run_dir), expected_config(cfg)
-    return saved is not None and want is not None and to_toml(saved) == to_toml(want)
+    return saved is not None and want is not None and comparable(saved) == comparable(want)
 
 
 def config_differences(run_dir: Path, cfg: Config, limit: int = 3) -> list[str]:
     """``section.key: run X, now Y`` for the first keys where the run's config differs."""
-    from lmlab.config import to_dict
-
     saved, want = saved_config(run_dir), expected_config(cfg)
     if saved is None or want is None:
         return []
-    a, b = to_dict(saved), to_dict(want)
+    a, b = comparable(saved), comparable(want)
     out = []
     for section in b:
         sa, sb = a.get(section), b.get(section)

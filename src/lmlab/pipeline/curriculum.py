@@ -42,6 +42,8 @@ from typing import Any
 from lmlab.config import PHASE_INHERITED, Config, PhaseConfig
 from lmlab.errors import ConfigError, DataError
 from lmlab.io import atomic_write_text, read_json, write_json
+from lmlab.pipeline.stages import ensure_tokenizer, is_up_to_date, mark_done, stage_key
+from lmlab.runs import plan_run
 
 
 def phase_name(ph: PhaseConfig, k: int) -> str:
@@ -118,8 +120,6 @@ def instruction_documents(inputs: list[str], out_jsonl: Path, template: str = ""
 
 def ensure_phase_data(cfg: Config, k: int, tok_dir: Path | None, force: bool = False, log=print) -> Path:
     """Phase ``k``'s dataset folder, prepared (after its transform) when not up to date."""
-    from lmlab.pipeline import is_up_to_date, mark_done, stage_key
-
     ph = cfg.phase[k - 1]
     out = phase_data_dir(cfg, k)
     tag = f"[phase {k} {phase_name(ph, k)}]"
@@ -176,23 +176,6 @@ def _check_same_tokenizer(datasets: list[Path]) -> dict[str, Any]:
 # --- training ----------------------------------------------------------------------------------
 
 
-def _finished(run_dir: Path, cfg: Config) -> bool:
-    """The phase's run exists with this exact config and stopped normally."""
-    from lmlab.runs import same_run_config
-
-    result = run_dir / "result.json"
-    if not result.is_file() or not same_run_config(run_dir, cfg):
-        return False
-    from lmlab.pipeline import run_status
-
-    res, state = read_json(result), run_status(run_dir)
-    return (
-        state is not None
-        and res.get("stop_reason") in ("max_steps", "early_stop", "time_budget")
-        and int(state.get("step", -1)) == int(res.get("steps", -2))
-    )
-
-
 def forgetting_table(names: list[str], losses: list[list[float | None]]) -> list[dict[str, Any]]:
     """Rows ``{"after": name_k, name_j: val loss, ...}`` plus a ``forgetting`` row: the last
     row's loss on phase j minus the loss right after phase j (positive = forgotten)."""
@@ -212,7 +195,6 @@ def forgetting_table(names: list[str], losses: list[list[float | None]]) -> list
 def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any]:
     """Run every phase of ``cfg`` (see the module docstring); returns curriculum.json's content."""
     from lmlab.eval.metrics import evaluate_path
-    from lmlab.pipeline import ensure_tokenizer, run_status
     from lmlab.report import markdown_table
     from lmlab.train.loop import train
 
@@ -246,15 +228,12 @@ def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any
         pcfg = phase_config(cfg, k, datasets)
         run_dir = Path(pcfg.train.out)
         tag = f"[phase {k} {name}]"
-        if not retrained and _finished(run_dir, pcfg):
+        plan = plan_run(run_dir, pcfg, force=retrained)  # after a retrained phase, every later one trains over
+        if plan.action == "skip":
             log(f"{tag} up to date: {run_dir}")
             result = read_json(run_dir / "result.json")
         else:
-            state = run_status(run_dir)
-            from lmlab.runs import same_run_config
-
-            same = same_run_config(run_dir, pcfg)
-            resume = state is not None and same and not retrained
+            resume = plan.resume
             mix = f", replay {cfg.phase[k - 1].replay:g} from {len(pcfg.data.mix)} earlier phase(s)" if pcfg.data.mix else ""
             log(f"{tag} {'resuming' if resume else 'training'} -> {run_dir} ({pcfg.train.max_steps} steps{mix})")
             # the curriculum owns its phase runs: a changed phase is trained over (lmlab's files only)
