@@ -17,6 +17,14 @@ from lmlab.errors import ConfigError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+
+def inputs_to(inputs: Any, device: torch.device | str) -> Any:
+    """A batch's inputs (a tensor, or a dict of tensors) on ``device``."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
+
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` -> a torch.device (ConfigError if absent).
 

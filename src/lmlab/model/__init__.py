@@ -45,11 +45,4 @@ def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
     return model(**inputs) if isinstance(inputs, dict) else model(inputs)
 
 
-def inputs_to(inputs: Any, device: torch.device | str) -> Any:
-    """A batch's inputs (a tensor, or a dict of tensors) on ``device``."""
-    if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
-    return inputs.to(device)
-
-
-__all__ = ["build_model", "forward", "inputs_to"]
+__all__ = ["build_model", "forward"]
