@@ -264,19 +264,7 @@ class Config:
                 raise ConfigError("phase.1.replay: the first phase has no earlier phase to replay")
             if not ph.data and not ph.input:
                 raise ConfigError(f"phase.{i}: give data (a prepared dataset) or input (files to prepare)")
-        m = self.model
-        if m.arch in ("transformer", "no_residual", "encdec"):
-            if m.d_model % m.n_head:
-                raise ConfigError(f"model.d_model: {m.d_model} is not divisible by model.n_head={m.n_head}")
-            kv = m.n_kv_head or m.n_head
-            if m.n_head % kv:
-                raise ConfigError(f"model.n_kv_head: {kv} does not divide model.n_head={m.n_head}")
-            if m.position == "rope" and (m.d_model // m.n_head) % 2:
-                raise ConfigError(f"model.position: rope needs an even head size, got {m.d_model // m.n_head}")
-        if m.dropout >= 1.0:
-            raise ConfigError(f"model.dropout: must be below 1, got {m.dropout}")
-        if not m.residual and m.arch != "transformer":
-            raise ConfigError(f"model.residual: false is a switch of model.arch=transformer, not {m.arch}")
+        check_model(self.model)
         t = self.train
         if t.min_lr > t.lr:
             raise ConfigError(f"train.min_lr: {t.min_lr} is above train.lr={t.lr}")
@@ -294,6 +282,26 @@ class Config:
         if not 0.0 <= self.encdec.val_fraction < 1.0:
             raise ConfigError(f"encdec.val_fraction: must be in [0, 1), got {self.encdec.val_fraction}")
         return self
+
+
+def check_model(m: ModelConfig) -> None:
+    """The architecture rules (head sizes, grouped heads, rope, dropout, residual): ConfigError naming
+    the key. Their one home: :meth:`Config.validate` and ``build_model`` call it, the model classes
+    trust the config they get."""
+    if m.arch in ("transformer", "no_residual", "encdec"):
+        if m.d_model % m.n_head:
+            raise ConfigError(f"model.d_model: {m.d_model} is not divisible by model.n_head={m.n_head}")
+        kv = m.n_kv_head or m.n_head
+        if m.n_head % kv:
+            raise ConfigError(f"model.n_kv_head: {kv} does not divide model.n_head={m.n_head}")
+        if m.position == "rope" and (m.d_model // m.n_head) % 2:
+            raise ConfigError(f"model.position: rope needs an even head size, got {m.d_model // m.n_head}")
+    if m.arch == "one_head" and m.position == "rope" and m.d_model % 2:  # its one head is d_model wide
+        raise ConfigError(f"model.position: rope needs an even head size, got d_model={m.d_model}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    if not m.residual and m.arch != "transformer":
+        raise ConfigError(f"model.residual: false is a switch of model.arch=transformer, not {m.arch}")
 
 
 def _check_field(key: str, f: dataclasses.Field, value: Any) -> None:
