@@ -8,7 +8,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from lmlab.cli import CHAT_FLAGS, PREPARE_FLAGS, SAMPLE_FLAGS, add_field_flags, build_parser, fields_from_args, main
+from lmlab.cli import (
+    CHAT_FLAGS,
+    PREPARE_FLAGS,
+    SAMPLE_FLAGS,
+    add_field_flags,
+    build_parser,
+    fields_from_args,
+    main,
+)
 from lmlab.config import PrepareConfig, SampleConfig, opt
 
 

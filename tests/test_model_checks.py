@@ -1,4 +1,5 @@
-"""The architecture rules live in one place (lmlab.config.check_model): recipe validation and
+"""The architecture rules live in one place (lmlab.config.check_model), and so does filling
+model.vocab_size from the data (resolve_vocab_size). Recipe validation and
 build_model give the same error for the same model section."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from lmlab.config import Config, ModelConfig
+from lmlab.config import Config, ModelConfig, resolve_vocab_size
 from lmlab.errors import ConfigError
 from lmlab.model import build_model
 
@@ -37,3 +38,10 @@ def test_build_model_needs_the_vocabulary_that_validation_leaves_open():
     Config(model=mcfg).validate()  # 0: taken from the tokenizer later
     with pytest.raises(ConfigError, match="model.vocab_size: must be > 0"):
         build_model(mcfg)
+
+
+def test_resolve_vocab_size_fills_zero_keeps_larger_and_refuses_smaller():
+    assert resolve_vocab_size(ModelConfig(vocab_size=0), 66).vocab_size == 66
+    assert resolve_vocab_size(ModelConfig(vocab_size=80), 66).vocab_size == 80  # room for more tokens
+    with pytest.raises(ConfigError, match="model.vocab_size: 50 is below the dataset's vocab_size 66"):
+        resolve_vocab_size(ModelConfig(vocab_size=50), 66)

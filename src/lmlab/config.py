@@ -304,6 +304,17 @@ def check_model(m: ModelConfig) -> None:
         raise ConfigError(f"model.residual: false is a switch of model.arch=transformer, not {m.arch}")
 
 
+def resolve_vocab_size(m: ModelConfig, data_vocab_size: int) -> ModelConfig:
+    """``model.vocab_size = 0`` filled from the data's tokenizer (in place): the one step every
+    command that trains takes; a size given below the data's raises ConfigError."""
+    data_vocab_size = int(data_vocab_size)
+    if m.vocab_size == 0:
+        m.vocab_size = data_vocab_size
+    elif m.vocab_size < data_vocab_size:
+        raise ConfigError(f"model.vocab_size: {m.vocab_size} is below the dataset's vocab_size {data_vocab_size}")
+    return m
+
+
 def _check_field(key: str, f: dataclasses.Field, value: Any) -> None:
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
