@@ -29,7 +29,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from lmlab.tokenizer import train_tokenizer
-from lmlab.tokenizer.symbolic import (
+from lmlab.tokenizer.symbolic import SymbolicTokenizer, same_ast, train_symbolic
+from lmlab.tokenizer.symbolic.abstract import (
     COMMENT,
     DEDENT,
     INDENT,
@@ -38,9 +39,6 @@ from lmlab.tokenizer.symbolic import (
     OVERFLOW,
     SYMBOL,
     TEXT,
-    SymbolicTokenizer,
-    same_ast,
-    train_symbolic,
 )
 
 

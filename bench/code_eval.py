@@ -23,14 +23,8 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lmlab.eval.code import (
-    humaneval_program,
-    load_humaneval,
-    load_mbpp,
-    mbpp_split,
-    run_humaneval,
-    run_mbpp,
-)
+from lmlab.data.benchmarks import load_humaneval, load_mbpp, mbpp_split
+from lmlab.eval.code import humaneval_program, run_humaneval, run_mbpp
 from lmlab.eval.sandbox import SandboxConfig
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

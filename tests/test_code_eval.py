@@ -11,19 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from lmlab.data.benchmarks import MBPP_SPLITS, load_humaneval, load_mbpp, mbpp_split
 from lmlab.errors import DataError, LmlabError
 from lmlab.eval.code import (
-    MBPP_SPLITS,
     adds_code,
     compiles,
     cut_completion,
     extract_function_headers,
     function_header_prompts,
     humaneval_program,
-    load_humaneval,
-    load_mbpp,
     mbpp_program,
-    mbpp_split,
     mean_pass_at_k,
     parse_report,
     pass_at_k,

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from lmlab.errors import ConfigError, DataError
-from lmlab.tokenizer.symbolic import (
+from lmlab.eval.code import parse_rate
+from lmlab.tokenizer.symbolic import SymbolicTokenizer, abstract, restore, same_ast, train_symbolic
+from lmlab.tokenizer.symbolic.abstract import (
     COMMENT,
     DEDENT,
     EOT,
@@ -26,12 +28,6 @@ from lmlab.tokenizer.symbolic import (
     RAW,
     SYMBOL,
     TEXT,
-    SymbolicTokenizer,
-    abstract,
-    parse_rate,
-    restore,
-    same_ast,
-    train_symbolic,
 )
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -387,7 +383,7 @@ def test_parse_rate(tok: SymbolicTokenizer) -> None:
     assert report["samples"] == 3 and report["parsed"] == 1 and report["empty"] == 1  # empty is no program
     assert report["parse_rate"] == pytest.approx(1 / 3)
     assert sum(report["errors"].values()) == 1
-    assert tok.parse_rate([])["parse_rate"] == 0.0
+    assert parse_rate([], tok)["parse_rate"] == 0.0
 
 
 # --- files ---------------------------------------------------------------------------------------

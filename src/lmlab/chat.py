@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 import torch
 
+from lmlab.config import SampleConfig
 from lmlab.device import inference_device
 from lmlab.errors import LmlabError
 from lmlab.io import read_json
@@ -132,9 +133,9 @@ def chat_session(
     inp: TextIO,
     out: TextIO,
     *,
-    temperature: float = 0.7,
-    max_new_tokens: int = 256,
-    top_p: float = 0.95,
+    temperature: float = SampleConfig.temperature,
+    max_new_tokens: int = SampleConfig.max_new_tokens,
+    top_p: float = 0.95,  # chat's own: it has no flag, and trims the unlikely tail of a reply
     seed: int = 0,
     stop: Sequence[str] = (),
     interactive: bool = False,
@@ -205,7 +206,9 @@ def chat_session(
     return exchanged
 
 
-def chat_loop(run: str | Path, temperature: float = 0.7, max_new_tokens: int = 256) -> None:
+def chat_loop(
+    run: str | Path, temperature: float = SampleConfig.temperature, max_new_tokens: int = SampleConfig.max_new_tokens
+) -> None:
     """`lmlab chat RUN`: load the run and talk on stdin/stdout."""
     from lmlab.runs import load_model_for_inference, resolve_checkpoint
 

@@ -8,12 +8,15 @@ status 2; Ctrl-C exits with 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lmlab.config import PrepareConfig, SampleConfig
 from lmlab.errors import LmlabError
 
 EXAMPLES = {
@@ -45,6 +48,42 @@ def _parser(sub: Any, name: str, help: str, **kw: Any) -> argparse.ArgumentParse
         **kw,
     )
     return p
+
+
+def add_field_flags(
+    parser: argparse.ArgumentParser, cls: type, names: Sequence[str], custom: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """One ``--flag`` per field of the config dataclass ``cls`` named in ``names`` (litgpt's way):
+    type, default, choices and help come from the field, so the flag and the recipe key cannot
+    disagree. ``custom[name]`` adds or replaces argparse keywords (required, type, metavar...)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types = typing.get_type_hints(cls)
+    for name in names:
+        f = fields[name]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        kw: dict[str, Any] = {"default": default, "help": f.metadata["help"].replace("%", "%%")}
+        if typing.get_origin(types[name]) is list:
+            kw.update(nargs="+", type=typing.get_args(types[name])[0])
+        else:
+            kw["type"] = types[name]
+            kw["help"] += f" (default {default!r})" if default != "" else ""
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        kw.update((custom or {}).get(name, {}))
+        parser.add_argument("--" + name.replace("_", "-"), **kw)
+
+
+def fields_from_args(cls: type, args: argparse.Namespace, names: Sequence[str], **values: Any) -> Any:
+    """An instance of ``cls`` from the flags :func:`add_field_flags` made (others keep their default)."""
+    return cls(**{name: getattr(args, name) for name in names}, **values)
+
+
+# The recipe keys `lmlab data prepare`, `lmlab sample` and `lmlab chat` take as flags.
+PREPARE_FLAGS = ("input", "filter", "format", "text_field", "separator", "val_fraction", "split", "workers",
+                 "seed", "errors", "max_docs", "max_bytes")
+SAMPLE_FLAGS = ("prompt", "num_samples", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
+                "seed")
+CHAT_FLAGS = ("temperature", "max_new_tokens")
 
 
 def _byte_count(text: str) -> int:
@@ -128,24 +167,9 @@ def cmd_tokenizer_stats(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmlab.config import PrepareConfig
     from lmlab.data.prepare import format_report, prepare_dataset
 
-    pcfg = PrepareConfig(
-        input=args.input,
-        out=str(_own_folder(args.out)),
-        filter=args.filter,
-        format=args.format,
-        text_field=args.text_field,
-        separator=args.separator,
-        val_fraction=args.val_fraction,
-        split=args.split,
-        workers=args.workers,
-        seed=args.seed,
-        errors=args.errors,
-        max_docs=args.max_docs,
-        max_bytes=args.max_bytes,
-    )
+    pcfg = fields_from_args(PrepareConfig, args, PREPARE_FLAGS, out=str(_own_folder(args.out)))
     _check_flags(pcfg, "prepare")
     meta = prepare_dataset(pcfg, tokenizer_path=args.tokenizer, progress=not args.no_progress)
     _print_json(meta) if args.json else print(format_report(meta))
@@ -192,6 +216,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmlab.sample import sample_command
 
+    _check_flags(fields_from_args(SampleConfig, args, SAMPLE_FLAGS), "sample")
     sample_command(
         args.run, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, num_samples=args.num_samples,
@@ -203,6 +228,7 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmlab.chat import chat_loop
 
+    _check_flags(fields_from_args(SampleConfig, args, CHAT_FLAGS), "sample")
     chat_loop(args.run, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     return 0
 
@@ -307,25 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
     dp = _parser(dsub, "data prepare", "filter, tokenize and pack documents into train/val shards")
-    dp.add_argument("--input", nargs="+", required=True,
-                    help="files, folders or globs; datasets streamed: hf:NAME[:CONFIG][#SPLIT] (hub or local path), "
-                         "a save_to_disk folder")
+    add_field_flags(dp, PrepareConfig, PREPARE_FLAGS, {
+        "input": {"required": True},
+        "max_docs": {"metavar": "N"},
+        "max_bytes": {"type": _byte_count, "metavar": "B",
+                      "help": "use only the first documents totalling at most B bytes of text, e.g. 500M (0: all)"},
+    })
     dp.add_argument("--tokenizer", required=True, help="tokenizer folder")
     dp.add_argument("--out", required=True, help="dataset folder to write")
-    dp.add_argument("--filter", choices=("none", "code"), default="none")
-    dp.add_argument("--format", choices=("auto", "text", "jsonl", "parquet"), default="auto")
-    dp.add_argument("--text-field", default="text", help="JSONL/parquet field or dataset column with the document")
-    dp.add_argument("--separator", default="", help="split text files on this string (e.g. '\\n\\n')")
-    dp.add_argument("--val-fraction", type=float, default=0.05)
-    dp.add_argument("--split", choices=("hash", "tail"), default="hash",
-                    help="val: documents by content hash, or the last val-fraction of the token stream")
-    dp.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
-    dp.add_argument("--seed", type=int, default=0)
-    dp.add_argument("--errors", choices=("skip", "replace"), default="skip", help="non-UTF-8 files")
-    dp.add_argument("--max-docs", type=int, default=0, metavar="N",
-                    help="use only the first N documents of the input, before filtering (0: all)")
-    dp.add_argument("--max-bytes", type=_byte_count, default=0, metavar="B",
-                    help="use only the first documents totalling at most B bytes of text, e.g. 500M (0: all)")
     dp.add_argument("--no-progress", action="store_true")
     dp.add_argument("--json", action="store_true", help="print meta.json")
     dp.set_defaults(func=cmd_data_prepare)
@@ -359,23 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _parser(sub, "sample", "generate text from a run or checkpoint")
     s.add_argument("run", help="run folder or checkpoint folder")
-    s.add_argument("--prompt", default="")
-    s.add_argument("--num-samples", type=int, default=1)
-    s.add_argument("--max-new-tokens", type=int, default=200)
-    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--repetition-penalty", type=float, default=1.0)
+    add_field_flags(s, SampleConfig, SAMPLE_FLAGS)
     s.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-stream", action="store_true", help="print whole samples at the end")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sample)
 
     c = _parser(sub, "chat", "talk to a run interactively (/reset, /temp T, /quit)")
     c.add_argument("run", help="run folder or checkpoint folder")
-    c.add_argument("--temperature", type=float, default=0.7)
-    c.add_argument("--max-new-tokens", type=int, default=256)
+    add_field_flags(c, SampleConfig, CHAT_FLAGS)
     c.set_defaults(func=cmd_chat)
 
     f = _parser(sub, "sft", "instruction fine-tuning with response-only loss")

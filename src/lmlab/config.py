@@ -269,19 +269,7 @@ class Config:
                 raise ConfigError("phase.1.replay: the first phase has no earlier phase to replay")
             if not ph.data and not ph.input:
                 raise ConfigError(f"phase.{i}: give data (a prepared dataset) or input (files to prepare)")
-        m = self.model
-        if m.arch in ("transformer", "no_residual", "encdec"):
-            if m.d_model % m.n_head:
-                raise ConfigError(f"model.d_model: {m.d_model} is not divisible by model.n_head={m.n_head}")
-            kv = m.n_kv_head or m.n_head
-            if m.n_head % kv:
-                raise ConfigError(f"model.n_kv_head: {kv} does not divide model.n_head={m.n_head}")
-            if m.position == "rope" and (m.d_model // m.n_head) % 2:
-                raise ConfigError(f"model.position: rope needs an even head size, got {m.d_model // m.n_head}")
-        if m.dropout >= 1.0:
-            raise ConfigError(f"model.dropout: must be below 1, got {m.dropout}")
-        if not m.residual and m.arch != "transformer":
-            raise ConfigError(f"model.residual: false is a switch of model.arch=transformer, not {m.arch}")
+        check_model(self.model)
         t = self.train
         if t.min_lr > t.lr:
             raise ConfigError(f"train.min_lr: {t.min_lr} is above train.lr={t.lr}")
@@ -327,6 +315,37 @@ class Config:
         It does not depend on the process count, so val windows (and losses) are comparable.
         """
         return self.eval.batch_size or self.train.micro_batch_size or self.batch_shape(1)[0]
+
+
+def check_model(m: ModelConfig) -> None:
+    """The architecture rules (head sizes, grouped heads, rope, dropout, residual): ConfigError naming
+    the key. Their one home: :meth:`Config.validate` and ``build_model`` call it, the model classes
+    trust the config they get."""
+    if m.arch in ("transformer", "no_residual", "encdec"):
+        if m.d_model % m.n_head:
+            raise ConfigError(f"model.d_model: {m.d_model} is not divisible by model.n_head={m.n_head}")
+        kv = m.n_kv_head or m.n_head
+        if m.n_head % kv:
+            raise ConfigError(f"model.n_kv_head: {kv} does not divide model.n_head={m.n_head}")
+        if m.position == "rope" and (m.d_model // m.n_head) % 2:
+            raise ConfigError(f"model.position: rope needs an even head size, got {m.d_model // m.n_head}")
+    if m.arch == "one_head" and m.position == "rope" and m.d_model % 2:  # its one head is d_model wide
+        raise ConfigError(f"model.position: rope needs an even head size, got d_model={m.d_model}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    if not m.residual and m.arch != "transformer":
+        raise ConfigError(f"model.residual: false is a switch of model.arch=transformer, not {m.arch}")
+
+
+def resolve_vocab_size(m: ModelConfig, data_vocab_size: int) -> ModelConfig:
+    """``model.vocab_size = 0`` filled from the data's tokenizer (in place): the one step every
+    command that trains takes; a size given below the data's raises ConfigError."""
+    data_vocab_size = int(data_vocab_size)
+    if m.vocab_size == 0:
+        m.vocab_size = data_vocab_size
+    elif m.vocab_size < data_vocab_size:
+        raise ConfigError(f"model.vocab_size: {m.vocab_size} is below the dataset's vocab_size {data_vocab_size}")
+    return m
 
 
 def _check_field(key: str, f: dataclasses.Field, value: Any) -> None:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import Config, load_config
+from lmlab.config import Config, load_config, resolve_vocab_size
 
 # Seconds kept back for evaluation, sampling, the syntax check and the report (at most this
 # share of the budget, so a short budget still trains).
@@ -248,7 +248,7 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     from lmlab.data.shards import read_meta
 
     meta = read_meta(Path(cfg.data.path))
-    cfg.model.vocab_size = int(meta["vocab_size"])
+    resolve_vocab_size(cfg.model, meta["vocab_size"])
     cfg.validate()
 
     # 3) train for the time that is left

@@ -33,6 +33,13 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def inputs_to(inputs: Any, device: torch.device | str) -> Any:
+    """A batch's inputs (a tensor, or a dict of tensors) on ``device``."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return inputs.to(device)
+
+
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` -> a torch.device (ConfigError if absent).
 

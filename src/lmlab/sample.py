@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from lmlab.config import SampleConfig
 from lmlab.device import inference_device
 from lmlab.errors import LmlabError
 
@@ -293,14 +294,14 @@ def generate(
     tokenizer: Any,
     prompt: str | Sequence[int] = "",
     *,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
+    max_new_tokens: int = SampleConfig.max_new_tokens,
+    temperature: float = SampleConfig.temperature,
+    top_k: int = SampleConfig.top_k,
+    top_p: float = SampleConfig.top_p,
+    repetition_penalty: float = SampleConfig.repetition_penalty,
     stop: Sequence[str] = (),
-    num_samples: int = 1,
-    seed: int = 0,
+    num_samples: int = SampleConfig.num_samples,
+    seed: int = SampleConfig.seed,
     stream_callback: StreamCallback | None = None,
     use_cache: bool = True,
     stop_at_eot: bool = True,

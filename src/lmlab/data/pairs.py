@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from lmlab.data.sft import Example, Record, SftLoader, SkipReport, collate, fingerprint
+from lmlab.device import inputs_to
 from lmlab.errors import DataError, LmlabError
-from lmlab.model import inputs_to
 
 Inputs = dict[str, torch.Tensor]
 

@@ -20,29 +20,23 @@ Two kinds of figures:
 from __future__ import annotations
 
 import ast
-import gzip
 import io
-import json
 import os
 import tokenize
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lmlab.errors import DataError, LmlabError
+from lmlab.data.benchmarks import load_humaneval, load_mbpp
+from lmlab.errors import LmlabError
 from lmlab.eval.sandbox import SandboxConfig, SandboxResult, require_opt_in, run_in_sandbox
 
-EOT_MARKER = "<|endoftext|>"
+if TYPE_CHECKING:
+    from lmlab.tokenizer.symbolic import SymbolicTokenizer
 
-# MBPP's standard split by task id (Austin et al., 2021).
-MBPP_SPLITS: dict[str, tuple[int, int]] = {
-    "prompt": (1, 10),
-    "test": (11, 510),
-    "validation": (511, 600),
-    "train": (601, 974),
-}
+EOT_MARKER = "<|endoftext|>"
 
 GenerateFn = Callable[[list[str], int], list[tuple[str, bool]]]
 
@@ -77,58 +71,6 @@ def mean_pass_at_k(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict
         for k in ks
         if k <= min_n
     }
-
-
-# --- data -----------------------------------------------------------------------------------
-
-
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    rows = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-                missing = [k for k in required if k not in row]
-                if missing:
-                    raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-                rows.append(row)
-    except (UnicodeDecodeError, OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    return rows
-
-
-def load_humaneval(path: Path | str) -> list[dict[str, Any]]:
-    """HumanEval problems (``HumanEval.jsonl.gz`` or plain JSONL), in file order."""
-    return _read_jsonl(
-        Path(path), ("task_id", "prompt", "canonical_solution", "test", "entry_point")
-    )
-
-
-def mbpp_split(task_id: int) -> str:
-    """The standard split name of an MBPP task id."""
-    for name, (lo, hi) in MBPP_SPLITS.items():
-        if lo <= task_id <= hi:
-            return name
-    raise ValueError(f"MBPP task id {task_id} is outside 1..974")
-
-
-def load_mbpp(path: Path | str, split: str | None = None) -> list[dict[str, Any]]:
-    """MBPP tasks from ``mbpp.jsonl``; ``split`` keeps one standard split (test, validation, ...)."""
-    if split is not None and split not in MBPP_SPLITS:
-        raise LmlabError(f"MBPP split {split!r}: expected one of {', '.join(MBPP_SPLITS)}")
-    rows = _read_jsonl(Path(path), ("task_id", "text", "code", "test_list"))
-    if split is not None:
-        rows = [r for r in rows if mbpp_split(int(r["task_id"])) == split]
-    return rows
 
 
 # --- programs -------------------------------------------------------------------------------
@@ -406,6 +348,15 @@ def parse_report(programs: Iterable[str]) -> dict[str, Any]:
             "errors": dict(errors.most_common(5))}
 
 
+def parse_rate(sequences: Iterable[Sequence[int]], tokenizer: SymbolicTokenizer) -> dict[str, Any]:
+    """Share of token sequences (model samples) whose table-less restore compiles.
+
+    A sample ends at its first ``<|endoftext|>``. Returns :func:`parse_report`'s
+    ``{"samples", "parsed", "parse_rate", "empty", "errors"}``: an empty sample does not pass.
+    """
+    return parse_report(tokenizer.restore_sample(seq) for seq in sequences)
+
+
 def syntax_pass_rate(
     generate_fn: GenerateFn,
     prompts: Sequence[str],
@@ -491,18 +442,16 @@ def function_header_prompts(
 
 
 __all__ = [
-    "MBPP_SPLITS",
     "adds_code",
     "compiles",
     "cut_completion",
     "extract_function_headers",
     "function_header_prompts",
     "humaneval_program",
-    "load_humaneval",
-    "load_mbpp",
     "mbpp_program",
-    "mbpp_split",
     "mean_pass_at_k",
+    "parse_rate",
+    "parse_report",
     "pass_at_k",
     "run_humaneval",
     "run_mbpp",

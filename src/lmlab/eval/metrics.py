@@ -25,9 +25,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmlab.device import autocast, resolve_device, resolve_dtype
+from lmlab.device import autocast, inputs_to, resolve_device, resolve_dtype
 from lmlab.errors import DataError
-from lmlab.model import forward, inputs_to
+from lmlab.model import forward
 
 LN2 = math.log(2.0)
 

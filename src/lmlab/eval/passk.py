@@ -24,15 +24,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from lmlab.data.benchmarks import load_humaneval, load_mbpp
 from lmlab.device import inference_device
 from lmlab.errors import LmlabError
-from lmlab.eval.code import (
-    cut_completion,
-    load_humaneval,
-    load_mbpp,
-    run_humaneval,
-    run_mbpp,
-)
+from lmlab.eval.code import cut_completion, run_humaneval, run_mbpp
 from lmlab.eval.sandbox import OPT_IN_HINT, SandboxConfig
 from lmlab.io import atomic_write_text, sha256_file
 

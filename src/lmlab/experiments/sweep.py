@@ -31,7 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import Config, apply_overrides, load_config, save_config
+from lmlab.config import (
+    Config,
+    apply_overrides,
+    load_config,
+    resolve_vocab_size,
+    save_config,
+)
 from lmlab.errors import ConfigError, LmlabError
 from lmlab.experiments import plots
 from lmlab.experiments import seeds as seed_stats
@@ -149,8 +155,7 @@ def finalize(cfg: Config, budget: dict[str, float]) -> None:
     from lmlab.data.shards import read_meta
 
     meta = read_meta(cfg.data.path)
-    if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = int(meta["vocab_size"])
+    resolve_vocab_size(cfg.model, meta["vocab_size"])
     apply_budget(cfg, budget)
     cfg.validate()
 

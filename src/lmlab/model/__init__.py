@@ -21,8 +21,16 @@ if TYPE_CHECKING:
 
 
 def build_model(mcfg: ModelConfig) -> nn.Module:
-    """A freshly initialised model for ``mcfg`` (on the CPU, float32; move it yourself)."""
+    """A freshly initialised model for ``mcfg`` (on the CPU, float32; move it yourself).
+
+    The one gate for a config that did not pass :meth:`lmlab.config.Config.validate` (tests, imports):
+    the architecture rules are checked here, and the vocabulary must be known by now."""
+    from lmlab.config import check_model
     from lmlab.errors import ConfigError
+
+    if mcfg.vocab_size <= 0:
+        raise ConfigError(f"model.vocab_size: must be > 0 to build a model, got {mcfg.vocab_size}")
+    check_model(mcfg)
 
     if mcfg.arch == "transformer":
         from lmlab.model.transformer import Transformer
@@ -45,11 +53,4 @@ def forward(model: nn.Module, inputs: Any) -> torch.Tensor:
     return model(**inputs) if isinstance(inputs, dict) else model(inputs)
 
 
-def inputs_to(inputs: Any, device: torch.device | str) -> Any:
-    """A batch's inputs (a tensor, or a dict of tensors) on ``device``."""
-    if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
-    return inputs.to(device)
-
-
-__all__ = ["build_model", "forward", "inputs_to"]
+__all__ = ["build_model", "forward"]

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lmlab.config import ModelConfig
-from lmlab.errors import ConfigError, LmlabError
+from lmlab.errors import LmlabError
 from lmlab.model.transformer import (
     MLP,
     CausalSelfAttention,
@@ -54,8 +54,6 @@ class _Baseline(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ConfigError(f"model.vocab_size: must be > 0 to build a model, got {cfg.vocab_size}")
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = None
@@ -133,8 +131,6 @@ class OneHead(_Baseline):
     uses_positions = True
 
     def __init__(self, cfg: ModelConfig):
-        if cfg.position == "rope" and cfg.d_model % 2:
-            raise ConfigError(f"model.position: rope needs an even head size, got d_model={cfg.d_model}")
         super().__init__(cfg)
         if cfg.position == "rope":
             self.rotary = Rotary(cfg.d_model, cfg.context_length, cfg.rope_theta)
@@ -165,9 +161,6 @@ class NoResidual(_Baseline):
     uses_positions = True
 
     def __init__(self, cfg: ModelConfig):
-        from lmlab.model.transformer import check_config
-
-        check_config(cfg)
         super().__init__(cfg)
         if cfg.position == "rope":
             self.rotary = Rotary(cfg.d_model // cfg.n_head, cfg.context_length, cfg.rope_theta)

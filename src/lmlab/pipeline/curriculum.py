@@ -39,7 +39,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import PHASE_INHERITED, Config, PhaseConfig
+from lmlab.config import PHASE_INHERITED, Config, PhaseConfig, resolve_vocab_size
 from lmlab.errors import ConfigError, DataError
 from lmlab.io import atomic_write_text, read_json, write_json
 from lmlab.pipeline.stages import ensure_tokenizer, is_up_to_date, mark_done, stage_key
@@ -215,8 +215,7 @@ def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any
     tok_dir = ensure_tokenizer(cfg, force, log) if (cfg.tokenizer.out or cfg.tokenizer.path) else None
     datasets = [ensure_phase_data(cfg, k, tok_dir, force, log) for k in range(1, len(cfg.phase) + 1)]
     meta = _check_same_tokenizer(datasets)
-    if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = int(meta["vocab_size"])
+    resolve_vocab_size(cfg.model, meta["vocab_size"])
     if tok_dir is not None and not cfg.data.tokenizer:
         cfg.data.tokenizer = str(tok_dir)
 

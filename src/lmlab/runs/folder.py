@@ -23,8 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import Config, load_config, to_dict
-from lmlab.errors import CheckpointError, ConfigError
+from lmlab.config import Config, load_config, resolve_vocab_size, to_dict
+from lmlab.errors import CheckpointError
 
 # what lmlab writes into a run folder (links there are refused; --force removes the first group)
 RUN_RESULTS = ("checkpoints", "metrics.jsonl", "samples.md", "result.json", "report.md", "loss.png", "eval.json",
@@ -108,11 +108,7 @@ def absolutize(cfg: Config) -> Config:
 
 def resolve_run_config(cfg: Config, meta: dict[str, Any]) -> Config:
     """The config a run saves (in place): vocab size from the dataset ``meta``, absolute paths."""
-    m = cfg.model
-    if m.vocab_size == 0:
-        m.vocab_size = int(meta["vocab_size"])
-    elif m.vocab_size < int(meta["vocab_size"]):
-        raise ConfigError(f"model.vocab_size: {m.vocab_size} is below the dataset's vocab_size {meta['vocab_size']}")
+    resolve_vocab_size(cfg.model, meta["vocab_size"])
     absolutize(cfg)
     cfg.validate()
     return cfg

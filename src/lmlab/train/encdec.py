@@ -75,14 +75,14 @@ def parse_rate(model: Any, data: Any, dec_tok: Any, n: int, max_new_tokens: int,
     """Greedy outputs for the first ``n`` held-out sources, and the share that compiles
     (:func:`lmlab.eval.code.parse_report`: an empty output does not pass)."""
     from lmlab.data.pairs import generate_targets
+    from lmlab.eval.code import parse_rate as symbolic_parse_rate
+    from lmlab.eval.code import parse_report
 
     examples = (data.val or data.train)[:n]
     seqs = generate_targets(model, examples, data.enc_pad_id, int(data.meta["eot_id"]), max_new_tokens, device)
     if getattr(dec_tok, "kind", "") == "symbolic":  # restore names, then compile()
-        result = dec_tok.parse_rate(seqs)
+        result = symbolic_parse_rate(seqs, dec_tok)
     else:
-        from lmlab.eval.code import parse_report
-
         result = parse_report(dec_tok.decode(s) for s in seqs)
     result["examples"] = [{"source": e.where, "output": dec_tok.decode(s)} for e, s in zip(examples[:3], seqs[:3])]
     return result

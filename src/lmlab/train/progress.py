@@ -147,17 +147,3 @@ def truncate_metrics(path: Path, step: int) -> None:
     from lmlab.io import atomic_write_text
 
     atomic_write_text(path, "".join(k + "\n" for k in kept))
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a run's metrics.jsonl (malformed lines skipped)."""
-    out = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    return out
