@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # llama.cpp runs lmlab's GGUF export (tests/test_gguf_llama_cpp.py). llama-cpp-python builds

@@ -68,10 +68,13 @@ def main() -> int:
         source = tmp / "corpus.txt"
         source.write_text(Path(torch.__file__).read_text(encoding="utf-8") * 5, encoding="utf-8")
     log("training the tokenizer for the export ...")
-    tok = train_tokenizer([str(source)], vocab_size=8192, out=tmp / "tok",
-                          special_tokens=["<|endoftext|>"])
-    cfg = replace(ModelConfig(vocab_size=8192, n_layer=6, n_head=6, d_model=384, context_length=512),
-                  **PRESETS["llama"])
+    tok = train_tokenizer(
+        [str(source)], vocab_size=8192, out=tmp / "tok", special_tokens=["<|endoftext|>"]
+    )
+    cfg = replace(
+        ModelConfig(vocab_size=8192, n_layer=6, n_head=6, d_model=384, context_length=512),
+        **PRESETS["llama"],
+    )
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     n_params = model.num_params()
@@ -80,20 +83,36 @@ def main() -> int:
     n = args.new_tokens
 
     def lmlab_run(use_cache: bool):
-        return lambda: generate(model, tok, prompt, max_new_tokens=n, temperature=0.0,
-                                stop_at_eot=False, use_cache=use_cache)[0].tokens
+        return lambda: (
+            generate(
+                model,
+                tok,
+                prompt,
+                max_new_tokens=n,
+                temperature=0.0,
+                stop_at_eot=False,
+                use_cache=use_cache,
+            )[0].tokens
+        )
 
     from transformers import AutoModelForCausalLM
 
-    hf_dir = export_model(model, tok, tmp / "hf")  # before any relayout: the file is the same either way
+    hf_dir = export_model(
+        model, tok, tmp / "hf"
+    )  # before any relayout: the file is the same either way
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True).eval()
     hf.generation_config.eos_token_id = None  # always 256 tokens, like lmlab below
 
     def hf_run():
         with torch.no_grad():
-            out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
-                              use_cache=True, pad_token_id=tok.eot_id)
-        return out[0, len(prompt):].tolist()
+            out = hf.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=n,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tok.eot_id,
+            )
+        return out[0, len(prompt) :].tolist()
 
     # The uncached run is ~quadratic and dominated by large forwards: timed once, no warm-up
     # (the cached warm-up already ran every kernel it uses).
@@ -110,27 +129,37 @@ def main() -> int:
     log(f"lmlab uncached: {n / t_nocache:.1f} tok/s")
     assert len(toks_cache) == n and len(toks_hf) == n
 
-    rows = [(f"lmlab generate, KV cache ({layout}-major weights, as `lmlab sample`)", t_cache, c_cache),
-            ("lmlab generate, KV cache (row-major weights)", t_row, c_row),
-            (f"lmlab generate, no cache ({layout}-major)", t_nocache, c_nocache),
-            ("transformers generate (exported, use_cache=True)", t_hf, c_hf)]
+    rows = [
+        (f"lmlab generate, KV cache ({layout}-major weights, as `lmlab sample`)", t_cache, c_cache),
+        ("lmlab generate, KV cache (row-major weights)", t_row, c_row),
+        (f"lmlab generate, no cache ({layout}-major)", t_nocache, c_nocache),
+        ("transformers generate (exported, use_cache=True)", t_hf, c_hf),
+    ]
     import transformers
 
-    print(f"model: llama preset, d_model 384, 6 layers, 6 heads, vocab 8192, context 512, "
-          f"{n_params / 1e6:.1f}M params ({n_non_emb / 1e6:.1f}M non-embedding), fp32, CPU, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"transformers {transformers.__version__}")
-    print(f"batch 1, prompt {len(prompt)} tokens, {n} new tokens, greedy, median of {args.repeats} "
-          f"(no cache: {args.nocache_repeats} run)")
+    print(
+        f"model: llama preset, d_model 384, 6 layers, 6 heads, vocab 8192, context 512, "
+        f"{n_params / 1e6:.1f}M params ({n_non_emb / 1e6:.1f}M non-embedding), fp32, CPU, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"transformers {transformers.__version__}"
+    )
+    print(
+        f"batch 1, prompt {len(prompt)} tokens, {n} new tokens, greedy, median of {args.repeats} "
+        f"(no cache: {args.nocache_repeats} run)"
+    )
     print("| engine | tokens/s (wall) | wall s | tokens/CPU-s | CPU s |")
     print("|---|---:|---:|---:|---:|")
     for name, wall, cpu in rows:
         print(f"| {name} | {n / wall:.1f} | {wall:.2f} | {n / cpu:.1f} | {cpu:.2f} |")
     print(f"KV cache vs no cache: {t_nocache / t_cache:.2f}x wall, {c_nocache / c_cache:.2f}x CPU")
     print(f"lmlab (cache) vs transformers: {t_hf / t_cache:.2f}x wall, {c_hf / c_cache:.2f}x CPU")
-    print(f"lmlab (cache, row-major) vs transformers: {t_hf / t_row:.2f}x wall, {c_hf / c_row:.2f}x CPU")
-    print(f"greedy tokens identical: cache/no-cache {toks_cache == toks_nocache}, "
-          f"lmlab/transformers {toks_cache == toks_hf}, row/{layout} layout {toks_row == toks_cache}")
+    print(
+        f"lmlab (cache, row-major) vs transformers: {t_hf / t_row:.2f}x wall, {c_hf / c_row:.2f}x CPU"
+    )
+    print(
+        f"greedy tokens identical: cache/no-cache {toks_cache == toks_nocache}, "
+        f"lmlab/transformers {toks_cache == toks_hf}, row/{layout} layout {toks_row == toks_cache}"
+    )
     return 0
 
 

@@ -66,31 +66,51 @@ def main() -> int:
     if not CORPUS.is_file():
         source.write_text(Path(torch.__file__).read_text(encoding="utf-8") * 5, encoding="utf-8")
     log("training the tokenizer ...")
-    tok = train_tokenizer([str(source)], vocab_size=8192, out=tmp / "tok", special_tokens=["<|endoftext|>"])
+    tok = train_tokenizer(
+        [str(source)], vocab_size=8192, out=tmp / "tok", special_tokens=["<|endoftext|>"]
+    )
     prompt = tok.encode("First Citizen:\nBefore we proceed any further, hear me speak.")[:16]
     n = args.new_tokens
-    print(f"batch 1, prompt {len(prompt)} tokens, {n} new tokens, greedy, median of {args.repeats} after a "
-          f"warm-up; torch {torch.__version__} ({torch.get_num_threads()} threads), llama-cpp-python "
-          f"{llama_cpp.__version__} ({args.threads} threads)")
+    print(
+        f"batch 1, prompt {len(prompt)} tokens, {n} new tokens, greedy, median of {args.repeats} after a "
+        f"warm-up; torch {torch.__version__} ({torch.get_num_threads()} threads), llama-cpp-python "
+        f"{llama_cpp.__version__} ({args.threads} threads)"
+    )
     print("| model | engine | tokens/s (wall) | tokens/CPU-s | vs lmlab (wall) |")
     print("|---|---|---:|---:|---:|")
     for preset in ("llama", "gpt2"):
-        cfg = replace(ModelConfig(vocab_size=8192, n_layer=6, n_head=6, d_model=384, context_length=512),
-                      **PRESETS[preset])
+        cfg = replace(
+            ModelConfig(vocab_size=8192, n_layer=6, n_head=6, d_model=384, context_length=512),
+            **PRESETS[preset],
+        )
         torch.manual_seed(0)
         model = build_model(cfg).eval()
-        files = {dt: export_gguf_model(model, tok, tmp / f"{preset}-{dt}.gguf", dt) for dt in ("f32", "f16", "q8_0")}
+        files = {
+            dt: export_gguf_model(model, tok, tmp / f"{preset}-{dt}.gguf", dt)
+            for dt in ("f32", "f16", "q8_0")
+        }
         layout = pick_decode_layout(model, batch_size=1)  # as `lmlab sample` loads a run
 
         def lmlab_run(model=model):
-            return generate(model, tok, prompt, max_new_tokens=n, temperature=0.0, stop_at_eot=False)[0].tokens
+            return generate(
+                model, tok, prompt, max_new_tokens=n, temperature=0.0, stop_at_eot=False
+            )[0].tokens
 
         t_ours, c_ours, toks_ours = timed(lmlab_run, args.repeats)
         label = f"{preset} preset, {model.num_params() / 1e6:.1f}M params"
-        print(f"| {label} | lmlab generate (KV cache, {layout}-major, fp32) | {n / t_ours:.1f} | {n / c_ours:.1f} | 1.00x |")
+        print(
+            f"| {label} | lmlab generate (KV cache, {layout}-major, fp32) | {n / t_ours:.1f} | {n / c_ours:.1f} | 1.00x |"
+        )
         for dt, path in files.items():
-            llm = llama_cpp.Llama(model_path=str(path), n_ctx=cfg.context_length, n_batch=64,
-                                  n_threads=args.threads, seed=0, logits_all=True, verbose=False)
+            llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=cfg.context_length,
+                n_batch=64,
+                n_threads=args.threads,
+                seed=0,
+                logits_all=True,
+                verbose=False,
+            )
 
             def cpp_run(llm=llm):
                 llm.reset()
@@ -104,8 +124,14 @@ def main() -> int:
                 return out
 
             t, c, toks = timed(cpp_run, args.repeats)
-            same = "same tokens" if toks == toks_ours else f"first {next((i for i, (a, b) in enumerate(zip(toks, toks_ours)) if a != b), n)} tokens same"
-            print(f"| {label} | llama.cpp, {dt} GGUF ({same}) | {n / t:.1f} | {n / c:.1f} | {t_ours / t:.2f}x |")
+            same = (
+                "same tokens"
+                if toks == toks_ours
+                else f"first {next((i for i, (a, b) in enumerate(zip(toks, toks_ours)) if a != b), n)} tokens same"
+            )
+            print(
+                f"| {label} | llama.cpp, {dt} GGUF ({same}) | {n / t:.1f} | {n / c:.1f} | {t_ours / t:.2f}x |"
+            )
             log(f"{preset} {dt}: llama.cpp {n / t:.1f} tok/s, lmlab {n / t_ours:.1f} tok/s")
             del llm
     return 0

@@ -88,7 +88,9 @@ def peak_rss_of(cmd: list[str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--vocab-size", type=int, default=8192)
@@ -99,15 +101,21 @@ def main() -> None:
         inputs = stdlib_inputs()
         std = stdlib_path()
         tok_dir = work / "tok"
-        train_inputs = [str(std / d) for d in ("asyncio", "email", "json", "unittest")] + [str(std / "*.py")]
-        train_tokenizer(train_inputs, vocab_size=args.vocab_size, out=tok_dir, special_tokens=["<|endoftext|>"])
+        train_inputs = [str(std / d) for d in ("asyncio", "email", "json", "unittest")] + [
+            str(std / "*.py")
+        ]
+        train_tokenizer(
+            train_inputs, vocab_size=args.vocab_size, out=tok_dir, special_tokens=["<|endoftext|>"]
+        )
         tok = load_tokenizer(tok_dir)
         enc = tok.tiktoken_encoding  # same merges, tiktoken engine
         assert enc is not None
         texts, nbytes = read_corpus(inputs)
         mb = nbytes / 1e6
-        print(f"corpus: {len(texts)} decodable .py files, {mb:.1f} MB (stdlib without site-packages); "
-              f"tokenizer vocab {tok.vocab_size}")
+        print(
+            f"corpus: {len(texts)} decodable .py files, {mb:.1f} MB (stdlib without site-packages); "
+            f"tokenizer vocab {tok.vocab_size}"
+        )
 
         # compile alone (one process): the ceiling of a syntax-checked run is ~ 2 cores x this
         t0 = time.perf_counter()
@@ -127,29 +135,49 @@ def main() -> None:
             enc.encode_ordinary_batch(texts, num_threads=2)
             best["tiktoken"] = max(best["tiktoken"], mb / (time.perf_counter() - t0))
             for filt in ("code", "none"):
-                cfg = PrepareConfig(input=inputs, out=str(work / f"ds_{filt}"), filter=filt,
-                                    workers=args.workers, val_fraction=0.01, suffixes=[".py"])
+                cfg = PrepareConfig(
+                    input=inputs,
+                    out=str(work / f"ds_{filt}"),
+                    filter=filt,
+                    workers=args.workers,
+                    val_fraction=0.01,
+                    suffixes=[".py"],
+                )
                 t0 = time.perf_counter()
-                metas[filt] = prepare_dataset(cfg, tokenizer_path=str(tok_dir), progress=False, warn=lambda m: None)
+                metas[filt] = prepare_dataset(
+                    cfg, tokenizer_path=str(tok_dir), progress=False, warn=lambda m: None
+                )
                 best[filt] = max(best[filt], mb / (time.perf_counter() - t0))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f} MB/s" for k, v in best.items()))
         del texts
         print()
         print(f"tiktoken encode_ordinary_batch(num_threads=2): {best['tiktoken']:.2f} MB/s")
-        print(f"data prepare --filter code --workers {args.workers}: {best['code']:.2f} MB/s "
-              f"= {best['code'] / best['tiktoken']:.2f}x tiktoken")
-        print(f"data prepare --filter none --workers {args.workers}: {best['none']:.2f} MB/s "
-              f"= {best['none'] / best['tiktoken']:.2f}x tiktoken")
-        print(f"compile() alone, 1 process: {compile_mbs:.2f} MB/s "
-              f"(2-core ceiling for the filtered run ~{2 * compile_mbs:.1f} MB/s before tokenizing)")
+        print(
+            f"data prepare --filter code --workers {args.workers}: {best['code']:.2f} MB/s "
+            f"= {best['code'] / best['tiktoken']:.2f}x tiktoken"
+        )
+        print(
+            f"data prepare --filter none --workers {args.workers}: {best['none']:.2f} MB/s "
+            f"= {best['none'] / best['tiktoken']:.2f}x tiktoken"
+        )
+        print(
+            f"compile() alone, 1 process: {compile_mbs:.2f} MB/s "
+            f"(2-core ceiling for the filtered run ~{2 * compile_mbs:.1f} MB/s before tokenizing)"
+        )
         f = metas["code"]["filter"]
-        print(f"code filter: kept {f['kept']} of {f['documents']}, dropped {f['dropped']}, skipped {f['files_skipped']}")
+        print(
+            f"code filter: kept {f['kept']} of {f['documents']}, dropped {f['dropped']}, skipped {f['files_skipped']}"
+        )
 
         if not args.skip_memory:
             x3 = work / "x3"
             for i in range(3):  # real copies: symlinks would resolve to the same files
-                shutil.copytree(std, x3 / f"copy{i}", ignore=shutil.ignore_patterns("site-packages", "__pycache__"),
-                                symlinks=True)
+                shutil.copytree(
+                    std,
+                    x3 / f"copy{i}",
+                    ignore=shutil.ignore_patterns("site-packages", "__pycache__"),
+                    symlinks=True,
+                )
             print()
             for filt in ("code", "none"):
                 for name, inp in (("stdlib x1", inputs), ("stdlib x3", [str(x3)])):
@@ -163,8 +191,10 @@ def main() -> None:
                     )
                     peak, wall = peak_rss_of([sys.executable, "-c", code])
                     st = json.loads((work / "mem.json").read_text())
-                    print(f"peak RSS, filter {filt}, {name}: {peak:.0f} MiB  ({st['input_bytes'] / 1e6:.0f} MB in, "
-                          f"{st['tokens']:,} train tokens out, {wall:.0f} s)")
+                    print(
+                        f"peak RSS, filter {filt}, {name}: {peak:.0f} MiB  ({st['input_bytes'] / 1e6:.0f} MB in, "
+                        f"{st['tokens']:,} train tokens out, {wall:.0f} s)"
+                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

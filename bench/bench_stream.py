@@ -39,7 +39,13 @@ from pathlib import Path
 
 import psutil
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories" / "tinystories_val_subset.txt"
+DATA = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "tinystories"
+    / "tinystories_val_subset.txt"
+)
 
 
 def peak_memory_of(cmd: list[str]) -> tuple[float, float, float]:
@@ -84,7 +90,9 @@ def peak_memory_of(cmd: list[str]) -> tuple[float, float, float]:
 
 def stories() -> list[str]:
     if not DATA.is_file():
-        raise SystemExit(f"{DATA}: not found (the shared TinyStories subset; see shared/data/MANIFEST.md)")
+        raise SystemExit(
+            f"{DATA}: not found (the shared TinyStories subset; see shared/data/MANIFEST.md)"
+        )
     text = DATA.read_text(encoding="utf-8")
     return [s.strip() for s in text.split("\n\n") if s.strip()]
 
@@ -145,12 +153,16 @@ def hub_stand_in(hub_docs: str) -> Iterator[None]:
         datasets.load_dataset, streams._offline_reason = saved
 
 
-def prepare(spec: str, out: str, tok: str, workers: int, max_docs: int = 0, hub_docs: str = "") -> dict:
+def prepare(
+    spec: str, out: str, tok: str, workers: int, max_docs: int = 0, hub_docs: str = ""
+) -> dict:
     """One prepare run (in this process); ``hub_docs`` names a JSON list the hub stand-in cycles."""
     from lmlab.config import PrepareConfig
     from lmlab.data.prepare import prepare_dataset
 
-    cfg = PrepareConfig(input=[spec], out=out, workers=workers, val_fraction=0.01, max_docs=max_docs)
+    cfg = PrepareConfig(
+        input=[spec], out=out, workers=workers, val_fraction=0.01, max_docs=max_docs
+    )
     with hub_stand_in(hub_docs) if hub_docs else contextlib.nullcontext():
         return prepare_dataset(cfg, tokenizer_path=tok, progress=False, warn=lambda m: None)
 
@@ -158,13 +170,21 @@ def prepare(spec: str, out: str, tok: str, workers: int, max_docs: int = 0, hub_
 def child(args: argparse.Namespace) -> None:
     job = json.loads(args.child)
     meta = prepare(**job)
-    Path(job["out"] + ".json").write_text(json.dumps(
-        {"bytes": meta["limits"]["bytes_read"], "docs": meta["limits"]["documents_read"],
-         "tokens": meta["splits"]["train"]["tokens"]}))
+    Path(job["out"] + ".json").write_text(
+        json.dumps(
+            {
+                "bytes": meta["limits"]["bytes_read"],
+                "docs": meta["limits"]["documents_read"],
+                "tokens": meta["splits"]["train"]["tokens"],
+            }
+        )
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--mb", type=float, default=16.0, help="1x corpus size in MB of text")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
@@ -182,13 +202,17 @@ def main() -> None:
     try:
         base = stories()
         tok = str(work / "tok")
-        train_tokenizer([str(DATA)], vocab_size=args.vocab_size, out=Path(tok), special_tokens=["<|endoftext|>"])
+        train_tokenizer(
+            [str(DATA)], vocab_size=args.vocab_size, out=Path(tok), special_tokens=["<|endoftext|>"]
+        )
         (work / "stories.json").write_text(json.dumps(base), encoding="utf-8")
         docs = corpus(base, args.mb)
         mb = sum(len(d.encode()) for d in docs) / 1e6
         inputs = write_inputs(docs, work / "x1")
-        print(f"corpus: {len(docs):,} documents, {mb:.1f} MB of text ({len(base)} TinyStories, repeated); "
-              f"vocab {args.vocab_size}; {args.workers} workers")
+        print(
+            f"corpus: {len(docs):,} documents, {mb:.1f} MB of text ({len(base)} TinyStories, repeated); "
+            f"vocab {args.vocab_size}; {args.workers} workers"
+        )
         hub = dict(spec="hf:bench/stories", max_docs=len(docs), hub_docs=str(work / "stories.json"))
 
         best: dict[str, float] = {}
@@ -208,19 +232,28 @@ def main() -> None:
             peer = best["jsonl files"]
             for name, v in best.items():
                 print(f"{name:14s} {v:6.2f} MB/s  {v / peer:.2f}x jsonl files")
-            print(f"(every run wrote the same {ref_tokens[0]:,} train / {ref_tokens[1]:,} val tokens)")
+            print(
+                f"(every run wrote the same {ref_tokens[0]:,} train / {ref_tokens[1]:,} val tokens)"
+            )
 
         if not args.skip_memory:
             x4 = write_inputs(docs * 4, work / "x4")
             (work / "x4" / "shards").mkdir()
-            for i in range(4):  # the 1x parquet file four times: a dataset of more shards, as on the hub
-                shutil.copy(work / "x1" / "docs.parquet", work / "x4" / "shards" / f"docs{i}.parquet")
+            for i in range(
+                4
+            ):  # the 1x parquet file four times: a dataset of more shards, as on the hub
+                shutil.copy(
+                    work / "x1" / "docs.parquet", work / "x4" / "shards" / f"docs{i}.parquet"
+                )
             print()
             cases = [
                 ("hub stand-in", hub, {**hub, "max_docs": 4 * len(docs)}),
                 ("hf:parquet", {"spec": inputs["hf:parquet"]}, {"spec": x4["hf:parquet"]}),
-                ("hf:parquet, 4x as 4 files", {"spec": inputs["hf:parquet"]},
-                 {"spec": f"hf:{work / 'x4' / 'shards'}/*.parquet"}),
+                (
+                    "hf:parquet, 4x as 4 files",
+                    {"spec": inputs["hf:parquet"]},
+                    {"spec": f"hf:{work / 'x4' / 'shards'}/*.parquet"},
+                ),
                 ("save_to_disk", {"spec": inputs["save_to_disk"]}, {"spec": x4["save_to_disk"]}),
                 ("jsonl files", {"spec": inputs["jsonl files"]}, {"spec": x4["jsonl files"]}),
             ]
@@ -228,10 +261,14 @@ def main() -> None:
                 for label, job in (("1x", one), ("4x", four)):
                     out = str(work / "mem")
                     job = {**job, "out": out, "tok": tok, "workers": args.workers}
-                    rss, pss, wall = peak_memory_of([sys.executable, __file__, "--child", json.dumps(job)])
+                    rss, pss, wall = peak_memory_of(
+                        [sys.executable, __file__, "--child", json.dumps(job)]
+                    )
                     st = json.loads(Path(out + ".json").read_text())
-                    print(f"peak {name}, {label}: PSS {pss:.0f} MiB, RSS {rss:.0f} MiB  ({st['docs']:,} documents, "
-                          f"{st['bytes'] / 1e6:.0f} MB in, {st['tokens']:,} train tokens out, {wall:.0f} s)")
+                    print(
+                        f"peak {name}, {label}: PSS {pss:.0f} MiB, RSS {rss:.0f} MiB  ({st['docs']:,} documents, "
+                        f"{st['bytes'] / 1e6:.0f} MB in, {st['tokens']:,} train tokens out, {wall:.0f} s)"
+                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -96,23 +96,34 @@ def compare_token_counts(files: list[Path]) -> SymbolicTokenizer:
     texts = {p: read_compilable(p) for p in files}
     held = [p for i, p in enumerate(files) if i % 10 == 0 and texts[p] is not None]
     train = [p for i, p in enumerate(files) if i % 10 != 0 and texts[p] is not None]
-    print(f"python {sys.version.split()[0]}, stdlib {len(files)} .py files, "
-          f"{sum(t is not None for t in texts.values())} accepted by compile(); "
-          f"train {len(train)}, held out {len(held)}")
+    print(
+        f"python {sys.version.split()[0]}, stdlib {len(files)} .py files, "
+        f"{sum(t is not None for t in texts.values())} accepted by compile(); "
+        f"train {len(train)}, held out {len(held)}"
+    )
 
     # 1. tokenizers
     t0 = time.perf_counter()
     sym = train_symbolic((texts[p] for p in train), vocab_size=1024)
     t_sym = time.perf_counter() - t0
-    print(f"symbolic: vocab {sym.vocab_size} (fixed {len(sym.fixed_tokens)}, indices {sym.max_symbols}, "
-          f"merges {len(sym.merges)}), trained in {t_sym:.1f}s")
+    print(
+        f"symbolic: vocab {sym.vocab_size} (fixed {len(sym.fixed_tokens)}, indices {sym.max_symbols}, "
+        f"merges {len(sym.merges)}), trained in {t_sym:.1f}s"
+    )
     bpes = {}
     with tempfile.TemporaryDirectory() as tmp:
         for v in (8192, 1024):
             t0 = time.perf_counter()
-            bpes[v] = train_tokenizer([str(p) for p in train], v, Path(tmp) / f"bpe{v}", kind="bpe",
-                                      special_tokens=["<|endoftext|>"])
-            print(f"bpe {v}: vocab {bpes[v].vocab_size}, trained in {time.perf_counter() - t0:.1f}s")
+            bpes[v] = train_tokenizer(
+                [str(p) for p in train],
+                v,
+                Path(tmp) / f"bpe{v}",
+                kind="bpe",
+                special_tokens=["<|endoftext|>"],
+            )
+            print(
+                f"bpe {v}: vocab {bpes[v].vocab_size}, trained in {time.perf_counter() - t0:.1f}s"
+            )
 
     # 2. tokens per held-out file
     counts: dict[str, list[int]] = {"symbolic 1024": [], "bpe 8192": [], "bpe 1024": []}
@@ -120,8 +131,11 @@ def compare_token_counts(files: list[Path]) -> SymbolicTokenizer:
     nbytes = 0
     t0 = time.perf_counter()
     cpu: Counter[str] = Counter()  # process time: steadier than wall time on a shared machine
-    encoders = {"symbolic 1024": sym.encode_ordinary, "bpe 8192": bpes[8192].encode_ordinary,
-                "bpe 1024": bpes[1024].encode_ordinary}
+    encoders = {
+        "symbolic 1024": sym.encode_ordinary,
+        "bpe 8192": bpes[8192].encode_ordinary,
+        "bpe 1024": bpes[1024].encode_ordinary,
+    }
     for p in held:
         code = texts[p]
         assert code is not None
@@ -132,24 +146,39 @@ def compare_token_counts(files: list[Path]) -> SymbolicTokenizer:
             cpu[name] += time.process_time() - c0
             counts[name].append(len(ids))
         kinds.update(_category(sym, i) for i in sym.encode_ordinary(code))
-    print(f"\ntokens per held-out file ({len(held)} files, {nbytes / 1e6:.2f} MB), {time.perf_counter() - t0:.1f}s")
-    print("| tokenizer | vocab | mean | median | total | bytes/token | vs bpe 8192 | encode MB/s (CPU) |")
+    print(
+        f"\ntokens per held-out file ({len(held)} files, {nbytes / 1e6:.2f} MB), {time.perf_counter() - t0:.1f}s"
+    )
+    print(
+        "| tokenizer | vocab | mean | median | total | bytes/token | vs bpe 8192 | encode MB/s (CPU) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = sum(counts["bpe 8192"])
     for name, c in counts.items():
-        vocab = sym.vocab_size if name.startswith("symbolic") else bpes[int(name.split()[1])].vocab_size
-        print(f"| {name} | {vocab} | {statistics.mean(c):.0f} | {statistics.median(c):.0f} | {sum(c)} | "
-              f"{nbytes / sum(c):.2f} | {sum(c) / base:.2f}x | {nbytes / 1e6 / cpu[name]:.2f} |")
+        vocab = (
+            sym.vocab_size if name.startswith("symbolic") else bpes[int(name.split()[1])].vocab_size
+        )
+        print(
+            f"| {name} | {vocab} | {statistics.mean(c):.0f} | {statistics.median(c):.0f} | {sum(c)} | "
+            f"{nbytes / sum(c):.2f} | {sum(c) / base:.2f}x | {nbytes / 1e6 / cpu[name]:.2f} |"
+        )
     total = sum(kinds.values())
-    print("\nsymbolic tokens by kind: " + ", ".join(f"{k} {100 * n / total:.1f}%" for k, n in kinds.most_common()))
+    print(
+        "\nsymbolic tokens by kind: "
+        + ", ".join(f"{k} {100 * n / total:.1f}%" for k, n in kinds.most_common())
+    )
     return sym
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=0, help="use only every k-th file to get about N (quick look)")
-    ap.add_argument("--round-trip-only", action="store_true", help="skip training and the token counts")
+    ap.add_argument(
+        "--limit", type=int, default=0, help="use only every k-th file to get about N (quick look)"
+    )
+    ap.add_argument(
+        "--round-trip-only", action="store_true", help="skip training and the token counts"
+    )
     args = ap.parse_args()
 
     files = stdlib_files()
@@ -173,10 +202,12 @@ def main() -> int:
             if outcome not in ("ok", "skip"):
                 bad.append(f"{path}: {outcome}")
     checked = sum(n for k, n in outcomes.items() if k != "skip")
-    print(f"\nAST round trip over the stdlib: {outcomes['ok']}/{checked} files accepted by compile() "
-          f"restore to the same AST and compile without the table ({outcomes['skip']} not accepted by "
-          f"compile, skipped); {time.perf_counter() - t0:.1f}s wall with {args.workers} workers, "
-          f"encode+decode {seconds:.1f}s CPU")
+    print(
+        f"\nAST round trip over the stdlib: {outcomes['ok']}/{checked} files accepted by compile() "
+        f"restore to the same AST and compile without the table ({outcomes['skip']} not accepted by "
+        f"compile, skipped); {time.perf_counter() - t0:.1f}s wall with {args.workers} workers, "
+        f"encode+decode {seconds:.1f}s CPU"
+    )
     for line in bad[:20]:
         print("  FAIL", line)
     return 0 if not bad else 1

@@ -28,8 +28,11 @@ EOT = "<|endoftext|>"
 
 def stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    return [p for p in sorted(root.rglob("*.py"))
-            if "site-packages" not in p.parts and "dist-packages" not in p.parts]
+    return [
+        p
+        for p in sorted(root.rglob("*.py"))
+        if "site-packages" not in p.parts and "dist-packages" not in p.parts
+    ]
 
 
 def raw_train(files: list[Path], vocab_size: int, out: Path) -> None:
@@ -51,7 +54,9 @@ def timed(fn) -> tuple[float, float]:  # noqa: ANN001
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--repeat", type=int, default=2, help="alternating training runs of each")
     args = ap.parse_args()
@@ -64,15 +69,24 @@ def main() -> None:
     raw_t, lm_t = [], []
     for r in range(args.repeat):
         raw_t.append(timed(lambda: raw_train(files, args.vocab_size, tmp / "raw.json")))
-        lm_t.append(timed(lambda: train_tokenizer([str(p) for p in files], args.vocab_size, tmp / "lm",
-                                                  special_tokens=[EOT])))
-        print(f"  run {r + 1}: raw tokenizers {raw_t[-1][0]:.2f} s wall / {raw_t[-1][1]:.2f} s CPU, "
-              f"lmlab {lm_t[-1][0]:.2f} s wall / {lm_t[-1][1]:.2f} s CPU")
+        lm_t.append(
+            timed(
+                lambda: train_tokenizer(
+                    [str(p) for p in files], args.vocab_size, tmp / "lm", special_tokens=[EOT]
+                )
+            )
+        )
+        print(
+            f"  run {r + 1}: raw tokenizers {raw_t[-1][0]:.2f} s wall / {raw_t[-1][1]:.2f} s CPU, "
+            f"lmlab {lm_t[-1][0]:.2f} s wall / {lm_t[-1][1]:.2f} s CPU"
+        )
     same = (tmp / "raw.json").read_bytes() == (tmp / "lm" / "tokenizer.json").read_bytes()
     for k, what in enumerate(("wall", "CPU")):
         raw_m, lm_m = statistics.median(t[k] for t in raw_t), statistics.median(t[k] for t in lm_t)
-        print(f"train ({what}): raw tokenizers {raw_m:.2f} s, lmlab {lm_m:.2f} s (median of {args.repeat}); "
-              f"ratio lmlab/raw {lm_m / raw_m:.3f}")
+        print(
+            f"train ({what}): raw tokenizers {raw_m:.2f} s, lmlab {lm_m:.2f} s (median of {args.repeat}); "
+            f"ratio lmlab/raw {lm_m / raw_m:.3f}"
+        )
     print(f"train: identical tokenizer.json from both: {same}")
 
     tok = BPETokenizer.from_file(tmp / "lm" / "tokenizer.json")
@@ -101,9 +115,11 @@ def main() -> None:
         speeds[name] = nbytes / 1e6 / best
         print(f"encode: {name:32s} {speeds[name]:6.2f} MB/s ({best:.2f} s, {nbytes / 1e6:.1f} MB)")
     ids = list(results.values())
-    print(f"encode: lmlab/tiktoken speed ratio {speeds['lmlab encode_ordinary_batch'] / speeds['tiktoken encode_ordinary_batch']:.3f}; "
-          f"lmlab/tokenizers {speeds['lmlab encode_ordinary_batch'] / speeds['tokenizers encode_batch_fast']:.2f}x; "
-          f"identical ids (all three, whole stdlib): {ids[0] == ids[1] == ids[2]}")
+    print(
+        f"encode: lmlab/tiktoken speed ratio {speeds['lmlab encode_ordinary_batch'] / speeds['tiktoken encode_ordinary_batch']:.3f}; "
+        f"lmlab/tokenizers {speeds['lmlab encode_ordinary_batch'] / speeds['tokenizers encode_batch_fast']:.2f}x; "
+        f"identical ids (all three, whole stdlib): {ids[0] == ids[1] == ids[2]}"
+    )
     n_tokens = sum(map(len, ids[1]))
     print(f"bytes/token on stdlib: {nbytes / n_tokens:.3f}")
 

@@ -65,7 +65,10 @@ def human_eval_rule(program: str) -> bool:
         try:
             r = subprocess.run(
                 [sys.executable, "-I", "-c", _HUMAN_EVAL_RULE, str(p)],
-                cwd=d, capture_output=True, text=True, timeout=20,
+                cwd=d,
+                capture_output=True,
+                text=True,
+                timeout=20,
             )
         except subprocess.TimeoutExpired:
             return False

@@ -51,9 +51,20 @@ PY = sys.executable
 LMLAB = [PY, "-m", "lmlab"]
 
 NANOGPT_ARGS = [
-    "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=100",
-    "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
-    "--lr_decay_iters=2000", "--dropout=0.0", "--eval_interval=2000",
+    "config/train_shakespeare_char.py",
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=20",
+    "--log_interval=100",
+    "--block_size=64",
+    "--batch_size=12",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--max_iters=2000",
+    "--lr_decay_iters=2000",
+    "--dropout=0.0",
+    "--eval_interval=2000",
 ]
 
 
@@ -70,8 +81,10 @@ def machine() -> str:
     import torch
 
     bf16 = sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f"})
-    return (f"{model}, {os.cpu_count()} CPUs, flags {' '.join(bf16) or 'no avx512/amx'}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.1f}")
+    return (
+        f"{model}, {os.cpu_count()} CPUs, flags {' '.join(bf16) or 'no avx512/amx'}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def timed(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, str]:
@@ -95,13 +108,21 @@ def setup_nanogpt(tmp: Path) -> Path:
     stub = tmp / "stub"
     stub.mkdir()
     (stub / "requests.py").write_text("def get(*a, **k):\n    raise RuntimeError('no network')\n")
-    timed([PY, "data/shakespeare_char/prepare.py"], cwd=work, env={**os.environ, "PYTHONPATH": str(stub)})
+    timed(
+        [PY, "data/shakespeare_char/prepare.py"],
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(stub)},
+    )
     return work
 
 
 def run_nanogpt(work: Path, iters: int) -> dict:
     shutil.rmtree(work / "out-shakespeare-char", ignore_errors=True)
-    short = [f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={iters}"] if iters != 2000 else []
+    short = (
+        [f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={iters}"]
+        if iters != 2000
+        else []
+    )
     wall, out = timed([PY, "train.py", *NANOGPT_ARGS, *short], cwd=work)
     vals = re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", out)
     return {"wall_s": wall, "val_loss": float(vals[-1][1]), "iters": iters}
@@ -113,8 +134,19 @@ def run_nanogpt(work: Path, iters: int) -> dict:
 def prepare_lmlab(tmp: Path) -> tuple[Path, Path]:
     """The shakespeare-char recipe's tokenizer and dataset (standard split), not timed."""
     tok, data = tmp / "tok", tmp / "data"
-    timed([*LMLAB, "run", "shakespeare-char", "--train.max_steps=1", f"--tokenizer.out={tok}",
-           f"--prepare.out={data}", f"--train.out={tmp / 'prep-run'}", "--log.progress=false"], cwd=ROOT)
+    timed(
+        [
+            *LMLAB,
+            "run",
+            "shakespeare-char",
+            "--train.max_steps=1",
+            f"--tokenizer.out={tok}",
+            f"--prepare.out={data}",
+            f"--train.out={tmp / 'prep-run'}",
+            "--log.progress=false",
+        ],
+        cwd=ROOT,
+    )
     return tok, data
 
 
@@ -162,24 +194,48 @@ def run_lmlab_gpt2(tmp: Path, data: Path, tag: str, iters: int) -> dict:
     cfg = tmp / "gpt2-same.toml"
     cfg.write_text(GPT2_SAME_AS_NANOGPT)
     out = tmp / f"gpt2-{tag}"
-    short = [f"--train.{k}={iters}" for k in ("max_steps", "eval_every", "checkpoint_every")] if iters != 2000 else []
-    wall, _ = timed([*LMLAB, "train", str(cfg), f"--data.path={data}", "--out", str(out), *short], cwd=ROOT)
+    short = (
+        [f"--train.{k}={iters}" for k in ("max_steps", "eval_every", "checkpoint_every")]
+        if iters != 2000
+        else []
+    )
+    wall, _ = timed(
+        [*LMLAB, "train", str(cfg), f"--data.path={data}", "--out", str(out), *short], cwd=ROOT
+    )
     res = json.loads((out / "result.json").read_text())
     return {"wall_s": wall, "val_loss": res["final_val_loss"], "train_s": res["wall_time_s"]}
 
 
-def run_recipe(tmp: Path, tok: Path, data: Path, tag: str, iters: int, target: float = 1.88) -> dict:
+def run_recipe(
+    tmp: Path, tok: Path, data: Path, tag: str, iters: int, target: float = 1.88
+) -> dict:
     out = tmp / f"recipe-{tag}"
     short = [f"--train.max_steps={iters}"] if iters != 2000 else []
-    wall, _ = timed([*LMLAB, "run", "shakespeare-char", f"--tokenizer.out={tok}", f"--prepare.out={data}",
-                     f"--train.out={out}", "--log.progress=false", *short], cwd=ROOT)
+    wall, _ = timed(
+        [
+            *LMLAB,
+            "run",
+            "shakespeare-char",
+            f"--tokenizer.out={tok}",
+            f"--prepare.out={data}",
+            f"--train.out={out}",
+            "--log.progress=false",
+            *short,
+        ],
+        cwd=ROOT,
+    )
     res = json.loads((out / "result.json").read_text())
     outside = wall - res["wall_time_s"]  # start-up before the loop and the report after it
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if "val_loss" in r]
     hit = next((r for r in evals if r["val_loss"] <= target), None)
-    return {"wall_s": wall, "val_loss": res["final_val_loss"], "steps": res["steps"],
-            "time_to_target_s": hit["elapsed"] + outside if hit else None, "target_step": hit["step"] if hit else None}
+    return {
+        "wall_s": wall,
+        "val_loss": res["final_val_loss"],
+        "steps": res["steps"],
+        "time_to_target_s": hit["elapsed"] + outside if hit else None,
+        "target_step": hit["step"] if hit else None,
+    }
 
 
 def llama_ratios(tmp: Path, steps: int) -> dict:
@@ -187,12 +243,20 @@ def llama_ratios(tmp: Path, steps: int) -> dict:
     import train_speed as ts
 
     data = ts.make_dataset(tmp / "llama-ds", ts.SHAPES["llama10m"]["vocab"])
-    out = {"fp32": ts.lmlab_ms_per_step(data, tmp / "l32", steps, "llama10m", "llama", dtype="float32")[0],
-           "auto": ts.lmlab_ms_per_step(data, tmp / "lauto", steps, "llama10m", "llama", dtype="auto")[0]}
+    out = {
+        "fp32": ts.lmlab_ms_per_step(
+            data, tmp / "l32", steps, "llama10m", "llama", dtype="float32"
+        )[0],
+        "auto": ts.lmlab_ms_per_step(data, tmp / "lauto", steps, "llama10m", "llama", dtype="auto")[
+            0
+        ],
+    }
     picked = json.loads((tmp / "lauto" / f"run{steps + 1}" / "precision.json").read_text())
     out["auto_picked"] = picked["dtype"]
     try:
-        out["hf_bf16"] = ts.peer_ms_per_step(data, steps, "llama10m", "llama", "hf", dtype="bfloat16")[0]
+        out["hf_bf16"] = ts.peer_ms_per_step(
+            data, steps, "llama10m", "llama", "hf", dtype="bfloat16"
+        )[0]
     except ImportError:
         out["hf_bf16"] = None
     return out
@@ -200,10 +264,17 @@ def llama_ratios(tmp: Path, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=1, help="repeat parts 1 and 2, alternating the sides")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="repeat parts 1 and 2, alternating the sides"
+    )
     ap.add_argument("--skip", default="", help="comma-separated parts to skip (1, 2, 3)")
     ap.add_argument("--llama-steps", type=int, default=10)
-    ap.add_argument("--iters", type=int, default=2000, help="iterations of parts 1 and 2 (2000: the targets; fewer: a smoke run)")
+    ap.add_argument(
+        "--iters",
+        type=int,
+        default=2000,
+        help="iterations of parts 1 and 2 (2000: the targets; fewer: a smoke run)",
+    )
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     print(f"machine: {machine()}", flush=True)
@@ -215,38 +286,58 @@ def main() -> None:
         ng, gpt2, recipe = [], [], []
         for r in range(args.rounds if peers else 0):
             ng.append(run_nanogpt(ng_work, args.iters))
-            print(f"round {r + 1}: nanoGPT {ng[-1]['wall_s']:.1f} s, val {ng[-1]['val_loss']:.4f}", flush=True)
+            print(
+                f"round {r + 1}: nanoGPT {ng[-1]['wall_s']:.1f} s, val {ng[-1]['val_loss']:.4f}",
+                flush=True,
+            )
             if "1" not in skip:
                 gpt2.append(run_lmlab_gpt2(tmp, data, str(r), args.iters))
-                print(f"round {r + 1}: lmlab GPT-2 same arch {gpt2[-1]['wall_s']:.1f} s, val {gpt2[-1]['val_loss']:.4f}", flush=True)
+                print(
+                    f"round {r + 1}: lmlab GPT-2 same arch {gpt2[-1]['wall_s']:.1f} s, val {gpt2[-1]['val_loss']:.4f}",
+                    flush=True,
+                )
             if "2" not in skip:
                 recipe.append(run_recipe(tmp, tok, data, str(r), args.iters))
                 x = recipe[-1]
-                print(f"round {r + 1}: lmlab shakespeare-char recipe {x['wall_s']:.1f} s, val {x['val_loss']:.4f}, "
-                      f"val <= 1.88 at step {x['target_step']} after {x['time_to_target_s']} s", flush=True)
+                print(
+                    f"round {r + 1}: lmlab shakespeare-char recipe {x['wall_s']:.1f} s, val {x['val_loss']:.4f}, "
+                    f"val <= 1.88 at step {x['target_step']} after {x['time_to_target_s']} s",
+                    flush=True,
+                )
         print("\n## ratios (this run, this machine)")
         if ng:
             ng_wall = statistics.median(x["wall_s"] for x in ng)
         if gpt2:
             lm = statistics.median(x["wall_s"] for x in gpt2)
-            print(f"1. GPT-2 step fp32, {args.iters} its incl. evals: lmlab it/s / nanoGPT it/s = {ng_wall / lm:.2f}x "
-                  f"(target >= 1.3x; median walls {lm:.1f} s vs {ng_wall:.1f} s)")
+            print(
+                f"1. GPT-2 step fp32, {args.iters} its incl. evals: lmlab it/s / nanoGPT it/s = {ng_wall / lm:.2f}x "
+                f"(target >= 1.3x; median walls {lm:.1f} s vs {ng_wall:.1f} s)"
+            )
         if recipe:
             ttt = [x["time_to_target_s"] for x in recipe if x["time_to_target_s"] is not None]
             t = statistics.median(ttt) if len(ttt) == len(recipe) else None
             fin = statistics.median(x["val_loss"] for x in recipe)
             wall = statistics.median(x["wall_s"] for x in recipe)
-            print(f"2. time to val 1.88: {t / ng_wall:.2f}x nanoGPT's {args.iters}-it wall (target <= 0.3x)" if t else
-                  "2. time to val 1.88: not reached")
-            print(f"   recipe's final val loss {fin:.4f} after {wall:.1f} s = {wall / ng_wall:.2f}x nanoGPT's wall "
-                  f"(target <= 1.58 within 1.00x)")
+            print(
+                f"2. time to val 1.88: {t / ng_wall:.2f}x nanoGPT's {args.iters}-it wall (target <= 0.3x)"
+                if t
+                else "2. time to val 1.88: not reached"
+            )
+            print(
+                f"   recipe's final val loss {fin:.4f} after {wall:.1f} s = {wall / ng_wall:.2f}x nanoGPT's wall "
+                f"(target <= 1.58 within 1.00x)"
+            )
         if "3" not in skip:
             r = llama_ratios(tmp, args.llama_steps)
-            print(f"3. ~10M LLaMA: fp32 {r['fp32']:.0f} ms/step, auto ({r['auto_picked']}) {r['auto']:.0f} ms/step: "
-                  f"{r['fp32'] / r['auto']:.2f}x (target >= 1.8x)")
+            print(
+                f"3. ~10M LLaMA: fp32 {r['fp32']:.0f} ms/step, auto ({r['auto_picked']}) {r['auto']:.0f} ms/step: "
+                f"{r['fp32'] / r['auto']:.2f}x (target >= 1.8x)"
+            )
             if r["hf_bf16"]:
-                print(f"   transformers LlamaForCausalLM, bf16 autocast: {r['hf_bf16']:.0f} ms/step: lmlab auto "
-                      f"{r['hf_bf16'] / r['auto']:.2f}x (target >= 1.2x)")
+                print(
+                    f"   transformers LlamaForCausalLM, bf16 autocast: {r['hf_bf16']:.0f} ms/step: lmlab auto "
+                    f"{r['hf_bf16'] / r['auto']:.2f}x (target >= 1.2x)"
+                )
         print(f"machine at the end: {machine()}")
 
 

@@ -22,8 +22,19 @@ import numpy as np
 
 from lmlab.config import from_dict, to_toml
 
-MODEL = {"n_layer": 8, "n_head": 8, "d_model": 512, "d_ff": 1408, "context_length": 256, "vocab_size": 10000,
-         "norm": "rmsnorm", "position": "rope", "mlp": "swiglu", "bias": False, "tie_embeddings": True}
+MODEL = {
+    "n_layer": 8,
+    "n_head": 8,
+    "d_model": 512,
+    "d_ff": 1408,
+    "context_length": 256,
+    "vocab_size": 10000,
+    "norm": "rmsnorm",
+    "position": "rope",
+    "mlp": "swiglu",
+    "bias": False,
+    "tie_embeddings": True,
+}
 
 
 def dataset(folder: Path, vocab: int, tokens: int) -> Path:
@@ -32,9 +43,20 @@ def dataset(folder: Path, vocab: int, tokens: int) -> Path:
     splits = {}
     for split in ("train", "val"):
         rng.integers(0, vocab, size=tokens).astype("<u2").tofile(folder / f"{split}_000000.bin")
-        splits[split] = {"tokens": tokens, "documents": 1, "bytes": 0, "shards": [f"{split}_000000.bin"]}
-    meta = {"format": "lmlab-tokens-v1", "dtype": "uint16", "vocab_size": vocab, "eot_id": 0, "tokenizer": "",
-            "splits": splits}
+        splits[split] = {
+            "tokens": tokens,
+            "documents": 1,
+            "bytes": 0,
+            "shards": [f"{split}_000000.bin"],
+        }
+    meta = {
+        "format": "lmlab-tokens-v1",
+        "dtype": "uint16",
+        "vocab_size": vocab,
+        "eot_id": 0,
+        "tokenizer": "",
+        "splits": splits,
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
@@ -54,10 +76,22 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fsdp_mem_"))
     data = dataset(tmp / "data", MODEL["vocab_size"], 200_000)
     n = args.procs
-    tree = {"model": MODEL, "data": {"path": str(data)},
-            "train": {"max_steps": 2, "batch_size": 2 * n, "micro_batch_size": 2, "eval_every": 0, "checkpoint_every": 0,
-                      "device": "cpu", "log_every": 1, "warmup_steps": 1},
-            "eval": {"batches": 1, "samples": 0}, "log": {"progress": False}}
+    tree = {
+        "model": MODEL,
+        "data": {"path": str(data)},
+        "train": {
+            "max_steps": 2,
+            "batch_size": 2 * n,
+            "micro_batch_size": 2,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "device": "cpu",
+            "log_every": 1,
+            "warmup_steps": 1,
+        },
+        "eval": {"batches": 1, "samples": 0},
+        "log": {"progress": False},
+    }
     cfg = tmp / "cfg.toml"
     cfg.write_text(to_toml(from_dict(tree).validate()))
     torchrun = str(Path(sys.executable).with_name("torchrun"))
@@ -66,7 +100,11 @@ def main() -> int:
     for label, launch, extra in (
         ("1 process", [sys.executable], []),
         (f"DDP, {n} processes", [torchrun, "--standalone", f"--nproc_per_node={n}"], []),
-        (f"FSDP, {n} processes", [torchrun, "--standalone", f"--nproc_per_node={n}"], ["--train.parallel=fsdp"]),
+        (
+            f"FSDP, {n} processes",
+            [torchrun, "--standalone", f"--nproc_per_node={n}"],
+            ["--train.parallel=fsdp"],
+        ),
     ):
         run = tmp / label.split(",")[0].replace(" ", "_")
         cmd = [*launch, "-m", "lmlab", "train", str(cfg), *extra, "--out", str(run)]

@@ -30,18 +30,33 @@ def hf_model(preset: str, m: ModelConfig):
 
     if preset == "gpt2":
         cfg = transformers.GPT2Config(
-            vocab_size=m.vocab_size, n_positions=m.context_length, n_embd=m.d_model, n_layer=m.n_layer,
-            n_head=m.n_head, n_inner=resolve_d_ff(m), activation_function="gelu_new",
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=m.norm_eps,
+            vocab_size=m.vocab_size,
+            n_positions=m.context_length,
+            n_embd=m.d_model,
+            n_layer=m.n_layer,
+            n_head=m.n_head,
+            n_inner=resolve_d_ff(m),
+            activation_function="gelu_new",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            layer_norm_epsilon=m.norm_eps,
             tie_word_embeddings=True,
         )
         return transformers.GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa")
     cfg = transformers.LlamaConfig(
-        vocab_size=m.vocab_size, hidden_size=m.d_model, intermediate_size=resolve_d_ff(m),
-        num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
-        num_key_value_heads=m.n_kv_head or m.n_head, max_position_embeddings=m.context_length,
-        rms_norm_eps=m.norm_eps, rope_theta=m.rope_theta, tie_word_embeddings=False,
-        attention_bias=False, mlp_bias=False,
+        vocab_size=m.vocab_size,
+        hidden_size=m.d_model,
+        intermediate_size=resolve_d_ff(m),
+        num_hidden_layers=m.n_layer,
+        num_attention_heads=m.n_head,
+        num_key_value_heads=m.n_kv_head or m.n_head,
+        max_position_embeddings=m.context_length,
+        rms_norm_eps=m.norm_eps,
+        rope_theta=m.rope_theta,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
     )
     return transformers.LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa")
 
@@ -81,22 +96,36 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads (0: torch's default); 1 on a shared CPU, where idle OpenMP "
-                         "threads spin and waste several times the work's CPU time")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default); 1 on a shared CPU, where idle OpenMP "
+        "threads spin and waste several times the work's CPU time",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device
-    dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if dev == "cuda" else "float32")
+    dtype_name = (
+        args.dtype if args.dtype != "auto" else ("bfloat16" if dev == "cuda" else "float32")
+    )
     dtype = getattr(torch, dtype_name)
     presets = ("gpt2", "llama") if args.preset == "both" else (args.preset,)
-    print(f"device {dev}, {dtype_name}, d_model {args.d_model}, layers {args.n_layer}, heads {args.n_head}, "
-          f"vocab {args.vocab}, batch {args.batch} x {args.seq_len}, compile {args.compile}, threads {torch.get_num_threads()}")
+    print(
+        f"device {dev}, {dtype_name}, d_model {args.d_model}, layers {args.n_layer}, heads {args.n_head}, "
+        f"vocab {args.vocab}, batch {args.batch} x {args.seq_len}, compile {args.compile}, threads {torch.get_num_threads()}"
+    )
     for preset in presets:
         m = dataclasses.replace(
-            ModelConfig(), **PRESETS[preset], vocab_size=args.vocab, d_model=args.d_model,
-            n_layer=args.n_layer, n_head=args.n_head, context_length=args.seq_len, dropout=0.0,
+            ModelConfig(),
+            **PRESETS[preset],
+            vocab_size=args.vocab,
+            d_model=args.d_model,
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            context_length=args.seq_len,
+            dropout=0.0,
         )
         torch.manual_seed(0)
         models = {"lmlab": build_model(m).to(dev), "hf": hf_model(preset, m).to(dev)}
@@ -127,12 +156,16 @@ def main() -> None:
         tokens = args.rounds * args.steps * args.batch * args.seq_len
         tps = {k: tokens / v for k, v in elapsed.items()}
         print(f"{preset}: params lmlab {n_params['lmlab']:,} hf {n_params['hf']:,}")
-        print(f"{preset}: lmlab {tps['lmlab']:,.0f} tok/s, hf {tps['hf']:,.0f} tok/s, "
-              f"ratio {tps['lmlab'] / tps['hf']:.2f}x (wall clock)")
+        print(
+            f"{preset}: lmlab {tps['lmlab']:,.0f} tok/s, hf {tps['hf']:,.0f} tok/s, "
+            f"ratio {tps['lmlab'] / tps['hf']:.2f}x (wall clock)"
+        )
         if dev == "cpu":  # CPU seconds used: steadier than wall time when others load the machine
             cps = {k: tokens / v for k, v in cpu.items()}
-            print(f"{preset}: lmlab {cps['lmlab']:,.0f} tok/cpu-s, hf {cps['hf']:,.0f} tok/cpu-s, "
-                  f"ratio {cps['lmlab'] / cps['hf']:.2f}x (process CPU time)")
+            print(
+                f"{preset}: lmlab {cps['lmlab']:,.0f} tok/cpu-s, hf {cps['hf']:,.0f} tok/cpu-s, "
+                f"ratio {cps['lmlab'] / cps['hf']:.2f}x (process CPU time)"
+            )
 
 
 if __name__ == "__main__":

@@ -45,11 +45,21 @@ from lmlab.config import from_dict
 from lmlab.model import build_model
 from lmlab.train.loop import train
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHARED = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+)
 
 SHAPES = {
-    "shakespeare": {"model": {"n_layer": 4, "n_head": 4, "d_model": 128, "context_length": 64}, "batch": 12, "vocab": 0},
-    "llama10m": {"model": {"n_layer": 6, "n_head": 6, "d_model": 384, "context_length": 256}, "batch": 8, "vocab": 8192},
+    "shakespeare": {
+        "model": {"n_layer": 4, "n_head": 4, "d_model": 128, "context_length": 64},
+        "batch": 12,
+        "vocab": 0,
+    },
+    "llama10m": {
+        "model": {"n_layer": 6, "n_head": 6, "d_model": 384, "context_length": 256},
+        "batch": 8,
+        "vocab": 8192,
+    },
 }
 
 
@@ -68,9 +78,17 @@ def make_dataset(folder: Path, vocab: int = 0) -> Path:
     ids[n_val:].tofile(folder / "train_000000.bin")
     ids[:n_val].tofile(folder / "val_000000.bin")
     meta = {
-        "format": "lmlab-tokens-v1", "dtype": "uint16", "vocab_size": vocab, "eot_id": None,
+        "format": "lmlab-tokens-v1",
+        "dtype": "uint16",
+        "vocab_size": vocab,
+        "eot_id": None,
         "splits": {
-            "train": {"tokens": len(ids) - n_val, "documents": 1, "bytes": len(ids) - n_val, "shards": ["train_000000.bin"]},
+            "train": {
+                "tokens": len(ids) - n_val,
+                "documents": 1,
+                "bytes": len(ids) - n_val,
+                "shards": ["train_000000.bin"],
+            },
             "val": {"tokens": n_val, "documents": 1, "bytes": n_val, "shards": ["val_000000.bin"]},
         },
     }
@@ -78,8 +96,15 @@ def make_dataset(folder: Path, vocab: int = 0) -> Path:
     return folder
 
 
-def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style: str = "llama", compile: bool = False,
-           dtype: str = "float32"):
+def config(
+    data: Path,
+    out: Path,
+    steps: int,
+    shape: str = "shakespeare",
+    style: str = "llama",
+    compile: bool = False,
+    dtype: str = "float32",
+):
     from lmlab.model.presets import PRESETS
 
     sh = SHAPES[shape]
@@ -89,9 +114,18 @@ def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style:
             "data": {"path": str(data)},
             "optim": {"beta2": 0.99, "weight_decay": 0.1, "grad_clip": 1.0},
             "train": {
-                "max_steps": steps, "batch_size": sh["batch"], "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10,
-                "eval_every": 0, "checkpoint_every": 0, "log_every": steps, "device": "cpu", "out": str(out),
-                "compile": compile, "dtype": dtype,
+                "max_steps": steps,
+                "batch_size": sh["batch"],
+                "lr": 1e-3,
+                "min_lr": 1e-4,
+                "warmup_steps": 10,
+                "eval_every": 0,
+                "checkpoint_every": 0,
+                "log_every": steps,
+                "device": "cpu",
+                "out": str(out),
+                "compile": compile,
+                "dtype": dtype,
             },
             "eval": {"batches": 1, "samples": 0},
             "log": {"progress": False},
@@ -99,9 +133,17 @@ def config(data: Path, out: Path, steps: int, shape: str = "shakespeare", style:
     ).validate()
 
 
-def lmlab_ms_per_step(data: Path, tmp: Path, steps: int, shape: str, style: str, compile: bool = False,
-                      dtype: str = "float32") -> tuple[float, float]:
+def lmlab_ms_per_step(
+    data: Path,
+    tmp: Path,
+    steps: int,
+    shape: str,
+    style: str,
+    compile: bool = False,
+    dtype: str = "float32",
+) -> tuple[float, float]:
     """(wall, CPU) ms per step of train(), minus its fixed start/end cost (a 1-step run)."""
+
     def timed(n: int) -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
         train(config(data, tmp / f"run{n}", n, shape, style, compile, dtype))
@@ -113,7 +155,9 @@ def lmlab_ms_per_step(data: Path, tmp: Path, steps: int, shape: str, style: str,
     return 1000.0 * (full[0] - base[0]) / steps, 1000.0 * (full[1] - base[1]) / steps
 
 
-def peer_ms_per_step(data: Path, steps: int, shape: str, style: str, peer: str, dtype: str = "float32") -> tuple[float, float]:
+def peer_ms_per_step(
+    data: Path, steps: int, shape: str, style: str, peer: str, dtype: str = "float32"
+) -> tuple[float, float]:
     cfg = config(data, Path("unused"), steps, shape, style)
     meta = json.loads((data / "meta.json").read_text())
     cfg.model.vocab_size = meta["vocab_size"]
@@ -129,7 +173,11 @@ def peer_ms_per_step(data: Path, steps: int, shape: str, style: str, peer: str, 
         params = list(model.parameters())
     decay = [p for p in params if p.dim() >= 2]
     rest = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+        lr=1e-3,
+        betas=(0.9, 0.99),
+    )
     mm = np.memmap(data / "train_000000.bin", dtype=np.uint16, mode="r")
     rng = np.random.default_rng(0)
     T, B = cfg.model.context_length, cfg.train.batch_size
@@ -159,31 +207,60 @@ def main() -> None:
     ap.add_argument("--shape", choices=tuple(SHAPES), default="shakespeare")
     ap.add_argument("--style", choices=("llama", "gpt2"), default="llama")
     ap.add_argument("--peer", choices=("bare", "hf"), default="bare")
-    ap.add_argument("--compile", action="store_true", help="lmlab with train.compile=true (the peer stays eager)")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32",
-                    help="both sides; auto: lmlab's measured pick, the peer in bf16 autocast")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="lmlab with train.compile=true (the peer stays eager)",
+    )
+    ap.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "auto"),
+        default="float32",
+        help="both sides; auto: lmlab's measured pick, the peer in bf16 autocast",
+    )
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     sh = SHAPES[args.shape]
     tokens = sh["batch"] * sh["model"]["context_length"]
-    peer_name = {"bare": "bare loop (same lmlab model)", "hf": "transformers model, plain loop"}[args.peer]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, shape {args.shape} ({args.style} style), "
-          f"{tokens} tokens/step, lmlab compile {args.compile}, dtype {args.dtype}, peer: {peer_name}")
+    peer_name = {"bare": "bare loop (same lmlab model)", "hf": "transformers model, plain loop"}[
+        args.peer
+    ]
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, shape {args.shape} ({args.style} style), "
+        f"{tokens} tokens/step, lmlab compile {args.compile}, dtype {args.dtype}, peer: {peer_name}"
+    )
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         data = make_dataset(tmp / "ds", sh["vocab"])
         ours, peer = [], []
         for r in range(args.rounds):
-            peer.append(peer_ms_per_step(data, args.steps, args.shape, args.style, args.peer, args.dtype))
-            ours.append(lmlab_ms_per_step(data, tmp / f"r{r}", args.steps, args.shape, args.style, args.compile, args.dtype))
-            print(f"round {r + 1}: lmlab {ours[-1][0]:.1f} ms/iter wall, {ours[-1][1]:.1f} CPU; "
-                  f"peer {peer[-1][0]:.1f} wall, {peer[-1][1]:.1f} CPU", flush=True)
+            peer.append(
+                peer_ms_per_step(data, args.steps, args.shape, args.style, args.peer, args.dtype)
+            )
+            ours.append(
+                lmlab_ms_per_step(
+                    data,
+                    tmp / f"r{r}",
+                    args.steps,
+                    args.shape,
+                    args.style,
+                    args.compile,
+                    args.dtype,
+                )
+            )
+            print(
+                f"round {r + 1}: lmlab {ours[-1][0]:.1f} ms/iter wall, {ours[-1][1]:.1f} CPU; "
+                f"peer {peer[-1][0]:.1f} wall, {peer[-1][1]:.1f} CPU",
+                flush=True,
+            )
     for i, kind in enumerate(("wall", "CPU")):
         o, p = statistics.median(x[i] for x in ours), statistics.median(x[i] for x in peer)
-        print(f"{kind}: median over {args.rounds} rounds of {args.steps} steps: lmlab {o:.1f} ms/iter "
-              f"({1000 * tokens / o:,.0f} tok/s), peer {p:.1f} ms/iter ({1000 * tokens / p:,.0f} tok/s); "
-              f"lmlab speed / peer speed {p / o:.2f}x")
+        print(
+            f"{kind}: median over {args.rounds} rounds of {args.steps} steps: lmlab {o:.1f} ms/iter "
+            f"({1000 * tokens / o:,.0f} tok/s), peer {p:.1f} ms/iter ({1000 * tokens / p:,.0f} tok/s); "
+            f"lmlab speed / peer speed {p / o:.2f}x"
+        )
         assert math.isfinite(o)
 
 

@@ -16,9 +16,15 @@ from lmlab.data.loader import BatchLoader, TokenSplit
 from lmlab.train import distributed as dd
 
 if __name__ == "__main__":
-    data, out, batch, seq_len, seed, steps = sys.argv[1], Path(sys.argv[2]), *map(int, sys.argv[3:7])
+    data, out, batch, seq_len, seed, steps = (
+        sys.argv[1],
+        Path(sys.argv[2]),
+        *map(int, sys.argv[3:7]),
+    )
     info = dd.from_env()
-    loader = BatchLoader(TokenSplit(data, "train"), seq_len, batch, batch // info.world, seed, info.rank, info.world)
+    loader = BatchLoader(
+        TokenSplit(data, "train"), seq_len, batch, batch // info.world, seed, info.rank, info.world
+    )
     rows = np.stack([loader.rank_windows(s) for s in range(steps)])
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / f"rank_{info.rank}.npy", rows)

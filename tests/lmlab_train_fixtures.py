@@ -24,13 +24,20 @@ def make_text(n_docs: int = 60, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     docs = []
     for _ in range(n_docs):
-        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(rng.randint(2, 5))]
+        sentences = [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "."
+            for _ in range(rng.randint(2, 5))
+        ]
         docs.append(" ".join(sentences))
     return docs
 
 
 def write_dataset(
-    out: Path, docs: list[str], tok_dir: Path | None = None, val_docs: int = 8, shard_tokens: int = 0
+    out: Path,
+    docs: list[str],
+    tok_dir: Path | None = None,
+    val_docs: int = 8,
+    shard_tokens: int = 0,
 ) -> Path:
     """Tokenize ``docs`` with a char tokenizer (trained here) and write a dataset folder."""
     from lmlab.tokenizer import train_tokenizer
@@ -39,7 +46,9 @@ def write_dataset(
     tok_dir = tok_dir or out.parent / (out.name + "_tok")
     corpus = out.parent / (out.name + "_corpus.txt")
     corpus.write_text("\n".join(docs), encoding="utf-8")
-    tok = train_tokenizer([str(corpus)], vocab_size=64, out=tok_dir, kind="char", special_tokens=["<|endoftext|>"])
+    tok = train_tokenizer(
+        [str(corpus)], vocab_size=64, out=tok_dir, kind="char", special_tokens=["<|endoftext|>"]
+    )
     eot = tok.special_tokens["<|endoftext|>"]
     splits = {}
     for split, part in (("train", docs[val_docs:]), ("val", docs[:val_docs])):
@@ -47,7 +56,11 @@ def write_dataset(
         for d in part:
             ids += tok.encode_ordinary(d) + [eot]
         arr = np.array(ids, dtype=np.uint16)
-        chunks = [arr] if not shard_tokens else [arr[i : i + shard_tokens] for i in range(0, len(arr), shard_tokens)]
+        chunks = (
+            [arr]
+            if not shard_tokens
+            else [arr[i : i + shard_tokens] for i in range(0, len(arr), shard_tokens)]
+        )
         names = []
         for k, c in enumerate(chunks):
             name = f"{split}_{k:06d}.bin"

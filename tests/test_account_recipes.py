@@ -54,8 +54,12 @@ def test_account_works_on_every_recipe(name, monkeypatch, capsys):
         model_cfg = base_config(cfg.train.init_from)[0].model
     with torch.device("meta"):  # count without allocating (gpt2-small is 124M)
         assert res["params_total"] == built_params(res, model_cfg)
-    assert res["forward_flops_per_sequence"] == pytest.approx(res["forward_flops_total"] * res["seq_len"], rel=1e-12)
-    assert res["training_flops_per_sequence"] == pytest.approx(3 * res["forward_flops_per_sequence"], rel=1e-12)
+    assert res["forward_flops_per_sequence"] == pytest.approx(
+        res["forward_flops_total"] * res["seq_len"], rel=1e-12
+    )
+    assert res["training_flops_per_sequence"] == pytest.approx(
+        3 * res["forward_flops_per_sequence"], rel=1e-12
+    )
 
 
 def test_help_example_runs(monkeypatch, capsys):
@@ -72,14 +76,18 @@ def test_sft_recipe_counts_the_base_model():
     cfg = load_config("sft-mbpp")
     base = load_config("demo-python")
     res, base_res = account(cfg), account(base)
-    assert res["params_total"] == base_res["params_total"] > 4_000_000  # not the default 4x128 model
+    assert (
+        res["params_total"] == base_res["params_total"] > 4_000_000
+    )  # not the default 4x128 model
     assert "demo-python" in res["model_source"]
 
 
 def test_char_vocab_is_the_corpus_characters(tmp_path, monkeypatch):
     corpus = tmp_path / "c.txt"
     corpus.write_text("abcabc\nxyz", encoding="utf-8")
-    cfg = load_config("shakespeare-char", [f"tokenizer.input={corpus}", f"tokenizer.out={tmp_path / 'tok'}"])
+    cfg = load_config(
+        "shakespeare-char", [f"tokenizer.input={corpus}", f"tokenizer.out={tmp_path / 'tok'}"]
+    )
     res = account(cfg)
     assert res["vocab_size"] == 7 + 1  # a b c x y z newline, plus <|endoftext|>
 
@@ -88,8 +96,15 @@ def test_an_existing_base_run_gives_its_model(tmp_path):
     from lmlab.train.loop import train
 
     data = write_dataset(tmp_path / "ds", make_text(20))
-    base = tiny_config(data, tmp_path / "base", train__max_steps=2, train__eval_every=0, eval__samples=0,
-                       model__d_model=48, model__n_head=3)
+    base = tiny_config(
+        data,
+        tmp_path / "base",
+        train__max_steps=2,
+        train__eval_every=0,
+        eval__samples=0,
+        model__d_model=48,
+        model__n_head=3,
+    )
     train(base)
     sft = tiny_config(data, tmp_path / "sft", train__init_from=str(tmp_path / "base"))
     cfg_file = tmp_path / "sft.toml"
@@ -112,12 +127,21 @@ def test_missing_base_run_is_one_line(tmp_path, capsys):
 def test_an_hf_folder_gives_its_model(tmp_path, family):
     transformers = pytest.importorskip("transformers")
     if family == "gpt2":
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            vocab_size=96, n_positions=32, n_embd=48, n_layer=2, n_head=3))
+        hf = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(vocab_size=96, n_positions=32, n_embd=48, n_layer=2, n_head=3)
+        )
     else:
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=96, hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=32))
+        hf = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(
+                vocab_size=96,
+                hidden_size=48,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=32,
+            )
+        )
     hf.save_pretrained(tmp_path / "hf")
     cfg_file = tmp_path / "c.toml"
     cfg_file.write_text(f'[train]\ninit_from = "hf:{tmp_path / "hf"}"\n', encoding="utf-8")

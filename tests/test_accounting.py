@@ -34,7 +34,9 @@ def tiny(**kw) -> ModelConfig:
 
 
 GPT2ISH = dict(norm="layernorm", position="learned", mlp="gelu", bias=True, tie_embeddings=True)
-LLAMAISH = dict(norm="rmsnorm", position="rope", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_head=2)
+LLAMAISH = dict(
+    norm="rmsnorm", position="rope", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_head=2
+)
 
 
 def test_params_by_hand_gpt2ish():
@@ -90,7 +92,9 @@ def test_params_match_built_model_over_grid():
     for preset in PRESETS.values():
         cfg = tiny(**preset)
         assert count_params(cfg)["total"] == build_model(cfg).num_params()
-        assert count_params(cfg)["non_embedding"] == build_model(cfg).num_params(exclude_embeddings=True)
+        assert count_params(cfg)["non_embedding"] == build_model(cfg).num_params(
+            exclude_embeddings=True
+        )
 
 
 def test_flops_by_hand():
@@ -153,7 +157,9 @@ def test_memory_formula_and_max_batch():
 @pytest.mark.parametrize("switches", [GPT2ISH, LLAMAISH, {"norm": "none"}])
 def test_activation_estimate_close_to_saved_tensors(switches):
     # Measure what autograd really keeps (fp32 on the CPU) and compare with the estimate.
-    cfg = ModelConfig(vocab_size=512, d_model=128, n_layer=3, n_head=4, context_length=64, **switches)
+    cfg = ModelConfig(
+        vocab_size=512, d_model=128, n_layer=3, n_head=4, context_length=64, **switches
+    )
     model = build_model(cfg)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
@@ -195,7 +201,12 @@ batch_size = 3
 
 def test_account_cli_json(tmp_path, capsys):
     path = _write(tmp_path, MODEL_TOML)
-    assert main(["account", path, "--json", "--memory-gb", "1", "--tokens", "1e6", "--peak-tflops", "1"]) == 0
+    assert (
+        main(
+            ["account", path, "--json", "--memory-gb", "1", "--tokens", "1e6", "--peak-tflops", "1"]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["params_total"] == 28032
     assert res["forward_flops_total"] == 57344

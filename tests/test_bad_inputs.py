@@ -48,8 +48,20 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.mark.parametrize("kind", ["bpe", "symbolic"])
 def test_huge_vocab_size_is_refused_before_training(kind, corpus, tmp_path, capsys):
     out = tmp_path / "tok"
-    code = main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "1000000000", "--kind", kind,
-                 "--out", str(out)])
+    code = main(
+        [
+            "tokenizer",
+            "train",
+            "--input",
+            str(corpus),
+            "--vocab-size",
+            "1000000000",
+            "--kind",
+            kind,
+            "--out",
+            str(out),
+        ]
+    )
     err = one_line_error(capsys)
     assert code == 2 and "1000000000" in err and "vocab_size" in err
     assert not out.exists()
@@ -58,8 +70,20 @@ def test_huge_vocab_size_is_refused_before_training(kind, corpus, tmp_path, caps
 def test_symbolic_vocab_above_1024_is_refused(tmp_path, capsys):
     src = tmp_path / "a.py"
     src.write_text("def f(x):\n    return x + 1\n", encoding="utf-8")
-    code = main(["tokenizer", "train", "--kind", "symbolic", "--input", str(src), "--vocab-size", "1025",
-                 "--out", str(tmp_path / "tok")])
+    code = main(
+        [
+            "tokenizer",
+            "train",
+            "--kind",
+            "symbolic",
+            "--input",
+            str(src),
+            "--vocab-size",
+            "1025",
+            "--out",
+            str(tmp_path / "tok"),
+        ]
+    )
     err = one_line_error(capsys)
     assert code == 2 and "1025" in err and "1024" in err
 
@@ -112,9 +136,29 @@ def test_read_only_output_folder_is_one_line(code_, corpus, dataset, tmp_path, m
     ro.mkdir()
     fail_mkdir_under(monkeypatch, ro, code_)
     cases = [
-        ["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(ro / "tok")],
-        ["data", "prepare", "--input", str(corpus), "--tokenizer", str(tmp_path / "ds_tok"), "--out", str(ro / "ds"),
-         "--workers", "1", "--no-progress"],
+        [
+            "tokenizer",
+            "train",
+            "--input",
+            str(corpus),
+            "--vocab-size",
+            "300",
+            "--out",
+            str(ro / "tok"),
+        ],
+        [
+            "data",
+            "prepare",
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            str(tmp_path / "ds_tok"),
+            "--out",
+            str(ro / "ds"),
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
     ]
     cfg_file = tmp_path / "c.toml"
     save_config(tiny_config(dataset, ro / "run"), cfg_file)
@@ -126,9 +170,16 @@ def test_read_only_output_folder_is_one_line(code_, corpus, dataset, tmp_path, m
     assert list(ro.iterdir()) == []
 
 
-def test_full_disk_in_tokenizer_train_keeps_the_previous_tokenizer(corpus, tmp_path, monkeypatch, capsys):
+def test_full_disk_in_tokenizer_train_keeps_the_previous_tokenizer(
+    corpus, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "tok"
-    assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(out)]
+        )
+        == 0
+    )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
 
@@ -136,7 +187,12 @@ def test_full_disk_in_tokenizer_train_keeps_the_previous_tokenizer(corpus, tmp_p
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", fsync)
-    assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "280", "--out", str(out)]) == 2
+    assert (
+        main(
+            ["tokenizer", "train", "--input", str(corpus), "--vocab-size", "280", "--out", str(out)]
+        )
+        == 2
+    )
     err = one_line_error(capsys)
     assert "No space left on device" in err and str(tmp_path) in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -152,7 +208,9 @@ def test_full_disk_in_data_prepare_leaves_no_folder(corpus, dataset, tmp_path, m
             self._f = open(path, mode)  # noqa: SIM115 - closed in close()
 
         def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write() reports it: no file name
+            raise OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC)
+            )  # as write() reports it: no file name
 
         def flush(self):
             self._f.flush()
@@ -162,8 +220,21 @@ def test_full_disk_in_data_prepare_leaves_no_folder(corpus, dataset, tmp_path, m
 
     monkeypatch.setattr(shards, "open", FullDisk, raising=False)
     out = tmp_path / "new_ds"
-    code = main(["data", "prepare", "--input", str(corpus), "--tokenizer", str(tmp_path / "ds_tok"),
-                 "--out", str(out), "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "data",
+            "prepare",
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            str(tmp_path / "ds_tok"),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     err = one_line_error(capsys)
     assert code == 2 and "No space left on device" in err and "train_000000.bin" in err
     assert not out.exists() and leftovers(tmp_path) == []
@@ -176,7 +247,12 @@ def test_full_disk_in_train_keeps_the_previous_checkpoint(dataset, tmp_path, mon
 
     run = tmp_path / "run"
     cfg_file = tmp_path / "c.toml"
-    save_config(tiny_config(dataset, run, train__max_steps=4, train__checkpoint_every=2, train__eval_every=0), cfg_file)
+    save_config(
+        tiny_config(
+            dataset, run, train__max_steps=4, train__checkpoint_every=2, train__eval_every=0
+        ),
+        cfg_file,
+    )
     real_save = torch.save
     calls = []
 
@@ -196,7 +272,9 @@ def test_full_disk_in_train_keeps_the_previous_checkpoint(dataset, tmp_path, mon
     assert leftovers(root) == []
     from lmlab.model import build_model
 
-    ck.load_weights(build_model(ck.read_config(root / "step_000002").model), root / "step_000002")  # still loads
+    ck.load_weights(
+        build_model(ck.read_config(root / "step_000002").model), root / "step_000002"
+    )  # still loads
 
 
 def test_out_dot_is_one_line(corpus, tmp_path, monkeypatch, capsys):
@@ -220,8 +298,10 @@ def test_encoder_folder_with_pickled_weights_is_refused_by_name(tmp_path):
 
     folder = tmp_path / "enc"
     folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1, '
-                                        '"num_attention_heads": 1, "intermediate_size": 16, "vocab_size": 10}')
+    (folder / "config.json").write_text(
+        '{"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1, '
+        '"num_attention_heads": 1, "intermediate_size": 16, "vocab_size": 10}'
+    )
     torch.save({"x": torch.zeros(1)}, folder / "pytorch_model.bin")
     with pytest.raises(LmlabError, match=r"model\.encoder: .*pytorch_model\.bin: pickled weights"):
         load_encoder(str(folder))
@@ -231,11 +311,44 @@ def test_errors_replace_with_a_char_tokenizer_names_the_file(tmp_path, capsys):
     good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
     good.write_text("hello world\n", encoding="utf-8")
     bad.write_bytes(b"hello \xff world\n")
-    assert main(["tokenizer", "train", "--input", str(good), "--vocab-size", "64", "--kind", "char",
-                 "--special-token", "<|endoftext|>", "--out", str(tmp_path / "tok")]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--input",
+                str(good),
+                "--vocab-size",
+                "64",
+                "--kind",
+                "char",
+                "--special-token",
+                "<|endoftext|>",
+                "--out",
+                str(tmp_path / "tok"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    code = main(["data", "prepare", "--input", str(good), str(bad), "--tokenizer", str(tmp_path / "tok"),
-                 "--out", str(tmp_path / "ds"), "--errors", "replace", "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "data",
+            "prepare",
+            "--input",
+            str(good),
+            str(bad),
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--out",
+            str(tmp_path / "ds"),
+            "--errors",
+            "replace",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     err = one_line_error(capsys)
     assert code == 2 and str(bad) in err and "U+FFFD" in err
     assert not (tmp_path / "ds").exists()
@@ -244,7 +357,9 @@ def test_errors_replace_with_a_char_tokenizer_names_the_file(tmp_path, capsys):
 def test_toml_string_for_an_integer_is_rejected_naming_file_and_key(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[train]\nbatch_size = "8"\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"c\.toml: train\.batch_size: expected an integer, got the string '8'"):
+    with pytest.raises(
+        ConfigError, match=r"c\.toml: train\.batch_size: expected an integer, got the string '8'"
+    ):
         load_config(f)
     f.write_text('[train]\nlr = "1e-3"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"train\.lr: expected a number"):
@@ -255,8 +370,20 @@ def test_toml_string_for_an_integer_is_rejected_naming_file_and_key(tmp_path):
 
 
 def test_negative_workers_is_rejected_naming_the_flag(corpus, tmp_path, capsys):
-    code = main(["data", "prepare", "--input", str(corpus), "--tokenizer", str(tmp_path), "--out",
-                 str(tmp_path / "ds"), "--workers", "-3"])
+    code = main(
+        [
+            "data",
+            "prepare",
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "ds"),
+            "--workers",
+            "-3",
+        ]
+    )
     err = one_line_error(capsys)
     assert code == 2 and "--workers" in err and "-3" in err
 
@@ -268,8 +395,11 @@ def test_free_memory_honours_a_cgroup_limit_but_not_its_page_cache(tmp_path, mon
     (tmp_path / "max").write_text(f"{8 * gib}\n")
     (tmp_path / "current").write_text(f"{7 * gib}\n")
     (tmp_path / "stat").write_text(f"anon {2 * gib}\ninactive_file {5 * gib}\n")
-    monkeypatch.setattr(mc, "_CGROUP_LIMITS", ((tmp_path / "max", tmp_path / "current", tmp_path / "stat",
-                                                "inactive_file"),))
+    monkeypatch.setattr(
+        mc,
+        "_CGROUP_LIMITS",
+        ((tmp_path / "max", tmp_path / "current", tmp_path / "stat", "inactive_file"),),
+    )
     host = mc.host_available_bytes()
     monkeypatch.setattr(mc, "_CGROUP_LIMITS", ())
     uncapped = mc.host_available_bytes()

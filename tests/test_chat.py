@@ -27,14 +27,17 @@ def tok(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tok")
     (d / "c.txt").write_text(CORPUS, encoding="utf-8")
-    return train_tokenizer([str(d / "c.txt")], vocab_size=300, out=d / "tok",
-                           special_tokens=["<|endoftext|>"])
+    return train_tokenizer(
+        [str(d / "c.txt")], vocab_size=300, out=d / "tok", special_tokens=["<|endoftext|>"]
+    )
 
 
 @pytest.fixture(scope="module")
 def model(tok):
-    cfg = dataclasses.replace(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2,
-                                          d_model=32, context_length=64), **PRESETS["llama"])
+    cfg = dataclasses.replace(
+        ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, d_model=32, context_length=64),
+        **PRESETS["llama"],
+    )
     torch.manual_seed(0)
     m = build_model(cfg)
     with torch.no_grad():
@@ -51,16 +54,18 @@ def run_chat(model, tok, text, template=None, **kw):
 
 
 def test_plain_completion_uses_history_and_commands(model, tok):
-    pairs, shown = run_chat(model, tok, "hello\n/temp 0\nhow are\n/quit\nnever read\n",
-                            temperature=0.9)
+    pairs, shown = run_chat(
+        model, tok, "hello\n/temp 0\nhow are\n/quit\nnever read\n", temperature=0.9
+    )
     assert [u for u, _ in pairs] == ["hello", "how are"]
     assert "(temperature 0)" in shown and "plain completion" in shown
     assert pairs[0][1] in shown and pairs[1][1] in shown
     # the second turn was greedy, continuing "hello\n<reply>\nhow are\n", cut at a blank line
     sep = "" if pairs[0][1].endswith("\n") else "\n"
     history = tok.encode("hello\n") + tok.encode(pairs[0][1]) + tok.encode(sep + "how are\n")
-    expect = generate(model, tok, history, max_new_tokens=8, temperature=0.0, top_p=0.95,
-                      stop=["\n\n"])[0]
+    expect = generate(
+        model, tok, history, max_new_tokens=8, temperature=0.0, top_p=0.95, stop=["\n\n"]
+    )[0]
     assert pairs[1][1] == expect.text and "\n\n" not in expect.text
 
 
@@ -103,11 +108,15 @@ def test_template_turns_and_trimming(model, tok):
 
 def test_find_template_sources(tmp_path):
     assert find_template(tmp_path, Config()) is None
-    cfg = types.SimpleNamespace(sft=types.SimpleNamespace(template="Q: {instruction}{input} {{ok}}\nA:"))
+    cfg = types.SimpleNamespace(
+        sft=types.SimpleNamespace(template="Q: {instruction}{input} {{ok}}\nA:")
+    )
     assert find_template(tmp_path, cfg).render("x") == "Q: x {ok}\nA:"
     cfg.sft.template = "alpaca"
     assert find_template(tmp_path, cfg).stop == ["### Instruction:"]
-    (tmp_path / "template.json").write_text(json.dumps({"prompt": "U: {prompt}\nB:", "stop": ["U:"]}))
+    (tmp_path / "template.json").write_text(
+        json.dumps({"prompt": "U: {prompt}\nB:", "stop": ["U:"]})
+    )
     t = find_template(tmp_path, Config())
     assert t.render("y") == "U: y\nB:" and t.stop == ["U:"]
     (tmp_path / "template.json").write_text(json.dumps({"nope": 1}))
@@ -128,8 +137,10 @@ def test_chat_loop_on_a_run_folder(tmp_path, model, tok, monkeypatch, capsys):
 
 
 def test_too_long_message_is_reported_and_chat_goes_on(tok):
-    cfg = dataclasses.replace(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2,
-                                          d_model=16, context_length=16), **PRESETS["gpt2"])
+    cfg = dataclasses.replace(
+        ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, context_length=16),
+        **PRESETS["gpt2"],
+    )
     m = build_model(cfg).eval()
     pairs, shown = run_chat(m, tok, "hello there " * 20 + "\nhi\n", temperature=0.0)
     assert "(error: prompt:" in shown and "learned positions" in shown
@@ -149,7 +160,7 @@ class NewlineFirst(torch.nn.Module):
         plan = self.tok.encode("\nok then\n\nmore")
         text = self.tok.decode(idx[0].tolist())
         done = len(text) - text.rfind("hi\n") - 3 if "hi\n" in text else 0
-        n = len(self.tok.encode(text[len(text) - done:])) if done else 0
+        n = len(self.tok.encode(text[len(text) - done :])) if done else 0
         logits = torch.full((idx.shape[0], idx.shape[1], self.tok.vocab_size), -1e9)
         logits[:, -1, plan[min(n, len(plan) - 1)]] = 0.0
         return logits
@@ -159,7 +170,11 @@ def test_base_reply_starting_on_a_new_line_is_not_empty(tok):
     """A base model's continuation often begins with a newline; the reply runs to a blank line."""
     model = NewlineFirst(tok)
     out = io.StringIO()
-    pairs = chat_session(model, tok, None, io.StringIO("hi\n"), out, max_new_tokens=12, temperature=0.0)
+    pairs = chat_session(
+        model, tok, None, io.StringIO("hi\n"), out, max_new_tokens=12, temperature=0.0
+    )
     assert pairs[0][1].strip() == "ok then"
     shown = out.getvalue()
-    assert "continues what you type" in shown and "lmlab sft" in shown and "empty reply" not in shown
+    assert (
+        "continues what you type" in shown and "lmlab sft" in shown and "empty reply" not in shown
+    )

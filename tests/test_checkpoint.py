@@ -30,7 +30,12 @@ def dataset(tmp_path_factory) -> Path:
 def ref_config(dataset: Path, out: Path):
     # dropout > 0, so an exact resume also needs the torch RNG state back
     return tiny_config(
-        dataset, out, model__dropout=0.1, train__checkpoint_every=3, train__keep_checkpoints=10, train__eval_every=6
+        dataset,
+        out,
+        model__dropout=0.1,
+        train__checkpoint_every=3,
+        train__keep_checkpoints=10,
+        train__eval_every=6,
     )
 
 
@@ -58,7 +63,9 @@ def test_resume_is_exact(dataset, reference, tmp_path):
     ref, got = losses(reference), losses(run)
     # the metrics file continues where the checkpoint stopped, without repeated steps
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [json.loads(line)["step"] for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [
+        json.loads(line)["step"] for line in (reference / "metrics.jsonl").read_text().splitlines()
+    ]
     for step in range(7, 13):
         assert got[step] == ref[step], step  # bit for bit
     assert losses(run, "val_loss") == losses(reference, "val_loss")
@@ -105,12 +112,22 @@ def _wait_for(pred, proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 def test_sigkill_resumes_from_last_complete_checkpoint(dataset, tmp_path):
-    cfg = tiny_config(dataset, tmp_path / "killed", train__max_steps=24, train__checkpoint_every=3, train__eval_every=0, eval__samples=0)
+    cfg = tiny_config(
+        dataset,
+        tmp_path / "killed",
+        train__max_steps=24,
+        train__checkpoint_every=3,
+        train__eval_every=0,
+        eval__samples=0,
+    )
     toml = tmp_path / "cfg.toml"
     toml.write_text(to_toml(cfg))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmlab", "train", str(toml)], env=_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "lmlab", "train", str(toml)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     run = tmp_path / "killed"
     _wait_for(lambda: (run / "checkpoints" / "latest").exists(), proc)
@@ -121,19 +138,38 @@ def test_sigkill_resumes_from_last_complete_checkpoint(dataset, tmp_path):
     killed_at = ck.resolve_checkpoint(run).name
     result = train(cfg, resume=True)
     assert result.steps == 24 and not result.diverged
-    ref = train(tiny_config(dataset, tmp_path / "ref", train__max_steps=24, train__checkpoint_every=3, train__eval_every=0, eval__samples=0))
+    ref = train(
+        tiny_config(
+            dataset,
+            tmp_path / "ref",
+            train__max_steps=24,
+            train__checkpoint_every=3,
+            train__eval_every=0,
+            eval__samples=0,
+        )
+    )
     got, want = losses(run), losses(Path(ref.run_dir))
     assert sorted(got) == list(range(1, 25)), killed_at
     assert got == want
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits(dataset, tmp_path):
-    cfg = tiny_config(dataset, tmp_path / "run", train__max_steps=100000, train__checkpoint_every=0, train__eval_every=0, eval__samples=0)
+    cfg = tiny_config(
+        dataset,
+        tmp_path / "run",
+        train__max_steps=100000,
+        train__checkpoint_every=0,
+        train__eval_every=0,
+        eval__samples=0,
+    )
     toml = tmp_path / "cfg.toml"
     toml.write_text(to_toml(cfg))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmlab", "train", str(toml)], env=_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "lmlab", "train", str(toml)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     metrics = tmp_path / "run" / "metrics.jsonl"
     _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, proc)
@@ -191,7 +227,11 @@ def test_keep_last_n_plus_best_and_partial_folders(tmp_path):
     root = tmp_path / "checkpoints"
     for step in range(1, 6):
         ck.save_checkpoint(root, step, model, None, None, {"rng": []}, cfg, keep=2, best_step=2)
-    assert sorted(p.name for p in root.glob("step_*")) == ["step_000002", "step_000004", "step_000005"]
+    assert sorted(p.name for p in root.glob("step_*")) == [
+        "step_000002",
+        "step_000004",
+        "step_000005",
+    ]
     assert (root / "latest").read_text().strip() == "step_000005"
     # a half-written folder from a killed save is never picked, and is cleaned up
     (root / ".step_000006.tmp-99999999-abc").mkdir()  # lmlab's naming, its process (pid) gone

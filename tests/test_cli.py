@@ -10,8 +10,19 @@ import pytest
 from lmlab.cli import build_parser, main, split_overrides
 
 COMMANDS = [
-    ["demo"], ["run"], ["tokenizer", "train"], ["tokenizer", "stats"], ["data", "prepare"],
-    ["train"], ["eval"], ["sample"], ["chat"], ["sft"], ["export"], ["sweep"], ["compare"],
+    ["demo"],
+    ["run"],
+    ["tokenizer", "train"],
+    ["tokenizer", "stats"],
+    ["data", "prepare"],
+    ["train"],
+    ["eval"],
+    ["sample"],
+    ["chat"],
+    ["sft"],
+    ["export"],
+    ["sweep"],
+    ["compare"],
     ["account"],
 ]
 

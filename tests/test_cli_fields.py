@@ -28,14 +28,20 @@ def test_sample_chat_and_prepare_flags_default_to_their_config_fields():
     p = build_parser()
     sample = vars(p.parse_args(["sample", "RUN"]))
     chat = vars(p.parse_args(["chat", "RUN"]))
-    prepare = vars(p.parse_args(["data", "prepare", "--input", "x", "--tokenizer", "t", "--out", "o"]))
+    prepare = vars(
+        p.parse_args(["data", "prepare", "--input", "x", "--tokenizer", "t", "--out", "o"])
+    )
     want_sample, want_prepare = _defaults(SampleConfig), _defaults(PrepareConfig)
     assert {k: sample[k] for k in SAMPLE_FLAGS} == {k: want_sample[k] for k in SAMPLE_FLAGS}
-    assert {k: chat[k] for k in CHAT_FLAGS} == {k: want_sample[k] for k in CHAT_FLAGS}  # chat had 0.7 and 256
+    assert {k: chat[k] for k in CHAT_FLAGS} == {
+        k: want_sample[k] for k in CHAT_FLAGS
+    }  # chat had 0.7 and 256
     assert {k: prepare[k] for k in PREPARE_FLAGS if k != "input"} == {
         k: want_prepare[k] for k in PREPARE_FLAGS if k != "input"
     }
-    assert fields_from_args(SampleConfig, argparse.Namespace(**sample), SAMPLE_FLAGS) == SampleConfig()
+    assert (
+        fields_from_args(SampleConfig, argparse.Namespace(**sample), SAMPLE_FLAGS) == SampleConfig()
+    )
 
 
 @dataclass
@@ -63,7 +69,9 @@ def test_add_field_flags_takes_type_default_choices_and_help_from_the_field(caps
     with pytest.raises(SystemExit):
         p.parse_args(["--help"])
     text = capsys.readouterr().out
-    assert "how many (default 3)" in text and "--name N" in text and "the name (default 'a')" in text
+    assert (
+        "how many (default 3)" in text and "--name N" in text and "the name (default 'a')" in text
+    )
 
 
 def test_sample_flags_are_checked_like_the_config_section(capsys):

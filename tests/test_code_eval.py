@@ -342,7 +342,9 @@ def test_parse_report_counts_empty_outputs_apart_and_as_failures():
     report = parse_report(["x = 1\n", "def f(:\n", "  \n", "", "for i in y:\n    pass\n"])
     assert (report["samples"], report["parsed"], report["empty"]) == (5, 2, 2)
     assert report["parse_rate"] == 2 / 5
-    assert sum(report["errors"].values()) == 1 and all(k.startswith("SyntaxError") for k in report["errors"])
+    assert sum(report["errors"].values()) == 1 and all(
+        k.startswith("SyntaxError") for k in report["errors"]
+    )
     assert parse_report([])["parse_rate"] == 0.0
 
 
@@ -381,7 +383,9 @@ def test_ending_the_program_early_scores_zero_on_humaneval_and_mbpp():
     needs(HUMANEVAL)
     needs(MBPP)
     problems = load_humaneval(HUMANEVAL)[:3]
-    report = run_humaneval({p["task_id"]: EARLY_EXITS for p in problems}, problems, SANDBOX, ks=(1,))
+    report = run_humaneval(
+        {p["task_id"]: EARLY_EXITS for p in problems}, problems, SANDBOX, ks=(1,)
+    )
     assert report["pass@1"] == 0.0, report["per_task"]
     tasks = load_mbpp(MBPP, split="test")[:2]
     code = {t["task_id"]: [_module_level(e) for e in EARLY_EXITS] for t in tasks}
@@ -399,7 +403,12 @@ def test_adds_code():
     prompt = 'def f(x):\n    """Double."""\n'
     for completion in NOTHING_ADDED:
         assert not adds_code(prompt, completion), completion
-    for completion in ("    return x * 2\n", "    x += 1\n", "    def g():\n        pass\n", "    return (x +"):
+    for completion in (
+        "    return x * 2\n",
+        "    x += 1\n",
+        "    def g():\n        pass\n",
+        "    return (x +",
+    ):
         assert adds_code(prompt, completion), completion
     assert not adds_code("", "# a comment\n'''doc'''\n") and adds_code("", "import os\n")
 

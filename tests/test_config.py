@@ -68,7 +68,7 @@ def test_missing_and_malformed_files(tmp_path):
 def test_toml_round_trip_is_exact(tmp_path):
     cfg = apply_overrides(
         Config(),
-        ["train.lr=0.00123", "sample.prompt=say \"hi\"\\n", "data.mix=x:0.5", "model.dropout=0.1"],
+        ["train.lr=0.00123", 'sample.prompt=say "hi"\\n', "data.mix=x:0.5", "model.dropout=0.1"],
     )
     p = tmp_path / "rt.toml"
     p.write_text(to_toml(cfg))

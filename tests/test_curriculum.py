@@ -18,7 +18,9 @@ VOCAB = 40
 RANGES = [(0, 10), (10, 20), (20, 30)]  # phase k's tokens all lie in RANGES[k-1]
 
 
-def write_ranged_dataset(out: Path, lo: int, hi: int, n: int = 600, seed: int = 0, fingerprint: str = "fp") -> Path:
+def write_ranged_dataset(
+    out: Path, lo: int, hi: int, n: int = 600, seed: int = 0, fingerprint: str = "fp"
+) -> Path:
     """A prepared dataset whose every token is in [lo, hi): a row's source shows in its ids."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -26,20 +28,46 @@ def write_ranged_dataset(out: Path, lo: int, hi: int, n: int = 600, seed: int = 
     for split, count in (("train", n), ("val", n // 4)):
         arr = rng.integers(lo, hi, size=count).astype("<u2")
         arr.tofile(out / f"{split}_000000.bin")
-        splits[split] = {"tokens": count, "documents": 1, "bytes": count, "shards": [f"{split}_000000.bin"]}
-    meta = {"format": "lmlab-tokens-v1", "dtype": "uint16", "vocab_size": VOCAB, "eot_id": VOCAB - 1,
-            "tokenizer": "", "tokenizer_fingerprint": fingerprint, "splits": splits}
+        splits[split] = {
+            "tokens": count,
+            "documents": 1,
+            "bytes": count,
+            "shards": [f"{split}_000000.bin"],
+        }
+    meta = {
+        "format": "lmlab-tokens-v1",
+        "dtype": "uint16",
+        "vocab_size": VOCAB,
+        "eot_id": VOCAB - 1,
+        "tokenizer": "",
+        "tokenizer_fingerprint": fingerprint,
+        "splits": splits,
+    }
     (out / "meta.json").write_text(json.dumps(meta))
     return out
 
 
 def curriculum_config(tmp_path: Path, replays=(0.0, 0.25, 0.5), steps=(4, 3, 3), **train):
-    datasets = [write_ranged_dataset(tmp_path / f"ds{k}", lo, hi, seed=k) for k, (lo, hi) in enumerate(RANGES, 1)]
+    datasets = [
+        write_ranged_dataset(tmp_path / f"ds{k}", lo, hi, seed=k)
+        for k, (lo, hi) in enumerate(RANGES, 1)
+    ]
     tree = {
         "model": {"n_layer": 1, "n_head": 2, "d_model": 16, "context_length": 8},
-        "train": {"max_steps": 5, "batch_size": 8, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 1,
-                  "eval_every": 0, "checkpoint_every": 0, "log_every": 1, "device": "cpu",
-                  "out": str(tmp_path / "cur"), "seed": 5, **train},
+        "train": {
+            "max_steps": 5,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 1,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "log_every": 1,
+            "device": "cpu",
+            "out": str(tmp_path / "cur"),
+            "seed": 5,
+            **train,
+        },
         "eval": {"batches": 2, "samples": 0},
         "log": {"progress": False},
         "phase": [
@@ -132,7 +160,12 @@ def test_config_errors(tmp_path):
     # phases prepared with different tokenizers cannot share one model
     a = write_ranged_dataset(tmp_path / "a", 0, 10)
     b = write_ranged_dataset(tmp_path / "b", 0, 10, fingerprint="other")
-    cfg = from_dict({"train": {"out": str(tmp_path / "r"), "device": "cpu"}, "phase": [{"data": str(a)}, {"data": str(b)}]})
+    cfg = from_dict(
+        {
+            "train": {"out": str(tmp_path / "r"), "device": "cpu"},
+            "phase": [{"data": str(a)}, {"data": str(b)}],
+        }
+    )
     with pytest.raises(DataError, match="another tokenizer"):
         run_curriculum(cfg.validate(), log=lambda m: None)
     cfg.phase[1].data = str(tmp_path / "missing")
@@ -143,7 +176,11 @@ def test_config_errors(tmp_path):
 def test_forgetting_table_rows():
     rows = forgetting_table(["a", "b"], [[2.0, 3.0], [2.5, 1.5]])
     assert rows[0] == {"after": "a", "a": 2.0, "b": 3.0}
-    assert rows[2]["after"].startswith("forgetting") and rows[2]["a"] == pytest.approx(0.5) and rows[2]["b"] == 0.0
+    assert (
+        rows[2]["after"].startswith("forgetting")
+        and rows[2]["a"] == pytest.approx(0.5)
+        and rows[2]["b"] == 0.0
+    )
 
 
 CODE = '''"""A small module."""
@@ -172,14 +209,16 @@ def test_recipe_with_scrambled_ordered_and_instruction_phases(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     for i in range(8):
-        (src / f"m{i}.py").write_text(CODE.replace("add", f"add{i}").replace("LIMIT = 10", f"LIMIT = {i}"))
+        (src / f"m{i}.py").write_text(
+            CODE.replace("add", f"add{i}").replace("LIMIT = 10", f"LIMIT = {i}")
+        )
     recipe = tmp_path / "cur.toml"
     recipe.write_text(f'''
 [tokenizer]
 kind = "bpe"
 input = ["{src}"]
 vocab_size = 300
-out = "{tmp_path / 'tok'}"
+out = "{tmp_path / "tok"}"
 [prepare]
 val_fraction = 0.25
 workers = 1
@@ -195,7 +234,7 @@ warmup_steps = 1
 eval_every = 0
 checkpoint_every = 0
 device = "cpu"
-out = "{tmp_path / 'run'}"
+out = "{tmp_path / "run"}"
 [eval]
 batches = 1
 samples = 0
@@ -222,18 +261,37 @@ replay = 0.5
     result = run_recipe(recipe, log=logs.append)
     assert len(result["val_loss"]) == 3
     data = tmp_path / "run" / "data"
-    scrambled = [json.loads(line)["text"] for line in (data / "phase_1.scramble.jsonl").read_text().splitlines()]
-    assert len(scrambled) == 8 and all(sorted(s.splitlines()) == sorted(CODE.replace("add", f"add{i}").replace("LIMIT = 10", f"LIMIT = {i}").splitlines()) for i, s in enumerate(scrambled))
-    docs = [json.loads(line)["text"] for line in (data / "phase_3.instructions.jsonl").read_text().splitlines()]
+    scrambled = [
+        json.loads(line)["text"]
+        for line in (data / "phase_1.scramble.jsonl").read_text().splitlines()
+    ]
+    assert len(scrambled) == 8 and all(
+        sorted(s.splitlines())
+        == sorted(CODE.replace("add", f"add{i}").replace("LIMIT = 10", f"LIMIT = {i}").splitlines())
+        for i, s in enumerate(scrambled)
+    )
+    docs = [
+        json.loads(line)["text"]
+        for line in (data / "phase_3.instructions.jsonl").read_text().splitlines()
+    ]
     assert len(docs) == 8 + 1  # add0..add7, and Box.get once (duplicates are dropped)
     assert all("### Instruction:" in d and "### Response:\n" in d for d in docs)
     for k in (1, 2, 3):
-        assert json.loads((data / f"phase_{k}" / "meta.json").read_text())["splits"]["train"]["tokens"] > 0
-    assert "| after | scrambled | ordered | instructions |" in (tmp_path / "run" / "report.md").read_text()
+        assert (
+            json.loads((data / f"phase_{k}" / "meta.json").read_text())["splits"]["train"]["tokens"]
+            > 0
+        )
+    assert (
+        "| after | scrambled | ordered | instructions |"
+        in (tmp_path / "run" / "report.md").read_text()
+    )
     # every phase's data is up to date on a second run
     logs.clear()
     run_recipe(recipe, log=logs.append)
-    assert sum("data up to date" in m for m in logs) == 3 and sum(" up to date: " in m for m in logs) >= 6
+    assert (
+        sum("data up to date" in m for m in logs) == 3
+        and sum(" up to date: " in m for m in logs) >= 6
+    )
 
 
 def test_shipped_recipe_loads():

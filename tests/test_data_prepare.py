@@ -52,7 +52,9 @@ def prep(tok_dir: Path, inputs: list, out: Path, **kw):
     extra = {k: kw.pop(k) for k in ("shard_tokens", "piece_bytes", "code_filter") if k in kw}
     kw.setdefault("workers", 1)
     cfg = PrepareConfig(input=[str(i) for i in inputs], out=str(out), **kw)
-    return prepare_dataset(cfg, tokenizer_path=str(tok_dir), progress=False, warn=lambda m: None, **extra)
+    return prepare_dataset(
+        cfg, tokenizer_path=str(tok_dir), progress=False, warn=lambda m: None, **extra
+    )
 
 
 def stream(out: Path, split: str) -> np.ndarray:
@@ -79,7 +81,10 @@ def test_packing_meta_and_split(tok_dir, tmp_path):
     assert read_meta(out) == {k: v for k, v in meta.items() if k != "path"}
     assert meta["format"] == "lmlab-tokens-v1" and meta["dtype"] == "uint16"
     assert meta["eot_id"] == tok.eot_id and meta["vocab_size"] == tok.vocab_size
-    assert meta["tokenizer"] == str(tok_dir.resolve()) and meta["tokenizer_fingerprint"] == tok.fingerprint()
+    assert (
+        meta["tokenizer"] == str(tok_dir.resolve())
+        and meta["tokenizer_fingerprint"] == tok.fingerprint()
+    )
     train, val = meta["splits"]["train"], meta["splits"]["val"]
     assert train["documents"] >= 1 and val["documents"] >= 1
     assert train["documents"] + val["documents"] == len(CODE)
@@ -152,7 +157,10 @@ def test_code_filter_reasons_reported(tok_dir, tmp_path, capsys):
     assert f["dropped"] == {"too_short": 1, "syntax": 1, "duplicate": 1}
     assert f["files_skipped"] == {"undecodable": 1} and "latin1.py" in f["skipped_examples"][0]
     assert f["kept"] == 4 and f["documents"] == 7
-    assert f["dropped_examples"] == {"too_short": [str(src / "tiny.py")], "syntax": [str(src / "syntax.py")]}
+    assert f["dropped_examples"] == {
+        "too_short": [str(src / "tiny.py")],
+        "syntax": [str(src / "syntax.py")],
+    }
     assert f["thresholds"]["min_chars"] == CodeFilter().min_chars
     report = format_report(meta)
     assert "syntax 1" in report and "duplicate 1" in report and "undecodable 1" in report
@@ -177,12 +185,20 @@ def test_text_and_jsonl_inputs(tok_dir, tmp_path):
     t = tmp_path / "stories.txt"
     t.write_text("one story\n\ntwo story\n\n\n\nthree story\n", encoding="utf-8")
     meta = prep(tok_dir, [t], tmp_path / "a", separator=r"\n\n", val_fraction=0.0)
-    assert split_docs(stream(tmp_path / "a", "train"), tok.eot_id, tok) == ["one story", "two story", "three story"]
+    assert split_docs(stream(tmp_path / "a", "train"), tok.eot_id, tok) == [
+        "one story",
+        "two story",
+        "three story",
+    ]
     assert meta["splits"]["train"]["documents"] == 3
     j = tmp_path / "d.jsonl"
-    j.write_text("\n".join(json.dumps({"body": f"doc {i}"}) for i in range(4)) + "\n", encoding="utf-8")
+    j.write_text(
+        "\n".join(json.dumps({"body": f"doc {i}"}) for i in range(4)) + "\n", encoding="utf-8"
+    )
     prep(tok_dir, [j], tmp_path / "b", text_field="body", val_fraction=0.0)
-    assert split_docs(stream(tmp_path / "b", "train"), tok.eot_id, tok) == [f"doc {i}" for i in range(4)]
+    assert split_docs(stream(tmp_path / "b", "train"), tok.eot_id, tok) == [
+        f"doc {i}" for i in range(4)
+    ]
 
 
 def test_bad_inputs_leave_nothing(tok_dir, tmp_path):
@@ -241,15 +257,43 @@ def test_reader_checks(tok_dir, tmp_path):
 def test_cli(tok_dir, tmp_path, capsys):
     write_corpus(tmp_path / "src", CODE)
     out = tmp_path / "ds"
-    rc = cli_main(["data", "prepare", "--input", str(tmp_path / "src"), "--tokenizer", str(tok_dir),
-                   "--out", str(out), "--filter", "code", "--workers", "1", "--no-progress"])
+    rc = cli_main(
+        [
+            "data",
+            "prepare",
+            "--input",
+            str(tmp_path / "src"),
+            "--tokenizer",
+            str(tok_dir),
+            "--out",
+            str(out),
+            "--filter",
+            "code",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "train" in printed and "filter code: kept 8 of 8 documents" in printed
-    rc = cli_main(["data", "prepare", "--input", str(tmp_path / "missing"), "--tokenizer", str(tok_dir),
-                   "--out", str(out), "--no-progress"])
+    rc = cli_main(
+        [
+            "data",
+            "prepare",
+            "--input",
+            str(tmp_path / "missing"),
+            "--tokenizer",
+            str(tok_dir),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("lmlab: error: ") and "missing" in err and err.count("\n") == 1
+    assert (
+        rc == 2 and err.startswith("lmlab: error: ") and "missing" in err and err.count("\n") == 1
+    )
 
 
 @pytest.mark.parametrize("shard_tokens", [10_000_000, 7])
@@ -260,7 +304,9 @@ def test_tail_split_is_the_end_of_the_stream(tok_dir, tmp_path, shard_tokens):
     files = write_corpus(tmp_path / "c", docs)
     whole = prep(tok_dir, files, tmp_path / "all", val_fraction=0.0)
     everything = stream(tmp_path / "all", "train")
-    meta = prep(tok_dir, files, tmp_path / "tail", val_fraction=0.1, split="tail", shard_tokens=shard_tokens)
+    meta = prep(
+        tok_dir, files, tmp_path / "tail", val_fraction=0.1, split="tail", shard_tokens=shard_tokens
+    )
     n = len(everything)
     cut = int(n * 0.9)
     train, val = stream(tmp_path / "tail", "train"), stream(tmp_path / "tail", "val")
@@ -270,7 +316,9 @@ def test_tail_split_is_the_end_of_the_stream(tok_dir, tmp_path, shard_tokens):
     assert sp["train"]["bytes"] + sp["val"]["bytes"] == whole["splits"]["train"]["bytes"]
     tok = load_tokenizer(tok_dir)
     assert sp["val"]["bytes"] == len(tok.decode_bytes([t for t in val.tolist() if t != tok.eot_id]))
-    assert read_meta(tmp_path / "tail")["splits"] == sp  # shards on disk match meta (open_shards checks sizes)
+    assert (
+        read_meta(tmp_path / "tail")["splits"] == sp
+    )  # shards on disk match meta (open_shards checks sizes)
     ends_in_val = int((val == tok.eot_id).sum())
     split_doc = int(everything[cut - 1] != tok.eot_id)
     assert sp["val"]["documents"] == ends_in_val >= 1

@@ -24,7 +24,9 @@ def read_docs(files: list[Path], piece_bytes: int = 1 << 20, **kw) -> tuple[list
     settings = SourceSettings(**kw)
     skipped: list[tuple[str, str, str]] = []
     docs: list = []
-    for piece in iter_pieces(files, settings, piece_bytes, lambda p, r, d: skipped.append((p, r, d))):
+    for piece in iter_pieces(
+        files, settings, piece_bytes, lambda p, r, d: skipped.append((p, r, d))
+    ):
         for entry in piece.entries:
             got, skip = entry_documents(entry, settings)
             if skip is not None:
@@ -94,7 +96,7 @@ def test_jsonl_missing_and_wrong_field(tmp_path):
     f.write_text('{"text": "a"}\n{"text": 3}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"d\.jsonl:2: field 'text' is int"):
         read_docs([f])
-    f.write_text('[1, 2]\n', encoding="utf-8")
+    f.write_text("[1, 2]\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"d\.jsonl:1: expected a JSON object"):
         read_docs([f])
     f.write_text('{"content": "x"}\n', encoding="utf-8")
@@ -120,7 +122,9 @@ def test_invalid_utf8_skipped_or_replaced(tmp_path, piece_bytes):
     assert docs == ["fine"]
     assert len(skipped) == 1 and skipped[0][0] == str(bad) and skipped[0][1] == "undecodable"
     assert "0xe9 at byte offset 3" in skipped[0][2]
-    docs, skipped = read_docs([bad, good], piece_bytes=piece_bytes, separator="\n\n", errors="replace")
+    docs, skipped = read_docs(
+        [bad, good], piece_bytes=piece_bytes, separator="\n\n", errors="replace"
+    )
     assert docs == ["caf\ufffd au lait", "second part", "fine"] and not skipped
 
 

@@ -31,7 +31,9 @@ pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")
 
 # documents of different lengths, some non-ASCII (bytes != characters), one empty
-DOCS = [f"story {i}: the cat sat on mat {i} \u00e9" + " and then it slept" * (i % 4) for i in range(59)]
+DOCS = [
+    f"story {i}: the cat sat on mat {i} \u00e9" + " and then it slept" * (i % 4) for i in range(59)
+]
 DOCS.insert(30, "")
 
 
@@ -48,25 +50,37 @@ def prep(tok_dir: Path, inputs: list, out: Path, piece_bytes: int = 1 << 20, **k
     kw.setdefault("workers", 1)
     kw.setdefault("val_fraction", 0.0)
     cfg = PrepareConfig(input=[str(i) for i in inputs], out=str(out), **kw)
-    return prepare_dataset(cfg, tokenizer_path=str(tok_dir), progress=False, warn=lambda m: None,
-                           piece_bytes=piece_bytes)
+    return prepare_dataset(
+        cfg,
+        tokenizer_path=str(tok_dir),
+        progress=False,
+        warn=lambda m: None,
+        piece_bytes=piece_bytes,
+    )
 
 
 def train_docs(out: Path, tok) -> list[str]:
     """The train split decoded back into documents (each ends with eot)."""
     tokens = np.concatenate(open_shards(out, "train"))
     cuts = np.flatnonzero(tokens == tok.eot_id)
-    return [tok.decode(tokens[a + 1 if i else 0 : b].tolist()) for i, (a, b) in enumerate(zip([0, *cuts], cuts))]
+    return [
+        tok.decode(tokens[a + 1 if i else 0 : b].tolist())
+        for i, (a, b) in enumerate(zip([0, *cuts], cuts))
+    ]
 
 
 def shard_bytes(out: Path) -> bytes:
-    return b"".join((out / s).read_bytes() for s in json.loads((out / "meta.json").read_text())["splits"]["train"]["shards"])
+    return b"".join(
+        (out / s).read_bytes()
+        for s in json.loads((out / "meta.json").read_text())["splits"]["train"]["shards"]
+    )
 
 
 def save(tmp_path: Path, name: str, docs: list[str], num_shards: int = 1) -> Path:
     folder = tmp_path / name
     datasets.Dataset.from_dict({"text": docs, "id": list(range(len(docs)))}).save_to_disk(
-        str(folder), num_shards=num_shards)
+        str(folder), num_shards=num_shards
+    )
     return folder
 
 
@@ -77,8 +91,9 @@ NONEMPTY = [d for d in DOCS if d]
 
 
 def test_parse_stream_inputs(tmp_path):
-    assert parse_stream_input("hf:roneneldan/TinyStories") == StreamSource("hf:roneneldan/TinyStories", "hub",
-                                                                         "roneneldan/TinyStories")
+    assert parse_stream_input("hf:roneneldan/TinyStories") == StreamSource(
+        "hf:roneneldan/TinyStories", "hub", "roneneldan/TinyStories"
+    )
     src = parse_stream_input("hf:allenai/c4:en#validation")
     assert (src.kind, src.name, src.config, src.split) == ("hub", "allenai/c4", "en", "validation")
     with pytest.raises(ConfigError, match="no dataset name"):
@@ -86,7 +101,9 @@ def test_parse_stream_inputs(tmp_path):
     saved = save(tmp_path, "saved", DOCS[:3])
     for spec in (str(saved), f"hf:{saved}"):
         assert parse_stream_input(spec).kind == "disk"
-    assert parse_stream_input(f"{saved}#test") == StreamSource(f"{saved}#test", "disk", str(saved), split="test")
+    assert parse_stream_input(f"{saved}#test") == StreamSource(
+        f"{saved}#test", "disk", str(saved), split="test"
+    )
     pq.write_table(pa.table({"text": DOCS[:3]}), tmp_path / "a.parquet")
     assert parse_stream_input(f"hf:{tmp_path}/*.parquet").kind == "files"
     with pytest.raises(ConfigError, match="one split and no config"):
@@ -116,17 +133,23 @@ def test_saved_dataset_gives_the_shards_its_documents_give_as_files(tok_dir, tmp
         assert train_docs(out, tok) == NONEMPTY
         assert shard_bytes(out) == shard_bytes(tmp_path / "ref")
         assert meta["splits"] == ref["splits"] | {"train": meta["splits"]["train"]}
-        assert meta["filter"]["documents"] == len(DOCS) and meta["filter"]["dropped"] == {"empty": 1}
+        assert meta["filter"]["documents"] == len(DOCS) and meta["filter"]["dropped"] == {
+            "empty": 1
+        }
         assert meta["filter"]["files"] == 0 and meta["filter"]["streams"] == 1
-        assert meta["sources"] == [{"input": spec, "kind": "disk", "path": str(saved.resolve()), "split": None}]
+        assert meta["sources"] == [
+            {"input": spec, "kind": "disk", "path": str(saved.resolve()), "split": None}
+        ]
 
 
 def test_dataset_dict_splits(tok_dir, tmp_path):
     folder = tmp_path / "dd"
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"text": DOCS[:10]}),
-        "test": datasets.Dataset.from_dict({"text": DOCS[10:14]}),
-    }).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": DOCS[:10]}),
+            "test": datasets.Dataset.from_dict({"text": DOCS[10:14]}),
+        }
+    ).save_to_disk(str(folder))
     tok = load_tokenizer(tok_dir)
     meta = prep(tok_dir, [f"hf:{folder}#test"], tmp_path / "t")
     assert train_docs(tmp_path / "t", tok) == DOCS[10:14]
@@ -147,17 +170,25 @@ def test_hf_file_globs_stream_like_the_file_reader(tok_dir, tmp_path, suffix):
     shards.mkdir()
     for n, part in enumerate((DOCS[:25], DOCS[25:])):
         if suffix == "parquet":
-            pq.write_table(pa.table({"text": part, "id": list(range(len(part)))}), shards / f"p{n}.parquet")
+            pq.write_table(
+                pa.table({"text": part, "id": list(range(len(part)))}), shards / f"p{n}.parquet"
+            )
         else:
-            (shards / f"p{n}.jsonl").write_text("".join(json.dumps({"text": d, "id": 1}) + "\n" for d in part),
-                                                encoding="utf-8")
+            (shards / f"p{n}.jsonl").write_text(
+                "".join(json.dumps({"text": d, "id": 1}) + "\n" for d in part), encoding="utf-8"
+            )
     glob = f"{shards}/*.{suffix}"
     meta = prep(tok_dir, [f"hf:{glob}"], tmp_path / "stream", piece_bytes=128)
     prep(tok_dir, [glob], tmp_path / "files", piece_bytes=128)  # lmlab's own file reader
     assert shard_bytes(tmp_path / "stream") == shard_bytes(tmp_path / "files")
     assert train_docs(tmp_path / "stream", load_tokenizer(tok_dir)) == NONEMPTY
-    assert meta["sources"] == [{"input": f"hf:{glob}", "kind": "files",
-                                "files": [str((shards / f"p{n}.{suffix}").resolve()) for n in range(2)]}]
+    assert meta["sources"] == [
+        {
+            "input": f"hf:{glob}",
+            "kind": "files",
+            "files": [str((shards / f"p{n}.{suffix}").resolve()) for n in range(2)],
+        }
+    ]
 
 
 def test_mixed_data_files_and_missing_column(tok_dir, tmp_path):
@@ -177,10 +208,14 @@ def test_mixed_data_files_and_missing_column(tok_dir, tmp_path):
 
 def _write_input(tmp_path: Path, kind: str) -> str:
     if kind == "text":
-        (tmp_path / "s.txt").write_text("<sep>".join(DOCS), encoding="utf-8")  # the empty part is skipped
+        (tmp_path / "s.txt").write_text(
+            "<sep>".join(DOCS), encoding="utf-8"
+        )  # the empty part is skipped
         return str(tmp_path / "s.txt")
     if kind == "jsonl":
-        (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS), encoding="utf-8")
+        (tmp_path / "d.jsonl").write_text(
+            "".join(json.dumps({"text": d}) + "\n" for d in DOCS), encoding="utf-8"
+        )
         return str(tmp_path / "d.jsonl")
     pq.write_table(pa.table({"text": DOCS}), tmp_path / "d.parquet")
     if kind == "parquet":
@@ -199,8 +234,13 @@ def test_prefix_limits_cut_at_the_same_document_for_any_input(tok_dir, tmp_path,
     tok = load_tokenizer(tok_dir)
     meta = prep(tok_dir, [spec], tmp_path / "n", piece_bytes, max_docs=17, **extra)
     assert train_docs(tmp_path / "n", tok) == docs[:17]
-    assert meta["limits"] | {"bytes_read": 0} == {"max_docs": 17, "max_bytes": 0, "stopped_by": "max_docs",
-                                                  "documents_read": 17, "bytes_read": 0}
+    assert meta["limits"] | {"bytes_read": 0} == {
+        "max_docs": 17,
+        "max_bytes": 0,
+        "stopped_by": "max_docs",
+        "documents_read": 17,
+        "bytes_read": 0,
+    }
     assert meta["limits"]["bytes_read"] == sum(len(d.encode()) for d in docs[:17])
     # the longest prefix whose UTF-8 bytes add up to at most max_bytes (the 24th would pass it)
     budget = sum(len(d.encode()) for d in docs[:24]) - 1
@@ -209,8 +249,13 @@ def test_prefix_limits_cut_at_the_same_document_for_any_input(tok_dir, tmp_path,
     assert meta["limits"]["stopped_by"] == "max_bytes" and meta["limits"]["documents_read"] == 23
     assert meta["filter"]["documents"] == 23
     # both: whichever comes first; a limit the input never reaches changes nothing
-    meta = prep(tok_dir, [spec], tmp_path / "both", piece_bytes, max_docs=5, max_bytes=budget, **extra)
-    assert train_docs(tmp_path / "both", tok) == docs[:5] and meta["limits"]["stopped_by"] == "max_docs"
+    meta = prep(
+        tok_dir, [spec], tmp_path / "both", piece_bytes, max_docs=5, max_bytes=budget, **extra
+    )
+    assert (
+        train_docs(tmp_path / "both", tok) == docs[:5]
+        and meta["limits"]["stopped_by"] == "max_docs"
+    )
     meta = prep(tok_dir, [spec], tmp_path / "all", piece_bytes, max_docs=10_000, **extra)
     assert meta["limits"]["stopped_by"] is None and meta["filter"]["documents"] == len(docs)
 
@@ -230,13 +275,27 @@ def test_prefix_limits_across_inputs_and_with_the_code_filter(tok_dir, tmp_path)
         (code / f"m{i}.py").write_text(src, encoding="utf-8")
     saved = save(tmp_path, "saved", ["a = 1\nb = 2\nc = 3\n", "def h(:\n", "q = 4\nr = 5\ns = 6\n"])
     # 5 documents read in input order: 3 files, then 2 rows; the filter then drops the syntax errors
-    cfg = PrepareConfig(input=[str(code), str(saved)], out=str(tmp_path / "ds"), workers=1, val_fraction=0.0,
-                        filter="code", max_docs=5)
-    meta = prepare_dataset(cfg, tokenizer_path=str(tok_dir), progress=False, warn=lambda m: None,
-                           code_filter=CodeFilter(min_chars=1, min_lines=1))
+    cfg = PrepareConfig(
+        input=[str(code), str(saved)],
+        out=str(tmp_path / "ds"),
+        workers=1,
+        val_fraction=0.0,
+        filter="code",
+        max_docs=5,
+    )
+    meta = prepare_dataset(
+        cfg,
+        tokenizer_path=str(tok_dir),
+        progress=False,
+        warn=lambda m: None,
+        code_filter=CodeFilter(min_chars=1, min_lines=1),
+    )
     assert meta["filter"]["documents"] == 5 and meta["filter"]["dropped"] == {"syntax": 2}
     assert train_docs(tmp_path / "ds", load_tokenizer(tok_dir)) == [
-        "x = 1\ny = 2\nz = 3\n", "def g():\n    return 1\n", "a = 1\nb = 2\nc = 3\n"]
+        "x = 1\ny = 2\nz = 3\n",
+        "def g():\n    return 1\n",
+        "a = 1\nb = 2\nc = 3\n",
+    ]
     assert [s["kind"] for s in meta["sources"]] == ["paths", "disk"]
     assert "stopped at max_docs = 5" in format_report(meta)
 
@@ -275,15 +334,24 @@ def hub(monkeypatch) -> _Hub:
 
 def test_unbounded_hub_stream_is_read_only_as_far_as_the_prefix(tok_dir, tmp_path, hub):
     piece_bytes = 256
-    meta = prep(tok_dir, ["hf:someone/stories:en#validation"], tmp_path / "ds", piece_bytes, max_docs=300)
+    meta = prep(
+        tok_dir, ["hf:someone/stories:en#validation"], tmp_path / "ds", piece_bytes, max_docs=300
+    )
     assert hub.calls == [("someone/stories", "en", "validation", True)]
     expected = [f"row {i} " + "x" * (i % 7) for i in range(300)]
     assert train_docs(tmp_path / "ds", load_tokenizer(tok_dir)) == expected
     # read-ahead is one piece (~piece_bytes of rows of >= 6 bytes) plus one batch, not the stream
     rows_per_batch = max(1, piece_bytes // 2048)
     assert 300 <= hub.pulled <= 300 + piece_bytes // 6 + 2 * rows_per_batch + 1
-    assert meta["sources"] == [{"input": "hf:someone/stories:en#validation", "kind": "hub",
-                                "name": "someone/stories", "config": "en", "split": "validation"}]
+    assert meta["sources"] == [
+        {
+            "input": "hf:someone/stories:en#validation",
+            "kind": "hub",
+            "name": "someone/stories",
+            "config": "en",
+            "split": "validation",
+        }
+    ]
     assert meta["limits"]["stopped_by"] == "max_docs" and meta["filter"]["streams"] == 1
 
 
@@ -305,8 +373,19 @@ def test_reader_is_lazy_all_the_way_down(hub):
 
 def test_hub_names_and_errors_in_one_line(tok_dir, tmp_path, monkeypatch, capsys):
     def run(spec: str) -> tuple[int, str]:
-        rc = cli_main(["data", "prepare", "--input", spec, "--tokenizer", str(tok_dir), "--out",
-                       str(tmp_path / "ds"), "--no-progress"])
+        rc = cli_main(
+            [
+                "data",
+                "prepare",
+                "--input",
+                spec,
+                "--tokenizer",
+                str(tok_dir),
+                "--out",
+                str(tmp_path / "ds"),
+                "--no-progress",
+            ]
+        )
         return rc, capsys.readouterr().err
 
     def must_not_load(*a, **k):
@@ -316,8 +395,10 @@ def test_hub_names_and_errors_in_one_line(tok_dir, tmp_path, monkeypatch, capsys
     # 1. offline by environment: fails before datasets is asked (it would retry ~30 s)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rc, err = run("hf:someone/stories")
-    assert rc == 2 and err == ("lmlab: error: hf:someone/stories: offline, HF_HUB_OFFLINE is set; give a local "
-                               "copy instead (a save_to_disk folder, or parquet/JSONL files)\n")
+    assert rc == 2 and err == (
+        "lmlab: error: hf:someone/stories: offline, HF_HUB_OFFLINE is set; give a local "
+        "copy instead (a save_to_disk folder, or parquet/JSONL files)\n"
+    )
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     # 2. the hub does not answer the one probe request
@@ -332,7 +413,11 @@ def test_hub_names_and_errors_in_one_line(tok_dir, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_utils, "get_session", lambda: NoNetwork())
     rc, err = run("hf:someone/stories")
-    assert rc == 2 and err.count("\n") == 1 and "offline, the hub did not answer (ConnectionError" in err
+    assert (
+        rc == 2
+        and err.count("\n") == 1
+        and "offline, the hub did not answer (ConnectionError" in err
+    )
 
     # 3. the hub answers, but the name, config or split is wrong
     class Answers:
@@ -345,15 +430,21 @@ def test_hub_names_and_errors_in_one_line(tok_dir, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(hf_utils, "get_session", lambda: Answers())
     monkeypatch.setattr(datasets, "load_dataset", unknown)
     rc, err = run("hf:someone/nothing")
-    assert rc == 2 and err == ("lmlab: error: hf:someone/nothing: cannot stream it (FileNotFoundError: Dataset "
-                               "'someone/nothing' doesn't exist on the Hub); offline? give a local copy instead\n")
+    assert rc == 2 and err == (
+        "lmlab: error: hf:someone/nothing: cannot stream it (FileNotFoundError: Dataset "
+        "'someone/nothing' doesn't exist on the Hub); offline? give a local copy instead\n"
+    )
     assert not (tmp_path / "ds").exists()
 
 
-def test_without_datasets_hub_fails_clearly_and_saved_folders_still_work(tok_dir, tmp_path, monkeypatch):
+def test_without_datasets_hub_fails_clearly_and_saved_folders_still_work(
+    tok_dir, tmp_path, monkeypatch
+):
     saved = save(tmp_path, "saved", DOCS[:5])
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(DataError, match="hf:a/b: streaming a dataset needs the optional package 'datasets'"):
+    with pytest.raises(
+        DataError, match="hf:a/b: streaming a dataset needs the optional package 'datasets'"
+    ):
         prep(tok_dir, ["hf:a/b"], tmp_path / "x")
     prep(tok_dir, [saved], tmp_path / "ds")  # read with pyarrow alone
     assert train_docs(tmp_path / "ds", load_tokenizer(tok_dir)) == DOCS[:5]
@@ -370,13 +461,49 @@ def test_stage_key_of_stream_inputs(tmp_path):
 
 def test_cli_limits(tok_dir, tmp_path, capsys):
     saved = save(tmp_path, "saved", DOCS)
-    rc = cli_main(["data", "prepare", "--input", f"hf:{saved}", "--tokenizer", str(tok_dir), "--out",
-                   str(tmp_path / "ds"), "--max-bytes", "0.2K", "--max-docs", "100", "--no-progress", "--json"])
+    rc = cli_main(
+        [
+            "data",
+            "prepare",
+            "--input",
+            f"hf:{saved}",
+            "--tokenizer",
+            str(tok_dir),
+            "--out",
+            str(tmp_path / "ds"),
+            "--max-bytes",
+            "0.2K",
+            "--max-docs",
+            "100",
+            "--no-progress",
+            "--json",
+        ]
+    )
     meta = json.loads(capsys.readouterr().out)
-    assert rc == 0 and meta["limits"]["max_bytes"] == 200 and meta["limits"]["stopped_by"] == "max_bytes"
+    assert (
+        rc == 0
+        and meta["limits"]["max_bytes"] == 200
+        and meta["limits"]["stopped_by"] == "max_bytes"
+    )
     assert meta["config"]["max_bytes"] == 200 and meta["config"]["max_docs"] == 100
-    assert meta["limits"]["bytes_read"] <= 200 < meta["limits"]["bytes_read"] + len(DOCS[meta["limits"]["documents_read"]].encode())
+    assert (
+        meta["limits"]["bytes_read"]
+        <= 200
+        < meta["limits"]["bytes_read"] + len(DOCS[meta["limits"]["documents_read"]].encode())
+    )
     with pytest.raises(SystemExit) as e:  # argparse's usage error, like any bad flag value
-        cli_main(["data", "prepare", "--input", str(saved), "--tokenizer", str(tok_dir), "--out",
-                  str(tmp_path / "ds"), "--max-bytes", "lots"])
+        cli_main(
+            [
+                "data",
+                "prepare",
+                "--input",
+                str(saved),
+                "--tokenizer",
+                str(tok_dir),
+                "--out",
+                str(tmp_path / "ds"),
+                "--max-bytes",
+                "lots",
+            ]
+        )
     assert e.value.code == 2 and "not a byte count: 'lots'" in capsys.readouterr().err

@@ -17,13 +17,21 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
+@pytest.mark.skipif(
+    not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed"
+)
 def test_two_processes_match_one(tmp_path):
     data = write_dataset(tmp_path / "ds", make_text(40))
     # global batch 8: one process does 2 micro-batches of 4, each of two processes one of 4
     cfg = tiny_config(
-        data, tmp_path / "one", train__max_steps=4, train__batch_size=8, train__micro_batch_size=4,
-        train__eval_every=2, train__checkpoint_every=2, eval__samples=0,
+        data,
+        tmp_path / "one",
+        train__max_steps=4,
+        train__batch_size=8,
+        train__micro_batch_size=4,
+        train__eval_every=2,
+        train__checkpoint_every=2,
+        eval__samples=0,
     )
     toml = tmp_path / "cfg.toml"
     toml.write_text(to_toml(cfg))
@@ -32,18 +40,31 @@ def test_two_processes_match_one(tmp_path):
     # in float64: one process and two sum the gradients in a different order, which in float32
     # moves the losses by CPU-dependent amounts (Adam amplifies them); in float64 by ~1e-15
     entry = tmp_path / "lmlab_f64.py"
-    entry.write_text("import sys, torch\ntorch.set_default_dtype(torch.float64)\n"
-                     "from lmlab.cli import main\nsys.exit(main())\n")
+    entry.write_text(
+        "import sys, torch\ntorch.set_default_dtype(torch.float64)\n"
+        "from lmlab.cli import main\nsys.exit(main())\n"
+    )
     for cmd in (
         [sys.executable, str(entry), "train", str(toml), "--out", str(tmp_path / "one")],
-        [torchrun, "--standalone", "--nproc_per_node=2", str(entry), "train", str(toml), "--out", str(tmp_path / "two")],
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            str(entry),
+            "train",
+            str(toml),
+            "--out",
+            str(tmp_path / "two"),
+        ],
     ):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stderr[-3000:]
     from safetensors.torch import load_file
 
     for run in ("one", "two"):  # the runs really were in float64
-        weights = load_file(str(tmp_path / run / "checkpoints" / "step_000004" / "model.safetensors"))
+        weights = load_file(
+            str(tmp_path / run / "checkpoints" / "step_000004" / "model.safetensors")
+        )
         assert {str(w.dtype) for w in weights.values()} == {"torch.float64"}
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(two) == [1, 2, 3, 4]
@@ -56,6 +77,8 @@ def test_two_processes_match_one(tmp_path):
     # rank 0 alone wrote the run folder; the checkpoint holds both ranks' RNG states
     import json
 
-    state = json.loads((tmp_path / "two" / "checkpoints" / "step_000004" / "state.json").read_text())
+    state = json.loads(
+        (tmp_path / "two" / "checkpoints" / "step_000004" / "state.json").read_text()
+    )
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert "2 process(es)" in proc.stdout

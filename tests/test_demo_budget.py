@@ -32,7 +32,9 @@ def test_budget_counts_down_on_its_clock():
 def test_finish_reserve_is_bounded_by_the_budget():
     assert demo.finish_reserve(240.0) == demo.FINISH_RESERVE_S
     assert demo.finish_reserve(60.0) == pytest.approx(15.0)
-    assert demo.finish_reserve(240.0, step_s=14.0) == pytest.approx(demo.FINISH_MIN_STEPS * 14.0)  # a slow machine
+    assert demo.finish_reserve(240.0, step_s=14.0) == pytest.approx(
+        demo.FINISH_MIN_STEPS * 14.0
+    )  # a slow machine
 
 
 def test_eval_and_syntax_are_sized_to_the_time_left():
@@ -79,17 +81,30 @@ class SlowMachine:
         real_step = self.step_s * self.slow
         budget = cfg.train.max_minutes * 60.0
         steps = 0
-        while steps < cfg.train.max_steps and self.clock.now - t0 < budget:  # the loop's time_budget stop
+        while (
+            steps < cfg.train.max_steps and self.clock.now - t0 < budget
+        ):  # the loop's time_budget stop
             self.clock.now += real_step
             steps += 1
-        return SimpleNamespace(steps=steps, tokens=steps, params=1, wall_time_s=self.clock.now - t0,
-                               stop_reason="time_budget")
+        return SimpleNamespace(
+            steps=steps,
+            tokens=steps,
+            params=1,
+            wall_time_s=self.clock.now - t0,
+            stop_reason="time_budget",
+        )
 
     def evaluate(self, run, batches=None, **kw):
         self.eval_batches = batches
         n = batches if batches is not None else self.whole
         self.clock.now += n * self.step_s * self.slow / 3.0
-        return {"val_loss": 3.0, "perplexity": 20.0, "accuracy": 0.1, "bits_per_byte": 2.0, "tokens": n}
+        return {
+            "val_loss": 3.0,
+            "perplexity": 20.0,
+            "accuracy": 0.1,
+            "bits_per_byte": 2.0,
+            "tokens": n,
+        }
 
     def generate(self, model, tok, prompt, max_new_tokens=1, num_samples=1, **kw):
         from types import SimpleNamespace
@@ -99,8 +114,12 @@ class SlowMachine:
             self.clock.now += self.step_s * self.slow / 20.0  # a decode step
             if kw.get("stream_callback"):
                 kw["stream_callback"](0, "x")
-        return [SimpleNamespace(text="x" * max_new_tokens, tokens=[1] * max_new_tokens, finish_reason="length")
-                for _ in range(num_samples)]
+        return [
+            SimpleNamespace(
+                text="x" * max_new_tokens, tokens=[1] * max_new_tokens, finish_reason="length"
+            )
+            for _ in range(num_samples)
+        ]
 
 
 @pytest.mark.parametrize("step_s", [0.5, 4.0])
@@ -117,18 +136,30 @@ def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_
     from lmlab.pipeline import resolve_training_inputs
     from lmlab.tokenizer import load_tokenizer
 
-    overrides = ["tokenizer.input=@stdlib/json", "prepare.input=@stdlib/json", "prepare.val_fraction=0.2",
-                 "tokenizer.vocab_size=300", "log.progress=false"]
+    overrides = [
+        "tokenizer.input=@stdlib/json",
+        "prepare.input=@stdlib/json",
+        "prepare.val_fraction=0.2",
+        "tokenizer.vocab_size=300",
+        "log.progress=false",
+    ]
     out = tmp_path / "demo"
     write_marker(out, "demo")  # as an earlier demo into this folder left it
     # tokenizer and data for real (the demo then finds them up to date, on a frozen clock)
-    resolve_training_inputs(load_config("demo-python", [f"tokenizer.out={out / 'tokenizer'}",
-                                                        f"prepare.out={out / 'data'}", *overrides]), log=lambda m: None)
+    resolve_training_inputs(
+        load_config(
+            "demo-python",
+            [f"tokenizer.out={out / 'tokenizer'}", f"prepare.out={out / 'data'}", *overrides],
+        ),
+        log=lambda m: None,
+    )
     clock = FakeClock()
     machine = SlowMachine(clock, step_s=step_s, slowdown=slowdown)
     cfg = load_config("demo-python")
     val_tokens = json.loads((out / "data" / "meta.json").read_text())["splits"]["val"]["tokens"]
-    machine.whole = -(-val_tokens // (cfg.train.batch_size * cfg.model.context_length))  # as the demo counts
+    machine.whole = -(
+        -val_tokens // (cfg.train.batch_size * cfg.model.context_length)
+    )  # as the demo counts
     tok = load_tokenizer(out / "tokenizer")
     monkeypatch.setattr(demo, "measure_step_seconds", machine.measure)
     monkeypatch.setattr(lmlab.train.loop, "train", machine.train)
@@ -148,9 +179,18 @@ def test_step_measurement_stops_early_on_a_slow_machine(monkeypatch):
     """Past max_seconds the measurement ends after the warm-up and one timed step."""
     from lmlab.config import load_config
 
-    cfg = load_config("demo-python", ["model.n_layer=1", "model.d_model=32", "model.n_head=2",
-                                      "model.context_length=16", "model.vocab_size=64", "train.batch_size=2",
-                                      "train.device=cpu"])
+    cfg = load_config(
+        "demo-python",
+        [
+            "model.n_layer=1",
+            "model.d_model=32",
+            "model.n_head=2",
+            "model.context_length=16",
+            "model.vocab_size=64",
+            "train.batch_size=2",
+            "train.device=cpu",
+        ],
+    )
     ticks = iter(range(0, 1000, 10))  # every perf_counter() call: 10 s later
     monkeypatch.setattr(demo.time, "perf_counter", lambda: float(next(ticks)))
     assert demo.measure_step_seconds(cfg, max_seconds=15.0) == 10.0

@@ -32,7 +32,9 @@ def make_pairs(n: int, seed: int) -> list[dict[str, str]]:
     for _ in range(n):
         name, (word, op) = rng.choice(NAMES), rng.choice(list(OPS.items()))
         a, b = rng.randint(0, 9), rng.randint(0, 9)
-        rows.append({"source": f"set {name} to {a} {word} {b}", "target": f"{name} = {a} {op} {b}\n"})
+        rows.append(
+            {"source": f"set {name} to {a} {word} {b}", "target": f"{name} = {a} {op} {b}\n"}
+        )
     return rows
 
 
@@ -45,12 +47,29 @@ def save_tiny_modernbert(folder: Path, texts: list[str]) -> None:
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     fast.save_pretrained(folder)
-    cfg = ModernBertConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=2,
-                           eos_token_id=3, cls_token_id=2, sep_token_id=3, global_attn_every_n_layers=1)
+    cfg = ModernBertConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        cls_token_id=2,
+        sep_token_id=3,
+        global_attn_every_n_layers=1,
+    )
     torch.manual_seed(0)
     ModernBertModel(cfg).save_pretrained(folder)
 
@@ -66,23 +85,52 @@ def setup(tmp_path_factory) -> dict[str, Path]:
             f.write(json.dumps(row) + "\n")
     save_tiny_modernbert(root / "encoder", [p["source"] for p in pairs])
     (root / "targets.txt").write_text("".join(p["target"] for p in pairs), encoding="utf-8")
-    train_tokenizer([str(root / "targets.txt")], vocab_size=64, out=root / "tok", kind="char",
-                    special_tokens=["<|endoftext|>"])
-    return {"root": root, "pairs": root / "pairs.jsonl", "encoder": root / "encoder", "tok": root / "tok"}
+    train_tokenizer(
+        [str(root / "targets.txt")],
+        vocab_size=64,
+        out=root / "tok",
+        kind="char",
+        special_tokens=["<|endoftext|>"],
+    )
+    return {
+        "root": root,
+        "pairs": root / "pairs.jsonl",
+        "encoder": root / "encoder",
+        "tok": root / "tok",
+    }
 
 
 def config(setup: dict[str, Path], out: Path, **train: object):
-    return from_dict({
-        "model": {"arch": "encdec", "encoder": str(setup["encoder"]), "n_layer": 2, "n_head": 2, "d_model": 32,
-                  "context_length": 24},
-        "data": {"tokenizer": str(setup["tok"])},
-        "encdec": {"data": [str(setup["pairs"])], "val_fraction": 0.1, "parse_samples": 8},
-        "train": {"max_steps": 150, "batch_size": 16, "lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 5,
-                  "eval_every": 50, "checkpoint_every": 50, "log_every": 1, "device": "cpu", "out": str(out),
-                  "seed": 5, **train},
-        "eval": {"batches": 0, "samples": 2},
-        "log": {"progress": False},
-    }).validate()
+    return from_dict(
+        {
+            "model": {
+                "arch": "encdec",
+                "encoder": str(setup["encoder"]),
+                "n_layer": 2,
+                "n_head": 2,
+                "d_model": 32,
+                "context_length": 24,
+            },
+            "data": {"tokenizer": str(setup["tok"])},
+            "encdec": {"data": [str(setup["pairs"])], "val_fraction": 0.1, "parse_samples": 8},
+            "train": {
+                "max_steps": 150,
+                "batch_size": 16,
+                "lr": 1e-2,
+                "min_lr": 1e-3,
+                "warmup_steps": 5,
+                "eval_every": 50,
+                "checkpoint_every": 50,
+                "log_every": 1,
+                "device": "cpu",
+                "out": str(out),
+                "seed": 5,
+                **train,
+            },
+            "eval": {"batches": 0, "samples": 2},
+            "log": {"progress": False},
+        }
+    ).validate()
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +179,17 @@ def test_decoder_reads_the_source_through_cross_attention(trained, setup):
     from lmlab.train.encdec import build_pair_data
 
     cfg = config(setup, trained["out"])
-    data, _ = build_pair_data(cfg, load_tokenizer(setup["tok"]), me.load_encoder_tokenizer(str(setup["encoder"])), False)
+    data, _ = build_pair_data(
+        cfg, load_tokenizer(setup["tok"]), me.load_encoder_tokenizer(str(setup["encoder"])), False
+    )
     model, _, _ = ck.load_model(trained["out"], encdec_ok=True)
     batches = data.val_batches(24, 0, cfg.train.seed)
     cpu = torch.device("cpu")
     right = evaluate_batches(model, batches, cpu)
-    shifted = [({**x, "enc_ids": x["enc_ids"].roll(1, 0), "enc_mask": x["enc_mask"].roll(1, 0)}, y) for x, y in batches]
+    shifted = [
+        ({**x, "enc_ids": x["enc_ids"].roll(1, 0), "enc_mask": x["enc_mask"].roll(1, 0)}, y)
+        for x, y in batches
+    ]
     wrong = evaluate_batches(model, shifted, cpu)
     # the same model on the same pairs: only float32 rounding differs (batching, summation order),
     # a sum of `tokens` terms whose relative error is at most tokens * 2**-24 on any CPU
@@ -206,9 +259,15 @@ def test_cli_trains_and_other_commands_refuse_the_run(setup, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run")]) == 2
     assert "encoder-decoder run" in capsys.readouterr().err
-    assert main(["train", str(tmp_path / "encdec.toml"), f"--encdec.data={tmp_path / 'nope.jsonl'}"]) == 2
+    assert (
+        main(["train", str(tmp_path / "encdec.toml"), f"--encdec.data={tmp_path / 'nope.jsonl'}"])
+        == 2
+    )
     assert "nope.jsonl" in capsys.readouterr().err
-    assert main(["train", str(tmp_path / "encdec.toml"), f"--model.encoder={tmp_path / 'no-encoder'}"]) == 2
+    assert (
+        main(["train", str(tmp_path / "encdec.toml"), f"--model.encoder={tmp_path / 'no-encoder'}"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "model.encoder" in err and "no-encoder" in err
 
@@ -219,14 +278,21 @@ def test_bad_pairs_are_skipped_and_named(setup, tmp_path, capsys):
     rows[3] = "{not json"
     rows[5] = json.dumps({"source": "set x to 1 plus 2"})
     rows[7] = json.dumps({"source": "set x to 1 plus 2", "target": "   "})
-    rows[9] = json.dumps({"source": "set x to 1 plus 2", "target": "x = 1 + 2  # \u00e9\n"})  # é: not in the char vocab
+    rows[9] = json.dumps(
+        {"source": "set x to 1 plus 2", "target": "x = 1 + 2  # \u00e9\n"}
+    )  # é: not in the char vocab
     bad.write_text("\n".join(rows) + "\n", encoding="utf-8")
     cfg = config(setup, tmp_path / "run", max_steps=2, eval_every=0, checkpoint_every=0)
     cfg.encdec.data = [str(bad)]
     cfg.encdec.parse_samples = 0
     run_encdec(cfg)
     info = json.loads((tmp_path / "run" / "encdec.json").read_text())
-    assert info["skipped"]["counts"] == {"malformed_json": 1, "missing_field": 1, "empty_response": 1, "untokenizable": 1}
+    assert info["skipped"]["counts"] == {
+        "malformed_json": 1,
+        "missing_field": 1,
+        "empty_response": 1,
+        "untokenizable": 1,
+    }
     assert info["train_pairs"] + info["val_pairs"] == 16
     out = capsys.readouterr().out
     assert all(f"{bad}:{n}" in out for n in (4, 6, 8, 10))

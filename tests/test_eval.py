@@ -64,7 +64,9 @@ def test_sampled_batches_scale_bytes_by_the_split_ratio(uniform_run):
     assert m["tokens"] == 2 * 4 * 16  # 2 batches x 4 sequences x 16 targets
     est_bytes = m["tokens"] * val["bytes"] / val["tokens"]
     want = m["tokens"] * math.log(meta["vocab_size"]) / (math.log(2) * est_bytes)
-    assert m["bits_per_byte"] == pytest.approx(want, rel=65 * 2.0**-24)  # float32 batch sums, as above
+    assert m["bits_per_byte"] == pytest.approx(
+        want, rel=65 * 2.0**-24
+    )  # float32 batch sums, as above
 
 
 def test_summarize_by_hand():

@@ -61,7 +61,11 @@ def test_needs_the_opt_in_flag(code_run, capsys):
     run, he, _ = code_run
     assert main(["eval", str(run), "--code", "humaneval", "--problems", str(he)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("lmlab: error: ") and "--allow-code-execution" in err and len(err.splitlines()) == 1
+    assert (
+        err.startswith("lmlab: error: ")
+        and "--allow-code-execution" in err
+        and len(err.splitlines()) == 1
+    )
     assert not (run / "eval").exists()
 
 
@@ -104,7 +108,10 @@ def _fake_generate(texts_by_prompt: dict[str, list[str]]):
 def test_scores_what_the_completions_do(code_run, capsys, monkeypatch):
     # Stand-in sampler: a right answer and an early exit per task; only the first may pass.
     run, he, mb = code_run
-    fake = {p["prompt"]: [p["canonical_solution"], "    import sys\n    sys.exit(0)\n"] for p in PROBLEMS}
+    fake = {
+        p["prompt"]: [p["canonical_solution"], "    import sys\n    sys.exit(0)\n"]
+        for p in PROBLEMS
+    }
     monkeypatch.setattr(lmlab.sample, "generate", _fake_generate(fake))
     assert main(["eval", str(run), "--code", "humaneval", "--problems", str(he), "--samples", "2",
                  "--k", "1,2", "--allow-code-execution", "--json"]) == 0  # fmt: skip
@@ -113,7 +120,10 @@ def test_scores_what_the_completions_do(code_run, capsys, monkeypatch):
     reasons = [r["reason"] for r in _lines(run / "eval" / "humaneval.jsonl")]
     assert reasons == ["passed", "exited before the end of the program (exit status 0)"] * 3
 
-    fake = {mbpp_prompt(t): [t["code"] + "\nassert False\n", "import os\nos._exit(0)\n"] for t in MBPP_TASKS}
+    fake = {
+        mbpp_prompt(t): [t["code"] + "\nassert False\n", "import os\nos._exit(0)\n"]
+        for t in MBPP_TASKS
+    }
     monkeypatch.setattr(lmlab.sample, "generate", _fake_generate(fake))
     assert main(["eval", str(run), "--code", "mbpp", "--problems", str(mb), "--samples", "2", "--tasks", "1",
                  "--allow-code-execution", "--json"]) == 0  # fmt: skip
@@ -128,7 +138,15 @@ def test_never_overwrites_a_users_file(code_run, capsys, monkeypatch):
     run, he, _ = code_run
     fake = {p["prompt"]: ["    return 0\n"] for p in PROBLEMS}
     monkeypatch.setattr(lmlab.sample, "generate", _fake_generate(fake))
-    args = ["eval", str(run), "--code", "humaneval", "--problems", str(he), "--allow-code-execution"]
+    args = [
+        "eval",
+        str(run),
+        "--code",
+        "humaneval",
+        "--problems",
+        str(he),
+        "--allow-code-execution",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     mine = run / "eval" / "humaneval.jsonl"
@@ -147,7 +165,10 @@ def test_flag_checks_and_cutting():
     with pytest.raises(LmlabError, match="--k"):
         parse_ks("one", 5)
     code = "def f(x):\n    return x\n\n\ndef g():\n    pass\n"
-    assert cut_mbpp_completion("import os\n" + code + "assert f(1) == 1\nprint(f(2))\n") == "import os\n" + code
+    assert (
+        cut_mbpp_completion("import os\n" + code + "assert f(1) == 1\nprint(f(2))\n")
+        == "import os\n" + code
+    )
     assert cut_mbpp_completion(code) == code
     prog = mbpp_program(MBPP_TASKS[0], mbpp_prompt(MBPP_TASKS[0]) + MBPP_TASKS[0]["code"])
     assert run_in_sandbox(prog, SandboxConfig(allow_code_execution=True)).passed

@@ -23,8 +23,14 @@ CORPUS = (
     "Hello world! The quick brown fox jumps over the lazy dog.\n"
     "def add(x, y):\n    return x + y  # ünïcödé 😀 日本語\n"
 ) * 30
-TEXTS = ["Hello world!", "def f(x):\n    return x", "ünïcödé 😀 日本語", "a<|endoftext|>b",
-         "  spaces   and\n\nnewlines", "The lazy dog<|endoftext|>"]
+TEXTS = [
+    "Hello world!",
+    "def f(x):\n    return x",
+    "ünïcödé 😀 日本語",
+    "a<|endoftext|>b",
+    "  spaces   and\n\nnewlines",
+    "The lazy dog<|endoftext|>",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +39,13 @@ def tok(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tok")
     (d / "corpus.txt").write_text(CORPUS, encoding="utf-8")
-    return train_tokenizer([str(d / "corpus.txt")], vocab_size=320, out=d / "tok", kind="bpe",
-                           special_tokens=["<|endoftext|>"])
+    return train_tokenizer(
+        [str(d / "corpus.txt")],
+        vocab_size=320,
+        out=d / "tok",
+        kind="bpe",
+        special_tokens=["<|endoftext|>"],
+    )
 
 
 def tiny_model(preset: str, tok, **kw) -> torch.nn.Module:
@@ -63,14 +74,23 @@ PARITY_CASES = [
 ]
 
 
-@pytest.mark.parametrize("preset,kw", PARITY_CASES, ids=["gpt2", "llama", "llama-gqa-bias-tied",
-                                                          "gpt2-nobias-untied-relu-nope"])
+@pytest.mark.parametrize(
+    "preset,kw",
+    PARITY_CASES,
+    ids=["gpt2", "llama", "llama-gqa-bias-tied", "gpt2-nobias-untied-relu-nope"],
+)
 def test_export_parity(tmp_path, tok, preset, kw):
     model = tiny_model(preset, tok, **kw)
     out = export_model(model, tok, tmp_path / "hf")
     files = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json", "special_tokens_map.json"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    } <= files
     hf, hf_tok = hf_load(out)
     assert type(hf).__name__ == ("GPT2LMHeadModel" if preset == "gpt2" else "LlamaForCausalLM")
 
@@ -82,16 +102,23 @@ def test_export_parity(tmp_path, tok, preset, kw):
     # the 2 * n_layer + 1 block/norm outputs may differ by reordering, up to sqrt(K) = 16 ulps
     # for inner sizes K <= 256, with O(1) gain to the logits; 4x margin on that (observed ~1 ulp)
     n_layer = model.config.n_layer
-    assert (ours - theirs).abs().max().item() <= 64 * (2 * n_layer + 1) * 2.0**-24 * theirs.abs().max().item()
+    assert (ours - theirs).abs().max().item() <= 64 * (
+        2 * n_layer + 1
+    ) * 2.0**-24 * theirs.abs().max().item()
 
     # 2. 50 greedy tokens identical (KV cache on both sides)
     prompt = tok.encode("def add(x")
     mine = generate(model, tok, prompt, max_new_tokens=50, temperature=0.0, stop_at_eot=False)[0]
     hf.generation_config.eos_token_id = None  # compare all 50, even past an end-of-text
     with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=50, do_sample=False,
-                          use_cache=True, pad_token_id=tok.eot_id)
-    assert mine.tokens == ref[0, len(prompt):].tolist()
+        ref = hf.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=50,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=tok.eot_id,
+        )
+    assert mine.tokens == ref[0, len(prompt) :].tolist()
     assert len(mine.tokens) == 50
 
     # 3. the exported tokenizer encodes like ours, and knows end-of-text
@@ -108,8 +135,13 @@ def test_char_tokenizer_exports(tmp_path):
     from lmlab.tokenizer import train_tokenizer
 
     (tmp_path / "c.txt").write_text("hello there\nfirst citizen: speak!\n", encoding="utf-8")
-    tok = train_tokenizer([str(tmp_path / "c.txt")], vocab_size=100, out=tmp_path / "tok",
-                          kind="char", special_tokens=["<|endoftext|>"])
+    tok = train_tokenizer(
+        [str(tmp_path / "c.txt")],
+        vocab_size=100,
+        out=tmp_path / "tok",
+        kind="char",
+        special_tokens=["<|endoftext|>"],
+    )
     model = tiny_model("llama", tok)
     hf, hf_tok = hf_load(export_model(model, tok, tmp_path / "hf"))
     for text in ["hello there", "first citizen:\nspeak!", "to<|endoftext|>the"]:

@@ -20,8 +20,10 @@ from lmlab.model.transformer import resolve_d_ff
 
 gguf = pytest.importorskip("gguf")
 
-CORPUS = ("Hello world! The quick brown fox jumps over the lazy dog.\n"
-          "def add(x, y):\n    return x + y  # ünïcödé 😀\n") * 30
+CORPUS = (
+    "Hello world! The quick brown fox jumps over the lazy dog.\n"
+    "def add(x, y):\n    return x + y  # ünïcödé 😀\n"
+) * 30
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,13 @@ def tok(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tok")
     (d / "corpus.txt").write_text(CORPUS, encoding="utf-8")
-    return train_tokenizer([str(d / "corpus.txt")], vocab_size=300, out=d / "tok", kind="bpe",
-                           special_tokens=["<|endoftext|>"])
+    return train_tokenizer(
+        [str(d / "corpus.txt")],
+        vocab_size=300,
+        out=d / "tok",
+        kind="bpe",
+        special_tokens=["<|endoftext|>"],
+    )
 
 
 def tiny_model(preset: str, vocab_size: int, **kw) -> torch.nn.Module:
@@ -52,7 +59,9 @@ def make_run(root, model, tok):
 
     run = root / "run"
     tok.save(run / "tokenizer")
-    save_checkpoint(run / "checkpoints", 5, model, None, None, {"tokens": 0}, Config(model=model.config))
+    save_checkpoint(
+        run / "checkpoints", 5, model, None, None, {"tokens": 0}, Config(model=model.config)
+    )
     return run
 
 
@@ -60,7 +69,9 @@ def interleave_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     """llama.cpp's RoPE row order, written out index by index: GGUF row h*hd + 2j + r holds
     lmlab row h*hd + r*hd/2 + j (lmlab pairs dim j with j + hd/2, llama.cpp 2j with 2j+1)."""
     hd = w.shape[0] // n_heads
-    order = [h * hd + r * (hd // 2) + j for h in range(n_heads) for j in range(hd // 2) for r in range(2)]
+    order = [
+        h * hd + r * (hd // 2) + j for h in range(n_heads) for j in range(hd // 2) for r in range(2)
+    ]
     return w[order]
 
 
@@ -68,7 +79,13 @@ def expected_tensors(model) -> dict[str, np.ndarray]:
     """What the GGUF must hold, built from the state dict without lmlab.export."""
     c = model.config
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    H, KV, hd, d, ff = c.n_head, c.n_kv_head or c.n_head, c.d_model // c.n_head, c.d_model, resolve_d_ff(c)
+    H, KV, hd, d, ff = (
+        c.n_head,
+        c.n_kv_head or c.n_head,
+        c.d_model // c.n_head,
+        c.d_model,
+        resolve_d_ff(c),
+    )
     out = {"token_embd.weight": sd["tok_emb.weight"]}
     if not c.tie_embeddings:
         out["output.weight"] = sd["head.weight"]
@@ -78,7 +95,7 @@ def expected_tensors(model) -> dict[str, np.ndarray]:
             b, g = f"blocks.{i}.", f"blk.{i}."
             out[g + "attn_norm.weight"] = sd[b + "norm1.weight"]
             out[g + "ffn_norm.weight"] = sd[b + "norm2.weight"]
-            for n in (["weight", "bias"] if c.bias else ["weight"]):
+            for n in ["weight", "bias"] if c.bias else ["weight"]:
                 qkv = sd[f"{b}attn.qkv.{n}"]
                 out[f"{g}attn_q.{n}"] = interleave_rows(qkv[: H * hd], H)
                 out[f"{g}attn_k.{n}"] = interleave_rows(qkv[H * hd : (H + KV) * hd], KV)
@@ -90,11 +107,20 @@ def expected_tensors(model) -> dict[str, np.ndarray]:
         return out
     z = np.zeros
     out["position_embd.weight"] = sd.get("pos_emb.weight", z((c.context_length, d), np.float32))
-    out["output_norm.weight"], out["output_norm.bias"] = sd["norm_f.weight"], sd.get("norm_f.bias", z(d, np.float32))
+    out["output_norm.weight"], out["output_norm.bias"] = (
+        sd["norm_f.weight"],
+        sd.get("norm_f.bias", z(d, np.float32)),
+    )
     for i in range(c.n_layer):
         b, g = f"blocks.{i}.", f"blk.{i}."
-        for ours, theirs in [("norm1", "attn_norm"), ("attn.qkv", "attn_qkv"), ("attn.proj", "attn_output"),
-                             ("norm2", "ffn_norm"), ("mlp.fc", "ffn_up"), ("mlp.proj", "ffn_down")]:
+        for ours, theirs in [
+            ("norm1", "attn_norm"),
+            ("attn.qkv", "attn_qkv"),
+            ("attn.proj", "attn_output"),
+            ("norm2", "ffn_norm"),
+            ("mlp.fc", "ffn_up"),
+            ("mlp.proj", "ffn_down"),
+        ]:
             w = sd[b + ours + ".weight"]
             out[g + theirs + ".weight"] = w
             out[g + theirs + ".bias"] = sd.get(b + ours + ".bias", z(w.shape[0], np.float32))
@@ -151,7 +177,9 @@ def test_every_tensor_reads_back(tmp_path, tok, preset, kw, dtype):
     assert set(got) == set(want)
     for name, x in want.items():
         t = got[name]
-        assert tuple(int(n) for n in reversed(t.shape)) == x.shape, name  # ggml lists dims innermost first
+        assert tuple(int(n) for n in reversed(t.shape)) == x.shape, (
+            name
+        )  # ggml lists dims innermost first
         matrix = x.ndim == 2 and name != "position_embd.weight"
         if dtype == "f32" or not matrix:
             assert t.tensor_type == F32, name
@@ -177,7 +205,9 @@ def test_every_tensor_reads_back(tmp_path, tok, preset, kw, dtype):
     if arch == "llama":
         assert fields["llama.rope.freq_base"] == pytest.approx(c.rope_theta, rel=2**-24)
         assert fields["llama.rope.dimension_count"] == c.d_model // c.n_head
-        assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(c.norm_eps, rel=2**-24)
+        assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(
+            c.norm_eps, rel=2**-24
+        )
     else:
         assert fields["gpt2.attention.layer_norm_epsilon"] == pytest.approx(c.norm_eps, rel=2**-24)
     assert fields["general.file_type"] == {"f32": 0, "f16": 1, "q8_0": 7}[dtype]
@@ -201,7 +231,9 @@ def test_embedded_tokenizer(tmp_path, tok):
             assert token_str_to_bytes(tokens[i]) == b and types[i] == 1
     assert tokens[-3:] == [f"[PAD{i}]" for i in range(tok.vocab_size, tok.vocab_size + 3)]
     assert types[-3:] == [5, 5, 5]  # UNUSED
-    merges = [tuple(token_str_to_bytes(p) for p in m.split(" ")) for m in f["tokenizer.ggml.merges"]]
+    merges = [
+        tuple(token_str_to_bytes(p) for p in m.split(" ")) for m in f["tokenizer.ggml.merges"]
+    ]
     assert merges == tok.merges
 
 
@@ -236,8 +268,13 @@ def test_tokenizers_gguf_cannot_hold_are_refused(tmp_path):
     (tmp_path / "a.py").write_text("def add(x, y):\n    return x + y\n" * 20, encoding="utf-8")
     cfg = dataclasses.replace(ModelConfig(vocab_size=1024), **PRESETS["llama"])
     for kind, size in (("char", 100), ("symbolic", 1024)):
-        t = train_tokenizer([str(tmp_path / "a.py")], vocab_size=size, out=tmp_path / kind, kind=kind,
-                            special_tokens=["<|endoftext|>"])
+        t = train_tokenizer(
+            [str(tmp_path / "a.py")],
+            vocab_size=size,
+            out=tmp_path / kind,
+            kind=kind,
+            special_tokens=["<|endoftext|>"],
+        )
         with pytest.raises(LmlabError, match=f"tokenizer kind '{kind}'"):
             check_exportable(cfg, t)
 

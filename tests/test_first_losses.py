@@ -19,10 +19,30 @@ from lmlab.train.loop import train
 from lmlab_train_fixtures import float64, losses, make_text, tiny_config, write_dataset
 
 EXPECTED = {
-    "llama": [3.1329464301607537, 3.0997975625898975, 3.011697414050177, 2.8982768604284557, 2.866644034623236,
-              2.7975070343569204, 2.7239714478910932, 2.7131368317628257, 2.663925870850132, 2.689035548039406],
-    "gpt2": [3.1538160030961446, 3.093241670257864, 2.9941997478153533, 2.8979778251747472, 2.895202929192316,
-             2.8317768872858022, 2.8408606056147403, 2.888069360936286, 2.741934827787942, 2.786678941660166],
+    "llama": [
+        3.1329464301607537,
+        3.0997975625898975,
+        3.011697414050177,
+        2.8982768604284557,
+        2.866644034623236,
+        2.7975070343569204,
+        2.7239714478910932,
+        2.7131368317628257,
+        2.663925870850132,
+        2.689035548039406,
+    ],
+    "gpt2": [
+        3.1538160030961446,
+        3.093241670257864,
+        2.9941997478153533,
+        2.8979778251747472,
+        2.895202929192316,
+        2.8317768872858022,
+        2.8408606056147403,
+        2.888069360936286,
+        2.741934827787942,
+        2.786678941660166,
+    ],
 }
 ABS_TOL = 1e-9
 
@@ -35,8 +55,15 @@ def dataset(tmp_path_factory):
 @pytest.mark.parametrize("preset", sorted(EXPECTED))
 def test_first_ten_losses_are_the_stored_ones(preset, dataset, tmp_path):
     presets = {f"model__{k}": v for k, v in PRESETS[preset].items()}
-    cfg = tiny_config(dataset, tmp_path / preset, train__max_steps=10, train__eval_every=0,
-                      train__checkpoint_every=0, eval__samples=0, **presets)
+    cfg = tiny_config(
+        dataset,
+        tmp_path / preset,
+        train__max_steps=10,
+        train__eval_every=0,
+        train__checkpoint_every=0,
+        eval__samples=0,
+        **presets,
+    )
     with float64():
         train(cfg)
     got = [v for _, v in sorted(losses(tmp_path / preset).items())]

@@ -72,8 +72,15 @@ def test_fsdp_matches_one_process_checkpoints_and_resumes(tmp_path):
     data = write_dataset(tmp_path / "ds", make_text(40))
     # global batch 8: one process does 2 micro-batches of 4, each of two FSDP ranks one of 4
     cfg = tiny_config(
-        data, tmp_path / "one", model__d_model=64, train__max_steps=STEPS, train__batch_size=8,
-        train__micro_batch_size=4, train__eval_every=10, train__checkpoint_every=10, eval__samples=1,
+        data,
+        tmp_path / "one",
+        model__d_model=64,
+        train__max_steps=STEPS,
+        train__batch_size=8,
+        train__micro_batch_size=4,
+        train__eval_every=10,
+        train__checkpoint_every=10,
+        eval__samples=1,
     )
     toml = tmp_path / "cfg.toml"
     toml.write_text(to_toml(cfg))
@@ -130,9 +137,33 @@ def test_fsdp_matches_one_process_checkpoints_and_resumes(tmp_path):
     ev1 = json.loads(_run([sys.executable, "-m", "lmlab", "eval", str(one), "--json"]).stdout)
     ev2 = json.loads(_run([sys.executable, "-m", "lmlab", "eval", str(two), "--json"]).stdout)
     assert ev2["val_loss"] == pytest.approx(ev1["val_loss"], rel=1e-4)
-    s = _run([sys.executable, "-m", "lmlab", "sample", str(two), "--temperature", "0", "--max-new-tokens", "8"])
+    s = _run(
+        [
+            sys.executable,
+            "-m",
+            "lmlab",
+            "sample",
+            str(two),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+        ]
+    )
     assert s.stdout.strip()
-    _run([sys.executable, "-m", "lmlab", "export", str(two), "--format", "hf", "--out", str(tmp_path / "hf")])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "lmlab",
+            "export",
+            str(two),
+            "--format",
+            "hf",
+            "--out",
+            str(tmp_path / "hf"),
+        ]
+    )
     assert (tmp_path / "hf" / "config.json").is_file()
 
 
@@ -142,8 +173,15 @@ def test_fsdp_bf16_mixed_precision_with_activation_checkpointing(tmp_path):
     # bf16 parameters for compute with fp32 reductions over gloo, blocks recomputed in backward
     data = write_dataset(tmp_path / "ds", make_text(40))
     cfg = tiny_config(
-        data, tmp_path / "r", train__max_steps=6, train__batch_size=8, train__eval_every=0, eval__samples=0,
-        train__dtype="bfloat16", train__parallel="fsdp", train__activation_checkpointing=True,
+        data,
+        tmp_path / "r",
+        train__max_steps=6,
+        train__batch_size=8,
+        train__eval_every=0,
+        eval__samples=0,
+        train__dtype="bfloat16",
+        train__parallel="fsdp",
+        train__activation_checkpointing=True,
     )
     toml = tmp_path / "cfg.toml"
     toml.write_text(to_toml(cfg))

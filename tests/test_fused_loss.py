@@ -21,7 +21,9 @@ def reference(h, w, y):
     return F.cross_entropy(h @ w.t(), y, ignore_index=-100, reduction="sum")
 
 
-@pytest.mark.parametrize("chunk_elements", [1 << 22, 97 * 16])  # one chunk; many, with a ragged last one
+@pytest.mark.parametrize(
+    "chunk_elements", [1 << 22, 97 * 16]
+)  # one chunk; many, with a ragged last one
 def test_loss_and_gradients_match_the_plain_path(chunk_elements, monkeypatch):
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(0)
@@ -43,22 +45,35 @@ def test_loss_and_gradients_match_the_plain_path(chunk_elements, monkeypatch):
     with torch.no_grad():
         logits = h64 @ w64.t()
         keep = y != -100
-        terms = torch.logsumexp(logits[keep], -1).abs() + logits[keep].gather(1, y[keep, None]).abs().squeeze(1)
+        terms = torch.logsumexp(logits[keep], -1).abs() + logits[keep].gather(
+            1, y[keep, None]
+        ).abs().squeeze(1)
         assert got.dtype == torch.float32
         assert abs(got.item() - ref.item()) <= K * U32 * float(terms.sum())
         # gradient bounds: |P - Y| @ |W| for h, |P - Y|^T @ |H| for w (0 rows where ignored)
         resid = torch.softmax(logits, -1) - F.one_hot(y.clamp(min=0), V).double()
         resid[~keep] = 0
-        assert ((gh.double() - h64.grad).abs() <= K * U32 * 0.37 * (resid.abs() @ w64.abs()) + 1e-30).all()
-        assert ((gw.double() - w64.grad).abs() <= K * U32 * 0.37 * (resid.abs().t() @ h64.abs()) + 1e-30).all()
+        assert (
+            (gh.double() - h64.grad).abs() <= K * U32 * 0.37 * (resid.abs() @ w64.abs()) + 1e-30
+        ).all()
+        assert (
+            (gw.double() - w64.grad).abs() <= K * U32 * 0.37 * (resid.abs().t() @ h64.abs()) + 1e-30
+        ).all()
         # evaluation: the loss alone
-        assert abs(fused.linear_cross_entropy(h, w, y).item() - ref.item()) <= K * U32 * float(terms.sum())
+        assert abs(fused.linear_cross_entropy(h, w, y).item() - ref.item()) <= K * U32 * float(
+            terms.sum()
+        )
 
 
 def _loss_and_grads(model, x, y, targets_path: bool):
     model.zero_grad()
-    loss = model(x, targets=y) if targets_path else F.cross_entropy(
-        model(x).flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+    loss = (
+        model(x, targets=y)
+        if targets_path
+        else F.cross_entropy(
+            model(x).flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"
+        )
+    )
     loss.backward()
     return loss.item(), {n: p.grad.detach().double().clone() for n, p in model.named_parameters()}
 
@@ -72,7 +87,10 @@ def test_model_targets_path_matches_logits_path(preset):
     which holds whatever order a CPU sums in, and fails for any real difference.
     """
     torch.manual_seed(1)
-    cfg = replace(ModelConfig(vocab_size=50, n_layer=2, n_head=2, d_model=32, context_length=16), **PRESETS[preset])
+    cfg = replace(
+        ModelConfig(vocab_size=50, n_layer=2, n_head=2, d_model=32, context_length=16),
+        **PRESETS[preset],
+    )
     model = build_model(cfg)
     x, y = torch.randint(0, 50, (3, 16)), torch.randint(0, 50, (3, 16))
     y[0, :5] = -100
@@ -82,12 +100,19 @@ def test_model_targets_path_matches_logits_path(preset):
     assert abs(a - truth) <= 4 * abs(b - truth) + 16 * U32 * abs(truth)
     for n in gt:
         err_fused, err_plain = (ga[n] - gt[n]).norm(), (gb[n] - gt[n]).norm()
-        assert err_fused <= 4 * err_plain + 16 * U32 * gt[n].norm(), (n, float(err_fused), float(err_plain))
+        assert err_fused <= 4 * err_plain + 16 * U32 * gt[n].norm(), (
+            n,
+            float(err_fused),
+            float(err_plain),
+        )
 
 
 def test_bfloat16_autocast_is_close_to_float32():
     torch.manual_seed(2)
-    cfg = replace(ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, context_length=16), **PRESETS["llama"])
+    cfg = replace(
+        ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, context_length=16),
+        **PRESETS["llama"],
+    )
     model = build_model(cfg)
     x, y = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
     ref = model(x, targets=y)
@@ -95,4 +120,7 @@ def test_bfloat16_autocast_is_close_to_float32():
         low = model(x, targets=y)
     low.backward()
     assert low.dtype == torch.float32 and low.item() == pytest.approx(ref.item(), rel=2e-2)
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert all(
+        p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+        for p in model.parameters()
+    )

@@ -16,15 +16,25 @@ import pytest
 import torch
 
 llama_cpp = pytest.importorskip(
-    "llama_cpp", reason="llama-cpp-python is not installed (`make gguf-check` builds and installs it)")
+    "llama_cpp",
+    reason="llama-cpp-python is not installed (`make gguf-check` builds and installs it)",
+)
 pytest.importorskip("gguf")
 
 PROMPT = "def add(x, y):\n    return"
-TEXTS = ["Hello world!", "def f(x):\n    return x", "ünïcödé 😀 日本語", "a<|endoftext|>b",
-         "  spaces   and\n\nnewlines\t\ttabs ", "The lazy dog's 123 4567"]
+TEXTS = [
+    "Hello world!",
+    "def f(x):\n    return x",
+    "ünïcödé 😀 日本語",
+    "a<|endoftext|>b",
+    "  spaces   and\n\nnewlines\t\ttabs ",
+    "The lazy dog's 123 4567",
+]
 N_NEW = 64
-TRAIN_TEXT = ("def add(x, y):\n    return x + y\n\nHello world! The quick brown fox jumps over the lazy dog.\n"
-              "def mul(a, b):\n    return a * b  # ünïcödé 😀\nOnce upon a time there was a tab\tand 12345.\n") * 40
+TRAIN_TEXT = (
+    "def add(x, y):\n    return x + y\n\nHello world! The quick brown fox jumps over the lazy dog.\n"
+    "def mul(a, b):\n    return a * b  # ünïcödé 😀\nOnce upon a time there was a tab\tand 12345.\n"
+) * 40
 CASES = [("llama", {"n_kv_head": 2}), ("gpt2", {})]
 
 
@@ -34,9 +44,16 @@ def tok(tmp_path_factory):
     from test_export_gguf import CORPUS
 
     d = tmp_path_factory.mktemp("tok")
-    (d / "corpus.txt").write_text(CORPUS + "Once upon a time there was a tab\tand 12345.\n" * 5, encoding="utf-8")
-    return train_tokenizer([str(d / "corpus.txt")], vocab_size=320, out=d / "tok", kind="bpe",
-                           special_tokens=["<|endoftext|>"])
+    (d / "corpus.txt").write_text(
+        CORPUS + "Once upon a time there was a tab\tand 12345.\n" * 5, encoding="utf-8"
+    )
+    return train_tokenizer(
+        [str(d / "corpus.txt")],
+        vocab_size=320,
+        out=d / "tok",
+        kind="bpe",
+        special_tokens=["<|endoftext|>"],
+    )
 
 
 def lmlab_greedy(run) -> dict:
@@ -44,8 +61,22 @@ def lmlab_greedy(run) -> dict:
 
     buf = io.StringIO()
     with redirect_stdout(buf):
-        assert main(["sample", str(run), "--prompt", PROMPT, "--temperature", "0",
-                     "--max-new-tokens", str(N_NEW), "--json"]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    str(run),
+                    "--prompt",
+                    PROMPT,
+                    "--temperature",
+                    "0",
+                    "--max-new-tokens",
+                    str(N_NEW),
+                    "--json",
+                ]
+            )
+            == 0
+        )
     return json.loads(buf.getvalue())[0]
 
 
@@ -59,8 +90,15 @@ def greedy_margin(model, prompt: list[int], tokens: list[int]) -> float:
 
 
 def llama_cpp_greedy(path, prompt: list[int], n_ctx: int, eot: int) -> tuple[list[int], object]:
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=2, seed=0, logits_all=True,
-                          verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_threads=2,
+        seed=0,
+        logits_all=True,
+        verbose=False,
+    )
     llm.eval(prompt)
     out: list[int] = []
     for _ in range(N_NEW):  # argmax of llama.cpp's own logits: greedy with no sampler in between
@@ -87,20 +125,57 @@ def runs(tok, tmp_path_factory):
         (root / split).mkdir()
         (root / split / "doc.txt").write_text(TRAIN_TEXT, encoding="utf-8")
     data = root / "data"
-    assert main(["data", "prepare", "--input", str(root / "train"), "--tokenizer", str(root / "tok"),
-                 "--out", str(data), "--val-fraction", "0", "--workers", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--input",
+                str(root / "train"),
+                "--tokenizer",
+                str(root / "tok"),
+                "--out",
+                str(data),
+                "--val-fraction",
+                "0",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     made = {}
 
     def get(preset: str, kw: dict):
         if preset not in made:
-            cfg = from_dict({
-                "model": {**PRESETS[preset], "n_layer": 2, "n_head": 4, "d_model": 64, "context_length": 96, **kw},
-                "data": {"path": str(data)},
-                "train": {"max_steps": 150, "batch_size": 8, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 10,
-                          "eval_every": 0, "checkpoint_every": 0, "device": "cpu", "seed": 0,
-                          "out": str(root / preset)},
-                "eval": {"batches": 1, "samples": 0}, "log": {"progress": False},
-            }).validate()
+            cfg = from_dict(
+                {
+                    "model": {
+                        **PRESETS[preset],
+                        "n_layer": 2,
+                        "n_head": 4,
+                        "d_model": 64,
+                        "context_length": 96,
+                        **kw,
+                    },
+                    "data": {"path": str(data)},
+                    "train": {
+                        "max_steps": 150,
+                        "batch_size": 8,
+                        "lr": 3e-3,
+                        "min_lr": 3e-4,
+                        "warmup_steps": 10,
+                        "eval_every": 0,
+                        "checkpoint_every": 0,
+                        "device": "cpu",
+                        "seed": 0,
+                        "out": str(root / preset),
+                    },
+                    "eval": {"batches": 1, "samples": 0},
+                    "log": {"progress": False},
+                }
+            ).validate()
             train(cfg)
             made[preset] = root / preset
         return made[preset]

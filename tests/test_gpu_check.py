@@ -15,15 +15,28 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu" / "check.sh"
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path / "out")}
-    proc = subprocess.run(["bash", str(SCRIPT), "--cpu-dry-run"], env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--cpu-dry-run"], env=env, capture_output=True, text=True, timeout=400
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     res = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     secs = res["sections"]
     assert res["dry_run"] is True
-    assert list(secs) == ["env", "pytest", "gpt2", "tiny", "fsdp", "decode", "probe", "tiny_autotune"]
+    assert list(secs) == [
+        "env",
+        "pytest",
+        "gpt2",
+        "tiny",
+        "fsdp",
+        "decode",
+        "probe",
+        "tiny_autotune",
+    ]
     assert secs.pop("tiny_autotune")["status"] == "skipped"  # compile is off on the CPU
     assert all(s["status"] == "ok" for s in secs.values()), secs
-    assert secs["pytest"]["counts"].get("skipped", 0) >= 1  # the gpu tests were collected (and skip here)
+    assert (
+        secs["pytest"]["counts"].get("skipped", 0) >= 1
+    )  # the gpu tests were collected (and skip here)
     for name in ("gpt2", "tiny", "fsdp"):
         assert secs[name]["tok_per_s"] > 0 and secs[name]["steps"] > 0
     assert secs["fsdp"]["state_bytes"] > 0

@@ -18,8 +18,9 @@ from lmlab.sample import generate
 
 transformers = pytest.importorskip("transformers")
 
-CORPUS = ("the cat sat on a mat and the dog ran to a big red hat.\n"
-          "def add(x, y):\n    return x + y\n") * 40
+CORPUS = (
+    "the cat sat on a mat and the dog ran to a big red hat.\ndef add(x, y):\n    return x + y\n"
+) * 40
 U32 = 2.0**-24  # float32 unit roundoff
 
 
@@ -29,19 +30,46 @@ def tok(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tok")
     (d / "corpus.txt").write_text(CORPUS, encoding="utf-8")
-    return train_tokenizer([str(d / "corpus.txt")], vocab_size=300, out=d / "tok", kind="bpe",
-                           special_tokens=["<|endoftext|>"])
+    return train_tokenizer(
+        [str(d / "corpus.txt")],
+        vocab_size=300,
+        out=d / "tok",
+        kind="bpe",
+        special_tokens=["<|endoftext|>"],
+    )
 
 
 def hf_config(kind: str, vocab: int, **kw):
     if kind == "gpt2":
-        return transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                                       activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-                                       attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, **kw)
-    return transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                    rms_norm_eps=1e-5, rope_theta=5000.0, bos_token_id=0, eos_token_id=0,
-                                    pad_token_id=None, **kw)
+        return transformers.GPT2Config(
+            vocab_size=vocab,
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            activation_function="gelu_new",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+            **kw,
+        )
+    return transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_theta=5000.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=None,
+        **kw,
+    )
 
 
 def save_hf(folder, kind: str, tok, **kw):
@@ -68,8 +96,12 @@ def fp32_logit_tolerance(n_layer: int, width: int, logits: torch.Tensor) -> floa
     return 2 * (4 * n_layer + 1) * width * U32 * float(logits.abs().max())
 
 
-CASES = [("gpt2", {}), ("llama", {}), ("llama", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
-         ("gpt2", {"tie_word_embeddings": False, "n_inner": 48})]
+CASES = [
+    ("gpt2", {}),
+    ("llama", {}),
+    ("llama", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
+    ("gpt2", {"tie_word_embeddings": False, "n_inner": 48}),
+]
 IDS = ["gpt2", "llama-gqa", "llama-bias-tied", "gpt2-untied-ff48"]
 
 
@@ -78,7 +110,9 @@ def test_import_matches_transformers(tmp_path, tok, kind, kw):
     folder, hf = save_hf(tmp_path / "hf", kind, tok, **kw)
     model, mcfg, tokenizer = load_hf_model(f"hf:{folder}")
     assert tokenizer.fingerprint() == tok.fingerprint()
-    assert (mcfg.norm, mcfg.position) == (("layernorm", "learned") if kind == "gpt2" else ("rmsnorm", "rope"))
+    assert (mcfg.norm, mcfg.position) == (
+        ("layernorm", "learned") if kind == "gpt2" else ("rmsnorm", "rope")
+    )
     assert mcfg.tie_embeddings == hf.config.tie_word_embeddings
 
     # 1. logits agree within fp32's rounding of the same function, and to float64 precision in float64
@@ -88,18 +122,24 @@ def test_import_matches_transformers(tmp_path, tok, kind, kw):
         assert (ours - theirs).abs().max().item() <= fp32_logit_tolerance(mcfg.n_layer, 64, theirs)
         ours64, theirs64 = model.double()(idx), hf.double()(idx).logits
         tol64 = fp32_logit_tolerance(mcfg.n_layer, 64, theirs64)
-        if kind == "gpt2":  # (transformers computes Llama's RoPE angles in float32 even in a float64 model)
+        if (
+            kind == "gpt2"
+        ):  # (transformers computes Llama's RoPE angles in float32 even in a float64 model)
             tol64 *= 2.0**-29  # float64's unit roundoff 2^-53 in place of 2^-24
         assert (ours64 - theirs64).abs().max().item() <= tol64
     model.float(), hf.float()
 
     # 2. the same 30 greedy tokens (KV cache on both sides)
     prompt = tok.encode("def add(x")
-    mine = generate(model, tok, prompt, max_new_tokens=30, temperature=0.0, stop_at_eot=False)[0].tokens
+    mine = generate(model, tok, prompt, max_new_tokens=30, temperature=0.0, stop_at_eot=False)[
+        0
+    ].tokens
     hf.generation_config.eos_token_id = None
     with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, pad_token_id=tok.eot_id)
-    assert mine == ref[0, len(prompt):].tolist()
+        ref = hf.generate(
+            torch.tensor([prompt]), max_new_tokens=30, do_sample=False, pad_token_id=tok.eot_id
+        )
+    assert mine == ref[0, len(prompt) :].tolist()
 
     # 3. export(import(x)) gives back x's tensors, bit for bit
     from safetensors.torch import load_file
@@ -107,7 +147,9 @@ def test_import_matches_transformers(tmp_path, tok, kind, kw):
     again = export_model(model, tokenizer, tmp_path / "again")
     original = load_file(str(folder / "model.safetensors"))
     exported = load_file(str(again / "model.safetensors"))
-    original = {k: v for k, v in original.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    original = {
+        k: v for k, v in original.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))
+    }
     assert set(exported) == set(original)
     for k, v in original.items():
         assert torch.equal(exported[k], v), k
@@ -121,15 +163,22 @@ def _config_json(tmp_path, tok, kind="llama", **edits):
     return folder
 
 
-@pytest.mark.parametrize("kind,edits,named", [
-    ("llama", {"model_type": "mistral"}, "model_type=mistral"),
-    ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, "rope scaling 'linear'"),
-    ("llama", {"hidden_act": "gelu"}, "hidden_act=gelu"),
-    ("llama", {"attention_bias": True}, "attention_bias=True with mlp_bias=False"),
-    ("llama", {"head_dim": 16}, "head_dim=16"),
-    ("gpt2", {"activation_function": "gelu"}, "activation_function=gelu"),
-    ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
-])
+@pytest.mark.parametrize(
+    "kind,edits,named",
+    [
+        ("llama", {"model_type": "mistral"}, "model_type=mistral"),
+        (
+            "llama",
+            {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
+            "rope scaling 'linear'",
+        ),
+        ("llama", {"hidden_act": "gelu"}, "hidden_act=gelu"),
+        ("llama", {"attention_bias": True}, "attention_bias=True with mlp_bias=False"),
+        ("llama", {"head_dim": 16}, "head_dim=16"),
+        ("gpt2", {"activation_function": "gelu"}, "activation_function=gelu"),
+        ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
+    ],
+)
 def test_inexpressible_configs_are_refused(tmp_path, tok, kind, edits, named):
     folder = _config_json(tmp_path, tok, kind, **edits)
     with pytest.raises(LmlabError, match=named.replace("(", r"\(").replace("[", r"\[")) as e:
@@ -175,8 +224,26 @@ def _dataset(tmp_path, folder):
 
     (tmp_path / "docs.txt").write_text(CORPUS, encoding="utf-8")
     data = tmp_path / "data"
-    assert main(["data", "prepare", "--input", str(tmp_path / "docs.txt"), "--tokenizer", str(folder),
-                 "--out", str(data), "--val-fraction", "0.2", "--workers", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--input",
+                str(tmp_path / "docs.txt"),
+                "--tokenizer",
+                str(folder),
+                "--out",
+                str(data),
+                "--val-fraction",
+                "0.2",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return data
 
 
@@ -187,11 +254,24 @@ def test_training_and_sft_start_from_hf(tmp_path, tok):
 
     folder, hf = save_hf(tmp_path / "hf", "gpt2", tok)
     data = _dataset(tmp_path, folder)
-    base = {"train": {"init_from": f"hf:{folder}", "max_steps": 2, "batch_size": 2, "lr": 0.0, "min_lr": 0.0,
-                      "warmup_steps": 0, "eval_every": 0, "checkpoint_every": 0, "device": "cpu",
-                      "out": str(tmp_path / "run")},
-            "model": {"n_layer": 7, "d_model": 48},  # replaced by config.json
-            "data": {"path": str(data)}, "eval": {"batches": 1, "samples": 0}, "log": {"progress": False}}
+    base = {
+        "train": {
+            "init_from": f"hf:{folder}",
+            "max_steps": 2,
+            "batch_size": 2,
+            "lr": 0.0,
+            "min_lr": 0.0,
+            "warmup_steps": 0,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "device": "cpu",
+            "out": str(tmp_path / "run"),
+        },
+        "model": {"n_layer": 7, "d_model": 48},  # replaced by config.json
+        "data": {"path": str(data)},
+        "eval": {"batches": 1, "samples": 0},
+        "log": {"progress": False},
+    }
     train(from_dict(base).validate())
     # at lr 0 the run's checkpoint is the HF model: same logits, config from config.json, its tokenizer
     model, cfg, run_tok = ck.load_model_for_inference(tmp_path / "run")
@@ -200,13 +280,26 @@ def test_training_and_sft_start_from_hf(tmp_path, tok):
     assert run_tok.fingerprint() == tok.fingerprint()
     idx = torch.tensor([tok.encode("the cat sat on a mat")])
     with torch.no_grad():
-        assert (model(idx) - hf(idx).logits).abs().max().item() <= fp32_logit_tolerance(2, 64, hf(idx).logits)
+        assert (model(idx) - hf(idx).logits).abs().max().item() <= fp32_logit_tolerance(
+            2, 64, hf(idx).logits
+        )
 
     # sft from the same folder
-    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps({"instruction": f"add {i} and {i + 1}",
-                                                                "output": f"{2 * i + 1}"}) for i in range(30)))
-    sft = {**base, "train": {**base["train"], "out": str(tmp_path / "sft"), "lr": 1e-3, "max_steps": 3},
-           "sft": {"data": [str(tmp_path / "pairs.jsonl")], "val_fraction": 0.2, "template": "Q: {instruction}\nA: "}}
+    (tmp_path / "pairs.jsonl").write_text(
+        "\n".join(
+            json.dumps({"instruction": f"add {i} and {i + 1}", "output": f"{2 * i + 1}"})
+            for i in range(30)
+        )
+    )
+    sft = {
+        **base,
+        "train": {**base["train"], "out": str(tmp_path / "sft"), "lr": 1e-3, "max_steps": 3},
+        "sft": {
+            "data": [str(tmp_path / "pairs.jsonl")],
+            "val_fraction": 0.2,
+            "template": "Q: {instruction}\nA: ",
+        },
+    }
     result = run_sft(from_dict(sft).validate())
     info = json.loads((tmp_path / "sft" / "sft.json").read_text())
     assert result.steps == 3 and info["val_loss_before"] is not None
@@ -214,6 +307,17 @@ def test_training_and_sft_start_from_hf(tmp_path, tok):
 
 
 def test_model_fields_of_a_gpt2_config():
-    fam, f = model_fields({"model_type": "gpt2", "vocab_size": 50, "n_positions": 32, "n_embd": 16, "n_layer": 1,
-                           "n_head": 2, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}, "x")
+    fam, f = model_fields(
+        {
+            "model_type": "gpt2",
+            "vocab_size": 50,
+            "n_positions": 32,
+            "n_embd": 16,
+            "n_layer": 1,
+            "n_head": 2,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": 1e-5,
+        },
+        "x",
+    )
     assert fam == "gpt2" and f["d_ff"] == 64 and f["tie_embeddings"] and f["bias"]

@@ -67,8 +67,16 @@ def test_atomic_write_and_read_json(tmp_path):
 
 
 def test_folders_leave_out_hidden_cache_and_package_folders(tmp_path):
-    for rel in ["a.py", "pkg/b.py", "pkg/__pycache__/b.cpython-311.pyc", ".git/config", "pkg/.hidden.py",
-                "venv/lib/site-packages/dep.py", "web/node_modules/x.js", ".venv/lib/y.py"]:
+    for rel in [
+        "a.py",
+        "pkg/b.py",
+        "pkg/__pycache__/b.cpython-311.pyc",
+        ".git/config",
+        "pkg/.hidden.py",
+        "venv/lib/site-packages/dep.py",
+        "web/node_modules/x.js",
+        ".venv/lib/y.py",
+    ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x = 1\n")
     got = [p.relative_to(tmp_path).as_posix() for p in expand_inputs([str(tmp_path)])]

@@ -28,7 +28,10 @@ def f64():
 
 def tiny(preset: str, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = replace(ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, context_length=32), **{**PRESETS[preset], **kw})
+    cfg = replace(
+        ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, context_length=32),
+        **{**PRESETS[preset], **kw},
+    )
     return build_model(cfg).eval()
 
 
@@ -73,7 +76,10 @@ def test_picked_layout_decodes_the_same_tokens_and_saves_the_same_file(tmp_path,
     assert model.training is False and greedy() == ref
     set_linear_layout(model, "col")
     save_model(model, str(tmp_path / "col.safetensors"))
-    a, b = load_file(str(tmp_path / "row.safetensors")), load_file(str(tmp_path / "col.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "row.safetensors")),
+        load_file(str(tmp_path / "col.safetensors")),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and b[k].is_contiguous() for k in a)
 
 

@@ -23,7 +23,13 @@ def write_ds(folder: Path, train: np.ndarray, val: np.ndarray, shard: int = 0) -
             part.astype("<u2").tofile(folder / f)
             names.append(f)
         splits[name] = {"tokens": len(arr), "documents": 1, "bytes": 2 * len(arr), "shards": names}
-    meta = {"format": "lmlab-tokens-v1", "dtype": "uint16", "vocab_size": 1000, "eot_id": 0, "splits": splits}
+    meta = {
+        "format": "lmlab-tokens-v1",
+        "dtype": "uint16",
+        "vocab_size": 1000,
+        "eot_id": 0,
+        "splits": splits,
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
@@ -50,10 +56,12 @@ def test_batches_depend_only_on_seed_and_step(tmp_path, stream):
     split = TokenSplit(write_ds(tmp_path / "d", stream, stream[:50], shard=300), "train")
     a = BatchLoader(split, 16, 8, 8, seed=1)
     b = BatchLoader(split, 16, 8, 4, seed=1)
-    (xa, ya), = a.get(5)
+    ((xa, ya),) = a.get(5)
     xb = np.concatenate([x.numpy() for x, _ in b.get(5)])
     assert np.array_equal(xa.numpy(), xb)  # micro-batching splits the same rows
-    assert np.array_equal(ya[:, :-1].numpy(), xa[:, 1:].numpy())  # targets are inputs shifted by one
+    assert np.array_equal(
+        ya[:, :-1].numpy(), xa[:, 1:].numpy()
+    )  # targets are inputs shifted by one
     assert not np.array_equal(a.get(6)[0][0].numpy(), xa.numpy())
     assert not np.array_equal(BatchLoader(split, 16, 8, 8, seed=2).get(5)[0][0].numpy(), xa.numpy())
     # resumable: the state is (seed, step)
@@ -67,7 +75,9 @@ def test_batches_depend_only_on_seed_and_step(tmp_path, stream):
 def test_ranks_take_disjoint_slices_of_the_global_batch(tmp_path, stream):
     split = TokenSplit(write_ds(tmp_path / "d", stream, stream[:50]), "train")
     whole = BatchLoader(split, 16, 8, 8, seed=0).global_windows(3)
-    parts = [BatchLoader(split, 16, 8, 2, seed=0, rank=r, world=2).rank_windows(3) for r in range(2)]
+    parts = [
+        BatchLoader(split, 16, 8, 2, seed=0, rank=r, world=2).rank_windows(3) for r in range(2)
+    ]
     assert np.array_equal(np.concatenate(parts), whole)
     with pytest.raises(DataError, match="not divisible"):
         BatchLoader(split, 16, 6, 3, seed=0, world=4)
@@ -87,13 +97,17 @@ def test_fixed_windows_are_fixed(tmp_path, stream):
     a = fixed_windows(split, 16, 4, 3, seed=7)
     b = fixed_windows(split, 16, 4, 3, seed=7)
     assert len(a) == 3 and all(np.array_equal(x, y) for x, y in zip(a, b))
-    short = fixed_windows(TokenSplit(write_ds(tmp_path / "s", stream, stream[:9]), "val"), 16, 2, 1, seed=0)
+    short = fixed_windows(
+        TokenSplit(write_ds(tmp_path / "s", stream, stream[:9]), "val"), 16, 2, 1, seed=0
+    )
     assert short[0].shape == (2, 9)  # a val split shorter than the context still evaluates
 
 
 def test_mixture_rows(tmp_path, stream):
     main = TokenSplit(write_ds(tmp_path / "a", stream, stream[:50]), "train")
-    other = TokenSplit(write_ds(tmp_path / "b", (stream % 5 + 1000).astype(np.uint16), stream[:50]), "train")
+    other = TokenSplit(
+        write_ds(tmp_path / "b", (stream % 5 + 1000).astype(np.uint16), stream[:50]), "train"
+    )
     w = BatchLoader(main, 8, 10, 10, seed=0, mix=[(other, 0.3)]).global_windows(0)
     from_other = int((w[:, 0] >= 1000).sum())
     assert from_other == 3

@@ -68,16 +68,30 @@ def test_meter_counts_live_storages_and_raises_past_the_limit():
 
 def _cfg(dataset, out, **kw):
     # vocab 64 (< 1024): the plain head + cross-entropy, the path accounting's formula describes
-    base = dict(model__d_model=64, model__n_layer=2, model__context_length=32, train__eval_every=0, eval__samples=0)
+    base = dict(
+        model__d_model=64,
+        model__n_layer=2,
+        model__context_length=32,
+        train__eval_every=0,
+        eval__samples=0,
+    )
     return tiny_config(dataset, out, **{**base, **kw})
 
 
 def test_probe_agrees_with_account_memory_gb(dataset, tmp_path, capsys, no_limit, monkeypatch):
-    cfg = _cfg(dataset, tmp_path / "r", train__batch_size=256, train__micro_batch_size=0, train__max_steps=1)
+    cfg = _cfg(
+        dataset,
+        tmp_path / "r",
+        train__batch_size=256,
+        train__micro_batch_size=0,
+        train__max_steps=1,
+    )
     m = dataclasses.replace(cfg.model, vocab_size=64)
     T = cfg.model.context_length
     limit = accounting.training_memory(m, 24, T, "float32")["total"]
-    predicted = accounting.max_batch_size(m, T, limit, "float32")  # what `lmlab account --memory-gb` says
+    predicted = accounting.max_batch_size(
+        m, T, limit, "float32"
+    )  # what `lmlab account --memory-gb` says
     assert predicted == 24
     split = []
     real_split = mf.split_batches
@@ -89,7 +103,9 @@ def test_probe_agrees_with_account_memory_gb(dataset, tmp_path, capsys, no_limit
     whole = train(_cfg(dataset, tmp_path / "whole", train__batch_size=256, train__max_steps=1))
     assert split and probed.final_val_loss == pytest.approx(whole.final_val_loss, rel=1e-6)
     out = capsys.readouterr().out
-    found = int(re.search(r"memory probe: up to (\d+) sequences fit; micro-batch (\d+)", out).group(1))
+    found = int(
+        re.search(r"memory probe: up to (\d+) sequences fit; micro-batch (\d+)", out).group(1)
+    )
     micro = int(re.search(r"micro-batch (\d+)", out).group(1))
     assert abs(found - predicted) / predicted <= 0.2, (found, predicted)
     assert 256 % micro == 0 and micro <= found  # the global batch is kept by accumulation
@@ -102,14 +118,18 @@ def test_cpu_without_limit_keeps_the_whole_batch(dataset, tmp_path, capsys):
     assert "memory probe" not in out and "(1 micro-batch(es) per process)" in out
 
 
-def test_oom_in_training_halves_the_micro_batch_and_redoes_the_step(dataset, tmp_path, capsys, no_limit):
+def test_oom_in_training_halves_the_micro_batch_and_redoes_the_step(
+    dataset, tmp_path, capsys, no_limit
+):
     common = dict(train__batch_size=8, train__max_steps=4, model__dropout=0.1)
     ref = train(_cfg(dataset, tmp_path / "ref", train__micro_batch_size=4, **common))
     capsys.readouterr()
     cfg = _cfg(dataset, tmp_path / "oom", train__micro_batch_size=8, **common)
     m = dataclasses.replace(cfg.model, vocab_size=64)
     # room for about 6 sequences: 8 runs out of memory, 4 fits
-    mf.set_fake_limit(accounting.training_memory(m, 6, cfg.model.context_length, "float32")["total"])
+    mf.set_fake_limit(
+        accounting.training_memory(m, 6, cfg.model.context_length, "float32")["total"]
+    )
     got = train(cfg)
     mf.set_fake_limit(None)
     assert "out of memory at micro-batch 8; retrying the step with 4" in capsys.readouterr().out
@@ -128,7 +148,9 @@ def test_activation_checkpointing_lowers_peak_memory_and_keeps_the_losses(datase
 
     def peak(checkpointed: bool) -> int:
         torch.manual_seed(0)
-        model = build_model(ModelConfig(vocab_size=64, n_layer=4, n_head=2, d_model=64, context_length=64))
+        model = build_model(
+            ModelConfig(vocab_size=64, n_layer=4, n_head=2, d_model=64, context_length=64)
+        )
         if checkpointed:
             fsdp.checkpoint_activations(model)
         x = torch.randint(0, 64, (8, 64), generator=torch.Generator().manual_seed(1))

@@ -81,7 +81,9 @@ SWITCHES = [
 ]
 
 
-@pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize(
+    "switch", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items())
+)
 def test_every_switch_builds_runs_and_learns(switch):
     torch.manual_seed(0)
     model = build_model(tiny(**switch))
@@ -207,10 +209,20 @@ def test_rope_buffers_not_saved():
 def test_parameter_names_are_plain():
     model = build_model(tiny(**PRESETS["gpt2"]))
     names = set(dict(model.named_parameters()))
-    assert {"tok_emb.weight", "pos_emb.weight", "blocks.0.norm1.weight", "blocks.0.norm1.bias",
-            "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight",
-            "blocks.0.norm2.weight", "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.bias",
-            "norm_f.weight", "norm_f.bias"} <= names
+    assert {
+        "tok_emb.weight",
+        "pos_emb.weight",
+        "blocks.0.norm1.weight",
+        "blocks.0.norm1.bias",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.qkv.bias",
+        "blocks.0.attn.proj.weight",
+        "blocks.0.norm2.weight",
+        "blocks.0.mlp.fc.weight",
+        "blocks.0.mlp.proj.bias",
+        "norm_f.weight",
+        "norm_f.bias",
+    } <= names
     assert "head.weight" in model.state_dict()
 
 
@@ -241,12 +253,18 @@ def test_kv_cache_greedy_equals_uncached(position, extra, f64):
     model = build_model(tiny(**{**extra, "position": position}, context_length=24)).eval()
     prompt = torch.randint(0, V, (2, 5))
     with torch.no_grad():
-        assert torch.equal(greedy(model, prompt, 12, cached=True), greedy(model, prompt, 12, cached=False))
+        assert torch.equal(
+            greedy(model, prompt, 12, cached=True), greedy(model, prompt, 12, cached=False)
+        )
         # logits themselves agree, including a multi-token chunk after a prefill
         idx = torch.randint(0, V, (2, 14))
         cache = model.new_kv_cache(2)
-        parts = [model(idx[:, :4], kv_cache=cache), model(idx[:, 4:5], kv_cache=cache),
-                 model(idx[:, 5:11], kv_cache=cache), model(idx[:, 11:], kv_cache=cache)]
+        parts = [
+            model(idx[:, :4], kv_cache=cache),
+            model(idx[:, 4:5], kv_cache=cache),
+            model(idx[:, 5:11], kv_cache=cache),
+            model(idx[:, 11:], kv_cache=cache),
+        ]
         assert cache.pos == 14
         assert torch.allclose(torch.cat(parts, dim=1), model(idx), rtol=0, atol=F64_ATOL)
 
@@ -294,7 +312,9 @@ def test_kv_cache_under_autocast(cache_dtype):
     idx = torch.randint(0, V, (2, 10))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         cache = model.new_kv_cache(2, dtype=cache_dtype)
-        parts = [model(idx[:, :6], kv_cache=cache)] + [model(idx[:, i : i + 1], kv_cache=cache) for i in range(6, 10)]
+        parts = [model(idx[:, :6], kv_cache=cache)] + [
+            model(idx[:, i : i + 1], kv_cache=cache) for i in range(6, 10)
+        ]
         full = model(idx)
     assert torch.allclose(torch.cat(parts, 1).float(), full.float(), atol=0.05)
 

@@ -69,7 +69,11 @@ def test_bigram_sees_only_the_current_token():
 
 def test_bow_is_order_blind_but_not_context_blind(f64):
     model = build_model(tiny(arch="bow")).eval()
-    a, b, c = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[3, 1, 2, 4]]), torch.tensor([[5, 5, 5, 4]])
+    a, b, c = (
+        torch.tensor([[1, 2, 3, 4]]),
+        torch.tensor([[3, 1, 2, 4]]),
+        torch.tensor([[5, 5, 5, 4]]),
+    )
     assert torch.allclose(model(a)[0, -1], model(b)[0, -1], rtol=0, atol=F64_ATOL)
     assert not torch.allclose(model(a)[0, -1], model(c)[0, -1], atol=1e-4)
 

@@ -41,11 +41,19 @@ def _two_nodes(args: list[str], tmp_path: Path, tag: str) -> list[subprocess.Com
     procs = []
     for node in (0, 1):
         cmd = [
-            torchrun, "--nnodes=2", "--nproc_per_node=1", f"--node-rank={node}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=lmlab-{tag}", *args,
+            torchrun,
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            f"--node-rank={node}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            f"--rdzv-id=lmlab-{tag}",
+            *args,
         ]
         log = open(tmp_path / f"{tag}_node{node}.log", "w+")
-        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True), log))
+        procs.append(
+            (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True), log)
+        )
     out = []
     try:
         for p, log in procs:
@@ -69,7 +77,10 @@ def test_rank_shares_partition_the_global_batch(tmp_path, world):
     batch = 24
     for step in (0, 1, 7):
         full = BatchLoader(split, 16, batch, batch, 5).global_windows(step)
-        shares = [BatchLoader(split, 16, batch, batch // world, 5, r, world).rank_windows(step) for r in range(world)]
+        shares = [
+            BatchLoader(split, 16, batch, batch // world, 5, r, world).rank_windows(step)
+            for r in range(world)
+        ]
         # rank r reads rows [r*B/W, (r+1)*B/W) of the global batch: disjoint, and all of it together
         assert [len(s) for s in shares] == [batch // world] * world
         np.testing.assert_array_equal(np.concatenate(shares), full)
@@ -80,17 +91,28 @@ def test_rank_shares_partition_the_global_batch(tmp_path, world):
 def test_two_nodes_over_c10d_match_one_process(tmp_path):
     data = write_dataset(tmp_path / "ds", make_text(40))
     cfg = tiny_config(
-        data, tmp_path / "one", train__max_steps=4, train__batch_size=8, train__micro_batch_size=4,
-        train__eval_every=2, train__checkpoint_every=2, eval__samples=0,
+        data,
+        tmp_path / "one",
+        train__max_steps=4,
+        train__batch_size=8,
+        train__micro_batch_size=4,
+        train__eval_every=2,
+        train__checkpoint_every=2,
+        eval__samples=0,
     )
     toml = tmp_path / "cfg.toml"
     toml.write_text(to_toml(cfg))
     one = subprocess.run(
         [sys.executable, "-m", "lmlab", "train", str(toml), "--out", str(tmp_path / "one")],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert one.returncode == 0, one.stderr[-3000:]
-    runs = _two_nodes(["-m", "lmlab", "train", str(toml), "--out", str(tmp_path / "two")], tmp_path, "train")
+    runs = _two_nodes(
+        ["-m", "lmlab", "train", str(toml), "--out", str(tmp_path / "two")], tmp_path, "train"
+    )
     assert any("2 process(es)" in r.stdout for r in runs)
     l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(l2) == [1, 2, 3, 4]
@@ -104,4 +126,6 @@ def test_two_nodes_over_c10d_match_one_process(tmp_path):
     r0, r1 = np.load(rows / "rank_0.npy"), np.load(rows / "rank_1.npy")
     full = BatchLoader(TokenSplit(data, "train"), 16, 8, 8, 3)
     for step in range(3):
-        np.testing.assert_array_equal(np.concatenate([r0[step], r1[step]]), full.global_windows(step))
+        np.testing.assert_array_equal(
+            np.concatenate([r0[step], r1[step]]), full.global_windows(step)
+        )

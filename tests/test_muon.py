@@ -28,7 +28,9 @@ def dataset(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("data") / "ds", make_text())
 
 
-@pytest.mark.parametrize("shape", [(48, 16), (16, 48)])  # (square random matrices have near-zero singular values that 5 steps leave small)
+@pytest.mark.parametrize(
+    "shape", [(48, 16), (16, 48)]
+)  # (square random matrices have near-zero singular values that 5 steps leave small)
 def test_newton_schulz_flattens_the_spectrum(shape):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     g[:, 0] *= 50  # a badly conditioned input
@@ -43,7 +45,9 @@ def test_newton_schulz_flattens_the_spectrum(shape):
 
 def _model(**kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=16, context_length=8, **kw))
+    return build_model(
+        ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=16, context_length=8, **kw)
+    )
 
 
 def test_split_params_gives_hidden_matrices_to_muon():
@@ -51,13 +55,18 @@ def test_split_params_gives_hidden_matrices_to_muon():
     muon, decay, no_decay = split_params(model)
     names = {id(p): n for n, p in model.named_parameters()}
     assert sorted(names[id(p)] for p in muon) == sorted(
-        f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+        f"blocks.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
     )
     assert [names[id(p)] for p in decay] == ["tok_emb.weight"]  # the tied head is the embedding
     assert all(p.dim() == 1 for p in no_decay) and no_decay
     untied = _model(tie_embeddings=False)
     _, decay, _ = split_params(untied)
-    assert {n for n, p in untied.named_parameters() if any(p is q for q in decay)} == {"tok_emb.weight", "head.weight"}
+    assert {n for n, p in untied.named_parameters() if any(p is q for q in decay)} == {
+        "tok_emb.weight",
+        "head.weight",
+    }
 
 
 @pytest.mark.parametrize("native_bf16", [False, True])
@@ -80,22 +89,44 @@ def test_one_step_matches_the_written_rule(monkeypatch, native_bf16):
     for m in (model, ref):
         m(x).square().mean().backward()
     adam = torch.optim.AdamW(
-        [{"params": [q for p, q in zip(model.parameters(), ref.parameters(), strict=True) if any(p is d for d in decay)],
-          "weight_decay": 0.1},
-         {"params": [q for p, q in zip(model.parameters(), ref.parameters(), strict=True) if any(p is d for d in no_decay)],
-          "weight_decay": 0.0}],
-        lr=5e-4, betas=(0.9, 0.95), eps=1e-8,
+        [
+            {
+                "params": [
+                    q
+                    for p, q in zip(model.parameters(), ref.parameters(), strict=True)
+                    if any(p is d for d in decay)
+                ],
+                "weight_decay": 0.1,
+            },
+            {
+                "params": [
+                    q
+                    for p, q in zip(model.parameters(), ref.parameters(), strict=True)
+                    if any(p is d for d in no_decay)
+                ],
+                "weight_decay": 0.0,
+            },
+        ],
+        lr=5e-4,
+        betas=(0.9, 0.95),
+        eps=1e-8,
     )
     opt.step()
     adam.step()
     for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         if any(p is m for m in muon):
             g = p.grad.float()
-            d = 0.05 * g + 0.95 * (0.05 * g)  # buffer starts at zero: M = (1-m) G, D = (1-m) G + m M
-            ns = Muon.ns_dtype(p)  # bf16 on a CPU with native bf16: one rounding of O (2^-8 relative)
+            d = 0.05 * g + 0.95 * (
+                0.05 * g
+            )  # buffer starts at zero: M = (1-m) G, D = (1-m) G + m M
+            ns = Muon.ns_dtype(
+                p
+            )  # bf16 on a CPU with native bf16: one rounding of O (2^-8 relative)
             o = newton_schulz(d, 5, ns)
             expect = before[id(p)] - 0.025 * max(1.0, p.shape[0] / p.shape[1]) ** 0.5 * o.float()
-            torch.testing.assert_close(p.detach(), expect, rtol=0, atol=1e-6 if ns is torch.float32 else 2e-4)
+            torch.testing.assert_close(
+                p.detach(), expect, rtol=0, atol=1e-6 if ns is torch.float32 else 2e-4
+            )
         else:
             torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-6)
 
@@ -110,7 +141,9 @@ def test_state_dict_round_trip():
     model2 = _model()
     model2.load_state_dict(model.state_dict())
     opt2 = build_optimizer(model2, OptimConfig(name="muon"), 1e-3, torch.device("cpu"))
-    opt2.load_state_dict(copy.deepcopy(sd))  # (torch shares state tensors with the source otherwise)
+    opt2.load_state_dict(
+        copy.deepcopy(sd)
+    )  # (torch shares state tensors with the source otherwise)
     set_lr(opt2, 1e-3)
     assert [g["lr"] for g in opt2.param_groups] == [0.02, 1e-3, 1e-3]
     for m in (model, model2):
@@ -125,8 +158,15 @@ def test_state_dict_round_trip():
 
 
 def test_muon_training_loss_falls_and_resume_is_exact(dataset, tmp_path):
-    common = dict(optim__name="muon", train__max_steps=12, train__checkpoint_every=6, train__keep_checkpoints=5,
-                  train__eval_every=6, eval__samples=0, model__dropout=0.1)
+    common = dict(
+        optim__name="muon",
+        train__max_steps=12,
+        train__checkpoint_every=6,
+        train__keep_checkpoints=5,
+        train__eval_every=6,
+        eval__samples=0,
+        model__dropout=0.1,
+    )
     ref = tmp_path / "ref"
     train(tiny_config(dataset, ref, **common))
     got = losses(ref)
@@ -145,13 +185,22 @@ def test_muon_training_loss_falls_and_resume_is_exact(dataset, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
+@pytest.mark.skipif(
+    not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed"
+)
 def test_muon_under_ddp_matches_one_process(tmp_path):
     """Two gloo processes (grads averaged before the step) give one process's losses."""
     data = write_dataset(tmp_path / "ds", make_text(40))
     cfg = tiny_config(
-        data, tmp_path / "one", optim__name="muon", train__max_steps=4, train__batch_size=8,
-        train__micro_batch_size=4, train__eval_every=4, train__checkpoint_every=4, eval__samples=0,
+        data,
+        tmp_path / "one",
+        optim__name="muon",
+        train__max_steps=4,
+        train__batch_size=8,
+        train__micro_batch_size=4,
+        train__eval_every=4,
+        train__checkpoint_every=4,
+        eval__samples=0,
     )
     toml = tmp_path / "cfg.toml"
     toml.write_text(to_toml(cfg))
@@ -159,7 +208,17 @@ def test_muon_under_ddp_matches_one_process(tmp_path):
     torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
     for cmd in (
         [sys.executable, "-m", "lmlab", "train", str(toml), "--out", str(tmp_path / "one")],
-        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "lmlab", "train", str(toml), "--out", str(tmp_path / "two")],
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "lmlab",
+            "train",
+            str(toml),
+            "--out",
+            str(tmp_path / "two"),
+        ],
     ):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,4 +226,6 @@ def test_muon_under_ddp_matches_one_process(tmp_path):
     assert sorted(two) == [1, 2, 3, 4]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5)
-    assert losses(tmp_path / "two", "val_loss")[4] == pytest.approx(losses(tmp_path / "one", "val_loss")[4], rel=1e-5)
+    assert losses(tmp_path / "two", "val_loss")[4] == pytest.approx(
+        losses(tmp_path / "one", "val_loss")[4], rel=1e-5
+    )

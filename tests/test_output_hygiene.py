@@ -50,9 +50,13 @@ def test_header_goes_through_the_bar(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stderr", FakeTTY())
     printed: list[str] = []
     real = Logger.print
-    monkeypatch.setattr(Logger, "print", lambda self, line: printed.append(line) or real(self, line))
+    monkeypatch.setattr(
+        Logger, "print", lambda self, line: printed.append(line) or real(self, line)
+    )
     train(tiny_config(dataset, tmp_path / "run", log__progress=True, train__max_steps=3))
-    assert printed and printed[0].startswith("training ")  # written above the bar, not into its line
+    assert printed and printed[0].startswith(
+        "training "
+    )  # written above the bar, not into its line
 
 
 def test_a_skipped_file_is_reported_once_in_one_wording(tmp_path, monkeypatch, capsys):
@@ -61,10 +65,41 @@ def test_a_skipped_file_is_reported_once_in_one_wording(tmp_path, monkeypatch, c
     src.mkdir()
     (src / "good.py").write_text("def f(x):\n    return x + 1\n" * 20, encoding="utf-8")
     (src / "latin1.py").write_bytes(b"# caf\xe9\nx = 1\n")
-    assert main(["tokenizer", "train", "--input", str(src), "--vocab-size", "300", "--special-token", "<|endoftext|>",
-                 "--out", str(tmp_path / "tok")]) == 0
-    assert main(["data", "prepare", "--input", str(src), "--tokenizer", str(tmp_path / "tok"), "--out",
-                 str(tmp_path / "ds"), "--workers", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--input",
+                str(src),
+                "--vocab-size",
+                "300",
+                "--special-token",
+                "<|endoftext|>",
+                "--out",
+                str(tmp_path / "tok"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--input",
+                str(src),
+                "--tokenizer",
+                str(tmp_path / "tok"),
+                "--out",
+                str(tmp_path / "ds"),
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "latin1.py" in line]
     assert len(lines) == 1, err

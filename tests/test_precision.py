@@ -51,26 +51,43 @@ def _autocast_dtypes(monkeypatch) -> list[torch.dtype]:
 
     used: list[torch.dtype] = []
     real = loop.autocast
-    monkeypatch.setattr(loop, "autocast", lambda device, dtype: used.append(dtype) or real(device, dtype))
+    monkeypatch.setattr(
+        loop, "autocast", lambda device, dtype: used.append(dtype) or real(device, dtype)
+    )
     return used
 
 
 def test_no_native_bf16_means_fp32_without_measuring(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(precision, "measure_cpu_train_dtype", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr(
+        precision, "measure_cpu_train_dtype", lambda *a, **k: pytest.fail("measured")
+    )
     used = _autocast_dtypes(monkeypatch)
-    train(tiny_config(dataset, tmp_path / "r", train__dtype="auto", train__max_steps=2, eval__samples=0))
+    train(
+        tiny_config(
+            dataset, tmp_path / "r", train__dtype="auto", train__max_steps=2, eval__samples=0
+        )
+    )
     assert set(used) == {torch.float32}
     rec = json.loads((tmp_path / "r" / "precision.json").read_text())
     assert rec["dtype"] == "float32" and "no native bf16" in rec["reason"]
 
 
-@pytest.mark.parametrize(("fp32", "bf16", "expect"), [(2.0, 1.0, torch.bfloat16), (1.05, 1.0, torch.float32), (1.0, 2.0, torch.float32)])
+@pytest.mark.parametrize(
+    ("fp32", "bf16", "expect"),
+    [(2.0, 1.0, torch.bfloat16), (1.05, 1.0, torch.float32), (1.0, 2.0, torch.float32)],
+)
 def test_auto_follows_the_measurement(dataset, tmp_path, monkeypatch, fp32, bf16, expect):
     seen = _fake_times(monkeypatch, fp32, bf16)
     used = _autocast_dtypes(monkeypatch)
-    result = train(tiny_config(dataset, tmp_path / "r", train__dtype="auto", train__max_steps=3, eval__samples=0))
-    assert seen.count(torch.float32) == seen.count(torch.bfloat16) >= 3  # alternated, warm-up included
+    result = train(
+        tiny_config(
+            dataset, tmp_path / "r", train__dtype="auto", train__max_steps=3, eval__samples=0
+        )
+    )
+    assert (
+        seen.count(torch.float32) == seen.count(torch.bfloat16) >= 3
+    )  # alternated, warm-up included
     assert set(used) == {expect}
     rec = json.loads((tmp_path / "r" / "precision.json").read_text())
     assert rec["dtype"] == str(expect).removeprefix("torch.")
@@ -79,15 +96,29 @@ def test_auto_follows_the_measurement(dataset, tmp_path, monkeypatch, fp32, bf16
 
 
 def test_explicit_dtype_is_not_measured(dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(precision, "measure_cpu_train_dtype", lambda *a, **k: pytest.fail("measured"))
-    train(tiny_config(dataset, tmp_path / "r", train__dtype="float32", train__max_steps=1, eval__samples=0))
+    monkeypatch.setattr(
+        precision, "measure_cpu_train_dtype", lambda *a, **k: pytest.fail("measured")
+    )
+    train(
+        tiny_config(
+            dataset, tmp_path / "r", train__dtype="float32", train__max_steps=1, eval__samples=0
+        )
+    )
     assert not (tmp_path / "r" / "precision.json").exists()
 
 
-def test_resume_keeps_the_first_choice_and_the_measurement_leaves_rng_alone(dataset, tmp_path, monkeypatch):
+def test_resume_keeps_the_first_choice_and_the_measurement_leaves_rng_alone(
+    dataset, tmp_path, monkeypatch
+):
     _fake_times(monkeypatch, 2.0, 1.0)  # bf16 "faster"
-    common = dict(train__dtype="auto", train__max_steps=6, train__checkpoint_every=3, train__keep_checkpoints=5,
-                  eval__samples=0, model__dropout=0.1)
+    common = dict(
+        train__dtype="auto",
+        train__max_steps=6,
+        train__checkpoint_every=3,
+        train__keep_checkpoints=5,
+        eval__samples=0,
+        model__dropout=0.1,
+    )
     ref = tmp_path / "ref"
     train(tiny_config(dataset, ref, **common))
     run = tmp_path / "run"
@@ -107,16 +138,24 @@ def test_resume_keeps_the_first_choice_and_the_measurement_leaves_rng_alone(data
 
 
 def test_real_measurement_is_finite_and_cached(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # bf16 runs (emulated if need be)
-    model = build_model(ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, context_length=8))
+    monkeypatch.setattr(
+        precision, "cpu_has_native_bf16", lambda: True
+    )  # bf16 runs (emulated if need be)
+    model = build_model(
+        ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, context_length=8)
+    )
     before = [p.detach().clone() for p in model.parameters()]
     rng = torch.get_rng_state()
     a = precision.pick_cpu_train_dtype(model, 2, 8, 50, fused=False)
     assert a["dtype"] in ("float32", "bfloat16")
-    assert all(0 < t < 60 for k in ("seconds_per_pass", "cpu_seconds_per_pass") for t in a[k].values())
+    assert all(
+        0 < t < 60 for k in ("seconds_per_pass", "cpu_seconds_per_pass") for t in a[k].values()
+    )
     assert 2 <= a["rounds"] <= 10
     assert torch.equal(rng, torch.get_rng_state())
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
-    monkeypatch.setattr(precision, "measure_cpu_train_dtype", lambda *a, **k: pytest.fail("measured twice"))
+    monkeypatch.setattr(
+        precision, "measure_cpu_train_dtype", lambda *a, **k: pytest.fail("measured twice")
+    )
     assert precision.pick_cpu_train_dtype(model, 2, 8, 50, fused=False) == a

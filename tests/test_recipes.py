@@ -21,4 +21,6 @@ def test_recipes_exist():
 def test_recipe_loads(path):
     cfg = load_config(path)
     assert cfg.train.out, "a recipe names its run folder"
-    assert cfg.prepare.out or cfg.data.path or cfg.phase or cfg.encdec.data, "a recipe names its data (or its phases do)"
+    assert cfg.prepare.out or cfg.data.path or cfg.phase or cfg.encdec.data, (
+        "a recipe names its data (or its phases do)"
+    )

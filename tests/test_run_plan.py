@@ -43,7 +43,12 @@ def lay_out(run: Path, cfg: Config, step: int | None = None, result: dict | None
 
 def test_an_empty_folder_starts_fresh(tmp_path):
     plan = plan_run(tmp_path / "r", config(tmp_path / "r"))
-    assert (plan.action, plan.same_config, plan.holds_run, plan.step) == ("fresh", False, False, None)
+    assert (plan.action, plan.same_config, plan.holds_run, plan.step) == (
+        "fresh",
+        False,
+        False,
+        None,
+    )
 
 
 def test_a_partial_run_of_the_same_config_resumes_at_its_newest_checkpoint(tmp_path):
@@ -71,7 +76,12 @@ def test_a_result_of_a_later_step_than_the_checkpoint_resumes(tmp_path):
     cfg = config(run)
     lay_out(run, cfg, step=4, result={"stop_reason": "early_stop", "steps": 6})
     assert plan_run(run, cfg).action == "resume"
-    lay_out(tmp_path / "i", config(tmp_path / "i"), step=4, result={"stop_reason": "interrupted", "steps": 4})
+    lay_out(
+        tmp_path / "i",
+        config(tmp_path / "i"),
+        step=4,
+        result={"stop_reason": "interrupted", "steps": 4},
+    )
     assert plan_run(tmp_path / "i", config(tmp_path / "i")).action == "resume"
 
 

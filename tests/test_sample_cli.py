@@ -23,10 +23,16 @@ def run(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("sample_run")
     (d / "c.txt").write_text(CORPUS, encoding="utf-8")
-    tok = train_tokenizer([str(d / "c.txt")], vocab_size=300, out=d / "run" / "tokenizer",
-                          special_tokens=["<|endoftext|>"])
-    cfg = dataclasses.replace(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2,
-                                          d_model=32, context_length=32), **PRESETS["gpt2"])
+    tok = train_tokenizer(
+        [str(d / "c.txt")],
+        vocab_size=300,
+        out=d / "run" / "tokenizer",
+        special_tokens=["<|endoftext|>"],
+    )
+    cfg = dataclasses.replace(
+        ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, d_model=32, context_length=32),
+        **PRESETS["gpt2"],
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():
@@ -44,8 +50,18 @@ def sample_json(run, capsys, *args):
 
 
 def test_json_greedy_and_seeds(run, capsys):
-    a = sample_json(run, capsys, "--prompt", "Once upon", "--temperature", "0",
-                    "--max-new-tokens", "6", "--num-samples", "2")
+    a = sample_json(
+        run,
+        capsys,
+        "--prompt",
+        "Once upon",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "6",
+        "--num-samples",
+        "2",
+    )
     assert len(a) == 2 and a[0]["tokens"] == a[1]["tokens"]
     assert a[0]["prompt"] == "Once upon" and len(a[0]["tokens"]) <= 6
     s1 = sample_json(run, capsys, "--seed", "4", "--max-new-tokens", "8", "--temperature", "1.0")
@@ -57,21 +73,65 @@ def test_json_greedy_and_seeds(run, capsys):
 
 
 def test_stream_prints_prompt_then_text(run, capsys):
-    ref = sample_json(run, capsys, "--prompt", "The fox", "--temperature", "0",
-                      "--max-new-tokens", "6")[0]
-    assert main(["sample", str(run), "--prompt", "The fox", "--temperature", "0",
-                 "--max-new-tokens", "6"]) == 0
+    ref = sample_json(
+        run, capsys, "--prompt", "The fox", "--temperature", "0", "--max-new-tokens", "6"
+    )[0]
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--prompt",
+                "The fox",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "6",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == "The fox" + ref["text"] + "\n"
-    assert main(["sample", str(run), "--prompt", "The fox", "--temperature", "0",
-                 "--max-new-tokens", "6", "--no-stream", "--num-samples", "2"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--prompt",
+                "The fox",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "6",
+                "--no-stream",
+                "--num-samples",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("--- sample") == 2 and out.count("The fox" + ref["text"]) == 2
 
 
 def test_context_note_and_errors(run, capsys):
     capsys.readouterr()
-    assert main(["sample", str(run), "--json", "--temperature", "0", "--prompt", "The fox",
-                 "--max-new-tokens", "100"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--json",
+                "--temperature",
+                "0",
+                "--prompt",
+                "The fox",
+                "--max-new-tokens",
+                "100",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     rows = json.loads(captured.out)
     assert rows[0]["finish_reason"] == "context"

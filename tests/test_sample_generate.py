@@ -102,8 +102,15 @@ def test_learned_positions_stop_at_context_with_message():
     model = tiny("gpt2")
     tok = ByteTok()
     for use_cache in (True, False):
-        s = generate(model, tok, "hello", max_new_tokens=40, temperature=0.0, stop_at_eot=False,
-                     use_cache=use_cache)[0]
+        s = generate(
+            model,
+            tok,
+            "hello",
+            max_new_tokens=40,
+            temperature=0.0,
+            stop_at_eot=False,
+            use_cache=use_cache,
+        )[0]
         # 5 prompt tokens + 11 fed back fill positions 0..15; the 12th token is predicted last.
         assert len(s.tokens) == 16 - 5 + 1
         assert s.finish_reason == "context"
@@ -129,7 +136,9 @@ def test_batch_greedy_rows_match_single():
     model = tiny("llama")
     tok = ByteTok()
     one = generate(model, tok, "xyz", max_new_tokens=8, temperature=0.0, stop_at_eot=False)[0]
-    many = generate(model, tok, "xyz", max_new_tokens=8, temperature=0.0, num_samples=3, stop_at_eot=False)
+    many = generate(
+        model, tok, "xyz", max_new_tokens=8, temperature=0.0, num_samples=3, stop_at_eot=False
+    )
     assert all(s.tokens == one.tokens for s in many)
 
 
@@ -137,15 +146,24 @@ def test_temperature_near_zero_equals_greedy():
     model = tiny("llama")
     tok = ByteTok()
     greedy = generate(model, tok, "q", max_new_tokens=10, temperature=0.0, stop_at_eot=False)[0]
-    cold = generate(model, tok, "q", max_new_tokens=10, temperature=1e-7, seed=3, stop_at_eot=False)[0]
+    cold = generate(
+        model, tok, "q", max_new_tokens=10, temperature=1e-7, seed=3, stop_at_eot=False
+    )[0]
     assert cold.tokens == greedy.tokens
 
 
 def test_repetition_penalty_matches_reference():
     model = tiny("llama")
     tok = ByteTok()
-    s = generate(model, tok, "aaaa", max_new_tokens=12, temperature=0.0, repetition_penalty=1.8,
-                 stop_at_eot=False)[0]
+    s = generate(
+        model,
+        tok,
+        "aaaa",
+        max_new_tokens=12,
+        temperature=0.0,
+        repetition_penalty=1.8,
+        stop_at_eot=False,
+    )[0]
     assert s.tokens == reference_greedy(model, tok.encode("aaaa"), 12, penalty=1.8)
     plain = generate(model, tok, "aaaa", max_new_tokens=12, temperature=0.0, stop_at_eot=False)[0]
     assert s.tokens != plain.tokens
@@ -161,9 +179,17 @@ def test_stop_strings_cut_and_streaming_matches_text():
     at = next(i for i in range(1, len(full) - 1) if full.find(full[i : i + 2]) == i)
     stop, cut = full[at : at + 2], full[:at]
     streamed: dict[int, list[str]] = {}
-    s = generate(model, tok, "go", max_new_tokens=20, temperature=0.0, stop=[stop, "\x00never"],
-                 num_samples=2, stop_at_eot=False,
-                 stream_callback=lambda i, t: streamed.setdefault(i, []).append(t))[0]
+    s = generate(
+        model,
+        tok,
+        "go",
+        max_new_tokens=20,
+        temperature=0.0,
+        stop=[stop, "\x00never"],
+        num_samples=2,
+        stop_at_eot=False,
+        stream_callback=lambda i, t: streamed.setdefault(i, []).append(t),
+    )[0]
     assert s.text == cut and s.finish_reason == "stop"
     assert "".join(streamed[0]) == cut and "".join(streamed[1]) == cut
     assert tok.decode(s.tokens).startswith(cut + stop)  # tokens run up to the stop's last byte
@@ -171,7 +197,9 @@ def test_stop_strings_cut_and_streaming_matches_text():
 
 def test_eot_ends_sample_and_empty_prompt_starts_from_eot():
     model = tiny("llama")
-    free = generate(model, ByteTok(), "hi", max_new_tokens=10, temperature=0.0, stop_at_eot=False)[0]
+    free = generate(model, ByteTok(), "hi", max_new_tokens=10, temperature=0.0, stop_at_eot=False)[
+        0
+    ]
     k = 4
     tok = ByteTok(eot_id=free.tokens[k])  # pretend the 5th greedy token is end-of-text
     s = generate(model, tok, "hi", max_new_tokens=10, temperature=0.0)[0]
@@ -184,9 +212,14 @@ def test_eot_ends_sample_and_empty_prompt_starts_from_eot():
 def test_bad_arguments_raise_named_errors():
     model = tiny("llama")
     tok = ByteTok()
-    for kw, key in [({"temperature": -1}, "temperature"), ({"top_p": 1.5}, "top_p"),
-                    ({"top_k": -2}, "top_k"), ({"repetition_penalty": 0}, "repetition_penalty"),
-                    ({"num_samples": 0}, "num_samples"), ({"stop": [""]}, "stop")]:
+    for kw, key in [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"stop": [""]}, "stop"),
+    ]:
         with pytest.raises(LmlabError, match=key):
             generate(model, tok, "a", max_new_tokens=2, **kw)
 

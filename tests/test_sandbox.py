@@ -331,7 +331,11 @@ def _socket_dir() -> str:
 def test_host_unix_socket_is_unreachable(kind):
     server = socket.socket(socket.AF_UNIX)
     folder = _socket_dir()
-    address = os.path.join(folder, "s") if kind == "path" else f"\0lmlab-test-{os.getpid()}-{time.monotonic_ns()}"
+    address = (
+        os.path.join(folder, "s")
+        if kind == "path"
+        else f"\0lmlab-test-{os.getpid()}-{time.monotonic_ns()}"
+    )
     try:
         server.bind(address)
         if kind == "path":
@@ -374,7 +378,9 @@ def test_total_write_quota_across_many_files():
     written = int(r.stdout_tail.split()[-1])
     assert 80 << 20 <= written <= 100 << 20
     small = run_in_sandbox(prog.replace("range(40)", "range(3)"), cfg(max_total_mb=8))
-    assert not small.passed and small.reason == "disk quota" and "written 4194304" in small.stdout_tail
+    assert (
+        not small.passed and small.reason == "disk quota" and "written 4194304" in small.stdout_tail
+    )
 
 
 def _read_secret_program(path: str) -> str:
@@ -428,7 +434,13 @@ def _run_as_nobody(code: str, timeout: float = 60.0) -> subprocess.CompletedProc
     src = str(Path(lmlab.__file__).resolve().parents[1])
     return subprocess.run(
         [_unprivileged_python(), "-I", "-c", f"import sys; sys.path.insert(0, {src!r})\n" + code],
-        user=NOBODY, group=NOBODY, extra_groups=[], capture_output=True, text=True, timeout=timeout, cwd="/",
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
     )
 
 
@@ -457,7 +469,9 @@ def test_private_file_unreadable_when_the_harness_is_unprivileged():
         assert p.returncode == 0, p.stderr
         got = json.loads(p.stdout.strip().splitlines()[-1])
         assert got["mine"] == secret and got["ok"] and got["uid"] is None
-        assert {"userns", "landlock-read", "quota", "private-proc", "seccomp"} <= set(got["isolation"])
+        assert {"userns", "landlock-read", "quota", "private-proc", "seccomp"} <= set(
+            got["isolation"]
+        )
         assert not got["passed"] and "PermissionError" in got["reason"]
         assert all(secret not in got[k] for k in ("reason", "out", "err"))
     finally:
@@ -518,8 +532,12 @@ def test_missing_layer_fails_closed():
         """
     )
     src = str(Path(lmlab.__file__).resolve().parents[1])
-    p = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {src!r})\n" + code],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {src!r})\n" + code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].startswith("REFUSED sandbox unavailable: cannot create"), p.stdout

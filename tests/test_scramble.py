@@ -43,7 +43,9 @@ if __name__ == "__main__":
 def test_split_keeps_every_line_and_statements_whole():
     head, segments, tail = split_top_level(SOURCE)
     assert head + "".join(segments) + tail == SOURCE
-    assert head.startswith("#!/usr/bin/env python\n") and head.endswith("from __future__ import annotations\n")
+    assert head.startswith("#!/usr/bin/env python\n") and head.endswith(
+        "from __future__ import annotations\n"
+    )
     assert len(segments) == 7  # os, sys, ANSWER, f, C, "a = 1; b = 2", the __main__ block
     by_start = {seg.strip().splitlines()[0]: seg for seg in segments}
     # the comment above ANSWER travels with it; decorators stay on their function
@@ -65,7 +67,9 @@ def test_scramble_is_a_permutation_that_compiles_and_is_deterministic():
     orders = {scramble_source(SOURCE, seed=s) for s in range(6)}
     assert len(orders) > 1  # the seed matters
     for o in orders:  # every seed's output is a permutation of the same segments
-        assert sorted(split_segments(o[len(head) : len(o) - len(tail)], segments)) == sorted(segments)
+        assert sorted(split_segments(o[len(head) : len(o) - len(tail)], segments)) == sorted(
+            segments
+        )
 
 
 def split_segments(text: str, segments: list[str]) -> list[str]:

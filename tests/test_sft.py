@@ -35,17 +35,33 @@ def write_base_dataset(out: Path, docs: list[str], tok_dir: Path) -> Path:
 
     out.mkdir(parents=True)
     corpus = out.parent / "corpus.txt"
-    corpus.write_text("\n".join(docs) + ALPACA.prompt + ALPACA.prompt_with_input + "0123456789:QA", encoding="utf-8")
-    tok = train_tokenizer([str(corpus)], vocab_size=128, out=tok_dir, kind="char", special_tokens=["<|endoftext|>"])
+    corpus.write_text(
+        "\n".join(docs) + ALPACA.prompt + ALPACA.prompt_with_input + "0123456789:QA",
+        encoding="utf-8",
+    )
+    tok = train_tokenizer(
+        [str(corpus)], vocab_size=128, out=tok_dir, kind="char", special_tokens=["<|endoftext|>"]
+    )
     eot = tok.eot_id
     splits = {}
     for split, part in (("train", docs[6:]), ("val", docs[:6])):
         ids = [t for d in part for t in [*tok.encode_ordinary(d), eot]]
         np.array(ids, dtype="<u2").tofile(out / f"{split}_000000.bin")
-        splits[split] = {"tokens": len(ids), "documents": len(part), "bytes": sum(len(d) for d in part),
-                         "shards": [f"{split}_000000.bin"]}
-    meta = {"format": "lmlab-tokens-v1", "dtype": "uint16", "vocab_size": tok.vocab_size, "eot_id": eot,
-            "tokenizer": str(tok_dir.resolve()), "tokenizer_fingerprint": tok.fingerprint(), "splits": splits}
+        splits[split] = {
+            "tokens": len(ids),
+            "documents": len(part),
+            "bytes": sum(len(d) for d in part),
+            "shards": [f"{split}_000000.bin"],
+        }
+    meta = {
+        "format": "lmlab-tokens-v1",
+        "dtype": "uint16",
+        "vocab_size": tok.vocab_size,
+        "eot_id": eot,
+        "tokenizer": str(tok_dir.resolve()),
+        "tokenizer_fingerprint": tok.fingerprint(),
+        "splits": splits,
+    }
     (out / "meta.json").write_text(json.dumps(meta))
     return out
 
@@ -57,14 +73,22 @@ TRAIN = {"device": "cpu", "log_every": 1, "seed": 3, "lr": 3e-3, "min_lr": 3e-4,
 def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sftbase")
     data = write_base_dataset(root / "data", make_text(50), root / "tok")
-    cfg = from_dict({
-        "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "context_length": 64},
-        "data": {"path": str(data)},
-        "train": {**TRAIN, "max_steps": 8, "batch_size": 4, "eval_every": 0, "checkpoint_every": 0,
-                  "out": str(root / "run")},
-        "eval": {"batches": 1, "samples": 0},
-        "log": {"progress": False},
-    }).validate()
+    cfg = from_dict(
+        {
+            "model": {"n_layer": 2, "n_head": 2, "d_model": 32, "context_length": 64},
+            "data": {"path": str(data)},
+            "train": {
+                **TRAIN,
+                "max_steps": 8,
+                "batch_size": 4,
+                "eval_every": 0,
+                "checkpoint_every": 0,
+                "out": str(root / "run"),
+            },
+            "eval": {"batches": 1, "samples": 0},
+            "log": {"progress": False},
+        }
+    ).validate()
     train(cfg)
     return root / "run"
 
@@ -83,14 +107,24 @@ def instructions(tmp_path_factory) -> Path:
 
 
 def sft_config(base: Path, data: Path, out: Path, **train: object):
-    return from_dict({
-        "model": {"n_layer": 7, "d_model": 64},  # ignored: the base run's model is used
-        "sft": {"data": [str(data)], "val_fraction": 0.2, "template": TEMPLATE},
-        "train": {**TRAIN, "init_from": str(base), "out": str(out), "batch_size": 8, "max_steps": 12,
-                  "eval_every": 4, "checkpoint_every": 4, **train},
-        "eval": {"batches": 0, "samples": 1, "sample_tokens": 8},
-        "log": {"progress": False},
-    }).validate()
+    return from_dict(
+        {
+            "model": {"n_layer": 7, "d_model": 64},  # ignored: the base run's model is used
+            "sft": {"data": [str(data)], "val_fraction": 0.2, "template": TEMPLATE},
+            "train": {
+                **TRAIN,
+                "init_from": str(base),
+                "out": str(out),
+                "batch_size": 8,
+                "max_steps": 12,
+                "eval_every": 4,
+                "checkpoint_every": 4,
+                **train,
+            },
+            "eval": {"batches": 0, "samples": 1, "sample_tokens": 8},
+            "log": {"progress": False},
+        }
+    ).validate()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +140,12 @@ def test_sft_run_learns_and_records(sft_run, base, instructions, capfd):
     info = json.loads((out / "sft.json").read_text())
     # 70 lines, 4 unusable: 66 examples, 20% (13) held out
     assert info["records"] == 67 and info["skipped"]["total"] == 4
-    assert info["skipped"]["counts"] == {"malformed_json": 1, "missing_field": 1, "empty_response": 1, "too_long": 1}
+    assert info["skipped"]["counts"] == {
+        "malformed_json": 1,
+        "missing_field": 1,
+        "empty_response": 1,
+        "too_long": 1,
+    }
     assert any(s.startswith(f"{instructions}:21: ") for s in info["skipped"]["first"])
     assert (info["train_examples"], info["val_examples"]) == (53, 13)
     # held-out loss before (base weights) and after fine-tuning
@@ -134,7 +173,9 @@ def test_sft_resume_is_exact(sft_run, base, instructions, tmp_path):
         if int(p.name[5:]) > 6:
             shutil.rmtree(p)
     (run / "checkpoints" / "latest").write_text("step_000006\n")
-    result = run_sft(sft_config(base, instructions, run, checkpoint_every=3, keep_checkpoints=10), resume=True)
+    result = run_sft(
+        sft_config(base, instructions, run, checkpoint_every=3, keep_checkpoints=10), resume=True
+    )
     assert result.steps == 12
     ref, got = losses(out), losses(run)
     for step in range(7, 13):
@@ -151,10 +192,19 @@ def test_chat_uses_the_template(sft_run, base):
     out, _ = sft_run
     model, cfg, tok = ck.load_model_for_inference(out)
     template = find_template(ck.resolve_checkpoint(out), cfg)
-    assert template is not None and template.render("hi") == "Q: hi\nA: " == sd.resolve_template(TEMPLATE).render("hi")
+    assert template is not None and template.render("hi") == "Q: hi\nA: " == sd.resolve_template(
+        TEMPLATE
+    ).render("hi")
     shown = io.StringIO()
-    pairs = chat_session(model, tok, template, io.StringIO("repeat twice: cat dog\n"), shown,
-                         temperature=0.0, max_new_tokens=12)
+    pairs = chat_session(
+        model,
+        tok,
+        template,
+        io.StringIO("repeat twice: cat dog\n"),
+        shown,
+        temperature=0.0,
+        max_new_tokens=12,
+    )
     assert "instruction template" in shown.getvalue() and len(pairs) == 1
     # the base run stays a plain-completion model
     _, base_cfg, _ = ck.load_model_for_inference(base)
@@ -163,7 +213,9 @@ def test_chat_uses_the_template(sft_run, base):
 
 def test_sft_cli_errors(base, instructions, tmp_path, capsys):
     cfg = tmp_path / "sft.toml"
-    cfg.write_text(f'[sft]\ndata = ["{instructions}"]\n[train]\nout = "{tmp_path / "o"}"\ndevice = "cpu"\n')
+    cfg.write_text(
+        f'[sft]\ndata = ["{instructions}"]\n[train]\nout = "{tmp_path / "o"}"\ndevice = "cpu"\n'
+    )
     assert main(["sft", str(cfg)]) == 2
     assert "train.init_from" in capsys.readouterr().err
     assert main(["sft", str(cfg), f"--train.init_from={base}", "--sft.template=Q: {question}"]) == 2

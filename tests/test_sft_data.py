@@ -49,7 +49,10 @@ def test_alpaca_with_and_without_input():
     assert t is sd.TEMPLATES["alpaca"]
     plain = t.render("Add two numbers.")
     assert plain.startswith("Below is an instruction that describes a task. Write a response")
-    assert plain.endswith("### Instruction:\nAdd two numbers.\n\n### Response:\n") and "### Input" not in plain
+    assert (
+        plain.endswith("### Instruction:\nAdd two numbers.\n\n### Response:\n")
+        and "### Input" not in plain
+    )
     full = t.render("Add two numbers.", "3 and {4}")
     assert "paired with an input" in full and "### Input:\n3 and {4}\n\n### Response:\n" in full
 
@@ -81,8 +84,12 @@ def test_chat_renders_the_training_prompt(tmp_path, value):
     # without template.json, chat falls back to the run config's sft.template (a name here)
     cfg = Config()
     cfg.sft.template = "alpaca"
-    assert find_template(tmp_path / "a" / "b" / "c", cfg).render("x") == sd.TEMPLATES["alpaca"].render("x")
-    assert find_template(tmp_path / "a" / "b" / "c", Config()) is None  # a base run: plain completion
+    assert find_template(tmp_path / "a" / "b" / "c", cfg).render("x") == sd.TEMPLATES[
+        "alpaca"
+    ].render("x")
+    assert (
+        find_template(tmp_path / "a" / "b" / "c", Config()) is None
+    )  # a base run: plain completion
     assert isinstance(chat_t, ChatTemplate)
 
 
@@ -107,12 +114,22 @@ def test_records_skips_name_file_and_line(tmp_path):
     records = sd.read_records([str(f)], skips)
     assert [r.where for r in records] == [f"{f}:1", f"{f}:7", f"{f}:9"]
     assert records[2].output == "fine\nend" and records[2].input == "in"
-    assert skips.counts == {"malformed_json": 1, "missing_field": 1, "empty_response": 1, "bad_field": 1, "not_an_object": 1}
+    assert skips.counts == {
+        "malformed_json": 1,
+        "missing_field": 1,
+        "empty_response": 1,
+        "bad_field": 1,
+        "not_an_object": 1,
+    }
     assert any(n.startswith(f"{f}:2: malformed JSON") for n in skips.named)
     assert any(n.startswith(f"{f}:3: missing field(s) output") for n in skips.named)
-    examples = sd.tokenize_records(records, ByteTok(), sd.resolve_template("{instruction}:"), 20, skips)
+    examples = sd.tokenize_records(
+        records, ByteTok(), sd.resolve_template("{instruction}:"), 20, skips
+    )
     assert len(examples) == 2 and skips.counts["too_long"] == 1
-    assert any(n.startswith(f"{f}:7: ") and "longer than the context (20)" in n for n in skips.named)
+    assert any(
+        n.startswith(f"{f}:7: ") and "longer than the context (20)" in n for n in skips.named
+    )
     assert "skipped 6 records" in skips.summary()
     with pytest.raises(DataError, match=rf"{f}:2: malformed JSON"):
         sd.read_records([str(f)], sd.SkipReport(on_error="error"))
@@ -139,7 +156,9 @@ def test_mbpp_records_and_split(tmp_path):
     assert train[0].instruction.startswith(first["text"].strip())
     assert train[0].instruction.endswith(first["test_list"][-1])
     assert "Your code should pass these tests:" in train[0].instruction
-    assert "\r" not in train[0].output and train[0].output.startswith(first["code"].replace("\r\n", "\n").rstrip()[:20])
+    assert "\r" not in train[0].output and train[0].output.startswith(
+        first["code"].replace("\r\n", "\n").rstrip()[:20]
+    )
     no_tests = sd.read_records([f"{MBPP}#train"], skips, mbpp_tests=False)
     assert no_tests[0].instruction == first["text"].strip()
     with pytest.raises(ConfigError, match="#dev"):
@@ -163,13 +182,18 @@ def test_hf_source_lazy_and_clear_errors(monkeypatch):
         raise ConnectionError("Couldn't reach the Hub")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
-    with pytest.raises(DataError, match=r"hf:org/data: cannot load split 'train' \(ConnectionError.*offline\?"):
+    with pytest.raises(
+        DataError, match=r"hf:org/data: cannot load split 'train' \(ConnectionError.*offline\?"
+    ):
         sd.read_records(["hf:org/data"], sd.SkipReport())
     seen = {}
 
     def load(name, split):
         seen["args"] = (name, split)
-        return [{"instruction": "i", "input": "", "output": "o", "prompt": "p"}, {"instruction": "j", "output": ""}]
+        return [
+            {"instruction": "i", "input": "", "output": "o", "prompt": "p"},
+            {"instruction": "j", "output": ""},
+        ]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load))
     skips = sd.SkipReport()
@@ -185,7 +209,13 @@ def test_hf_source_lazy_and_clear_errors(monkeypatch):
 
 
 def _example(ins: str, out: str) -> sd.Example:
-    ex = sd.tokenize_records([rec(ins, out)], ByteTok(), sd.resolve_template("Q: {instruction}\nA: "), 200, sd.SkipReport())
+    ex = sd.tokenize_records(
+        [rec(ins, out)],
+        ByteTok(),
+        sd.resolve_template("Q: {instruction}\nA: "),
+        200,
+        sd.SkipReport(),
+    )
     return ex[0]
 
 
@@ -219,7 +249,9 @@ def test_loss_sees_response_tokens_not_prompt_tokens():
         assert _loss(bigram, other_response) != l0
     # any model (a transformer here): the loss has zero gradient w.r.t. every prompt position's
     # prediction and a nonzero one at every response position
-    tf = build_model(ModelConfig(n_layer=1, n_head=2, d_model=16, vocab_size=257, context_length=64))
+    tf = build_model(
+        ModelConfig(n_layer=1, n_head=2, d_model=16, vocab_size=257, context_length=64)
+    )
     x, y = sd.collate([e.xy() for e in base], pad_id=256)
     logits = tf(x).detach().requires_grad_(True)
     F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100).backward()
@@ -253,7 +285,9 @@ def test_loader_epochs_determinism_and_counts():
     for step in (0, 3, 7):
         a = ld.get(step)
         b = sd.SftLoader(ex, 8, 4, 5, pad_id=256).get(step)  # a fresh loader: same batches
-        assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b, strict=True))
+        assert all(
+            torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b, strict=True)
+        )
         tokens, targets = ld.counts(step)
         assert targets == sum(int((y != -100).sum()) for _, y in a)
         idx = ld.epoch_plan(step // 5)[step % 5]
@@ -271,7 +305,7 @@ def test_loader_epochs_determinism_and_counts():
 def test_loader_padding_is_masked_and_bucketed():
     ex = _examples(64, seed=1)
     ld = sd.SftLoader(ex, global_batch=8, micro_batch=8, seed=0, pad_id=256)
-    (x, y), = ld.get(0)
+    ((x, y),) = ld.get(0)
     idx = ld.epoch_plan(0)[0]
     for row, i in enumerate(idx):
         L = ex[i].length
@@ -301,7 +335,7 @@ def test_loader_replay_rows(tmp_path):
     ex = _examples(20)
     ld = sd.SftLoader(ex, 8, 8, 1, pad_id=256, replay=Split(), replay_fraction=0.25)
     assert ld.replay_rows == 2 and ld.sft_rows == 6
-    (x, y), = ld.get(0)
+    ((x, y),) = ld.get(0)
     full = (y != -100).sum(1)
     replay = [r for r in range(8) if torch.equal(y[r, : full[r]], x[r, : full[r]] + 1)]
     assert len(replay) == 2  # consecutive-token windows, every target learned
@@ -314,11 +348,15 @@ def test_loader_replay_rows(tmp_path):
 def test_val_batches_and_holdout():
     ex = _examples(25)
     train, val = sd.hold_out(ex, 0.2, seed=3)
-    assert len(val) == 5 and len(train) == 20 and not {e.where for e in val} & {e.where for e in train}
+    assert (
+        len(val) == 5 and len(train) == 20 and not {e.where for e in val} & {e.where for e in train}
+    )
     assert sd.hold_out(ex, 0.2, seed=3)[1][0].where == val[0].where
     batches = sd.val_batches(val, batch_size=2, pad_id=256)
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]
-    assert sum(int((y != -100).sum()) for _, y in batches) == sum(e.length - e.n_prompt + 1 for e in val)
+    assert sum(int((y != -100).sum()) for _, y in batches) == sum(
+        e.length - e.n_prompt + 1 for e in val
+    )
     assert len(sd.val_batches(ex, 4, 256, max_batches=2)) == 2
     shares = [sd.val_batches(val, 2, 256, rank=r, world=2) for r in (0, 1)]
     assert [len(s) for s in shares] == [2, 1]

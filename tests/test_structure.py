@@ -135,9 +135,14 @@ def private_imports(root: Path) -> list[str]:
     found = []
     for m, f in module_files(root).items():
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("lmlab")):
-                found += [f"{m}: from {'.' * node.level}{node.module or ''} import {a.name}"
-                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            if isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").startswith("lmlab")
+            ):
+                found += [
+                    f"{m}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     return found
 
 
@@ -148,7 +153,11 @@ def test_no_module_imports_another_modules_private_name():
 
 def test_library_functions_take_typed_arguments_not_argparse_namespaces():
     # the CLI parses; every other module takes what it needs as typed arguments
-    found = [m for m, f in module_files(SRC).items() if m != "lmlab.cli" and "Namespace" in f.read_text(encoding="utf-8")]
+    found = [
+        m
+        for m, f in module_files(SRC).items()
+        if m != "lmlab.cli" and "Namespace" in f.read_text(encoding="utf-8")
+    ]
     assert not found, f"argparse.Namespace outside lmlab.cli: {found}"
 
 
@@ -161,18 +170,21 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 def test_the_checks_see_function_level_and_relative_imports(tmp_path):
     # a cycle made of a relative import at module level and an absolute one inside a function
-    _write(tmp_path, {
-        "__init__.py": "",
-        "a.py": "from .b import f\n",
-        "b.py": "def f():\n    from lmlab import a\n    return a\n",
-        "c.py": "from . import b\n",
-        "pkg/__init__.py": "from lmlab.pkg.x import y\n",
-        "pkg/x.py": "from .. import c\ny = 1\n",
-        "train/__init__.py": "",
-        "train/loop.py": "",
-        "reader.py": "def load():\n    from lmlab.train.loop import x\n",
-        "peek.py": "def f():\n    from .a import _hidden, __version__\n",
-    })
+    _write(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "from .b import f\n",
+            "b.py": "def f():\n    from lmlab import a\n    return a\n",
+            "c.py": "from . import b\n",
+            "pkg/__init__.py": "from lmlab.pkg.x import y\n",
+            "pkg/x.py": "from .. import c\ny = 1\n",
+            "train/__init__.py": "",
+            "train/loop.py": "",
+            "reader.py": "def load():\n    from lmlab.train.loop import x\n",
+            "peek.py": "def f():\n    from .a import _hidden, __version__\n",
+        },
+    )
     graph = import_graph(tmp_path)
     assert graph["lmlab.a"] == {"lmlab.b"}
     assert graph["lmlab.b"] == {"lmlab", "lmlab.a"}

@@ -308,7 +308,24 @@ def test_partial_code_never_raises() -> None:
 
 def test_restore_tolerates_any_token_sequence() -> None:
     rng = random.Random(0)
-    pool = [SYMBOL, TEXT, COMMENT, OVERFLOW, RAW, NUM, NEWLINE, NL, INDENT, DEDENT, "<|3|>", "(", ")", "def", "x", "12"]
+    pool = [
+        SYMBOL,
+        TEXT,
+        COMMENT,
+        OVERFLOW,
+        RAW,
+        NUM,
+        NEWLINE,
+        NL,
+        INDENT,
+        DEDENT,
+        "<|3|>",
+        "(",
+        ")",
+        "def",
+        "x",
+        "12",
+    ]
     for _ in range(200):
         restore([rng.choice(pool) for _ in range(rng.randrange(30))])
 
@@ -338,7 +355,10 @@ def test_ids_round_trip(tok: SymbolicTokenizer) -> None:
         assert tok.tokens_to_ids(tokens) == ids
         assert same_ast(code, tok.decode(ids, table))
         assert _compiles(tok.decode(ids))
-    assert tok.encode_ordinary_batch(["a = 1\n", "b = 2\n"]) == [tok.encode("a = 1\n"), tok.encode("b = 2\n")]
+    assert tok.encode_ordinary_batch(["a = 1\n", "b = 2\n"]) == [
+        tok.encode("a = 1\n"),
+        tok.encode("b = 2\n"),
+    ]
 
 
 def test_adjacent_spellings_get_a_separator(tok: SymbolicTokenizer) -> None:
@@ -357,7 +377,16 @@ def test_bpe_spelling_matches_hf_tokenizers(tok: SymbolicTokenizer) -> None:
     merges = [(bytes_to_token_str(a), bytes_to_token_str(b)) for a, b in tok.merges]
     hf = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    for word in ["0", "1024", "0xFFFF", "1e-3j", "__init_subclass__", "naïve_π", "some_long_name2", "名前"]:
+    for word in [
+        "0",
+        "1024",
+        "0xFFFF",
+        "1e-3j",
+        "__init_subclass__",
+        "naïve_π",
+        "some_long_name2",
+        "名前",
+    ]:
         assert tok._spell(word) == hf.encode(word).ids, word
 
 
@@ -380,7 +409,9 @@ def test_parse_rate(tok: SymbolicTokenizer) -> None:
     good = tok.encode("def f(x):\n    return x + 1\n") + [tok.eot_id, tok._id["("]]  # cut at eot
     bad = tok.encode("def f(x):\n    return x + 1\n")[:6]
     report = parse_rate([good, bad, []], tok)
-    assert report["samples"] == 3 and report["parsed"] == 1 and report["empty"] == 1  # empty is no program
+    assert (
+        report["samples"] == 3 and report["parsed"] == 1 and report["empty"] == 1
+    )  # empty is no program
     assert report["parse_rate"] == pytest.approx(1 / 3)
     assert sum(report["errors"].values()) == 1
     assert parse_rate([], tok)["parse_rate"] == 0.0
@@ -393,7 +424,9 @@ def test_save_load_pickle_and_fingerprint(tok: SymbolicTokenizer, tmp_path: Path
     from lmlab.tokenizer import load_tokenizer
 
     tok.save(tmp_path / "tok")
-    assert (tmp_path / "tok" / "symbolic.json").is_file() and (tmp_path / "tok" / "meta.json").is_file()
+    assert (tmp_path / "tok" / "symbolic.json").is_file() and (
+        tmp_path / "tok" / "meta.json"
+    ).is_file()
     loaded = load_tokenizer(tmp_path / "tok")
     assert isinstance(loaded, SymbolicTokenizer)
     code = _src(TRICKY["match"])
@@ -456,7 +489,9 @@ def test_stdlib_sample_round_trips_to_same_ast() -> None:
     assert failures == []
 
 
-def test_cli_trains_a_symbolic_tokenizer_that_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_trains_a_symbolic_tokenizer_that_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from lmlab.cli import main
     from lmlab.tokenizer import load_tokenizer
 
@@ -466,7 +501,18 @@ def test_cli_trains_a_symbolic_tokenizer_that_loads(tmp_path: Path, capsys: pyte
         (src / f"{name}.py").write_text(_src(code), encoding="utf-8")
     (src / "notes.txt").write_text("not code: a folder gives only its .py files\n")
     out = tmp_path / "tok"
-    args = ["tokenizer", "train", "--kind", "symbolic", "--input", str(src), "--vocab-size", "1024", "--out", str(out)]
+    args = [
+        "tokenizer",
+        "train",
+        "--kind",
+        "symbolic",
+        "--input",
+        str(src),
+        "--vocab-size",
+        "1024",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     tok = load_tokenizer(out)
     assert tok.kind == "symbolic" and tok.vocab_size <= 1024 and tok.eot_id is not None

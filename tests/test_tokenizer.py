@@ -64,6 +64,7 @@ def text_files() -> list[Path]:
 
 # ---- training output -------------------------------------------------------------------
 
+
 def test_trained_folder_and_meta(tok_dir: Path, tok: BPETokenizer) -> None:
     meta = json.loads((tok_dir / "meta.json").read_text())
     assert meta["kind"] == "bpe" and meta["vocab_size"] == 2000 == tok.vocab_size
@@ -99,7 +100,12 @@ def test_roundtrip_tricky_strings(tok: BPETokenizer) -> None:
 
 def test_lone_surrogates_become_replacement(tok: BPETokenizer) -> None:
     s = "a\ud800b"  # not representable in UTF-8
-    assert tok.encode(s) == tok.encode("a\ufffdb") == tok.encode_hf(s) == tok.encode_ordinary_batch([s])[0]
+    assert (
+        tok.encode(s)
+        == tok.encode("a\ufffdb")
+        == tok.encode_hf(s)
+        == tok.encode_ordinary_batch([s])[0]
+    )
     assert tok.decode(tok.encode(s)) == "a\ufffdb"
 
 
@@ -125,20 +131,35 @@ def test_decode_invalid_utf8_never_raises(tok: BPETokenizer) -> None:
 
 
 def test_training_is_deterministic(tmp_path: Path, tok_dir: Path) -> None:
-    again = train_tokenizer([str(TINYSTORIES)], vocab_size=2000, out=tmp_path / "again", special_tokens=[EOT])
-    assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (tok_dir / "tokenizer.json").read_bytes()
+    again = train_tokenizer(
+        [str(TINYSTORIES)], vocab_size=2000, out=tmp_path / "again", special_tokens=[EOT]
+    )
+    assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (
+        tok_dir / "tokenizer.json"
+    ).read_bytes()
     assert again.fingerprint() == load_tokenizer(tok_dir).fingerprint()
     # ... and with one thread in a fresh process (tokenizers' training is parallel)
     env = {**os.environ, "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    code = ("import sys; from lmlab.tokenizer import train_tokenizer; "
-            "train_tokenizer([sys.argv[1]], 2000, sys.argv[2], special_tokens=['<|endoftext|>'])")
-    subprocess.run([sys.executable, "-c", code, str(TINYSTORIES), str(tmp_path / "one")], env=env, check=True)
-    assert (tmp_path / "one" / "tokenizer.json").read_bytes() == (tok_dir / "tokenizer.json").read_bytes()
+    code = (
+        "import sys; from lmlab.tokenizer import train_tokenizer; "
+        "train_tokenizer([sys.argv[1]], 2000, sys.argv[2], special_tokens=['<|endoftext|>'])"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(TINYSTORIES), str(tmp_path / "one")], env=env, check=True
+    )
+    assert (tmp_path / "one" / "tokenizer.json").read_bytes() == (
+        tok_dir / "tokenizer.json"
+    ).read_bytes()
 
 
 def test_many_special_tokens(tmp_path: Path) -> None:
     specials = [EOT, "<|pad|>", "<|im_start|>", "<|im_end|>", "[MASK]"]
-    t = train_tokenizer([str(need(TEXTS / "corpus.en"))], vocab_size=400, out=tmp_path / "t", special_tokens=specials)
+    t = train_tokenizer(
+        [str(need(TEXTS / "corpus.en"))],
+        vocab_size=400,
+        out=tmp_path / "t",
+        special_tokens=specials,
+    )
     assert t.special_tokens == {s: i for i, s in enumerate(specials)}
     text = "<|im_start|>user\nhi<|im_end|>[MASK]<|pad|><|pad|>" + EOT
     ids = t.encode(text)
@@ -165,10 +186,15 @@ def test_fingerprint_mismatch_detected(tmp_path: Path, tok_dir: Path) -> None:
 
 # ---- streaming ---------------------------------------------------------------------------
 
+
 def test_encode_file_matches_whole_file(tok: BPETokenizer, tmp_path: Path) -> None:
     tricky = "\n".join(TRICKY) + "x  \n\n  y\r\n\r\nz\n\t\n" + "def f():\n    return 1\n" * 40
     f = tmp_path / "mixed.txt"
-    f.write_text((TEXTS / "corpus.en").read_text(encoding="utf-8")[:20000] + tricky, encoding="utf-8", newline="")
+    f.write_text(
+        (TEXTS / "corpus.en").read_text(encoding="utf-8")[:20000] + tricky,
+        encoding="utf-8",
+        newline="",
+    )
     whole = f.read_bytes().decode("utf-8")
     for chunk in (1, 7, 64, 1000, 1 << 20):
         chunks = list(tok.encode_file(f, chunk_bytes=chunk))
@@ -201,8 +227,12 @@ def test_encode_file_memory_is_bounded(tok: BPETokenizer, tmp_path: Path) -> Non
 
 
 def test_encode_file_never_cuts_a_special_token(tmp_path: Path) -> None:
-    t = train_tokenizer([str(need(TEXTS / "corpus.en"))], vocab_size=300, out=tmp_path / "t",
-                        special_tokens=["<|a\nb|>", "z\n"])
+    t = train_tokenizer(
+        [str(need(TEXTS / "corpus.en"))],
+        vocab_size=300,
+        out=tmp_path / "t",
+        special_tokens=["<|a\nb|>", "z\n"],
+    )
     f = tmp_path / "s.txt"
     text = "hello<|a\nb|>world\nok z\nzz\n" * 30
     f.write_text(text, encoding="utf-8")
@@ -221,9 +251,12 @@ def test_encode_file_bad_utf8(tok: BPETokenizer, tmp_path: Path) -> None:
 
 # ---- char-level --------------------------------------------------------------------------
 
+
 def test_char_tokenizer(tmp_path: Path) -> None:
     text = need(SHAKESPEARE).read_text(encoding="utf-8")
-    t = train_tokenizer([str(SHAKESPEARE)], vocab_size=100, out=tmp_path / "c", kind="char", special_tokens=[EOT])
+    t = train_tokenizer(
+        [str(SHAKESPEARE)], vocab_size=100, out=tmp_path / "c", kind="char", special_tokens=[EOT]
+    )
     assert isinstance(t, CharTokenizer) and t.kind == "char"
     chars = sorted(set(text))
     assert len(chars) == 65 and t.vocab_size == 66 and t.eot_id == 65
@@ -256,6 +289,7 @@ def test_char_roundtrip_unicode(tmp_path: Path) -> None:
 
 # ---- bad inputs --------------------------------------------------------------------------
 
+
 def test_missing_input(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope.txt"):
         train_tokenizer([str(tmp_path / "nope.txt")], vocab_size=300, out=tmp_path / "t")
@@ -267,26 +301,46 @@ def test_empty_corpus(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="empty corpus"):
         train_tokenizer([str(tmp_path / "empty.txt")], vocab_size=300, out=tmp_path / "t")
     with pytest.raises(DataError, match="empty corpus"):
-        train_tokenizer([str(tmp_path / "empty.txt")], vocab_size=300, out=tmp_path / "c", kind="char")
+        train_tokenizer(
+            [str(tmp_path / "empty.txt")], vocab_size=300, out=tmp_path / "c", kind="char"
+        )
     assert not (tmp_path / "t").exists() and not (tmp_path / "c").exists()
 
 
 def test_vocab_size_too_small(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("hello")
-    with pytest.raises(LmlabError, match="needs at least 256 byte tokens \\+ 2 special tokens = 258"):
-        train_tokenizer([str(tmp_path / "a.txt")], vocab_size=257, out=tmp_path / "t", special_tokens=["<a>", "<b>"])
-    t = train_tokenizer([str(tmp_path / "a.txt")], vocab_size=258, out=tmp_path / "t", special_tokens=["<a>", "<b>"])
+    with pytest.raises(
+        LmlabError, match="needs at least 256 byte tokens \\+ 2 special tokens = 258"
+    ):
+        train_tokenizer(
+            [str(tmp_path / "a.txt")],
+            vocab_size=257,
+            out=tmp_path / "t",
+            special_tokens=["<a>", "<b>"],
+        )
+    t = train_tokenizer(
+        [str(tmp_path / "a.txt")], vocab_size=258, out=tmp_path / "t", special_tokens=["<a>", "<b>"]
+    )
     assert t.merges == [] and t.decode(t.encode("hello<b>")) == "hello<b>"
 
 
 def test_bad_special_tokens_and_kind(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("hello")
     with pytest.raises(LmlabError, match="given twice"):
-        train_tokenizer([str(tmp_path / "a.txt")], vocab_size=300, out=tmp_path / "t", special_tokens=["<a>", "<a>"])
+        train_tokenizer(
+            [str(tmp_path / "a.txt")],
+            vocab_size=300,
+            out=tmp_path / "t",
+            special_tokens=["<a>", "<a>"],
+        )
     with pytest.raises(LmlabError, match="non-empty"):
-        train_tokenizer([str(tmp_path / "a.txt")], vocab_size=300, out=tmp_path / "t", special_tokens=[""])
+        train_tokenizer(
+            [str(tmp_path / "a.txt")], vocab_size=300, out=tmp_path / "t", special_tokens=[""]
+        )
     with pytest.raises(LmlabError, match="kind 'wordlevel'"):
-        train_tokenizer([str(tmp_path / "a.txt")], vocab_size=300, out=tmp_path / "t", kind="wordlevel")
+        train_tokenizer(
+            [str(tmp_path / "a.txt")], vocab_size=300, out=tmp_path / "t", kind="wordlevel"
+        )
 
 
 def test_invalid_utf8_files_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -296,7 +350,10 @@ def test_invalid_utf8_files_skipped(tmp_path: Path, capsys: pytest.CaptureFixtur
     (corpus / "latin1.txt").write_bytes("café olé".encode("latin-1"))
     t = train_tokenizer([str(corpus)], vocab_size=300, out=tmp_path / "t")
     err = capsys.readouterr().err  # one line, in the wording data prepare uses
-    assert "lmlab: warning: " in err and "latin1.txt: not valid UTF-8 (byte 0xe9 at byte offset 3)" in err
+    assert (
+        "lmlab: warning: " in err
+        and "latin1.txt: not valid UTF-8 (byte 0xe9 at byte offset 3)" in err
+    )
     meta = json.loads((tmp_path / "t" / "meta.json").read_text())
     assert meta["num_skipped"] == 1 and meta["skipped"][0]["path"].endswith("latin1.txt")
     assert [Path(i["path"]).name for i in meta["inputs"]] == ["good.txt"]
@@ -344,6 +401,7 @@ def test_load_errors(tmp_path: Path) -> None:
 
 # ---- stats and CLI -----------------------------------------------------------------------
 
+
 def test_stats(tok: BPETokenizer, tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_bytes(b"\xff\xff")
     st = tokenizer_stats(tok, [str(TEXTS), str(tmp_path / "bad.txt")])
@@ -359,13 +417,68 @@ def test_stats(tok: BPETokenizer, tmp_path: Path) -> None:
 
 def test_cli_train_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli_tok"
-    assert main(["tokenizer", "train", "--input", str(need(TEXTS / "corpus.en")), "--vocab-size", "300",
-                 "--special-token", EOT, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--input",
+                str(need(TEXTS / "corpus.en")),
+                "--vocab-size",
+                "300",
+                "--special-token",
+                EOT,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "vocab 300" in capsys.readouterr().out
-    assert main(["tokenizer", "stats", "--tokenizer", str(out), "--input", str(TEXTS / "german.txt"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "stats",
+                "--tokenizer",
+                str(out),
+                "--input",
+                str(TEXTS / "german.txt"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     st = json.loads(capsys.readouterr().out)
     assert st["files"] == 1 and st["tokens"] > 0
-    assert main(["tokenizer", "train", "--input", str(tmp_path / "nope"), "--vocab-size", "300", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--input",
+                str(tmp_path / "nope"),
+                "--vocab-size",
+                "300",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "lmlab: error:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["tokenizer", "train", "--input", "x", "--vocab-size", "300", "--out", "y", "--kind", "wordlevel"])
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--input",
+                "x",
+                "--vocab-size",
+                "300",
+                "--out",
+                "y",
+                "--kind",
+                "wordlevel",
+            ]
+        )

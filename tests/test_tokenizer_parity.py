@@ -49,7 +49,7 @@ def sample_texts() -> list[str]:
     texts = [p.read_text(encoding="utf-8") for p in sorted(need(TEXTS).iterdir()) if p.is_file()]
     code = "".join(stdlib_texts()[100:160])[:300_000]
     assert len(code) == 300_000
-    return texts + [code[i:i + 50_000] for i in range(0, len(code), 50_000)]
+    return texts + [code[i : i + 50_000] for i in range(0, len(code), 50_000)]
 
 
 def reference_gpt2() -> tiktoken.Encoding:
@@ -67,9 +67,13 @@ def reference_gpt2() -> tiktoken.Encoding:
     merges = (GPT2 / "gpt2_merges.txt").read_text(encoding="utf-8").splitlines()
     merges = [m for m in merges if m and not m.startswith("#version")]
     assert len(merges) == 50000
-    assert all(ranks[bytes(dg[c] for c in a + b)] == 256 + i for i, (a, b) in enumerate(m.split(" ") for m in merges))
-    return tiktoken.Encoding("gpt2-ref", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: encoder[EOT]})
+    assert all(
+        ranks[bytes(dg[c] for c in a + b)] == 256 + i
+        for i, (a, b) in enumerate(m.split(" ") for m in merges)
+    )
+    return tiktoken.Encoding(
+        "gpt2-ref", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: encoder[EOT]}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +105,9 @@ def test_gpt2_matches_reference_on_texts(gpt2: BPETokenizer, ref: tiktoken.Encod
     assert all(gpt2.decode(e) == t for e, t in zip(expect, texts))
 
 
-def test_gpt2_via_tokenizer_json(gpt2: BPETokenizer, ref: tiktoken.Encoding, tmp_path: Path) -> None:
+def test_gpt2_via_tokenizer_json(
+    gpt2: BPETokenizer, ref: tiktoken.Encoding, tmp_path: Path
+) -> None:
     """Saving the import writes a HF tokenizer.json; loading that file gives the same ids."""
     gpt2.save(tmp_path / "g")
     again = load_tokenizer(tmp_path / "g" / "tokenizer.json")
@@ -124,7 +130,9 @@ def test_gpt2_matches_reference_on_whole_stdlib(gpt2: BPETokenizer, ref: tiktoke
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> BPETokenizer:
     out = tmp_path_factory.mktemp("tokp") / "t"
-    tok = train_tokenizer([str(need(TINYSTORIES))], vocab_size=2000, out=out, special_tokens=[EOT, "<|pad|>"])
+    tok = train_tokenizer(
+        [str(need(TINYSTORIES))], vocab_size=2000, out=out, special_tokens=[EOT, "<|pad|>"]
+    )
     assert isinstance(tok, BPETokenizer)
     return tok
 
@@ -132,7 +140,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> BPETokenizer:
 def test_trained_fast_path_matches_tokenizers(trained: BPETokenizer) -> None:
     assert trained.tiktoken_encoding is not None and trained._rank_to_id is None
     texts = sample_texts() + [f"a{EOT}b<|pad|>{EOT}"]
-    assert trained.encode_ordinary_batch(texts) == trained.encode_hf_batch(texts, allow_special=False)
+    assert trained.encode_ordinary_batch(texts) == trained.encode_hf_batch(
+        texts, allow_special=False
+    )
     assert trained.encode_batch(texts) == trained.encode_hf_batch(texts, allow_special=True)
     assert [trained.encode(t) for t in texts[:6]] == [trained.encode_hf(t) for t in texts[:6]]
 
@@ -151,30 +161,48 @@ def test_ids_out_of_merge_order_use_translation(trained: BPETokenizer, tmp_path:
     assert tok.tiktoken_encoding is not None and tok._rank_to_id is not None
     texts = sample_texts()[:8] + [f"x{EOT}y"]
     assert tok.encode_batch(texts) == tok.encode_hf_batch(texts, allow_special=True)
-    assert tok.encode_ordinary_batch(texts) != trained.encode_ordinary_batch(texts)  # ids really moved
+    assert tok.encode_ordinary_batch(texts) != trained.encode_ordinary_batch(
+        texts
+    )  # ids really moved
     assert all(tok.decode(tok.encode(t)) == t for t in texts)
 
 
-def test_unreachable_vocab_entry_not_used_by_fast_path(trained: BPETokenizer, tmp_path: Path) -> None:
+def test_unreachable_vocab_entry_not_used_by_fast_path(
+    trained: BPETokenizer, tmp_path: Path
+) -> None:
     spec = json.loads(trained._json)
     spec["model"]["vocab"]["Ġquiteunusual"] = len(spec["model"]["vocab"]) + 2  # no merge makes it
     (tmp_path / "extra.json").write_text(json.dumps(spec))
     tok = load_tokenizer(tmp_path / "extra.json")
     text = "a quiteunusual word, quiteunusual"
     assert tok.encode(text) == tok.encode_hf(text)
-    assert tok.vocab[tok.vocab_size - 1] == b" quiteunusual" and tok.decode([tok.vocab_size - 1]) == " quiteunusual"
+    assert (
+        tok.vocab[tok.vocab_size - 1] == b" quiteunusual"
+        and tok.decode([tok.vocab_size - 1]) == " quiteunusual"
+    )
 
 
-def test_saved_truncation_padding_and_stripping_added_tokens(trained: BPETokenizer, tmp_path: Path) -> None:
+def test_saved_truncation_padding_and_stripping_added_tokens(
+    trained: BPETokenizer, tmp_path: Path
+) -> None:
     spec = json.loads(trained._json)
-    spec["truncation"] = {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0}
+    spec["truncation"] = {
+        "direction": "Right",
+        "max_length": 4,
+        "strategy": "LongestFirst",
+        "stride": 0,
+    }
     spec["added_tokens"][1]["lstrip"] = True  # <|pad|> swallows the space before it (RoBERTa-style)
     (tmp_path / "trunc.json").write_text(json.dumps(spec))
     tok = load_tokenizer(tmp_path / "trunc.json")
     assert tok.tiktoken_encoding is None  # tiktoken cannot strip around a special token
     text = "Once upon a time there was a cat <|pad|>"
     ids = tok.encode(text)
-    assert len(ids) > 4 and ids[-1] == 1 and ids[:-1] == trained.encode("Once upon a time there was a cat")
+    assert (
+        len(ids) > 4
+        and ids[-1] == 1
+        and ids[:-1] == trained.encode("Once upon a time there was a cat")
+    )
 
 
 def test_unmirrorable_tokenizer_json_falls_back(trained: BPETokenizer, tmp_path: Path) -> None:
@@ -184,7 +212,9 @@ def test_unmirrorable_tokenizer_json_falls_back(trained: BPETokenizer, tmp_path:
     tok = load_tokenizer(tmp_path / "lower.json")
     assert tok.tiktoken_encoding is None
     assert tok.encode("Hello THERE") == trained.encode("hello there")
-    assert tok.encode_ordinary_batch(["Hi" + EOT]) == trained.encode_ordinary_batch(["hi" + EOT.lower()])
+    assert tok.encode_ordinary_batch(["Hi" + EOT]) == trained.encode_ordinary_batch(
+        ["hi" + EOT.lower()]
+    )
 
 
 CL100K_LIKE = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -193,9 +223,23 @@ CL100K_LIKE = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 def test_split_pretokenizer_tokenizer_json(trained: BPETokenizer, tmp_path: Path) -> None:
     """Llama-3/cl100k-style files (Split regex + ByteLevel without regex) keep the fast path."""
     spec = json.loads(trained._json)
-    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": CL100K_LIKE}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    spec["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {
+                "type": "Split",
+                "pattern": {"Regex": CL100K_LIKE},
+                "behavior": "Isolated",
+                "invert": False,
+            },
+            {
+                "type": "ByteLevel",
+                "add_prefix_space": False,
+                "trim_offsets": True,
+                "use_regex": False,
+            },
+        ],
+    }
     (tmp_path / "split.json").write_text(json.dumps(spec))
     tok = load_tokenizer(tmp_path / "split.json")
     assert tok.pattern == CL100K_LIKE and tok.tiktoken_encoding is not None
@@ -203,7 +247,9 @@ def test_split_pretokenizer_tokenizer_json(trained: BPETokenizer, tmp_path: Path
     assert tok.encode_batch(texts) == tok.encode_hf_batch(texts, allow_special=True)
     f = tmp_path / "code.txt"
     f.write_text(texts[-2] + texts[-1], encoding="utf-8")
-    assert [i for c in tok.encode_file(f, chunk_bytes=100) for i in c] == tok.encode_ordinary(texts[-2] + texts[-1])
+    assert [i for c in tok.encode_file(f, chunk_bytes=100) for i in c] == tok.encode_ordinary(
+        texts[-2] + texts[-1]
+    )
 
 
 def test_other_tokenizer_json_families(tmp_path: Path) -> None:
@@ -217,8 +263,12 @@ def test_other_tokenizer_json_families(tmp_path: Path) -> None:
     sp.pre_tokenizer = pre_tokenizers.Metaspace()
     sp.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback(), decoders.Fuse()])
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
-    sp.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", *byte_tokens],
-                                                       show_progress=False))
+    sp.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=600, special_tokens=["<s>", *byte_tokens], show_progress=False
+        ),
+    )
     spec = json.loads(sp.to_str())  # byte tokens live in the model vocab, as in Llama's file
     spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] == "<s>"]
     (tmp_path / "sp.json").write_text(json.dumps(spec), encoding="utf-8")
@@ -240,8 +290,12 @@ def test_other_tokenizer_json_families(tmp_path: Path) -> None:
     wp.normalizer = normalizers.BertNormalizer(lowercase=True)
     wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     wp.decoder = decoders.WordPiece()
-    wp.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[UNK]", "[CLS]"],
-                                                             show_progress=False))
+    wp.train_from_iterator(
+        corpus,
+        trainers.WordPieceTrainer(
+            vocab_size=400, special_tokens=["[UNK]", "[CLS]"], show_progress=False
+        ),
+    )
     (tmp_path / "wp").mkdir()
     wp.save(str(tmp_path / "wp" / "tokenizer.json"))
     wtok = load_tokenizer(tmp_path / "wp")

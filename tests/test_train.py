@@ -46,7 +46,11 @@ def test_tiny_run_writes_its_files(dataset, tmp_path):
     assert ckpts == ["step_000008", "step_000012"]
     assert resolve_checkpoint(run).name == "step_000012"
     state = json.loads((run / "checkpoints" / "step_000012" / "state.json").read_text())
-    assert state["step"] == 12 and state["tokens"] == 768 and state["loader"] == {"seed": 3, "step": 12}
+    assert (
+        state["step"] == 12
+        and state["tokens"] == 768
+        and state["loader"] == {"seed": 3, "step": 12}
+    )
     assert {"python", "numpy", "torch"} <= set(state["rng"][0])
     assert json.loads((run / "result.json").read_text())["steps"] == 12
     assert (run / "tokenizer").is_dir()
@@ -59,12 +63,25 @@ def test_accumulation_matches_one_pass(dataset, tmp_path):
     # gradient noise by sqrt(v) + eps); in float64 the same noise is ~1e-15, so 1e-10 has margin
     # yet catches any real difference (a mis-scaled micro-batch changes weights by ~lr = 3e-3).
     with float64():
-        a = train(tiny_config(dataset, tmp_path / "a", train__batch_size=8, train__max_steps=3, train__eval_every=0,
-                              eval__samples=0))
+        a = train(
+            tiny_config(
+                dataset,
+                tmp_path / "a",
+                train__batch_size=8,
+                train__max_steps=3,
+                train__eval_every=0,
+                eval__samples=0,
+            )
+        )
         b = train(
             tiny_config(
-                dataset, tmp_path / "b", train__batch_size=8, train__micro_batch_size=2, train__max_steps=3,
-                train__eval_every=0, eval__samples=0,
+                dataset,
+                tmp_path / "b",
+                train__batch_size=8,
+                train__micro_batch_size=2,
+                train__max_steps=3,
+                train__eval_every=0,
+                eval__samples=0,
             )
         )
     la, lb = losses(Path(a.run_dir)), losses(Path(b.run_dir))
@@ -89,10 +106,21 @@ def test_batch_tokens_sets_the_global_batch(dataset, tmp_path):
 
 
 def test_divergence_is_recorded_not_raised(dataset, tmp_path):
-    result = train(tiny_config(dataset, tmp_path / "r", train__lr=1e6, train__min_lr=1e6, train__warmup_steps=0, train__max_steps=30))
+    result = train(
+        tiny_config(
+            dataset,
+            tmp_path / "r",
+            train__lr=1e6,
+            train__min_lr=1e6,
+            train__warmup_steps=0,
+            train__max_steps=30,
+        )
+    )
     assert result.diverged and result.stop_reason == "diverged"
     assert result.steps < 30
-    recs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    recs = [
+        json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert recs[-1].get("diverged") is True
     assert json.loads((tmp_path / "r" / "result.json").read_text())["diverged"] is True
 
@@ -100,8 +128,14 @@ def test_divergence_is_recorded_not_raised(dataset, tmp_path):
 def test_early_stopping(dataset, tmp_path):
     # lr 0: val loss never improves after the first eval, so patience 2 stops at the 3rd eval
     cfg = tiny_config(
-        dataset, tmp_path / "r", train__lr=0.0, train__min_lr=0.0, train__max_steps=40, train__eval_every=2,
-        train__patience=2, eval__samples=0,
+        dataset,
+        tmp_path / "r",
+        train__lr=0.0,
+        train__min_lr=0.0,
+        train__max_steps=40,
+        train__eval_every=2,
+        train__patience=2,
+        eval__samples=0,
     )
     result = train(cfg)
     assert result.stop_reason == "early_stop"
@@ -111,7 +145,9 @@ def test_early_stopping(dataset, tmp_path):
 
 
 def test_time_budget_stops_and_checkpoints(dataset, tmp_path):
-    cfg = tiny_config(dataset, tmp_path / "r", train__max_minutes=1e-6, train__max_steps=1000, eval__samples=0)
+    cfg = tiny_config(
+        dataset, tmp_path / "r", train__max_minutes=1e-6, train__max_steps=1000, eval__samples=0
+    )
     result = train(cfg)
     assert result.stop_reason == "time_budget" and result.steps == 1
     assert resolve_checkpoint(tmp_path / "r").name == "step_000001"
@@ -140,12 +176,19 @@ def test_spike_guard_skips_an_injected_spike(dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "_clip_grads", spiky)
     cfg = tiny_config(
-        dataset, tmp_path / "r", train__max_steps=16, train__eval_every=0, eval__samples=0, optim__spike_factor=5.0,
+        dataset,
+        tmp_path / "r",
+        train__max_steps=16,
+        train__eval_every=0,
+        eval__samples=0,
+        optim__spike_factor=5.0,
         optim__spike_window=20,
     )
     result = train(cfg)
     assert result.skipped_steps == 1
-    recs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    recs = [
+        json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
     by_step = {r["step"]: r for r in recs if "train_loss" in r}
     assert "skipped" not in by_step[13] and by_step[14]["skipped"] == 1
     assert by_step[14]["grad_norm"] > 1e3
@@ -165,16 +208,24 @@ def test_missing_tensorboard_is_a_clear_error(dataset, tmp_path):
 
 
 def test_resume_without_checkpoint_starts_fresh(dataset, tmp_path):
-    result = train(tiny_config(dataset, tmp_path / "r", train__max_steps=2, eval__samples=0), resume=True)
+    result = train(
+        tiny_config(dataset, tmp_path / "r", train__max_steps=2, eval__samples=0), resume=True
+    )
     assert result.steps == 2 and sorted(losses(tmp_path / "r")) == [1, 2]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_run(dataset, tmp_path):
-    result = train(tiny_config(dataset, tmp_path / "r", train__device="cuda", train__dtype="auto", train__max_steps=4))
+    result = train(
+        tiny_config(
+            dataset, tmp_path / "r", train__device="cuda", train__dtype="auto", train__max_steps=4
+        )
+    )
     assert not result.diverged and result.final_val_loss is not None
-    recs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    recs = [
+        json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert all(math.isfinite(r["train_loss"]) for r in recs if "train_loss" in r)
 
 

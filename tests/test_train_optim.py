@@ -50,8 +50,19 @@ def test_no_warmup():
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_param_groups_decay_matrices_only(tie):
-    m = build_model(ModelConfig(vocab_size=50, n_layer=2, n_head=2, d_model=32, context_length=8, bias=True,
-                                norm="layernorm", position="learned", tie_embeddings=tie))
+    m = build_model(
+        ModelConfig(
+            vocab_size=50,
+            n_layer=2,
+            n_head=2,
+            d_model=32,
+            context_length=8,
+            bias=True,
+            norm="layernorm",
+            position="learned",
+            tie_embeddings=tie,
+        )
+    )
     groups = {g["name"]: g for g in param_groups(m, 0.1)}
     decay = {id(p) for p in groups["decay"]["params"]}
     no_decay = {id(p) for p in groups["no_decay"]["params"]}
@@ -59,7 +70,11 @@ def test_param_groups_decay_matrices_only(tie):
     assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in groups["decay"]["params"])
     assert all(p.dim() == 1 for p in groups["no_decay"]["params"])
-    assert {names[i] for i in decay} >= {"tok_emb.weight", "pos_emb.weight", "blocks.0.attn.qkv.weight"}
+    assert {names[i] for i in decay} >= {
+        "tok_emb.weight",
+        "pos_emb.weight",
+        "blocks.0.attn.qkv.weight",
+    }
     assert "blocks.0.attn.qkv.bias" in {names[i] for i in no_decay}
     assert "blocks.0.norm1.weight" in {names[i] for i in no_decay}
     # every parameter exactly once (a tied head is not listed twice)

@@ -66,15 +66,45 @@ def corpus(tmp_path: Path) -> Path:
 # --- 1. the output guard ------------------------------------------------------------------------
 
 
-def test_tokenizer_prepare_export_refuse_a_folder_of_user_files(tmp_path, capsys, finished_run, dataset):
+def test_tokenizer_prepare_export_refuse_a_folder_of_user_files(
+    tmp_path, capsys, finished_run, dataset
+):
     c = corpus(tmp_path)
     tok = tmp_path / "tok"
-    assert main(["tokenizer", "train", "--input", str(c), "--vocab-size", "64", "--kind", "char",
-                 "--special-token", "<|endoftext|>", "--out", str(tok)]) == 0
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--input",
+                str(c),
+                "--vocab-size",
+                "64",
+                "--kind",
+                "char",
+                "--special-token",
+                "<|endoftext|>",
+                "--out",
+                str(tok),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     for argv in (
         ["tokenizer", "train", "--input", str(c), "--vocab-size", "64", "--kind", "char", "--out"],
-        ["data", "prepare", "--input", str(c), "--tokenizer", str(tok), "--workers", "1", "--no-progress", "--out"],
+        [
+            "data",
+            "prepare",
+            "--input",
+            str(c),
+            "--tokenizer",
+            str(tok),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--out",
+        ],
         ["export", str(finished_run), "--format", "hf", "--out"],
     ):
         mine = tmp_path / f"mine_{argv[0]}"
@@ -89,7 +119,18 @@ def test_tokenizer_prepare_export_refuse_a_folder_of_user_files(tmp_path, capsys
 def test_same_kind_is_replaced_but_never_with_a_user_file_inside(tmp_path, capsys):
     c = corpus(tmp_path)
     tok = tmp_path / "tok"
-    argv = ["tokenizer", "train", "--input", str(c), "--vocab-size", "64", "--kind", "char", "--out", str(tok)]
+    argv = [
+        "tokenizer",
+        "train",
+        "--input",
+        str(c),
+        "--vocab-size",
+        "64",
+        "--kind",
+        "char",
+        "--out",
+        str(tok),
+    ]
     assert main(argv) == 0 and main(argv) == 0  # an lmlab tokenizer folder is replaced
     (tok / "notes.md").write_text("mine")
     capsys.readouterr()
@@ -109,8 +150,21 @@ def test_out_naming_the_working_directory_is_one_line(tmp_path, capsys, monkeypa
     c = corpus(tmp_path)
     monkeypatch.chdir(work)
     out = str(work) if out == "$PWD" else out
-    for argv in (["tokenizer", "train", "--input", str(c), "--vocab-size", "64", "--kind", "char", "--out", out],
-                 ["data", "prepare", "--input", str(c), "--tokenizer", str(c), "--out", out]):
+    for argv in (
+        [
+            "tokenizer",
+            "train",
+            "--input",
+            str(c),
+            "--vocab-size",
+            "64",
+            "--kind",
+            "char",
+            "--out",
+            out,
+        ],
+        ["data", "prepare", "--input", str(c), "--tokenizer", str(c), "--out", out],
+    ):
         assert main(argv) == 2
         assert "working directory" in one_line_error(capsys)
     assert_intact(work, files)
@@ -138,7 +192,9 @@ def test_out_naming_a_file_is_refused_not_renamed(tmp_path, capsys, finished_run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
 
 
-def test_recipe_stage_outputs_train_demo_and_compare_are_guarded(tmp_path, dataset, finished_run, monkeypatch):
+def test_recipe_stage_outputs_train_demo_and_compare_are_guarded(
+    tmp_path, dataset, finished_run, monkeypatch
+):
     from lmlab.demo import run_demo
     from lmlab.experiments.compare import compare_runs
     from lmlab.experiments.sweep import run_sweep
@@ -148,11 +204,15 @@ def test_recipe_stage_outputs_train_demo_and_compare_are_guarded(tmp_path, datas
     mine = tmp_path / "mine"
     files = user_folder(mine)
     recipe = tmp_path / "r.toml"
-    recipe.write_text(f'[tokenizer]\nkind = "char"\nvocab_size = 64\ninput = ["{c}"]\nout = "{mine}"\n'
-                      f'[train]\nout = "{tmp_path / "run"}"\n')
+    recipe.write_text(
+        f'[tokenizer]\nkind = "char"\nvocab_size = 64\ninput = ["{c}"]\nout = "{mine}"\n'
+        f'[train]\nout = "{tmp_path / "run"}"\n'
+    )
     with pytest.raises(DataError, match="raw.txt"):
         run_recipe(recipe)
-    with pytest.raises(DataError, match="raw.txt"):  # --force is no licence to delete a user's folder
+    with pytest.raises(
+        DataError, match="raw.txt"
+    ):  # --force is no licence to delete a user's folder
         train(tiny_config(dataset, mine), force=True)
     with pytest.raises(DataError, match="raw.txt"):
         run_demo(out=mine)
@@ -206,10 +266,10 @@ def _recipe(tmp_path: Path, out: str, max_steps: int = 30) -> Path:
     r.write_text(
         f'[tokenizer]\nkind = "char"\nvocab_size = 64\ninput = ["{c}"]\nout = "tok"\n'
         f'[prepare]\ninput = ["{c}"]\nout = "ds"\nseparator = "\\n"\nval_fraction = 0.2\nworkers = 1\n'
-        '[model]\nn_layer = 1\nn_head = 2\nd_model = 32\ncontext_length = 16\n'
-        f'[train]\nmax_steps = {max_steps}\nbatch_size = 4\ncheckpoint_every = 3\neval_every = 0\nlog_every = 1\n'
+        "[model]\nn_layer = 1\nn_head = 2\nd_model = 32\ncontext_length = 16\n"
+        f"[train]\nmax_steps = {max_steps}\nbatch_size = 4\ncheckpoint_every = 3\neval_every = 0\nlog_every = 1\n"
         f'device = "cpu"\nseed = 3\nout = "{out}"\n'
-        '[eval]\nbatches = 2\nsamples = 0\n[log]\nprogress = false\n'
+        "[eval]\nbatches = 2\nsamples = 0\n[log]\nprogress = false\n"
     )
     return r
 
@@ -226,7 +286,11 @@ def test_run_twice_is_a_no_op(tmp_path, monkeypatch):
     t0 = time.monotonic()
     again = run_recipe(recipe, log=lines.append)
     took = time.monotonic() - t0
-    assert [ln.split(":")[0] for ln in lines[:3]] == ["[tokenizer] up to date", "[data] up to date", "[train] up to date"]
+    assert [ln.split(":")[0] for ln in lines[:3]] == [
+        "[tokenizer] up to date",
+        "[data] up to date",
+        "[train] up to date",
+    ]
     assert lines[3].startswith("[eval] up to date")
     assert not any("training" in ln or "resuming" in ln for ln in lines)
     assert latest.stat().st_mtime_ns == stamp and again == first
@@ -241,9 +305,17 @@ def test_run_killed_then_rerun_resumes_with_the_same_losses(tmp_path, monkeypatc
     from lmlab.pipeline import run_recipe
 
     monkeypatch.chdir(tmp_path)
-    recipe = _recipe(tmp_path, "runs/k", max_steps=60)  # long enough to be killed mid-run on a fast CPU
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab", "run", str(recipe)], env=_env(), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    recipe = _recipe(
+        tmp_path, "runs/k", max_steps=60
+    )  # long enough to be killed mid-run on a fast CPU
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmlab", "run", str(recipe)],
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     latest = tmp_path / "runs/k/checkpoints/latest"
     t0 = time.monotonic()
     while not latest.exists():
@@ -269,8 +341,14 @@ def _options(command: str) -> set[str]:
 def test_ctrl_c_of_lmlab_run_names_only_flags_that_exist_and_rerun_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = _recipe(tmp_path, "runs/i", max_steps=100000)
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab", "run", str(recipe)], env=_env(), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmlab", "run", str(recipe)],
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "runs/i/metrics.jsonl"
     t0 = time.monotonic()
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
@@ -297,7 +375,10 @@ def test_ctrl_c_of_lmlab_run_names_only_flags_that_exist_and_rerun_resumes(tmp_p
     from lmlab.runs import same_run_config
 
     cfg = resolve_training_inputs(load_config(recipe), log=lines.append)
-    assert same_run_config(tmp_path / "runs/i", cfg) and run_status(tmp_path / "runs/i")["step"] == step
+    assert (
+        same_run_config(tmp_path / "runs/i", cfg)
+        and run_status(tmp_path / "runs/i")["step"] == step
+    )
 
 
 def test_run_refuses_a_run_of_another_config_without_force(tmp_path, monkeypatch):
@@ -319,7 +400,11 @@ def test_every_flag_a_message_names_exists():
     def walk(p) -> None:
         for a in p._actions:
             flags.update(s for s in a.option_strings if s.startswith("--"))
-            for sub in (getattr(a, "choices", None) or {}).values() if hasattr(a, "_name_parser_map") else ():
+            for sub in (
+                (getattr(a, "choices", None) or {}).values()
+                if hasattr(a, "_name_parser_map")
+                else ()
+            ):
                 walk(sub)
 
     walk(parser)
@@ -331,7 +416,9 @@ def test_every_flag_a_message_names_exists():
             # --name, not a --section.key=value override
             for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*(?![\w.-])", lit):
                 named.setdefault(flag, f.name)
-    missing = sorted(f"{flag} ({where})" for flag, where in named.items() if flag not in flags | foreign)
+    missing = sorted(
+        f"{flag} ({where})" for flag, where in named.items() if flag not in flags | foreign
+    )
     assert not missing, missing
 
 
@@ -389,7 +476,9 @@ def test_checkpoint_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", replace)
     cfg = Config()
     cfg.model = ModelConfig(vocab_size=16, n_layer=1, n_head=1, d_model=8, context_length=4)
-    ck.save_checkpoint(tmp_path / "checkpoints", 1, build_model(cfg.model), None, None, {"rng": []}, cfg)
+    ck.save_checkpoint(
+        tmp_path / "checkpoints", 1, build_model(cfg.model), None, None, {"rng": []}, cfg
+    )
     final = str(tmp_path / "checkpoints" / "step_000001")
     rename = events.index(("replace", final))
     synced = {Path(p).name for kind, p in events[:rename] if kind == "fsync"}
@@ -410,9 +499,14 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path, dataset):
         (d / "train_000000.bin").write_bytes(b"\0\0")
     mine = tmp_path / ".ds.tmp-notes"  # not lmlab's naming: kept
     mine.write_text("mine")
-    prepare_dataset(PrepareConfig(input=[str(c)], out=str(tmp_path / "ds"), separator="\\n", workers=1),
-                    tokenizer_path=str(tok), progress=False)
-    assert not dead.exists() and not legacy.exists() and alive.is_dir() and mine.read_text() == "mine"
+    prepare_dataset(
+        PrepareConfig(input=[str(c)], out=str(tmp_path / "ds"), separator="\\n", workers=1),
+        tokenizer_path=str(tok),
+        progress=False,
+    )
+    assert (
+        not dead.exists() and not legacy.exists() and alive.is_dir() and mine.read_text() == "mine"
+    )
 
 
 # --- 5. a run folder works from anywhere --------------------------------------------------------------
@@ -441,7 +535,9 @@ def test_run_folder_works_from_another_directory_and_after_a_move(tmp_path, monk
     export_hf(moved / "runs/x", elsewhere / "hf")
     assert (elsewhere / "hf" / "model.safetensors").is_file()
     # --resume from another directory, with the run's own config.toml
-    assert main(["train", str(moved / "runs/x/config.toml"), "--train.max_steps=4", "--resume"]) == 0
+    assert (
+        main(["train", str(moved / "runs/x/config.toml"), "--train.max_steps=4", "--resume"]) == 0
+    )
     assert max(losses(moved / "runs/x")) == 4 and not (project / "runs").exists()
 
 
@@ -453,9 +549,16 @@ def test_another_tokenizer_for_a_dataset_is_refused(dataset, tmp_path):
 
     c = tmp_path / "other.txt"
     c.write_text("zyxwvu tsrq 0123456789 completely different characters")
-    other = train_tokenizer([str(c)], vocab_size=64, out=tmp_path / "other_tok", kind="char",
-                            special_tokens=["<|endoftext|>"])
-    own = load_tokenizer(Path(__import__("json").loads((dataset / "meta.json").read_text())["tokenizer"]))
+    other = train_tokenizer(
+        [str(c)],
+        vocab_size=64,
+        out=tmp_path / "other_tok",
+        kind="char",
+        special_tokens=["<|endoftext|>"],
+    )
+    own = load_tokenizer(
+        Path(__import__("json").loads((dataset / "meta.json").read_text())["tokenizer"])
+    )
     cfg = tiny_config(dataset, tmp_path / "run", data__tokenizer=str(tmp_path / "other_tok"))
     with pytest.raises(LmlabError) as e:
         train(cfg)

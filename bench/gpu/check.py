@@ -41,13 +41,41 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
-GPT2 = {"n_layer": 12, "n_head": 12, "d_model": 768, "context_length": 1024, "vocab_size": 50304,
-        "norm": "layernorm", "position": "learned", "mlp": "gelu", "bias": True, "tie_embeddings": True,
-        "dropout": 0.0}
-TINYSTORIES = {"n_layer": 8, "n_head": 8, "d_model": 512, "d_ff": 1408, "context_length": 256,
-               "vocab_size": 10000, "norm": "rmsnorm", "position": "rope", "mlp": "swiglu", "bias": False,
-               "tie_embeddings": True, "dropout": 0.0}
-TINY = {"n_layer": 2, "n_head": 2, "d_model": 64, "context_length": 32, "vocab_size": 512, "dropout": 0.0}
+GPT2 = {
+    "n_layer": 12,
+    "n_head": 12,
+    "d_model": 768,
+    "context_length": 1024,
+    "vocab_size": 50304,
+    "norm": "layernorm",
+    "position": "learned",
+    "mlp": "gelu",
+    "bias": True,
+    "tie_embeddings": True,
+    "dropout": 0.0,
+}
+TINYSTORIES = {
+    "n_layer": 8,
+    "n_head": 8,
+    "d_model": 512,
+    "d_ff": 1408,
+    "context_length": 256,
+    "vocab_size": 10000,
+    "norm": "rmsnorm",
+    "position": "rope",
+    "mlp": "swiglu",
+    "bias": False,
+    "tie_embeddings": True,
+    "dropout": 0.0,
+}
+TINY = {
+    "n_layer": 2,
+    "n_head": 2,
+    "d_model": 64,
+    "context_length": 32,
+    "vocab_size": 512,
+    "dropout": 0.0,
+}
 
 
 class Check:
@@ -71,7 +99,10 @@ class Check:
         """Run ``fn()`` -> dict of figures; skipped when fewer than ``reserve_s`` seconds remain."""
         left = self.budget_s - self.elapsed()
         if left < reserve_s:
-            self.results["sections"][name] = {"status": "skipped", "reason": f"{left:.0f}s left of the budget"}
+            self.results["sections"][name] = {
+                "status": "skipped",
+                "reason": f"{left:.0f}s left of the budget",
+            }
             self.log(f"== {name}: skipped ({left:.0f}s left)")
             return
         self.log(f"== {name} (at {self.elapsed():.0f}s)")
@@ -93,8 +124,14 @@ class Check:
 
     def run(self, cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
         self.log("$ " + " ".join(cmd))
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         self.log(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise RuntimeError(f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-500:]}")
@@ -115,10 +152,18 @@ def synthetic_dataset(folder: Path, vocab: int, tokens: int, seed: int = 0) -> P
     dtype = "uint16" if vocab <= 65536 else "uint32"
     splits = {}
     for split, n in (("train", tokens), ("val", max(tokens // 20, 4096))):
-        rng.integers(0, vocab, size=n, dtype=np.int64).astype(dtype).tofile(folder / f"{split}_000000.bin")
+        rng.integers(0, vocab, size=n, dtype=np.int64).astype(dtype).tofile(
+            folder / f"{split}_000000.bin"
+        )
         splits[split] = {"tokens": n, "documents": 1, "bytes": 0, "shards": [f"{split}_000000.bin"]}
-    meta = {"format": "lmlab-tokens-v1", "dtype": dtype, "vocab_size": vocab, "eot_id": 0, "tokenizer": "",
-            "splits": splits}
+    meta = {
+        "format": "lmlab-tokens-v1",
+        "dtype": dtype,
+        "vocab_size": vocab,
+        "eot_id": 0,
+        "tokenizer": "",
+        "splits": splits,
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
@@ -126,21 +171,35 @@ def synthetic_dataset(folder: Path, vocab: int, tokens: int, seed: int = 0) -> P
 def write_config(path: Path, model: dict[str, Any], data: Path, train: dict[str, Any]) -> Path:
     from lmlab.config import from_dict, to_toml
 
-    tree = {"model": model, "data": {"path": str(data)},
-            "train": {"warmup_steps": 10, "eval_every": 0, "checkpoint_every": 0, "log_every": 10, **train},
-            "eval": {"batches": 2, "samples": 0}, "log": {"progress": False}}
+    tree = {
+        "model": model,
+        "data": {"path": str(data)},
+        "train": {
+            "warmup_steps": 10,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "log_every": 10,
+            **train,
+        },
+        "eval": {"batches": 2, "samples": 0},
+        "log": {"progress": False},
+    }
     path.write_text(to_toml(from_dict(tree).validate()))
     return path
 
 
 def step_records(run: Path) -> list[dict[str, Any]]:
-    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    recs = [
+        json.loads(line)
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     return [r for r in recs if "train_loss" in r]
 
 
 def steady(recs: list[dict[str, Any]], key: str) -> float | None:
     """Median of ``key`` over the second half of the logged steps (compile and warm-up excluded)."""
-    vals = [r[key] for r in recs[len(recs) // 2:] if r.get(key) is not None]
+    vals = [r[key] for r in recs[len(recs) // 2 :] if r.get(key) is not None]
     return statistics.median(vals) if vals else None
 
 
@@ -152,14 +211,22 @@ def env_section(c: Check) -> dict[str, Any]:
 
     from lmlab.accounting import known_peak_flops
 
-    out: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                           "cuda_available": torch.cuda.is_available()}
+    out: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda_available": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         props = torch.cuda.get_device_properties(0)
-        out.update(device=name, cuda=torch.version.cuda, capability=list(torch.cuda.get_device_capability(0)),
-                   memory_gb=props.total_memory / 2**30, bf16=torch.cuda.is_bf16_supported(),
-                   peak_tflops=(known_peak_flops(name) or 0) / 1e12 or None)
+        out.update(
+            device=name,
+            cuda=torch.version.cuda,
+            capability=list(torch.cuda.get_device_capability(0)),
+            memory_gb=props.total_memory / 2**30,
+            bf16=torch.cuda.is_bf16_supported(),
+            peak_tflops=(known_peak_flops(name) or 0) / 1e12 or None,
+        )
         if not out["peak_tflops"]:
             c.log(f"warning: {name!r} is not in lmlab.accounting.PEAK_FLOPS; no MFU")
     else:
@@ -169,20 +236,35 @@ def env_section(c: Check) -> dict[str, Any]:
 
 def pytest_section(c: Check) -> dict[str, Any]:
     # only the files that hold gpu tests: collecting the whole suite costs more than running these
-    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
-                   if "mark.gpu" in p.read_text(encoding="utf-8"))
-    text = c.run([c.python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files], timeout=240)
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|error)", text)}
+    files = sorted(
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "tests").glob("test_*.py")
+        if "mark.gpu" in p.read_text(encoding="utf-8")
+    )
+    text = c.run(
+        [c.python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files], timeout=240
+    )
+    counts = {
+        k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|error)", text)
+    }
     if counts.get("failed") or counts.get("error"):
         raise RuntimeError(f"gpu tests: {counts}")
     return {"counts": counts, "files": files}
 
 
-def train_section(c: Check, name: str, model: dict[str, Any], train: dict[str, Any], torchrun: bool = False,
-                  timeout: float = 300) -> dict[str, Any]:
+def train_section(
+    c: Check,
+    name: str,
+    model: dict[str, Any],
+    train: dict[str, Any],
+    torchrun: bool = False,
+    timeout: float = 300,
+) -> dict[str, Any]:
     vocab = model["vocab_size"]
     T = model["context_length"]
-    data = synthetic_dataset(c.out / f"data_v{vocab}", vocab, max(64 * T * 16, 2_000_000 if not c.dry else 0))
+    data = synthetic_dataset(
+        c.out / f"data_v{vocab}", vocab, max(64 * T * 16, 2_000_000 if not c.dry else 0)
+    )
     cfg = write_config(c.out / f"{name}.toml", model, data, train)
     run = c.out / f"run_{name}"
     lm = ["-m", "lmlab", "train", str(cfg), "--out", str(run)]
@@ -191,7 +273,9 @@ def train_section(c: Check, name: str, model: dict[str, Any], train: dict[str, A
         cmd = [torchrun_bin, "--standalone", "--nproc_per_node=1", *lm]
     else:
         cmd = [c.python, *lm]
-    text = c.run(cmd, timeout=timeout, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")})
+    text = c.run(
+        cmd, timeout=timeout, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")}
+    )
     recs = step_records(run)
     out = {
         "steps": len(recs) and recs[-1]["step"],
@@ -210,7 +294,9 @@ def train_section(c: Check, name: str, model: dict[str, Any], train: dict[str, A
     return out
 
 
-def decode_section(c: Check, model_cfg: dict[str, Any], new_tokens: int, batches: tuple[int, ...]) -> dict[str, Any]:
+def decode_section(
+    c: Check, model_cfg: dict[str, Any], new_tokens: int, batches: tuple[int, ...]
+) -> dict[str, Any]:
     """Greedy decode through the model's KV cache (what lmlab sample runs), random weights."""
     import torch
 
@@ -260,7 +346,9 @@ def probe_section(c: Check, model_cfg: dict[str, Any], batch: int) -> dict[str, 
     from lmlab.train.loop import train
 
     vocab, T = model_cfg["vocab_size"], model_cfg["context_length"]
-    data = synthetic_dataset(c.out / f"data_v{vocab}", vocab, max(64 * T * 16, 2_000_000 if not c.dry else 0))
+    data = synthetic_dataset(
+        c.out / f"data_v{vocab}", vocab, max(64 * T * 16, 2_000_000 if not c.dry else 0)
+    )
     cuda = torch.cuda.is_available()
     dtype = "bfloat16" if cuda else "float32"
     mcfg = ModelConfig(**model_cfg)
@@ -271,11 +359,23 @@ def probe_section(c: Check, model_cfg: dict[str, Any], batch: int) -> dict[str, 
         limit = accounting.training_memory(mcfg, 24, T, "float32")["total"]
         mf.set_fake_limit(limit)
     predicted = accounting.max_batch_size(mcfg, T, limit, dtype)
-    tree = {"model": model_cfg, "data": {"path": str(data)},
-            "train": {"max_steps": 1, "batch_size": batch, "micro_batch_size": 0, "eval_every": 0,
-                      "checkpoint_every": 0, "dtype": dtype, "out": str(c.out / "run_probe"),
-                      "device": "cuda" if cuda else "cpu", "fused_loss": False},
-            "eval": {"batches": 1, "samples": 0}, "log": {"progress": False}}
+    tree = {
+        "model": model_cfg,
+        "data": {"path": str(data)},
+        "train": {
+            "max_steps": 1,
+            "batch_size": batch,
+            "micro_batch_size": 0,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "dtype": dtype,
+            "out": str(c.out / "run_probe"),
+            "device": "cuda" if cuda else "cpu",
+            "fused_loss": False,
+        },
+        "eval": {"batches": 1, "samples": 0},
+        "log": {"progress": False},
+    }
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
@@ -287,16 +387,30 @@ def probe_section(c: Check, model_cfg: dict[str, Any], batch: int) -> dict[str, 
     if not m:
         raise RuntimeError("no memory probe line in the training output")
     found, micro = int(m.group(1)), int(m.group(2))
-    return {"limit_gb": limit / 2**30, "probe_max_batch": found, "micro_batch": micro,
-            "account_max_batch": predicted, "ratio_probe_over_account": found / max(predicted, 1),
-            "capped_at_batch": found == batch, "fused_loss": False}
+    return {
+        "limit_gb": limit / 2**30,
+        "probe_max_batch": found,
+        "micro_batch": micro,
+        "account_max_batch": predicted,
+        "ratio_probe_over_account": found / max(predicted, 1),
+        "capped_at_batch": found == batch,
+        "fused_loss": False,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.environ.get("OUT") or "runs/gpu_check", help="folder for the JSON and the log")
-    ap.add_argument("--cpu-dry-run", action="store_true", help="tiny shapes on the CPU, a few steps")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="sections that would start later are skipped")
+    ap.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or "runs/gpu_check",
+        help="folder for the JSON and the log",
+    )
+    ap.add_argument(
+        "--cpu-dry-run", action="store_true", help="tiny shapes on the CPU, a few steps"
+    )
+    ap.add_argument(
+        "--budget-s", type=float, default=420.0, help="sections that would start later are skipped"
+    )
     ap.add_argument("--skip", default="", help="comma-separated sections to leave out")
     args = ap.parse_args(argv)
     c = Check(Path(args.out).resolve(), args.cpu_dry_run, args.budget_s)
@@ -308,41 +422,112 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             c.log("no CUDA device: run with --cpu-dry-run to rehearse on the CPU")
             return 2
-    dev = {"device": "cpu", "dtype": "float32", "compile": False} if dry else {"device": "cuda", "dtype": "bfloat16"}
+    dev = (
+        {"device": "cpu", "dtype": "float32", "compile": False}
+        if dry
+        else {"device": "cuda", "dtype": "bfloat16"}
+    )
     gpt2 = TINY if dry else GPT2
     ts = {**TINY, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope"} if dry else TINYSTORIES
     steps = 6 if dry else 120
     sections = [
         ("env", lambda: env_section(c), 0),
         ("pytest", lambda: pytest_section(c), 60),
-        ("gpt2", lambda: train_section(c, "gpt2", gpt2, {**dev, "compile": not dry, "max_steps": steps,
-                                                         "batch_size": 4 if dry else 16, "log_every": 2 if dry else 10,
-                                                         "lr": 6e-4, "min_lr": 6e-5}), 90),
-        ("tiny", lambda: train_section(c, "tinystories", ts, {**dev, "compile": not dry, "max_steps": steps,
-                                                               "batch_size": 4 if dry else 128,
-                                                               "log_every": 2 if dry else 10, "lr": 2e-3,
-                                                               "min_lr": 2e-4}), 60),
-        ("fsdp", lambda: train_section(c, "fsdp", ts, {**dev, "compile": False, "parallel": "fsdp",
-                                                       "max_steps": 4 if dry else 40, "batch_size": 4 if dry else 128,
-                                                       "log_every": 2 if dry else 10, "lr": 2e-3, "min_lr": 2e-4},
-                                       torchrun=True), 45),
+        (
+            "gpt2",
+            lambda: train_section(
+                c,
+                "gpt2",
+                gpt2,
+                {
+                    **dev,
+                    "compile": not dry,
+                    "max_steps": steps,
+                    "batch_size": 4 if dry else 16,
+                    "log_every": 2 if dry else 10,
+                    "lr": 6e-4,
+                    "min_lr": 6e-5,
+                },
+            ),
+            90,
+        ),
+        (
+            "tiny",
+            lambda: train_section(
+                c,
+                "tinystories",
+                ts,
+                {
+                    **dev,
+                    "compile": not dry,
+                    "max_steps": steps,
+                    "batch_size": 4 if dry else 128,
+                    "log_every": 2 if dry else 10,
+                    "lr": 2e-3,
+                    "min_lr": 2e-4,
+                },
+            ),
+            60,
+        ),
+        (
+            "fsdp",
+            lambda: train_section(
+                c,
+                "fsdp",
+                ts,
+                {
+                    **dev,
+                    "compile": False,
+                    "parallel": "fsdp",
+                    "max_steps": 4 if dry else 40,
+                    "batch_size": 4 if dry else 128,
+                    "log_every": 2 if dry else 10,
+                    "lr": 2e-3,
+                    "min_lr": 2e-4,
+                },
+                torchrun=True,
+            ),
+            45,
+        ),
         ("decode", lambda: decode_section(c, ts, 8 if dry else 256, (1, 32)), 30),
         ("probe", lambda: probe_section(c, gpt2, 64 if dry else 512), 40),
         # last and optional: autotuned GEMMs compile for minutes; it runs only if time is left
-        ("tiny_autotune", lambda: train_section(c, "tinystories_autotune", ts, {
-            **dev, "compile": not dry, "compile_mode": "max-autotune-no-cudagraphs", "max_steps": steps,
-            "batch_size": 4 if dry else 128, "log_every": 2 if dry else 10, "lr": 2e-3, "min_lr": 2e-4}), 150),
+        (
+            "tiny_autotune",
+            lambda: train_section(
+                c,
+                "tinystories_autotune",
+                ts,
+                {
+                    **dev,
+                    "compile": not dry,
+                    "compile_mode": "max-autotune-no-cudagraphs",
+                    "max_steps": steps,
+                    "batch_size": 4 if dry else 128,
+                    "log_every": 2 if dry else 10,
+                    "lr": 2e-3,
+                    "min_lr": 2e-4,
+                },
+            ),
+            150,
+        ),
     ]
     if dry:  # without compile it would repeat "tiny"; its code is that section's
         skip.add("tiny_autotune")
     for name, fn, reserve in sections:
         if name in skip:
-            c.results["sections"][name] = {"status": "skipped", "reason": "--skip" if not dry else "dry run: no compile"}
+            c.results["sections"][name] = {
+                "status": "skipped",
+                "reason": "--skip" if not dry else "dry run: no compile",
+            }
         else:
             c.section(name, fn, reserve)
     c.write()
     bad = [n for n, r in c.results["sections"].items() if r["status"] == "error"]
-    c.log(f"done in {c.elapsed():.0f}s; figures in {c.out / 'gpu_check.json'}" + (f"; errors in {bad}" if bad else ""))
+    c.log(
+        f"done in {c.elapsed():.0f}s; figures in {c.out / 'gpu_check.json'}"
+        + (f"; errors in {bad}" if bad else "")
+    )
     return 1 if bad else 0
 
 

@@ -62,7 +62,9 @@ def base_config(init_from: str) -> tuple[Config, str]:
         if cfg.train.out and _same_path(cfg.train.out, init_from):
             return cfg, f"recipe {name}, which writes {init_from}"
     if _same_path(init_from, DEMO_RUN):
-        return load_config(DEMO_RECIPE), f"recipe {DEMO_RECIPE}, which `lmlab demo` trains into {init_from}"
+        return load_config(
+            DEMO_RECIPE
+        ), f"recipe {DEMO_RECIPE}, which `lmlab demo` trains into {init_from}"
     raise ConfigError(
         f"train.init_from: {init_from} does not exist and no shipped recipe writes it; the model is that "
         "run's: train it first, or pass --model.* keys and --train.init_from=''"
@@ -73,7 +75,7 @@ def _hf_base_config(init_from: str) -> tuple[Config, str]:
     """``hf:FOLDER``: the model of its config.json (no weights read), or of the run it will export."""
     from lmlab.export.hf_import import model_fields
 
-    folder = Path(init_from[len("hf:"):]).expanduser()
+    folder = Path(init_from[len("hf:") :]).expanduser()
     cfg_file = folder / "config.json"
     if cfg_file.is_file():
         import json
@@ -105,13 +107,19 @@ def _char_vocab(cfg: Config) -> tuple[int, str]:
     except LmlabError:
         files = []
     if not files or sum(f.stat().st_size for f in files) > CHAR_COUNT_MAX_BYTES:
-        return t.vocab_size, f"tokenizer.vocab_size {t.vocab_size} (an upper bound: char tokenizer, corpus not read)"
+        return (
+            t.vocab_size,
+            f"tokenizer.vocab_size {t.vocab_size} (an upper bound: char tokenizer, corpus not read)",
+        )
     specials = check_special_tokens(t.special_tokens)
     chars: set[str] = set()
     for text in Corpus(files, specials).texts():
         chars.update(text)
     n = min(len(chars) + len(specials), t.vocab_size)
-    return n, f"the char tokenizer stage: {len(chars)} characters of tokenizer.input + {len(specials)} special"
+    return (
+        n,
+        f"the char tokenizer stage: {len(chars)} characters of tokenizer.input + {len(specials)} special",
+    )
 
 
 def resolve_vocab(cfg: Config) -> tuple[int, str]:
@@ -146,11 +154,16 @@ def resolve_vocab(cfg: Config) -> tuple[int, str]:
         if size:
             return size, f"{key} ({value})"
     if cfg.tokenizer.path:
-        raise ConfigError(f"tokenizer.path: {cfg.tokenizer.path} not found (the vocabulary comes from it)")
+        raise ConfigError(
+            f"tokenizer.path: {cfg.tokenizer.path} not found (the vocabulary comes from it)"
+        )
     if cfg.tokenizer.out:  # the stage will train one
         if cfg.tokenizer.kind == "char":
             return _char_vocab(cfg)
-        return cfg.tokenizer.vocab_size, f"the {cfg.tokenizer.kind} tokenizer stage's tokenizer.vocab_size"
+        return (
+            cfg.tokenizer.vocab_size,
+            f"the {cfg.tokenizer.kind} tokenizer stage's tokenizer.vocab_size",
+        )
     raise ConfigError(
         "model.vocab_size: 0 and no tokenizer, dataset or tokenizer stage to take it from "
         f"(data.tokenizer={cfg.data.tokenizer!r}, data.path={cfg.data.path!r}); pass --model.vocab_size=N"
@@ -161,7 +174,9 @@ def resolve_model(cfg: Config) -> ResolvedModel:
     """The model ``cfg`` trains, with its vocabulary size filled in."""
     if cfg.train.init_from:
         base, where = base_config(cfg.train.init_from)
-        inner = resolve_model(dataclasses.replace(base, train=dataclasses.replace(base.train, init_from="")))
+        inner = resolve_model(
+            dataclasses.replace(base, train=dataclasses.replace(base.train, init_from=""))
+        )
         return ResolvedModel(inner.model, inner.vocab_source, f"train.init_from: {where}")
     size, source = resolve_vocab(cfg)
     return ResolvedModel(dataclasses.replace(cfg.model, vocab_size=size), source, "config")

@@ -138,7 +138,9 @@ def count_params(mcfg: ModelConfig, enc_dim: int = 0) -> dict[str, Any]:
         mlp = m.n_layer * _mlp_params(m)
     elif m.arch == "encdec":
         if enc_dim <= 0:
-            raise ConfigError("model.encoder: the encoder's width is needed to count the encoder-decoder")
+            raise ConfigError(
+                "model.encoder: the encoder's width is needed to count the encoder-decoder"
+            )
         H, KV = _heads(m)
         attn = m.n_layer * (_attn_params(m, H, KV) + _cross_params(m))
         mlp = m.n_layer * _mlp_params(m)
@@ -183,7 +185,9 @@ def _mlp_flops(m: ModelConfig) -> float:
     return 2.0 * m.d_model * fc_out + 2.0 * d_ff * m.d_model
 
 
-def forward_flops(mcfg: ModelConfig, seq_len: int | None = None, enc_dim: int = 0, source_len: int = 0) -> dict[str, float]:
+def forward_flops(
+    mcfg: ModelConfig, seq_len: int | None = None, enc_dim: int = 0, source_len: int = 0
+) -> dict[str, float]:
     """Forward FLOPs per token at ``seq_len`` (default context_length), per component + total.
 
     Components: attention_qkv, attention_scores, attention_values, attention_proj, mlp, head
@@ -197,7 +201,10 @@ def forward_flops(mcfg: ModelConfig, seq_len: int | None = None, enc_dim: int = 
     if m.vocab_size <= 0:
         raise ConfigError(f"model.vocab_size: must be > 0 to count FLOPs, got {m.vocab_size}")
     T = seq_len or m.context_length
-    out = {k: 0.0 for k in ("attention_qkv", "attention_scores", "attention_values", "attention_proj", "mlp")}
+    out = {
+        k: 0.0
+        for k in ("attention_qkv", "attention_scores", "attention_values", "attention_proj", "mlp")
+    }
     layers, with_attn, with_mlp, heads = 0, False, False, _heads(m)
     if m.arch in ("transformer", "no_residual", "encdec"):
         layers, with_attn, with_mlp = m.n_layer, True, True
@@ -309,7 +316,11 @@ def activation_bytes_per_token(mcfg: ModelConfig, compute_dtype: str = "bfloat16
 
 
 def training_memory(
-    mcfg: ModelConfig, batch_size: int, seq_len: int, compute_dtype: str = "bfloat16", enc_dim: int = 0
+    mcfg: ModelConfig,
+    batch_size: int,
+    seq_len: int,
+    compute_dtype: str = "bfloat16",
+    enc_dim: int = 0,
 ) -> dict[str, float]:
     """Bytes for AdamW training: weights, gradients, optimizer, activations, total.
 
@@ -328,8 +339,13 @@ def training_memory(
     return out
 
 
-def max_batch_size(mcfg: ModelConfig, seq_len: int, memory_bytes: float, compute_dtype: str = "bfloat16",
-                   enc_dim: int = 0) -> int:
+def max_batch_size(
+    mcfg: ModelConfig,
+    seq_len: int,
+    memory_bytes: float,
+    compute_dtype: str = "bfloat16",
+    enc_dim: int = 0,
+) -> int:
     """The largest micro-batch (sequences) whose :func:`training_memory` fits ``memory_bytes``."""
     static = training_memory(mcfg, 0, seq_len, compute_dtype, enc_dim)["total"]
     per_seq = seq_len * activation_bytes_per_token(mcfg, compute_dtype)
@@ -374,8 +390,10 @@ def encoder_width(name_or_path: str) -> int:
         raise ConfigError(f"model.encoder: {cfg_file} names no hidden_size")
     if name_or_path in KNOWN_ENCODER_WIDTHS:
         return KNOWN_ENCODER_WIDTHS[name_or_path]
-    raise ConfigError(f"model.encoder: {name_or_path!r} is not a local folder with config.json nor a known encoder "
-                      f"({', '.join(KNOWN_ENCODER_WIDTHS)}); its width is needed to count the decoder")
+    raise ConfigError(
+        f"model.encoder: {name_or_path!r} is not a local folder with config.json nor a known encoder "
+        f"({', '.join(KNOWN_ENCODER_WIDTHS)}); its width is needed to count the decoder"
+    )
 
 
 def _fmt_count(x: float) -> str:
@@ -417,7 +435,11 @@ def account(
     source_len = cfg.encdec.max_source_tokens if m.arch == "encdec" else 0
     T = seq_len or m.context_length
     t = cfg.train
-    B = batch_size or t.micro_batch_size or (max(1, t.batch_tokens // T) if t.batch_tokens else t.batch_size)
+    B = (
+        batch_size
+        or t.micro_batch_size
+        or (max(1, t.batch_tokens // T) if t.batch_tokens else t.batch_size)
+    )
     device, peak = detect_peak_flops()
     if peak_tflops > 0:
         peak = peak_tflops * 1e12
@@ -439,7 +461,9 @@ def account(
         "params_non_embedding": params["non_embedding"],
         "params": params,
         "forward_flops_total": total,
-        "forward_flops": {k: {"flops": v, "share": v / total} for k, v in fwd.items() if k != "total"},
+        "forward_flops": {
+            k: {"flops": v, "share": v / total} for k, v in fwd.items() if k != "total"
+        },
         "training_flops_per_token": 3 * total,
         "forward_flops_per_sequence": total * T,
         "training_flops_per_sequence": 3 * total * T,
@@ -457,7 +481,9 @@ def account(
             raise LmlabError(
                 f"no known peak FLOP/s for device {device!r}: pass --peak-tflops P to estimate training time"
             )
-        seconds = tokens * 3 * total / (mfu_fraction * peak)  # training_time_seconds, with cross-attention
+        seconds = (
+            tokens * 3 * total / (mfu_fraction * peak)
+        )  # training_time_seconds, with cross-attention
         out["time"] = {
             "tokens": tokens,
             "mfu": mfu_fraction,
@@ -482,19 +508,31 @@ def format_report(res: dict[str, Any]) -> str:
     p = res["params"]
     total = p["total"]
     rows = [("parameters", "count", "share")]
-    for k in ("token_embedding", "position_embedding", "attention", "mlp", "norms", "head", "encoder_proj"):
+    for k in (
+        "token_embedding",
+        "position_embedding",
+        "attention",
+        "mlp",
+        "norms",
+        "head",
+        "encoder_proj",
+    ):
         if k not in p:
             continue
         label = k + (" (tied)" if k == "head" and p["tied"] else "")
         rows.append((label, f"{p[k]:,}", f"{p[k] / total:.1%}"))
     rows.append(("total", f"{total:,}", f"({_fmt_count(total)})"))
     rows.append(("non-embedding", f"{p['non_embedding']:,}", f"({_fmt_count(p['non_embedding'])})"))
-    out = [f"arch {res['arch']}, vocab {res['vocab_size']}, seq_len {res['seq_len']}",
-           f"vocabulary from {res['vocab_source']}"]
+    out = [
+        f"arch {res['arch']}, vocab {res['vocab_size']}, seq_len {res['seq_len']}",
+        f"vocabulary from {res['vocab_source']}",
+    ]
     if res["model_source"] != "config":
         out.append(f"model from {res['model_source']}")
     if res["arch"] == "encdec":
-        out.append("(the trained decoder only: the frozen encoder's parameters and forward pass are not counted)")
+        out.append(
+            "(the trained decoder only: the frozen encoder's parameters and forward pass are not counted)"
+        )
     out += ["", _table(rows), ""]
     rows = [("forward FLOPs per token", "FLOPs", "share")]
     for k, v in res["forward_flops"].items():
@@ -502,16 +540,33 @@ def format_report(res: dict[str, Any]) -> str:
     rows.append(("total", _fmt_count(res["forward_flops_total"]), ""))
     rows.append(("training (3x forward)", _fmt_count(res["training_flops_per_token"]), ""))
     rows.append(("6N for comparison", _fmt_count(res["six_n"]), ""))
-    rows.append((f"forward per sequence ({res['seq_len']} tokens)", _fmt_count(res["forward_flops_per_sequence"]), ""))
+    rows.append(
+        (
+            f"forward per sequence ({res['seq_len']} tokens)",
+            _fmt_count(res["forward_flops_per_sequence"]),
+            "",
+        )
+    )
     rows.append(("training per sequence", _fmt_count(res["training_flops_per_sequence"]), ""))
     out += [_table(rows), "(matmuls only; attention over the full T x T, no causal halving)", ""]
     mem = res["memory_bytes"]
-    rows = [(f"training memory, batch {res['batch_size']} x {res['seq_len']}, {res['compute_dtype']}", "bytes")]
+    rows = [
+        (
+            f"training memory, batch {res['batch_size']} x {res['seq_len']}, {res['compute_dtype']}",
+            "bytes",
+        )
+    ]
     for k in ("weights", "gradients", "optimizer", "activations", "total"):
         rows.append((k, _fmt_bytes(mem[k])))
-    out += [_table(rows), "(AdamW, fp32 weights/grads/moments; excludes CUDA context and fragmentation)", ""]
+    out += [
+        _table(rows),
+        "(AdamW, fp32 weights/grads/moments; excludes CUDA context and fragmentation)",
+        "",
+    ]
     if "max_batch_size" in res:
-        out.append(f"largest batch in {res['memory_gb']:g} GiB at seq_len {res['seq_len']}: {res['max_batch_size']}")
+        out.append(
+            f"largest batch in {res['memory_gb']:g} GiB at seq_len {res['seq_len']}: {res['max_batch_size']}"
+        )
     if "time" in res:
         tm = res["time"]
         out.append(

@@ -38,8 +38,10 @@ HELP = "commands: /reset (forget the conversation), /temp T (temperature, 0 = gr
 # A base model's reply ends at a blank line: stopping at the first newline (as this once did)
 # left an empty reply whenever the model began its continuation on a new line.
 BASE_STOP = "\n\n"
-BASE_MODE = ("plain completion (base run, not fine-tuned): the model continues what you type, "
-             "up to a blank line; `lmlab sft` makes a run that follows instructions")
+BASE_MODE = (
+    "plain completion (base run, not fine-tuned): the model continues what you type, "
+    "up to a blank line; `lmlab sft` makes a run that follows instructions"
+)
 
 
 @dataclass
@@ -77,7 +79,7 @@ def find_template(run: str | Path, cfg: Any) -> ChatTemplate | None:
         if f.is_file():
             t = _template_from(read_json(f), str(f))
             if t is None:
-                raise LmlabError(f"{f}: expected {{\"prompt\": \"...{{prompt}}...\", \"stop\": [...]}}")
+                raise LmlabError(f'{f}: expected {{"prompt": "...{{prompt}}...", "stop": [...]}}')
             return t
     sft = getattr(cfg, "sft", None)
     if sft is not None:
@@ -187,9 +189,14 @@ def chat_session(
         ids, new_ids = conv.prompt_ids(message, budget)
         try:
             sample = generate(
-                model, tokenizer, ids,
-                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                stop=stops, seed=seed + turn,
+                model,
+                tokenizer,
+                ids,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=stops,
+                seed=seed + turn,
                 stream_callback=lambda _i, text: (out.write(text), out.flush()),
             )[0]
         except LmlabError as e:  # e.g. a message longer than a learned-position context
@@ -199,7 +206,9 @@ def chat_session(
         if sample.message:
             out.write(f"({sample.message})\n")
         if not sample.text.strip():
-            out.write("(empty reply: the model ended its text at once; try /temp 1 or more context)\n")
+            out.write(
+                "(empty reply: the model ended its text at once; try /temp 1 or more context)\n"
+            )
         conv.add(new_ids, sample.text)
         exchanged.append((message, sample.text))
         turn += 1
@@ -207,7 +216,9 @@ def chat_session(
 
 
 def chat_loop(
-    run: str | Path, temperature: float = SampleConfig.temperature, max_new_tokens: int = SampleConfig.max_new_tokens
+    run: str | Path,
+    temperature: float = SampleConfig.temperature,
+    max_new_tokens: int = SampleConfig.max_new_tokens,
 ) -> None:
     """`lmlab chat RUN`: load the run and talk on stdin/stdout."""
     from lmlab.runs import load_model_for_inference, resolve_checkpoint
@@ -215,6 +226,12 @@ def chat_loop(
     model, cfg, tokenizer = load_model_for_inference(run, device=inference_device(), decode_batch=1)
     template = find_template(resolve_checkpoint(run), cfg)
     chat_session(
-        model, tokenizer, template, sys.stdin, sys.stdout,
-        temperature=temperature, max_new_tokens=max_new_tokens, interactive=sys.stdin.isatty(),
+        model,
+        tokenizer,
+        template,
+        sys.stdin,
+        sys.stdout,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        interactive=sys.stdin.isatty(),
     )

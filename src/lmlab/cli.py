@@ -51,7 +51,10 @@ def _parser(sub: Any, name: str, help: str, **kw: Any) -> argparse.ArgumentParse
 
 
 def add_field_flags(
-    parser: argparse.ArgumentParser, cls: type, names: Sequence[str], custom: dict[str, dict[str, Any]] | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    names: Sequence[str],
+    custom: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """One ``--flag`` per field of the config dataclass ``cls`` named in ``names`` (litgpt's way):
     type, default, choices and help come from the field, so the flag and the recipe key cannot
@@ -73,16 +76,38 @@ def add_field_flags(
         parser.add_argument("--" + name.replace("_", "-"), **kw)
 
 
-def fields_from_args(cls: type, args: argparse.Namespace, names: Sequence[str], **values: Any) -> Any:
+def fields_from_args(
+    cls: type, args: argparse.Namespace, names: Sequence[str], **values: Any
+) -> Any:
     """An instance of ``cls`` from the flags :func:`add_field_flags` made (others keep their default)."""
     return cls(**{name: getattr(args, name) for name in names}, **values)
 
 
 # The recipe keys `lmlab data prepare`, `lmlab sample` and `lmlab chat` take as flags.
-PREPARE_FLAGS = ("input", "filter", "format", "text_field", "separator", "val_fraction", "split", "workers",
-                 "seed", "errors", "max_docs", "max_bytes")
-SAMPLE_FLAGS = ("prompt", "num_samples", "max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
-                "seed")
+PREPARE_FLAGS = (
+    "input",
+    "filter",
+    "format",
+    "text_field",
+    "separator",
+    "val_fraction",
+    "split",
+    "workers",
+    "seed",
+    "errors",
+    "max_docs",
+    "max_bytes",
+)
+SAMPLE_FLAGS = (
+    "prompt",
+    "num_samples",
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "seed",
+)
 CHAT_FLAGS = ("temperature", "max_new_tokens")
 
 
@@ -94,7 +119,9 @@ def _byte_count(text: str) -> int:
     try:
         value = float(num) * units[unit]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 1000, 64K, 500M, 2G)") from None
+        raise argparse.ArgumentTypeError(
+            f"not a byte count: {text!r} (e.g. 1000, 64K, 500M, 2G)"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
     return int(value)
@@ -121,8 +148,14 @@ def _own_folder(out: str, flag: str = "--out") -> Path:
     import os
 
     if os.path.basename(os.path.normpath(out)) in ("", ".", ".."):
-        what = "a filesystem root" if os.path.normpath(out) == os.sep else "the working directory or a parent of it"
-        raise LmlabError(f"{flag} {out}: names {what}, not a folder of its own; give a new folder such as {flag} {out.rstrip('/')}/out")
+        what = (
+            "a filesystem root"
+            if os.path.normpath(out) == os.sep
+            else "the working directory or a parent of it"
+        )
+        raise LmlabError(
+            f"{flag} {out}: names {what}, not a folder of its own; give a new folder such as {flag} {out.rstrip('/')}/out"
+        )
     return Path(out)
 
 
@@ -200,9 +233,16 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         from lmlab.eval.passk import code_eval_command, format_code_eval
 
         result = code_eval_command(
-            args.run, args.code, samples=args.samples, k=args.k, allow_code_execution=args.allow_code_execution,
-            temperature=args.temperature, max_new_tokens=args.max_new_tokens, tasks=args.tasks,
-            problems=args.problems, seed=args.seed,
+            args.run,
+            args.code,
+            samples=args.samples,
+            k=args.k,
+            allow_code_execution=args.allow_code_execution,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            tasks=args.tasks,
+            problems=args.problems,
+            seed=args.seed,
         )
         _print_json(result) if args.json else print(format_code_eval(result))
         return 0
@@ -218,9 +258,18 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
 
     _check_flags(fields_from_args(SampleConfig, args, SAMPLE_FLAGS), "sample")
     sample_command(
-        args.run, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=args.stop, num_samples=args.num_samples,
-        seed=args.seed, stream=not args.no_stream, as_json=args.json,
+        args.run,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop=args.stop,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        stream=not args.no_stream,
+        as_json=args.json,
     )
     return 0
 
@@ -251,7 +300,9 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
         from lmlab.export import export_hf
 
         if args.dtype != "f32":
-            raise LmlabError(f"--dtype {args.dtype}: the Hugging Face export is float32 (--dtype is for gguf)")
+            raise LmlabError(
+                f"--dtype {args.dtype}: the Hugging Face export is float32 (--dtype is for gguf)"
+            )
         export_hf(args.run, _own_folder(args.out))
     else:
         raise LmlabError(f"--format: 'hf' or 'gguf', got {args.format!r}")
@@ -283,8 +334,15 @@ def cmd_account(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmlab.accounting import account_command
 
     account_command(
-        args.config, overrides, seq_len=args.seq_len, batch_size=args.batch_size, memory_gb=args.memory_gb,
-        tokens=args.tokens, mfu=args.mfu, peak_tflops=args.peak_tflops, as_json=args.json,
+        args.config,
+        overrides,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        memory_gb=args.memory_gb,
+        tokens=args.tokens,
+        mfu=args.mfu,
+        peak_tflops=args.peak_tflops,
+        as_json=args.json,
     )
     return 0
 
@@ -303,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    d = _parser(sub, "demo", "the main job: tokenizer, data, training, eval and report on the Python stdlib")
+    d = _parser(
+        sub, "demo", "the main job: tokenizer, data, training, eval and report on the Python stdlib"
+    )
     d.add_argument("--minutes", type=float, default=4.0, help="training time budget (default 4)")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.set_defaults(func=cmd_demo)
@@ -324,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--out", required=True, help="tokenizer folder to write")
     tt.set_defaults(func=cmd_tokenizer_train)
     ts = _parser(tsub, "tokenizer stats", "bytes per token and encode speed on given files")
-    ts.add_argument("--tokenizer", required=True, help="tokenizer folder, tokenizer.json or GPT-2 files folder")
+    ts.add_argument(
+        "--tokenizer", required=True, help="tokenizer folder, tokenizer.json or GPT-2 files folder"
+    )
     ts.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
     ts.add_argument("--json", action="store_true", help="print JSON")
     ts.set_defaults(func=cmd_tokenizer_stats)
@@ -333,12 +395,20 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
     dp = _parser(dsub, "data prepare", "filter, tokenize and pack documents into train/val shards")
-    add_field_flags(dp, PrepareConfig, PREPARE_FLAGS, {
-        "input": {"required": True},
-        "max_docs": {"metavar": "N"},
-        "max_bytes": {"type": _byte_count, "metavar": "B",
-                      "help": "use only the first documents totalling at most B bytes of text, e.g. 500M (0: all)"},
-    })
+    add_field_flags(
+        dp,
+        PrepareConfig,
+        PREPARE_FLAGS,
+        {
+            "input": {"required": True},
+            "max_docs": {"metavar": "N"},
+            "max_bytes": {
+                "type": _byte_count,
+                "metavar": "B",
+                "help": "use only the first documents totalling at most B bytes of text, e.g. 500M (0: all)",
+            },
+        },
+    )
     dp.add_argument("--tokenizer", required=True, help="tokenizer folder")
     dp.add_argument("--out", required=True, help="dataset folder to write")
     dp.add_argument("--no-progress", action="store_true")
@@ -348,27 +418,53 @@ def build_parser() -> argparse.ArgumentParser:
     t = _parser(sub, "train", "train a model from a TOML config")
     t.add_argument("config", help="TOML config")
     t.add_argument("--out", default="", help="run folder (overrides train.out)")
-    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    t.add_argument("--force", action="store_true", help="start over a run folder that holds a run (deletes its checkpoints)")
+    t.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="start over a run folder that holds a run (deletes its checkpoints)",
+    )
     t.set_defaults(func=cmd_train)
 
-    e = _parser(sub, "eval", "loss, perplexity, accuracy and bits per byte of a run or checkpoint; pass@k with --code")
+    e = _parser(
+        sub,
+        "eval",
+        "loss, perplexity, accuracy and bits per byte of a run or checkpoint; pass@k with --code",
+    )
     e.add_argument("run", help="run folder or checkpoint folder")
     e.add_argument("--data", default=None, help="dataset folder (default: the run's)")
     e.add_argument("--batches", type=int, default=None, help="val batches (default: whole split)")
     e.add_argument("--json", action="store_true")
-    e.add_argument("--code", choices=("humaneval", "mbpp"), default=None,
-                   help="pass@k on HumanEval or MBPP (test split) instead: sample, run in the sandbox, write RUN/eval/")
+    e.add_argument(
+        "--code",
+        choices=("humaneval", "mbpp"),
+        default=None,
+        help="pass@k on HumanEval or MBPP (test split) instead: sample, run in the sandbox, write RUN/eval/",
+    )
     e.add_argument("--samples", type=int, default=1, help="--code: completions per task")
-    e.add_argument("--k", default="1", help="--code: comma-separated k values for pass@k, each <= --samples")
-    e.add_argument("--allow-code-execution", action="store_true",
-                   help="--code: run the model's code in lmlab's sandbox (only on a machine you can afford to lose)")
-    e.add_argument("--temperature", type=float, default=None,
-                   help="--code: sampling temperature (default 0, greedy, for one sample; 0.8 for more)")
+    e.add_argument(
+        "--k", default="1", help="--code: comma-separated k values for pass@k, each <= --samples"
+    )
+    e.add_argument(
+        "--allow-code-execution",
+        action="store_true",
+        help="--code: run the model's code in lmlab's sandbox (only on a machine you can afford to lose)",
+    )
+    e.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="--code: sampling temperature (default 0, greedy, for one sample; 0.8 for more)",
+    )
     e.add_argument("--max-new-tokens", type=int, default=256, help="--code: tokens per completion")
     e.add_argument("--tasks", type=int, default=0, help="--code: only the first N tasks (0: all)")
-    e.add_argument("--problems", default=None,
-                   help="--code: HumanEval.jsonl(.gz) or mbpp.jsonl (default: looked for in the working folder)")
+    e.add_argument(
+        "--problems",
+        default=None,
+        help="--code: HumanEval.jsonl(.gz) or mbpp.jsonl (default: looked for in the working folder)",
+    )
     e.add_argument("--seed", type=int, default=0, help="--code: sampling seed")
     e.set_defaults(func=cmd_eval)
 
@@ -387,21 +483,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = _parser(sub, "sft", "instruction fine-tuning with response-only loss")
     f.add_argument("config", help="TOML config")
-    f.add_argument("--resume", action="store_true", help="continue the fine-tuning run from its latest checkpoint")
-    f.add_argument("--force", action="store_true", help="start over a run folder that holds a run (deletes its checkpoints)")
+    f.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the fine-tuning run from its latest checkpoint",
+    )
+    f.add_argument(
+        "--force",
+        action="store_true",
+        help="start over a run folder that holds a run (deletes its checkpoints)",
+    )
     f.set_defaults(func=cmd_sft)
 
-    x = _parser(sub, "export", "write a Hugging Face transformers folder or a GGUF file for llama.cpp")
+    x = _parser(
+        sub, "export", "write a Hugging Face transformers folder or a GGUF file for llama.cpp"
+    )
     x.add_argument("run", help="run folder or checkpoint folder")
-    x.add_argument("--format", default="hf", help="hf (a transformers folder) or gguf (one file for llama.cpp)")
+    x.add_argument(
+        "--format", default="hf", help="hf (a transformers folder) or gguf (one file for llama.cpp)"
+    )
     x.add_argument("--out", required=True)
     x.add_argument("--dtype", default="f32", help="gguf weights: f32, f16 or q8_0 (default f32)")
     x.set_defaults(func=cmd_export)
 
     w = _parser(sub, "sweep", "run a grid or list of overrides over a base recipe")
     w.add_argument("sweep", help="sweep TOML")
-    w.add_argument("--seeds", type=int, default=None, help="runs per point (train.seed + 0..N-1); replaces the file's seeds")
-    w.add_argument("--dry-run", action="store_true", help="build and check every point's config and model (meta device), train nothing")
+    w.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="runs per point (train.seed + 0..N-1); replaces the file's seeds",
+    )
+    w.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build and check every point's config and model (meta device), train nothing",
+    )
     w.set_defaults(func=cmd_sweep)
 
     cm = _parser(sub, "compare", "tables and overlaid curves for existing runs")
@@ -413,15 +530,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("config", help="TOML config")
     a.add_argument("--seq-len", type=int, default=0, help="default: model.context_length")
     a.add_argument("--batch-size", type=int, default=0, help="default: train.batch_size")
-    a.add_argument("--memory-gb", type=float, default=0.0, help="find the largest batch fitting this memory")
-    a.add_argument("--tokens", type=float, default=0.0, help="estimate time to train this many tokens")
+    a.add_argument(
+        "--memory-gb", type=float, default=0.0, help="find the largest batch fitting this memory"
+    )
+    a.add_argument(
+        "--tokens", type=float, default=0.0, help="estimate time to train this many tokens"
+    )
     a.add_argument("--mfu", type=float, default=0.4)
-    a.add_argument("--peak-tflops", type=float, default=0.0, help="default: the device's known peak")
+    a.add_argument(
+        "--peak-tflops", type=float, default=0.0, help="default: the device's known peak"
+    )
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_account)
 
     k = sub.add_parser("config-keys", help="list every config key with its default and meaning")
-    k.set_defaults(func=lambda args, ov: print(__import__("lmlab.config").config.describe_fields()) or 0)
+    k.set_defaults(
+        func=lambda args, ov: print(__import__("lmlab.config").config.describe_fields()) or 0
+    )
     return p
 
 

@@ -20,7 +20,9 @@ from typing import Any
 from lmlab.errors import ConfigError
 
 
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, minimum: float | None = None):
+def opt(
+    default: Any, help: str, choices: tuple[str, ...] | None = None, minimum: float | None = None
+):
     """A dataclass field with a one-line ``help`` (shown by ``--help`` and the docs)."""
     meta: dict[str, Any] = {"help": help}
     if choices is not None:
@@ -36,27 +38,48 @@ def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, minimum
 class ModelConfig:
     """The network: a decoder-only transformer or one of the baselines."""
 
-    arch: str = opt("transformer", "model family (encdec: a frozen pretrained encoder feeding this decoder by cross-attention)",
-                    choices=("transformer", "bigram", "bow", "one_head", "no_residual", "encdec"))
+    arch: str = opt(
+        "transformer",
+        "model family (encdec: a frozen pretrained encoder feeding this decoder by cross-attention)",
+        choices=("transformer", "bigram", "bow", "one_head", "no_residual", "encdec"),
+    )
     vocab_size: int = opt(0, "vocabulary size; 0 takes it from the tokenizer", minimum=0)
     n_layer: int = opt(4, "number of transformer blocks", minimum=1)
     n_head: int = opt(4, "attention heads per block", minimum=1)
-    n_kv_head: int = opt(0, "key/value heads for grouped-query attention; 0 means n_head", minimum=0)
+    n_kv_head: int = opt(
+        0, "key/value heads for grouped-query attention; 0 means n_head", minimum=0
+    )
     d_model: int = opt(128, "residual stream width", minimum=1)
-    d_ff: int = opt(0, "MLP hidden width; 0 means 8/3*d_model rounded up to 64 for swiglu, else 4*d_model", minimum=0)
+    d_ff: int = opt(
+        0,
+        "MLP hidden width; 0 means 8/3*d_model rounded up to 64 for swiglu, else 4*d_model",
+        minimum=0,
+    )
     context_length: int = opt(256, "maximum sequence length in tokens", minimum=1)
     norm: str = opt("rmsnorm", "normalisation layer", choices=("rmsnorm", "layernorm", "none"))
-    norm_position: str = opt("pre", "norm before (pre) or after (post) each sublayer", choices=("pre", "post"))
-    residual: bool = opt(True, "residual connections around each sublayer; false stacks them plainly (the ladder's no-residual rung, with norms unless model.norm=none)")
+    norm_position: str = opt(
+        "pre", "norm before (pre) or after (post) each sublayer", choices=("pre", "post")
+    )
+    residual: bool = opt(
+        True,
+        "residual connections around each sublayer; false stacks them plainly (the ladder's no-residual rung, with norms unless model.norm=none)",
+    )
     norm_eps: float = opt(1e-5, "epsilon inside the norm", minimum=0.0)
     position: str = opt("rope", "positional scheme", choices=("rope", "learned", "none"))
     rope_theta: float = opt(10000.0, "RoPE base frequency", minimum=1.0)
-    mlp: str = opt("swiglu", "MLP type (gelu is GPT-2's tanh approximation)", choices=("swiglu", "gelu", "silu", "relu"))
+    mlp: str = opt(
+        "swiglu",
+        "MLP type (gelu is GPT-2's tanh approximation)",
+        choices=("swiglu", "gelu", "silu", "relu"),
+    )
     bias: bool = opt(False, "biases in linear layers and norms")
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     dropout: float = opt(0.0, "dropout probability on attention, MLP and embeddings", minimum=0.0)
     init_std: float = opt(0.02, "standard deviation of the normal weight init", minimum=0.0)
-    encoder: str = opt("answerdotai/ModernBERT-base", "model.arch=encdec: the frozen encoder, a local Hugging Face folder or (online) a hub name")
+    encoder: str = opt(
+        "answerdotai/ModernBERT-base",
+        "model.arch=encdec: the frozen encoder, a local Hugging Face folder or (online) a hub name",
+    )
 
 
 @dataclass
@@ -64,16 +87,28 @@ class DataConfig:
     """What the trainer reads."""
 
     path: str = opt("", "a prepared dataset folder (from `lmlab data prepare`)")
-    tokenizer: str = opt("", "tokenizer folder; empty takes the one recorded in the dataset's meta.json")
-    mix: list[str] = opt([], "extra prepared datasets mixed into each batch, as PATH:FRACTION (replay)")
+    tokenizer: str = opt(
+        "", "tokenizer folder; empty takes the one recorded in the dataset's meta.json"
+    )
+    mix: list[str] = opt(
+        [], "extra prepared datasets mixed into each batch, as PATH:FRACTION (replay)"
+    )
 
 
 @dataclass
 class OptimConfig:
     """AdamW (or Muon) and the update guards."""
 
-    name: str = opt("adamw", "optimizer: adamw, or muon (orthogonalised momentum for hidden matrices, AdamW at train.lr for embeddings, head, norms, biases)", choices=("adamw", "muon"))
-    muon_lr: float = opt(0.02, "muon: peak learning rate of the hidden matrices (follows train.lr's schedule)", minimum=0.0)
+    name: str = opt(
+        "adamw",
+        "optimizer: adamw, or muon (orthogonalised momentum for hidden matrices, AdamW at train.lr for embeddings, head, norms, biases)",
+        choices=("adamw", "muon"),
+    )
+    muon_lr: float = opt(
+        0.02,
+        "muon: peak learning rate of the hidden matrices (follows train.lr's schedule)",
+        minimum=0.0,
+    )
     muon_momentum: float = opt(0.95, "muon: momentum (Nesterov)", minimum=0.0)
     muon_ns_steps: int = opt(5, "muon: Newton-Schulz iterations", minimum=1)
     weight_decay: float = opt(0.1, "AdamW weight decay, applied to matrices only", minimum=0.0)
@@ -81,8 +116,14 @@ class OptimConfig:
     beta2: float = opt(0.95, "AdamW beta2", minimum=0.0)
     eps: float = opt(1e-8, "AdamW epsilon", minimum=0.0)
     grad_clip: float = opt(1.0, "clip the global gradient norm to this; 0 disables", minimum=0.0)
-    spike_factor: float = opt(0.0, "skip an update whose grad norm exceeds this times the running median; 0 disables", minimum=0.0)
-    spike_window: int = opt(50, "how many recent grad norms the spike guard's median looks at", minimum=1)
+    spike_factor: float = opt(
+        0.0,
+        "skip an update whose grad norm exceeds this times the running median; 0 disables",
+        minimum=0.0,
+    )
+    spike_window: int = opt(
+        50, "how many recent grad norms the spike guard's median looks at", minimum=1
+    )
 
 
 @dataclass
@@ -91,30 +132,64 @@ class TrainConfig:
 
     max_steps: int = opt(1000, "optimizer steps to run", minimum=0)
     batch_size: int = opt(32, "sequences per optimizer step (the global batch)", minimum=1)
-    batch_tokens: int = opt(0, "global batch in tokens; when set it overrides batch_size", minimum=0)
-    micro_batch_size: int = opt(0, "sequences per forward pass; 0 means the largest that fits (probed on CUDA; the whole per-process batch on CPU)", minimum=0)
+    batch_tokens: int = opt(
+        0, "global batch in tokens; when set it overrides batch_size", minimum=0
+    )
+    micro_batch_size: int = opt(
+        0,
+        "sequences per forward pass; 0 means the largest that fits (probed on CUDA; the whole per-process batch on CPU)",
+        minimum=0,
+    )
     lr: float = opt(3e-4, "peak learning rate", minimum=0.0)
     min_lr: float = opt(3e-5, "learning rate at the end of the decay", minimum=0.0)
     warmup_steps: int = opt(100, "linear warmup steps", minimum=0)
-    lr_schedule: str = opt("cosine", "decay after warmup", choices=("cosine", "constant", "wsd", "linear"))
-    decay_fraction: float = opt(0.2, "wsd: fraction of max_steps spent in the final decay", minimum=0.0)
+    lr_schedule: str = opt(
+        "cosine", "decay after warmup", choices=("cosine", "constant", "wsd", "linear")
+    )
+    decay_fraction: float = opt(
+        0.2, "wsd: fraction of max_steps spent in the final decay", minimum=0.0
+    )
     eval_every: int = opt(100, "evaluate every N steps; 0 only at the end", minimum=0)
     checkpoint_every: int = opt(500, "checkpoint every N steps; 0 only at the end", minimum=0)
-    keep_checkpoints: int = opt(2, "keep the newest N checkpoints (the best is always kept too)", minimum=1)
-    patience: int = opt(0, "stop when val loss has not improved for this many evals; 0 disables", minimum=0)
-    min_delta: float = opt(0.0, "an improvement smaller than this does not count for patience", minimum=0.0)
-    max_minutes: float = opt(0.0, "stop (and checkpoint) after this much wall time; 0 disables", minimum=0.0)
+    keep_checkpoints: int = opt(
+        2, "keep the newest N checkpoints (the best is always kept too)", minimum=1
+    )
+    patience: int = opt(
+        0, "stop when val loss has not improved for this many evals; 0 disables", minimum=0
+    )
+    min_delta: float = opt(
+        0.0, "an improvement smaller than this does not count for patience", minimum=0.0
+    )
+    max_minutes: float = opt(
+        0.0, "stop (and checkpoint) after this much wall time; 0 disables", minimum=0.0
+    )
     seed: int = opt(1337, "seed for init, batches and dropout")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = opt("auto", "compute precision", choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: str = opt(
+        "auto", "compute precision", choices=("auto", "float32", "bfloat16", "float16")
+    )
     compile: bool = opt(False, "wrap the model in torch.compile")
-    compile_mode: str = opt("default", "torch.compile mode when train.compile is on", choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
-    fused_loss: bool = opt(True, "compute the output layer and cross-entropy together in chunks, never holding the full logits (transformer, vocabularies of 1024+)")
+    compile_mode: str = opt(
+        "default",
+        "torch.compile mode when train.compile is on",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    )
+    fused_loss: bool = opt(
+        True,
+        "compute the output layer and cross-entropy together in chunks, never holding the full logits (transformer, vocabularies of 1024+)",
+    )
     log_every: int = opt(10, "print a step line every N steps", minimum=1)
     out: str = opt("runs/run", "the run folder")
     init_from: str = opt("", "start from this run or checkpoint's weights (fine-tuning)")
-    parallel: str = opt("ddp", "under torchrun: ddp replicates the model, fsdp shards parameters, gradients and optimizer state (FSDP2)", choices=("ddp", "fsdp"))
-    activation_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass (less memory, about a third more compute)")
+    parallel: str = opt(
+        "ddp",
+        "under torchrun: ddp replicates the model, fsdp shards parameters, gradients and optimizer state (FSDP2)",
+        choices=("ddp", "fsdp"),
+    )
+    activation_checkpointing: bool = opt(
+        False,
+        "recompute each block's activations in the backward pass (less memory, about a third more compute)",
+    )
 
 
 @dataclass
@@ -122,10 +197,14 @@ class EvalConfig:
     """Evaluation during and after training."""
 
     batches: int = opt(20, "batches of val data per evaluation; 0 means the whole split", minimum=0)
-    batch_size: int = opt(0, "sequences per eval batch; 0 means train.micro_batch_size or train.batch_size", minimum=0)
+    batch_size: int = opt(
+        0, "sequences per eval batch; 0 means train.micro_batch_size or train.batch_size", minimum=0
+    )
     samples: int = opt(2, "samples written to samples.md at each eval", minimum=0)
     sample_tokens: int = opt(128, "tokens per sample written at each eval", minimum=1)
-    syntax_samples: int = opt(0, "completions for the syntax pass rate in the final report; 0 skips it", minimum=0)
+    syntax_samples: int = opt(
+        0, "completions for the syntax pass rate in the final report; 0 skips it", minimum=0
+    )
 
 
 @dataclass
@@ -138,7 +217,9 @@ class SampleConfig:
     temperature: float = opt(0.8, "softmax temperature; 0 is greedy", minimum=0.0)
     top_k: int = opt(0, "keep only the k most likely tokens; 0 disables", minimum=0)
     top_p: float = opt(1.0, "nucleus sampling mass; 1 disables", minimum=0.0)
-    repetition_penalty: float = opt(1.0, "divide logits of tokens already seen by this; 1 disables", minimum=0.0)
+    repetition_penalty: float = opt(
+        1.0, "divide logits of tokens already seen by this; 1 disables", minimum=0.0
+    )
     seed: int = opt(0, "sampling seed")
 
 
@@ -156,59 +237,127 @@ class TokenizerConfig:
     """The tokenizer stage of a recipe (`lmlab run`)."""
 
     kind: str = opt("bpe", "tokenizer type", choices=("bpe", "char", "symbolic"))
-    input: list[str] = opt([], "files, folders or globs to train on (@stdlib: this Python's standard library)")
+    input: list[str] = opt(
+        [], "files, folders or globs to train on (@stdlib: this Python's standard library)"
+    )
     vocab_size: int = opt(8192, "target vocabulary size", minimum=1)
     special_tokens: list[str] = opt(["<|endoftext|>"], "special tokens, never split or merged")
     out: str = opt("", "tokenizer folder; empty skips this stage")
-    path: str = opt("", "use an existing tokenizer (folder, tokenizer.json or GPT-2 files) instead of training")
+    path: str = opt(
+        "", "use an existing tokenizer (folder, tokenizer.json or GPT-2 files) instead of training"
+    )
 
 
 @dataclass
 class PrepareConfig:
     """The data preparation stage of a recipe (`lmlab run`)."""
 
-    input: list[str] = opt([], "files, folders or globs (@stdlib: this Python's standard library), or datasets streamed: hf:NAME[:CONFIG][#SPLIT], a save_to_disk folder")
+    input: list[str] = opt(
+        [],
+        "files, folders or globs (@stdlib: this Python's standard library), or datasets streamed: hf:NAME[:CONFIG][#SPLIT], a save_to_disk folder",
+    )
     out: str = opt("", "dataset folder; empty skips this stage")
     filter: str = opt("none", "quality filter", choices=("none", "code"))
     format: str = opt("auto", "input format", choices=("auto", "text", "jsonl", "parquet"))
     text_field: str = opt("text", "JSONL/parquet field or dataset column holding the document")
-    separator: str = opt("", "split text files into documents on this string; empty keeps one document per file")
+    separator: str = opt(
+        "", "split text files into documents on this string; empty keeps one document per file"
+    )
     val_fraction: float = opt(0.05, "fraction of documents held out for validation", minimum=0.0)
-    split: str = opt("hash", "how val is chosen: hash (documents by a hash of their content) or tail (the last val_fraction of the token stream, as nanoGPT and char-rnn split)", choices=("hash", "tail"))
+    split: str = opt(
+        "hash",
+        "how val is chosen: hash (documents by a hash of their content) or tail (the last val_fraction of the token stream, as nanoGPT and char-rnn split)",
+        choices=("hash", "tail"),
+    )
     workers: int = opt(0, "worker processes; 0 means all cores", minimum=0)
     seed: int = opt(0, "seed for the train/val split")
-    errors: str = opt("skip", "files that are not UTF-8: skip them or decode with replacement", choices=("skip", "replace"))
-    suffixes: list[str] = opt([], "when a folder is given, only files ending in these (empty: .py for code, else all)")
-    max_docs: int = opt(0, "use only the first N documents of the input (before filtering); 0: all", minimum=0)
-    max_bytes: int = opt(0, "use only the first documents whose UTF-8 text adds up to at most this many bytes; 0: all", minimum=0)
+    errors: str = opt(
+        "skip",
+        "files that are not UTF-8: skip them or decode with replacement",
+        choices=("skip", "replace"),
+    )
+    suffixes: list[str] = opt(
+        [], "when a folder is given, only files ending in these (empty: .py for code, else all)"
+    )
+    max_docs: int = opt(
+        0, "use only the first N documents of the input (before filtering); 0: all", minimum=0
+    )
+    max_bytes: int = opt(
+        0,
+        "use only the first documents whose UTF-8 text adds up to at most this many bytes; 0: all",
+        minimum=0,
+    )
 
 
 @dataclass
 class SftConfig:
     """Instruction fine-tuning (`lmlab sft`): data, prompt template, held-out split, replay."""
 
-    data: list[str] = opt([], "instruction data: JSON/JSONL files, folders or globs (Alpaca instruction/input/output or MBPP text/code records) or hf:NAME; a #SPLIT suffix keeps an MBPP split (train|validation|test|prompt) or names the hub split")
-    val_data: list[str] = opt([], "held-out instruction data (same forms); empty holds out sft.val_fraction of sft.data")
-    val_fraction: float = opt(0.05, "fraction of the training examples held out when sft.val_data is empty", minimum=0.0)
-    mine: list[str] = opt([], "mine documented functions of these files/folders (@stdlib) into RUN/mined.jsonl and train on them too")
-    max_examples: int = opt(0, "train on at most this many examples (a fixed random subset); 0 uses all", minimum=0)
-    template: str = opt("", "prompt template: alpaca, or a format string with {instruction} and optionally {input}; empty means alpaca")
-    mbpp_tests: bool = opt(True, "MBPP records: append the test_list asserts to the prompt, as the original MBPP prompt does")
-    epochs: float = opt(0.0, "passes over the training examples; > 0 sets train.max_steps from it", minimum=0.0)
-    replay_fraction: float = opt(0.0, "fraction of each batch's rows drawn from pretraining data (data.path, else the base run's dataset)", minimum=0.0)
-    on_error: str = opt("skip", "malformed or unusable records: skip and count them, or stop at the first", choices=("skip", "error"))
+    data: list[str] = opt(
+        [],
+        "instruction data: JSON/JSONL files, folders or globs (Alpaca instruction/input/output or MBPP text/code records) or hf:NAME; a #SPLIT suffix keeps an MBPP split (train|validation|test|prompt) or names the hub split",
+    )
+    val_data: list[str] = opt(
+        [], "held-out instruction data (same forms); empty holds out sft.val_fraction of sft.data"
+    )
+    val_fraction: float = opt(
+        0.05, "fraction of the training examples held out when sft.val_data is empty", minimum=0.0
+    )
+    mine: list[str] = opt(
+        [],
+        "mine documented functions of these files/folders (@stdlib) into RUN/mined.jsonl and train on them too",
+    )
+    max_examples: int = opt(
+        0, "train on at most this many examples (a fixed random subset); 0 uses all", minimum=0
+    )
+    template: str = opt(
+        "",
+        "prompt template: alpaca, or a format string with {instruction} and optionally {input}; empty means alpaca",
+    )
+    mbpp_tests: bool = opt(
+        True,
+        "MBPP records: append the test_list asserts to the prompt, as the original MBPP prompt does",
+    )
+    epochs: float = opt(
+        0.0, "passes over the training examples; > 0 sets train.max_steps from it", minimum=0.0
+    )
+    replay_fraction: float = opt(
+        0.0,
+        "fraction of each batch's rows drawn from pretraining data (data.path, else the base run's dataset)",
+        minimum=0.0,
+    )
+    on_error: str = opt(
+        "skip",
+        "malformed or unusable records: skip and count them, or stop at the first",
+        choices=("skip", "error"),
+    )
 
 
 @dataclass
 class EncDecConfig:
     """Encoder-decoder training (``model.arch = "encdec"``): source/target pairs and the parse-rate check."""
 
-    data: list[str] = opt([], "JSONL pairs: {source, target} records (or MBPP text/code); a #SPLIT suffix keeps an MBPP split")
-    val_data: list[str] = opt([], "held-out pairs (same forms); empty holds out encdec.val_fraction of encdec.data")
-    val_fraction: float = opt(0.1, "fraction of the pairs held out when encdec.val_data is empty", minimum=0.0)
-    max_source_tokens: int = opt(256, "encoder input is cut to this many of its own tokens", minimum=1)
-    parse_samples: int = opt(16, "greedy outputs from held-out sources checked with compile() after training; 0 skips", minimum=0)
-    max_new_tokens: int = opt(0, "tokens per parse-rate output; 0 means model.context_length", minimum=0)
+    data: list[str] = opt(
+        [],
+        "JSONL pairs: {source, target} records (or MBPP text/code); a #SPLIT suffix keeps an MBPP split",
+    )
+    val_data: list[str] = opt(
+        [], "held-out pairs (same forms); empty holds out encdec.val_fraction of encdec.data"
+    )
+    val_fraction: float = opt(
+        0.1, "fraction of the pairs held out when encdec.val_data is empty", minimum=0.0
+    )
+    max_source_tokens: int = opt(
+        256, "encoder input is cut to this many of its own tokens", minimum=1
+    )
+    parse_samples: int = opt(
+        16,
+        "greedy outputs from held-out sources checked with compile() after training; 0 skips",
+        minimum=0,
+    )
+    max_new_tokens: int = opt(
+        0, "tokens per parse-rate output; 0 means model.context_length", minimum=0
+    )
 
 
 # Phase fields that take the [train] value when left at their "inherit" default.
@@ -222,16 +371,30 @@ class PhaseConfig:
     name: str = opt("", "phase name (empty: phase_N)")
     data: str = opt("", "a prepared dataset folder; empty prepares one from phase input")
     input: list[str] = opt([], "files, folders or globs to prepare (@stdlib, @stdlib/SUBPATH)")
-    transform: str = opt("none", "what is done to the input before tokenizing", choices=("none", "scramble", "instructions"))
+    transform: str = opt(
+        "none",
+        "what is done to the input before tokenizing",
+        choices=("none", "scramble", "instructions"),
+    )
     filter: str = opt("none", "quality filter for the prepared data", choices=("none", "code"))
     out: str = opt("", "folder for the phase's prepared dataset; empty: TRAIN_OUT/data/phase_N")
     max_steps: int = opt(-1, "optimizer steps of this phase; -1 takes train.max_steps", minimum=-1)
     lr: float = opt(-1.0, "peak learning rate; -1 takes train.lr", minimum=-1.0)
-    min_lr: float = opt(-1.0, "learning rate at the end of the decay; -1 takes train.min_lr", minimum=-1.0)
+    min_lr: float = opt(
+        -1.0, "learning rate at the end of the decay; -1 takes train.min_lr", minimum=-1.0
+    )
     warmup_steps: int = opt(-1, "linear warmup steps; -1 takes train.warmup_steps", minimum=-1)
-    lr_schedule: str = opt("", "decay after warmup; empty takes train.lr_schedule", choices=("", "cosine", "constant", "wsd", "linear"))
+    lr_schedule: str = opt(
+        "",
+        "decay after warmup; empty takes train.lr_schedule",
+        choices=("", "cosine", "constant", "wsd", "linear"),
+    )
     patience: int = opt(-1, "early stopping patience in evals; -1 takes train.patience", minimum=-1)
-    replay: float = opt(0.0, "fraction of each batch's rows drawn from earlier phases' datasets (split evenly)", minimum=0.0)
+    replay: float = opt(
+        0.0,
+        "fraction of each batch's rows drawn from earlier phases' datasets (split evenly)",
+        minimum=0.0,
+    )
 
 
 @dataclass
@@ -249,7 +412,9 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     encdec: EncDecConfig = field(default_factory=EncDecConfig)
-    phase: list[PhaseConfig] = field(default_factory=list, metadata={"help": "curriculum phases ([[phase]] tables)"})
+    phase: list[PhaseConfig] = field(
+        default_factory=list, metadata={"help": "curriculum phases ([[phase]] tables)"}
+    )
 
     def validate(self) -> Config:
         """Check every value and the cross-field rules; raise ConfigError naming the key."""
@@ -268,7 +433,9 @@ class Config:
             if ph.replay and i == 1:
                 raise ConfigError("phase.1.replay: the first phase has no earlier phase to replay")
             if not ph.data and not ph.input:
-                raise ConfigError(f"phase.{i}: give data (a prepared dataset) or input (files to prepare)")
+                raise ConfigError(
+                    f"phase.{i}: give data (a prepared dataset) or input (files to prepare)"
+                )
         check_model(self.model)
         t = self.train
         if t.min_lr > t.lr:
@@ -280,12 +447,16 @@ class Config:
         if not 0.0 <= self.sample.top_p <= 1.0:
             raise ConfigError(f"sample.top_p: must be in [0, 1], got {self.sample.top_p}")
         if not 0.0 <= self.prepare.val_fraction < 1.0:
-            raise ConfigError(f"prepare.val_fraction: must be in [0, 1), got {self.prepare.val_fraction}")
+            raise ConfigError(
+                f"prepare.val_fraction: must be in [0, 1), got {self.prepare.val_fraction}"
+            )
         for key in ("val_fraction", "replay_fraction"):
             if not 0.0 <= getattr(self.sft, key) < 1.0:
                 raise ConfigError(f"sft.{key}: must be in [0, 1), got {getattr(self.sft, key)}")
         if not 0.0 <= self.encdec.val_fraction < 1.0:
-            raise ConfigError(f"encdec.val_fraction: must be in [0, 1), got {self.encdec.val_fraction}")
+            raise ConfigError(
+                f"encdec.val_fraction: must be in [0, 1), got {self.encdec.val_fraction}"
+            )
         return self
 
     def batch_shape(self, world: int = 1) -> tuple[int, int]:
@@ -300,7 +471,9 @@ class Config:
         else:
             B = t.batch_size
             if B % world:
-                raise ConfigError(f"train.batch_size: {B} is not divisible by the {world} processes")
+                raise ConfigError(
+                    f"train.batch_size: {B} is not divisible by the {world} processes"
+                )
             if t.micro_batch_size and (B // world) % t.micro_batch_size:
                 raise ConfigError(
                     f"train.micro_batch_size: {t.micro_batch_size} does not divide the per-process batch {B // world}"
@@ -323,18 +496,26 @@ def check_model(m: ModelConfig) -> None:
     trust the config they get."""
     if m.arch in ("transformer", "no_residual", "encdec"):
         if m.d_model % m.n_head:
-            raise ConfigError(f"model.d_model: {m.d_model} is not divisible by model.n_head={m.n_head}")
+            raise ConfigError(
+                f"model.d_model: {m.d_model} is not divisible by model.n_head={m.n_head}"
+            )
         kv = m.n_kv_head or m.n_head
         if m.n_head % kv:
             raise ConfigError(f"model.n_kv_head: {kv} does not divide model.n_head={m.n_head}")
         if m.position == "rope" and (m.d_model // m.n_head) % 2:
-            raise ConfigError(f"model.position: rope needs an even head size, got {m.d_model // m.n_head}")
-    if m.arch == "one_head" and m.position == "rope" and m.d_model % 2:  # its one head is d_model wide
+            raise ConfigError(
+                f"model.position: rope needs an even head size, got {m.d_model // m.n_head}"
+            )
+    if (
+        m.arch == "one_head" and m.position == "rope" and m.d_model % 2
+    ):  # its one head is d_model wide
         raise ConfigError(f"model.position: rope needs an even head size, got d_model={m.d_model}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
     if not m.residual and m.arch != "transformer":
-        raise ConfigError(f"model.residual: false is a switch of model.arch=transformer, not {m.arch}")
+        raise ConfigError(
+            f"model.residual: false is a switch of model.arch=transformer, not {m.arch}"
+        )
 
 
 def resolve_vocab_size(m: ModelConfig, data_vocab_size: int) -> ModelConfig:
@@ -344,7 +525,9 @@ def resolve_vocab_size(m: ModelConfig, data_vocab_size: int) -> ModelConfig:
     if m.vocab_size == 0:
         m.vocab_size = data_vocab_size
     elif m.vocab_size < data_vocab_size:
-        raise ConfigError(f"model.vocab_size: {m.vocab_size} is below the dataset's vocab_size {data_vocab_size}")
+        raise ConfigError(
+            f"model.vocab_size: {m.vocab_size} is below the dataset's vocab_size {data_vocab_size}"
+        )
     return m
 
 
@@ -439,7 +622,9 @@ def _check_toml_type(key: str, tp: Any, value: Any) -> None:
         return
     names = {int: "an integer", float: "a number", bool: "true or false"}
     if tp in names and isinstance(value, str):
-        raise ConfigError(f"{key}: expected {names[tp]}, got the string {value!r} (write it without quotes)")
+        raise ConfigError(
+            f"{key}: expected {names[tp]}, got the string {value!r} (write it without quotes)"
+        )
 
 
 def _set(cfg: Config, key: str, value: Any, typed: bool = False) -> None:
@@ -457,7 +642,9 @@ def _set(cfg: Config, key: str, value: Any, typed: bool = False) -> None:
             raise ConfigError(f"{key}: no phase {parts[1]} (the recipe has {len(cfg.phase)})")
         hints = _field_types(PhaseConfig)
         if parts[2] not in hints:
-            raise ConfigError(f"{key}: unknown key in [[phase]] (known: {', '.join(sorted(hints))})")
+            raise ConfigError(
+                f"{key}: unknown key in [[phase]] (known: {', '.join(sorted(hints))})"
+            )
         setattr(cfg.phase[n - 1], parts[2], convert(hints[parts[2]]))
         return
     if len(parts) != 2:
@@ -465,13 +652,19 @@ def _set(cfg: Config, key: str, value: Any, typed: bool = False) -> None:
     section_name, name = parts
     sections = {f.name for f in dataclasses.fields(cfg)}
     if section_name not in sections:
-        raise ConfigError(f"{key}: unknown section {section_name!r} (known: {', '.join(sorted(sections))})")
+        raise ConfigError(
+            f"{key}: unknown section {section_name!r} (known: {', '.join(sorted(sections))})"
+        )
     section = getattr(cfg, section_name)
     if isinstance(section, list):
-        raise ConfigError(f"{key}: [[{section_name}]] keys look like {section_name}.N.name (N from 1)")
+        raise ConfigError(
+            f"{key}: [[{section_name}]] keys look like {section_name}.N.name (N from 1)"
+        )
     hints = _field_types(type(section))
     if name not in hints:
-        raise ConfigError(f"{key}: unknown key in [{section_name}] (known: {', '.join(sorted(hints))})")
+        raise ConfigError(
+            f"{key}: unknown key in [{section_name}] (known: {', '.join(sorted(hints))})"
+        )
     setattr(section, name, convert(hints[name]))
 
 
@@ -556,7 +749,12 @@ def _toml_value(value: Any) -> str:
             return "nan"
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        escaped = (
+            value.replace("\\", "\\\\")
+            .replace('"', '\\"')
+            .replace("\n", "\\n")
+            .replace("\t", "\\t")
+        )
         return f'"{escaped}"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
@@ -599,13 +797,17 @@ def describe_fields() -> str:
             for f in dataclasses.fields(obj):
                 choices = f.metadata.get("choices")
                 extra = f" ({'|'.join(choices)})" if choices else ""
-                out.append(f"  {section.name}.N.{f.name} = {_toml_value(getattr(obj, f.name))}  {f.metadata.get('help', '')}{extra}")
+                out.append(
+                    f"  {section.name}.N.{f.name} = {_toml_value(getattr(obj, f.name))}  {f.metadata.get('help', '')}{extra}"
+                )
             continue
         out.append(f"[{section.name}]  {type(obj).__doc__ or ''}".rstrip())
         for f in dataclasses.fields(obj):
             choices = f.metadata.get("choices")
             extra = f" ({'|'.join(choices)})" if choices else ""
-            out.append(f"  {section.name}.{f.name} = {_toml_value(getattr(obj, f.name))}  {f.metadata.get('help', '')}{extra}")
+            out.append(
+                f"  {section.name}.{f.name} = {_toml_value(getattr(obj, f.name))}  {f.metadata.get('help', '')}{extra}"
+            )
     return "\n".join(out)
 
 

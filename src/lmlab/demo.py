@@ -156,7 +156,9 @@ def held_out_prompts(data_dir: Path, tokenizer: Any, limit: int = 40) -> list[st
     return prompts[:limit]
 
 
-def make_generate_fn(model: Any, tokenizer: Any, temperature: float = 0.8, top_k: int = 50, seed: int = 0):
+def make_generate_fn(
+    model: Any, tokenizer: Any, temperature: float = 0.8, top_k: int = 50, seed: int = 0
+):
     """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate; batches equal prompts."""
     from lmlab.sample import generate
 
@@ -167,8 +169,14 @@ def make_generate_fn(model: Any, tokenizer: Any, temperature: float = 0.8, top_k
             groups.setdefault(p, []).append(i)
         for k, (prompt, where) in enumerate(groups.items()):
             samples = generate(
-                model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                top_k=top_k, num_samples=len(where), seed=seed + k,
+                model,
+                tokenizer,
+                prompt,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                num_samples=len(where),
+                seed=seed + k,
             )
             for i, s in zip(where, samples):
                 out[i] = (s.text, s.finish_reason == "eot")
@@ -191,7 +199,9 @@ def _syntax_section(report: dict[str, Any]) -> str:
         f"- cut by the token limit: {report['cut_by_length']} ({report['passed_cut_by_length']} compile)",
     ]
     if report.get("top_errors"):
-        lines.append("- commonest errors: " + "; ".join(f"{e} ({c})" for e, c in report["top_errors"][:3]))
+        lines.append(
+            "- commonest errors: " + "; ".join(f"{e} ({c})" for e, c in report["top_errors"][:3])
+        )
     return "\n".join(lines)
 
 
@@ -199,8 +209,16 @@ class _OutOfTime(Exception):
     """Raised from a stream callback to stop a sample at the deadline."""
 
 
-def _sample_within(budget: Budget, keep_s: float, generate: Any, model: Any, tokenizer: Any, prompt: str,
-                   max_new_tokens: int, seed: int) -> tuple[str, int]:
+def _sample_within(
+    budget: Budget,
+    keep_s: float,
+    generate: Any,
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    max_new_tokens: int,
+    seed: int,
+) -> tuple[str, int]:
     """(text, tokens) of one sample, cut when only ``keep_s`` seconds of the budget are left."""
     parts: list[str] = []
 
@@ -210,15 +228,27 @@ def _sample_within(budget: Budget, keep_s: float, generate: Any, model: Any, tok
             raise _OutOfTime
 
     try:
-        s = generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.6, top_k=40,
-                     seed=seed, stream_callback=on_token)[0]
+        s = generate(
+            model,
+            tokenizer,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=0.6,
+            top_k=40,
+            seed=seed,
+            stream_callback=on_token,
+        )[0]
     except _OutOfTime:
         return "".join(parts) + "  # ... (cut: time budget)", len(parts)
     return s.text, len(s.tokens)
 
 
-def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: list[str] | None = None,
-             clock: Any = None) -> dict[str, Any]:
+def run_demo(
+    minutes: float = 4.5,
+    out: Path = Path("runs/demo"),
+    overrides: list[str] | None = None,
+    clock: Any = None,
+) -> dict[str, Any]:
     """Run the demo; returns the final metrics (also in ``out/run/report.md``)."""
     from lmlab.errors import ConfigError
     from lmlab.pipeline import resolve_training_inputs
@@ -229,7 +259,9 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     budget = Budget(minutes * 60.0, clock)
     from lmlab.outputs import check_output, write_marker
 
-    check_output(out, "demo", whole=False)  # its tokenizer/, data/ and run/ are checked again when written
+    check_output(
+        out, "demo", whole=False
+    )  # its tokenizer/, data/ and run/ are checked again when written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "demo")
@@ -254,14 +286,21 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     # 3) train for the time that is left
     left = budget.left() - finish_reserve(minutes * 60.0)
     if left < 20:
-        raise ConfigError(f"--minutes: {minutes:g} leaves {max(left, 0):.0f}s to train after data preparation; give more")
+        raise ConfigError(
+            f"--minutes: {minutes:g} leaves {max(left, 0):.0f}s to train after data preparation; give more"
+        )
     step_s = measure_step_seconds(cfg, max_seconds=0.1 * left)
     left = budget.left() - finish_reserve(minutes * 60.0, step_s)  # the measurement took some of it
     fit_steps(cfg, left, step_s)
-    print(f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min", flush=True)
+    print(
+        f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min",
+        flush=True,
+    )
     from lmlab.train.loop import train
 
-    result = train(cfg, resume=False, force=True)  # the demo's own run folder: a rerun starts it over
+    result = train(
+        cfg, resume=False, force=True
+    )  # the demo's own run folder: a rerun starts it over
 
     # 4) eval on the whole val split, or on as many batches as the time left allows
     from lmlab.eval.metrics import evaluate_path, format_metrics
@@ -289,18 +328,26 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
     for i, prompt in enumerate(prompts[:2]):
         if i and budget.left() - report_s < clock() - t_gen:  # a second one only if it fits
             break
-        text, n = _sample_within(budget, report_s, generate, model, tokenizer, prompt, cfg.eval.sample_tokens, seed=i)
+        text, n = _sample_within(
+            budget, report_s, generate, model, tokenizer, prompt, cfg.eval.sample_tokens, seed=i
+        )
         n_gen += max(1, n)
         shown.append(f"```python\n{prompt}{text}\n```")
         print(f"[sample {i + 1}]\n{prompt}{text}\n", flush=True)
     # one completion of the syntax check costs at most SYNTAX_TOKENS tokens at the speed just
     # measured one sample at a time (batched decoding is cheaper per completion)
     token_s = (clock() - t_gen) / n_gen
-    n_syntax = syntax_samples_for(budget.left() - report_s, SYNTAX_TOKENS * token_s, max(1, cfg.eval.syntax_samples))
+    n_syntax = syntax_samples_for(
+        budget.left() - report_s, SYNTAX_TOKENS * token_s, max(1, cfg.eval.syntax_samples)
+    )
     syntax = None
     if n_syntax:
         syntax = syntax_pass_rate(
-            make_generate_fn(model, tokenizer), prompts, n=n_syntax, max_new_tokens=SYNTAX_TOKENS, batch_size=20
+            make_generate_fn(model, tokenizer),
+            prompts,
+            n=n_syntax,
+            max_new_tokens=SYNTAX_TOKENS,
+            batch_size=20,
         )
         print(
             f"[syntax] {100 * syntax['pass_rate']:.1f}% of {syntax['n']} completions compile "
@@ -320,8 +367,14 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
         f"{meta['splits']['train']['tokens']:,} train tokens, vocabulary {meta['vocab_size']:,}.",
     ]
     if filt:
-        data_lines.append("\nFilter report:\n\n```json\n" + json.dumps(filt, indent=1)[:3000] + "\n```")
-    final = {k: metrics[k] for k in ("val_loss", "perplexity", "accuracy", "bits_per_byte", "tokens") if k in metrics}
+        data_lines.append(
+            "\nFilter report:\n\n```json\n" + json.dumps(filt, indent=1)[:3000] + "\n```"
+        )
+    final = {
+        k: metrics[k]
+        for k in ("val_loss", "perplexity", "accuracy", "bits_per_byte", "tokens")
+        if k in metrics
+    }
     train_summary = {
         "steps": result.steps,
         "tokens seen": result.tokens,
@@ -335,13 +388,24 @@ def run_demo(minutes: float = 4.5, out: Path = Path("runs/demo"), overrides: lis
         sections={
             "Data": "\n".join(data_lines),
             "Training": markdown_table([train_summary]),
-            ("Final metrics (whole val split)" if eval_batches is None
-             else f"Final metrics ({eval_batches} val batches: the time left)"): markdown_table([final]),
-            "Syntax pass rate": _syntax_section(syntax) if syntax else "Skipped: no time left in the budget.",
+            (
+                "Final metrics (whole val split)"
+                if eval_batches is None
+                else f"Final metrics ({eval_batches} val batches: the time left)"
+            ): markdown_table([final]),
+            "Syntax pass rate": _syntax_section(syntax)
+            if syntax
+            else "Skipped: no time left in the budget.",
             "Samples from held-out function headers": "\n\n".join(shown),
         },
     )
     total = budget.elapsed()
     print(f"lmlab demo: done in {total / 60:.1f} min; report: {report}", flush=True)
-    return {**final, "syntax_pass_rate": syntax["pass_rate"] if syntax else None, "report": str(report),
-            "wall_time_s": total, "eval_batches": eval_batches, "syntax_samples": n_syntax}
+    return {
+        **final,
+        "syntax_pass_rate": syntax["pass_rate"] if syntax else None,
+        "report": str(report),
+        "wall_time_s": total,
+        "eval_batches": eval_batches,
+        "syntax_samples": n_syntax,
+    }

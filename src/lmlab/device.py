@@ -19,6 +19,7 @@ from lmlab.errors import ConfigError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 dot products in hardware (AMX-BF16 or AVX512-BF16)."""
@@ -56,14 +57,18 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)") from None
+        raise ConfigError(
+            f"train.device: unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
         if dev.index is None and local_rank is not None:
             dev = torch.device("cuda", local_rank)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device: {name!r} but only {torch.cuda.device_count()} CUDA devices")
+            raise ConfigError(
+                f"train.device: {name!r} but only {torch.cuda.device_count()} CUDA devices"
+            )
     elif dev.type == "mps":
         if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
             raise ConfigError("train.device: 'mps' requested but MPS is not available")

@@ -18,7 +18,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and rename, so readers never see half."""
     path = Path(path)
     if path.is_symlink():  # replacing it would drop the link's target; writing would follow it
-        raise DataError(f"{path}: is a symbolic link; lmlab does not write through links (remove it)")
+        raise DataError(
+            f"{path}: is a symbolic link; lmlab does not write through links (remove it)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -57,7 +59,9 @@ def open_append(path: Path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError:
         if path.is_symlink():
-            raise DataError(f"{path}: is a symbolic link; lmlab does not write through links (remove it)") from None
+            raise DataError(
+                f"{path}: is a symbolic link; lmlab does not write through links (remove it)"
+            ) from None
         raise
     return os.fdopen(fd, "a", encoding="utf-8")
 
@@ -86,7 +90,8 @@ def stdlib_files() -> list[Path]:
     return sorted(
         f
         for f in root.rglob("*.py")
-        if f.is_file() and not {"site-packages", "dist-packages", "__pycache__"} & set(f.relative_to(root).parts)
+        if f.is_file()
+        and not {"site-packages", "dist-packages", "__pycache__"} & set(f.relative_to(root).parts)
     )
 
 
@@ -102,7 +107,9 @@ def folder_files(folder: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
     out = []
     for q in folder.rglob("*"):
         rel = q.relative_to(folder).parts
-        if any(part.startswith(".") or part in SKIPPED_DIRS for part in rel[:-1]) or rel[-1].startswith("."):
+        if any(part.startswith(".") or part in SKIPPED_DIRS for part in rel[:-1]) or rel[
+            -1
+        ].startswith("."):
             continue
         if q.is_file() and (not suffixes or q.name.endswith(suffixes)):
             out.append(q)

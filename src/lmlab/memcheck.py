@@ -21,10 +21,18 @@ from lmlab.errors import ConfigError
 # (limit, usage, stat file, its reclaimable page-cache field): usage counts the page cache,
 # which the kernel gives back, so the in-use figure is usage minus inactive file pages
 _CGROUP_LIMITS = (
-    (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current"),
-     Path("/sys/fs/cgroup/memory.stat"), "inactive_file"),
-    (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-     Path("/sys/fs/cgroup/memory/memory.stat"), "total_inactive_file"),
+    (
+        Path("/sys/fs/cgroup/memory.max"),
+        Path("/sys/fs/cgroup/memory.current"),
+        Path("/sys/fs/cgroup/memory.stat"),
+        "inactive_file",
+    ),
+    (
+        Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+        Path("/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+        Path("/sys/fs/cgroup/memory/memory.stat"),
+        "total_inactive_file",
+    ),
 )
 
 
@@ -95,15 +103,22 @@ def training_bytes(m: ModelConfig, micro_batch: int, compute_dtype: str) -> floa
     """lmlab.accounting's training memory for one micro-batch, plus the model's buffers."""
     from lmlab.accounting import training_memory
 
-    return training_memory(m, micro_batch, m.context_length, compute_dtype)["total"] + buffer_bytes(m)
+    return training_memory(m, micro_batch, m.context_length, compute_dtype)["total"] + buffer_bytes(
+        m
+    )
 
 
 def _gib(x: float) -> str:
     return f"{x / 2**30:,.1f} GiB"
 
 
-def check_training_fits(cfg: Config, micro_batch: int, device: torch.device, dtype: torch.dtype,
-                        available: int | None = None) -> None:
+def check_training_fits(
+    cfg: Config,
+    micro_batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    available: int | None = None,
+) -> None:
     """ConfigError naming the estimate and the free memory when training ``cfg`` cannot fit.
 
     ``available`` replaces the measured free memory (tests). Architectures the accounting does

@@ -39,7 +39,9 @@ def _stderr(line: str) -> None:
     tqdm.write(line, file=sys.stderr)  # above a progress bar, if one is drawn
 
 
-def warn_once(message: str, key: Hashable | None = None, write: Callable[[str], None] | None = None) -> None:
+def warn_once(
+    message: str, key: Hashable | None = None, write: Callable[[str], None] | None = None
+) -> None:
     """Print ``lmlab: warning: message`` to stderr unless ``key`` (default: the message) was warned already."""
     if first_time(message if key is None else key):
         (write or _stderr)(f"lmlab: warning: {message}")

@@ -47,9 +47,17 @@ ALWAYS_OURS = {MARKER, "stage.json"}
 LEGACY_NAMES: dict[str, tuple[str, ...]] = {
     "tokenizer": ("tokenizer.json", "char_vocab.json", "symbolic.json"),
     "dataset": ("train_*.bin", "val_*.bin"),
-    "export": ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-               "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-               "lmlab_export.json"),
+    "export": (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.json",
+        "merges.txt",
+        "lmlab_export.json",
+    ),
     "checkpoint": ("model.safetensors", "optimizer.pt", "state.json", "config.toml"),
 }
 SHOWN_NAMES = 4  # entries named in a refusal
@@ -74,14 +82,18 @@ def output_kind(folder: Path) -> str | None:
         return "tokenizer"
     if fmt == "lmlab-tokens-v1":
         return "dataset"
-    if (folder / "config.toml").is_file() and ((folder / "checkpoints").is_dir() or (folder / "metrics.jsonl").is_file()):
+    if (folder / "config.toml").is_file() and (
+        (folder / "checkpoints").is_dir() or (folder / "metrics.jsonl").is_file()
+    ):
         return "run"
     if (folder / "lmlab_export.json").is_file():
         return "export"
     if (folder / "curriculum.json").is_file() or (folder / "phase_1" / "config.toml").is_file():
         return "curriculum"
-    if (folder / "runs").is_dir() and ((folder / "results.md").is_file() or any(
-            output_kind(p) == "run" for p in (folder / "runs").iterdir() if p.is_dir())):
+    if (folder / "runs").is_dir() and (
+        (folder / "results.md").is_file()
+        or any(output_kind(p) == "run" for p in (folder / "runs").iterdir() if p.is_dir())
+    ):
         return "sweep"
     if (folder / "run" / "config.toml").is_file() and (folder / "tokenizer" / MARKER).is_file():
         return "demo"
@@ -139,13 +151,17 @@ def check_output(folder: str | Path, kind: str | None, *, whole: bool = True) ->
     why = protected_reason(path)
     if why:
         shown = given if given == str(path) else f"{given} ({path})"
-        raise DataError(f"{shown}: {why}; lmlab writes its output only into a folder of its own "
-                        "(name a new folder, e.g. out/)")
+        raise DataError(
+            f"{shown}: {why}; lmlab writes its output only into a folder of its own "
+            "(name a new folder, e.g. out/)"
+        )
     if not path.exists() and not path.is_symlink():
         return path
     if not path.is_dir():
         what = "a symbolic link" if path.is_symlink() else "a file"
-        raise DataError(f"{given}: is {what}, not a folder; name a new folder (lmlab does not replace it)")
+        raise DataError(
+            f"{given}: is {what}, not a folder; name a new folder (lmlab does not replace it)"
+        )
     names = [p.name for p in path.iterdir()]
     if not names:
         return path
@@ -153,13 +169,17 @@ def check_output(folder: str | Path, kind: str | None, *, whole: bool = True) ->
     if kind is None or found != kind:
         what = f"an lmlab {found} folder" if found else "not an lmlab folder"
         own = f"its own {kind} folder" if kind else "nothing else"
-        raise DataError(f"{given}: not empty and {what} (holds {_shown(names)}); lmlab writes only into an "
-                        f"absent or empty folder or {own}; name another folder")
+        raise DataError(
+            f"{given}: not empty and {what} (holds {_shown(names)}); lmlab writes only into an "
+            f"absent or empty folder or {own}; name another folder"
+        )
     if whole:
         foreign = sorted(set(names) - _ours(path, kind))
         if foreign:
-            raise DataError(f"{given}: an lmlab {kind} folder that also holds {_shown(foreign)}, not written by lmlab; "
-                            "move those out or name another folder")
+            raise DataError(
+                f"{given}: an lmlab {kind} folder that also holds {_shown(foreign)}, not written by lmlab; "
+                "move those out or name another folder"
+            )
     return path
 
 
@@ -187,7 +207,9 @@ def refuse_links(folder: Path, names: tuple[str, ...] | list[str]) -> None:
     for name in names:
         p = Path(folder) / name
         if p.is_symlink():
-            raise DataError(f"{p}: is a symbolic link; lmlab does not write through links (remove it)")
+            raise DataError(
+                f"{p}: is a symbolic link; lmlab does not write through links (remove it)"
+            )
 
 
 def pid_alive(pid: int) -> bool:
@@ -217,7 +239,9 @@ def remove_stale_temps(parent: Path, name: str) -> list[Path]:
     parent = Path(parent)
     if not parent.is_dir():
         return []
-    pat = re.compile(r"^\.(?:" + name + r")\.(?:(?:tmp|old)-(\d+)-[A-Za-z0-9_]+|tmp-[a-z0-9_]{8}|old-(\d+))$")
+    pat = re.compile(
+        r"^\.(?:" + name + r")\.(?:(?:tmp|old)-(\d+)-[A-Za-z0-9_]+|tmp-[a-z0-9_]{8}|old-(\d+))$"
+    )
     removed = []
     for p in parent.iterdir():
         m = pat.match(p.name)
@@ -289,7 +313,10 @@ def atomic_dir(final: Path, kind: str | None = None) -> Iterator[Path]:
             if kind is None or {p.name for p in old.iterdir()} <= lmlab_files(old, kind):
                 shutil.rmtree(old, ignore_errors=True)
             else:  # a file appeared between the check and the swap: keep it, say where
-                print(f"lmlab: warning: kept {old}: it holds files lmlab did not write", file=sys.stderr)
+                print(
+                    f"lmlab: warning: kept {old}: it holds files lmlab did not write",
+                    file=sys.stderr,
+                )
         else:
             os.replace(tmp, final)
         fsync_dir(final.parent)

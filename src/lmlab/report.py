@@ -56,7 +56,13 @@ def plot_losses(run_dir: Path, out: Path | None = None, title: str | None = None
     out = Path(out) if out else Path(run_dir) / "loss.png"
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     if ts:
-        ax.plot(ts, [v if math.isfinite(v) else float("nan") for v in tl], label="train", lw=1.0, alpha=0.8)
+        ax.plot(
+            ts,
+            [v if math.isfinite(v) else float("nan") for v in tl],
+            label="train",
+            lw=1.0,
+            alpha=0.8,
+        )
     if vs:
         ax.plot(vs, vl, label="val", lw=1.8, marker="o", ms=3)
     ax.set_xlabel("step")
@@ -92,7 +98,9 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir: Path, sections: dict[str, str] | None = None, title: str | None = None) -> Path:
+def write_report(
+    run_dir: Path, sections: dict[str, str] | None = None, title: str | None = None
+) -> Path:
     """Write report.md: config, loss plot, final metrics, extra sections, samples."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
@@ -119,7 +127,9 @@ def write_report(run_dir: Path, sections: dict[str, str] | None = None, title: s
         parts.append(f"## {name}\n\n{body.rstrip()}\n")
     cfg = run_dir / "config.toml"
     if cfg.is_file():
-        parts.append("## Config\n\n```toml\n" + cfg.read_text(encoding="utf-8").rstrip() + "\n```\n")
+        parts.append(
+            "## Config\n\n```toml\n" + cfg.read_text(encoding="utf-8").rstrip() + "\n```\n"
+        )
     samples = run_dir / "samples.md"
     if samples.is_file():
         text = samples.read_text(encoding="utf-8")

@@ -45,7 +45,9 @@ class Sample:
 # --- logits processors (each takes and returns float logits of shape (B, V)) -----------------
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+def apply_repetition_penalty(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: float
+) -> torch.Tensor:
     """CTRL-style penalty on tokens already seen (prompt and generated).
 
     A seen token's logit is divided by ``penalty`` when positive and multiplied by it when
@@ -61,7 +63,9 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide by the temperature after subtracting the row max, so a tiny temperature gives
     0 for the best token and large negatives (never inf - inf = nan) for the rest."""
     if temperature <= 0:
-        raise LmlabError(f"temperature: must be > 0 for sampling, got {temperature} (0 means greedy)")
+        raise LmlabError(
+            f"temperature: must be > 0 for sampling, got {temperature} (0 means greedy)"
+        )
     shifted = logits - logits.max(dim=-1, keepdim=True).values
     return shifted / temperature
 
@@ -262,7 +266,12 @@ class _Stepper:
 
 
 def _check_args(
-    max_new_tokens: int, temperature: float, top_k: int, top_p: float, repetition_penalty: float, num_samples: int
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+    num_samples: int,
 ) -> None:
     if max_new_tokens < 0:
         raise LmlabError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
@@ -284,7 +293,9 @@ def encode_prompt(tokenizer: Any, prompt: str | Sequence[int]) -> list[int]:
     if not ids:
         eot = getattr(tokenizer, "eot_id", None)
         if eot is None:
-            raise LmlabError("prompt: empty, and the tokenizer has no <|endoftext|> token to start from")
+            raise LmlabError(
+                "prompt: empty, and the tokenizer has no <|endoftext|> token to start from"
+            )
         ids = [eot]
     return ids
 
@@ -319,7 +330,9 @@ def generate(
     vocab = int(getattr(_model_config(model), "vocab_size", 0) or 0)
     tok_vocab = int(getattr(tokenizer, "vocab_size", 0) or 0)
     if vocab and max(prompt_ids) >= vocab:
-        raise LmlabError(f"prompt: token id {max(prompt_ids)} is outside the model's vocabulary ({vocab})")
+        raise LmlabError(
+            f"prompt: token id {max(prompt_ids)} is outside the model's vocabulary ({vocab})"
+        )
     ctx = _context_length(model)
     if ctx is not None and not _can_slide(model) and len(prompt_ids) > ctx:
         raise LmlabError(
@@ -364,7 +377,9 @@ def generate(
                     logits[:, tok_vocab:] = float("-inf")
                 if seen is not None:
                     logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-                nxt = choose_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+                nxt = choose_next(
+                    logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen
+                )
                 if seen is not None:
                     seen[torch.arange(B, device=device), nxt] = True
                 for i, t in enumerate(nxt.tolist()):
@@ -438,7 +453,9 @@ def sample_command(
 
     out = out or sys.stdout
     err = err or sys.stderr
-    model, _cfg, tokenizer = load_model_for_inference(run, device=inference_device(), decode_batch=num_samples)
+    model, _cfg, tokenizer = load_model_for_inference(
+        run, device=inference_device(), decode_batch=num_samples
+    )
     stream = stream and not as_json
     streamed_first = False
 

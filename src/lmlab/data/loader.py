@@ -37,10 +37,14 @@ class TokenSplit:
         self.info = self.meta["splits"].get(split) or {}
         self.shards: list[np.ndarray] = open_shards(self.path, split, self.meta)
         lengths = np.array([len(s) for s in self.shards], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(lengths)])  # shard i covers [starts[i], starts[i+1])
+        self.starts = np.concatenate(
+            [[0], np.cumsum(lengths)]
+        )  # shard i covers [starts[i], starts[i+1])
         self.n_tokens = int(self.starts[-1])
         if self.n_tokens < 2:
-            raise DataError(f"{self.path / 'meta.json'}: split {split!r} holds {self.n_tokens} tokens; need at least 2")
+            raise DataError(
+                f"{self.path / 'meta.json'}: split {split!r} holds {self.n_tokens} tokens; need at least 2"
+            )
 
     @property
     def n_bytes(self) -> int:
@@ -123,7 +127,9 @@ class BatchLoader:
             raise DataError(f"global batch {global_batch} is not divisible by {world} processes")
         per_rank = global_batch // world
         if per_rank % micro_batch:
-            raise DataError(f"micro batch {micro_batch} does not divide the per-process batch {per_rank}")
+            raise DataError(
+                f"micro batch {micro_batch} does not divide the per-process batch {per_rank}"
+            )
         self.seq_len, self.global_batch, self.micro_batch = seq_len, global_batch, micro_batch
         self.seed, self.rank, self.world, self.device = seed, rank, world, device
         self.per_rank = per_rank
@@ -135,7 +141,9 @@ class BatchLoader:
             sources.append(Source(other, rows))
             taken += rows
         if taken >= global_batch:
-            raise DataError(f"data.mix fractions leave no rows of the main dataset in a batch of {global_batch}")
+            raise DataError(
+                f"data.mix fractions leave no rows of the main dataset in a batch of {global_batch}"
+            )
         self.sources = [Source(split, global_batch - taken), *sources]
         for s in self.sources:
             if s.split.n_tokens < seq_len + 1:
@@ -165,14 +173,19 @@ class BatchLoader:
         if len(self.sources) == 1:
             # draw all starts (same RNG stream as global_windows), read only our rows
             rng = np.random.default_rng([self.seed, step])
-            starts = rng.integers(0, self.sources[0].split.n_tokens - self.seq_len, size=self.global_batch)
+            starts = rng.integers(
+                0, self.sources[0].split.n_tokens - self.seq_len, size=self.global_batch
+            )
             return self.sources[0].split.windows(starts[lo : lo + self.per_rank], self.seq_len + 1)
         return self.global_windows(step)[lo : lo + self.per_rank]
 
     def get(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's micro-batches ``[(x, y), ...]`` for optimizer step ``step``."""
         w = self.rank_windows(step)
-        return [_to_xy(w[i : i + self.micro_batch], self.device) for i in range(0, self.per_rank, self.micro_batch)]
+        return [
+            _to_xy(w[i : i + self.micro_batch], self.device)
+            for i in range(0, self.per_rank, self.micro_batch)
+        ]
 
     def next(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         batch = self.get(self.step)
@@ -184,11 +197,15 @@ class BatchLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if int(state["seed"]) != self.seed:
-            raise DataError(f"loader state was saved with seed {state['seed']}, this run uses {self.seed}")
+            raise DataError(
+                f"loader state was saved with seed {state['seed']}, this run uses {self.seed}"
+            )
         self.step = int(state["step"])
 
 
-def fixed_windows(split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, seed: int) -> list[np.ndarray]:
+def fixed_windows(
+    split: TokenSplit, seq_len: int, batch_size: int, n_batches: int, seed: int
+) -> list[np.ndarray]:
     """``n_batches`` random batches of windows, the same every call (for comparable evals)."""
     rng = np.random.default_rng([seed, _VAL_SALT])
     length = min(seq_len, split.n_tokens - 1) + 1
@@ -214,7 +231,9 @@ def contiguous_windows(split: TokenSplit, seq_len: int, batch_size: int) -> Iter
         yield split.read(tail, split.n_tokens - tail)[None, :]
 
 
-def as_batches(windows: Iterator[np.ndarray] | list[np.ndarray], device: torch.device | None = None):
+def as_batches(
+    windows: Iterator[np.ndarray] | list[np.ndarray], device: torch.device | None = None
+):
     """Windows -> ``(x, y)`` tensor pairs on ``device``."""
     for w in windows:
         yield _to_xy(w, device)

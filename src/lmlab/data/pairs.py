@@ -42,15 +42,25 @@ def source_text(rec: Record) -> str:
     return rec.instruction + ("\n\n" + rec.input if rec.input else "")
 
 
-def tokenize_pairs(records: Sequence[Record], enc_tok: Any, dec_tok: Any, context_length: int,
-                   max_source_tokens: int, skips: SkipReport) -> list[PairExample]:
+def tokenize_pairs(
+    records: Sequence[Record],
+    enc_tok: Any,
+    dec_tok: Any,
+    context_length: int,
+    max_source_tokens: int,
+    skips: SkipReport,
+) -> list[PairExample]:
     """Records -> examples; a target longer than the decoder's context is skipped (counted)."""
     eot = dec_tok.eot_id
     if eot is None:
-        raise DataError("the decoder's tokenizer has no <|endoftext|> token to start and end targets")
+        raise DataError(
+            "the decoder's tokenizer has no <|endoftext|> token to start and end targets"
+        )
     if not records:
         return []
-    sources = enc_tok([source_text(r) for r in records], truncation=True, max_length=max_source_tokens)["input_ids"]
+    sources = enc_tok(
+        [source_text(r) for r in records], truncation=True, max_length=max_source_tokens
+    )["input_ids"]
     out = []
     for rec, src in zip(records, sources):
         try:
@@ -60,7 +70,11 @@ def tokenize_pairs(records: Sequence[Record], enc_tok: Any, dec_tok: Any, contex
             continue
         ids = np.array([eot, *target, eot], dtype=np.int64)
         if len(ids) - 1 > context_length:
-            skips.skip(rec.where, f"target of {len(ids) - 1} tokens exceeds model.context_length={context_length}", "too_long")
+            skips.skip(
+                rec.where,
+                f"target of {len(ids) - 1} tokens exceeds model.context_length={context_length}",
+                "too_long",
+            )
             continue
         out.append(PairExample(ids, 1, rec.where, np.asarray(src, dtype=np.int64)))
     return out
@@ -77,7 +91,9 @@ def pairs_fingerprint(examples: Sequence[PairExample]) -> str:
     return h.hexdigest()
 
 
-def collate_pairs(examples: Sequence[PairExample], pad_id: int, enc_pad_id: int) -> tuple[Inputs, torch.Tensor]:
+def collate_pairs(
+    examples: Sequence[PairExample], pad_id: int, enc_pad_id: int
+) -> tuple[Inputs, torch.Tensor]:
     """Examples -> (model inputs, targets): decoder rows padded with -100 targets, encoder rows
     padded with ``enc_pad_id`` and masked out."""
     x, y = collate([e.xy() for e in examples], pad_id)
@@ -87,10 +103,16 @@ def collate_pairs(examples: Sequence[PairExample], pad_id: int, enc_pad_id: int)
     for i, e in enumerate(examples):
         enc_ids[i, : len(e.source)] = e.source
         enc_mask[i, : len(e.source)] = 1
-    return {"idx": x, "enc_ids": torch.from_numpy(enc_ids), "enc_mask": torch.from_numpy(enc_mask)}, y
+    return {
+        "idx": x,
+        "enc_ids": torch.from_numpy(enc_ids),
+        "enc_mask": torch.from_numpy(enc_mask),
+    }, y
 
 
-def _to_device(batch: tuple[Inputs, torch.Tensor], device: torch.device | None) -> tuple[Inputs, torch.Tensor]:
+def _to_device(
+    batch: tuple[Inputs, torch.Tensor], device: torch.device | None
+) -> tuple[Inputs, torch.Tensor]:
     inputs, y = batch
     return (inputs, y) if device is None else (inputs_to(inputs, device), y.to(device))
 
@@ -98,17 +120,33 @@ def _to_device(batch: tuple[Inputs, torch.Tensor], device: torch.device | None) 
 class PairLoader(SftLoader):
     """The SFT loader's step plan (bucketed by target length, seeded per step) over pairs."""
 
-    def __init__(self, examples: Sequence[PairExample], global_batch: int, micro_batch: int, seed: int,
-                 rank: int, world: int, device: torch.device | None, pad_id: int, enc_pad_id: int):
+    def __init__(
+        self,
+        examples: Sequence[PairExample],
+        global_batch: int,
+        micro_batch: int,
+        seed: int,
+        rank: int,
+        world: int,
+        device: torch.device | None,
+        pad_id: int,
+        enc_pad_id: int,
+    ):
         super().__init__(examples, global_batch, micro_batch, seed, rank, world, device, pad_id)
         self.enc_pad_id = enc_pad_id
 
     def get(self, step: int) -> list[tuple[Inputs, torch.Tensor]]:
         """This rank's micro-batches ``[(inputs, y), ...]`` for optimizer step ``step``."""
         idx, _ = self._rows(step)
-        mine = [self.examples[i] for i in idx[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]]
+        mine = [
+            self.examples[i]
+            for i in idx[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+        ]
         return [
-            _to_device(collate_pairs(mine[i : i + self.micro_batch], self.pad_id, self.enc_pad_id), self.device)
+            _to_device(
+                collate_pairs(mine[i : i + self.micro_batch], self.pad_id, self.enc_pad_id),
+                self.device,
+            )
             for i in range(0, self.per_rank, self.micro_batch)
         ]
 
@@ -123,32 +161,66 @@ class PairData:
     pad_id: int
     enc_pad_id: int
 
-    def loader(self, global_batch: int, micro_batch: int, seed: int, rank: int, world: int,
-               device: torch.device | None) -> PairLoader:
-        return PairLoader(self.train, global_batch, micro_batch, seed, rank, world, device, self.pad_id, self.enc_pad_id)
+    def loader(
+        self,
+        global_batch: int,
+        micro_batch: int,
+        seed: int,
+        rank: int,
+        world: int,
+        device: torch.device | None,
+    ) -> PairLoader:
+        return PairLoader(
+            self.train,
+            global_batch,
+            micro_batch,
+            seed,
+            rank,
+            world,
+            device,
+            self.pad_id,
+            self.enc_pad_id,
+        )
 
-    def val_batches(self, batch_size: int, max_batches: int, seed: int, rank: int = 0,
-                    world: int = 1) -> list[tuple[Inputs, torch.Tensor]] | None:
+    def val_batches(
+        self, batch_size: int, max_batches: int, seed: int, rank: int = 0, world: int = 1
+    ) -> list[tuple[Inputs, torch.Tensor]] | None:
         """Fixed held-out batches in order (every pair when ``max_batches`` is 0); this rank's share."""
         if not self.val:
             return None
         ex = self.val[: max_batches * batch_size] if max_batches else self.val
-        batches = [collate_pairs(ex[i : i + batch_size], self.pad_id, self.enc_pad_id) for i in range(0, len(ex), batch_size)]
+        batches = [
+            collate_pairs(ex[i : i + batch_size], self.pad_id, self.enc_pad_id)
+            for i in range(0, len(ex), batch_size)
+        ]
         return batches[rank::world]
 
-    def samples(self, model: Any, tokenizer: Any, n: int, max_new_tokens: int, device: torch.device) -> list[str]:
+    def samples(
+        self, model: Any, tokenizer: Any, n: int, max_new_tokens: int, device: torch.device
+    ) -> list[str]:
         """Greedy targets for the first ``n`` held-out sources (what samples.md shows)."""
         examples = (self.val or self.train)[:n]
-        outputs = generate_targets(model, examples, self.enc_pad_id, int(self.meta["eot_id"]), max_new_tokens, device)
+        outputs = generate_targets(
+            model, examples, self.enc_pad_id, int(self.meta["eot_id"]), max_new_tokens, device
+        )
         return [tokenizer.decode(ids) for ids in outputs]
 
 
 @torch.no_grad()
-def generate_targets(model: Any, examples: Sequence[PairExample], enc_pad_id: int, eot: int, max_new_tokens: int,
-                     device: torch.device, batch_size: int = 8) -> list[list[int]]:
+def generate_targets(
+    model: Any,
+    examples: Sequence[PairExample],
+    enc_pad_id: int,
+    eot: int,
+    max_new_tokens: int,
+    device: torch.device,
+    batch_size: int = 8,
+) -> list[list[int]]:
     """Greedy decoder outputs for the examples' sources, each cut before its end-of-text."""
     out: list[list[int]] = []
     for lo in range(0, len(examples), batch_size):
         inputs, _ = collate_pairs(examples[lo : lo + batch_size], eot, enc_pad_id)
-        out += model.generate(inputs["enc_ids"].to(device), inputs["enc_mask"].to(device), eot, max_new_tokens, eot)
+        out += model.generate(
+            inputs["enc_ids"].to(device), inputs["enc_mask"].to(device), eot, max_new_tokens, eot
+        )
     return out

@@ -90,7 +90,9 @@ class PieceResult:
     dropped: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
     input_bytes: int = 0
-    examples: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # reason -> first (doc index, path)
+    examples: dict[str, list[tuple[int, str]]] = field(
+        default_factory=dict
+    )  # reason -> first (doc index, path)
     # per document seen, in order (for prefix limits): UTF-8 bytes, and 0 if kept else 1 + REASONS index
     seen_bytes: list[int] = field(default_factory=list)
     seen_status: bytes = b""
@@ -98,10 +100,14 @@ class PieceResult:
 
 
 _STATE: dict[str, Any] = {}
-_STATUS = {r: i + 1 for i, r in enumerate(REASONS)}  # a dropped document's code in PieceResult.seen_status
+_STATUS = {
+    r: i + 1 for i, r in enumerate(REASONS)
+}  # a dropped document's code in PieceResult.seen_status
 
 
-def _init_worker(tokenizer_path: str, settings: SourceSettings, code_filter: CodeFilter | None, tok: Any = None) -> None:
+def _init_worker(
+    tokenizer_path: str, settings: SourceSettings, code_filter: CodeFilter | None, tok: Any = None
+) -> None:
     """Load the tokenizer once per process (``tok`` reuses one already loaded in-process)."""
     if tok is None:
         from lmlab.tokenizer import load_tokenizer
@@ -177,11 +183,25 @@ def _process_piece(piece: Piece) -> PieceResult:
         tokens[pos : pos + n] = x
         tokens[pos + n] = eot
         pos += n + 1
-    return PieceResult(tokens, lengths, nbytes, b"".join(digests), seen, dropped, skipped, piece.nbytes, examples,
-                       seen_bytes, bytes(status), skipped_at)
+    return PieceResult(
+        tokens,
+        lengths,
+        nbytes,
+        b"".join(digests),
+        seen,
+        dropped,
+        skipped,
+        piece.nbytes,
+        examples,
+        seen_bytes,
+        bytes(status),
+        skipped_at,
+    )
 
 
-def _encode_document(encode: Callable[[str], list[int]], text: str, path: str, errors: str) -> list[int]:
+def _encode_document(
+    encode: Callable[[str], list[int]], text: str, path: str, errors: str
+) -> list[int]:
     """``encode(text)``; a character the tokenizer cannot encode (char-level) names the file."""
     try:
         return encode(text)
@@ -204,7 +224,9 @@ def _run_pieces(pieces: Iterator[Piece], workers: int, init_args: tuple) -> Iter
         return
     # spawn: safe whatever the parent has loaded (threads in torch, tokenizers, tiktoken)
     ctx = mp.get_context("spawn")
-    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args[:3])
+    ex = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=init_args[:3]
+    )
     in_flight: deque = deque()
     try:
         for piece in pieces:
@@ -222,7 +244,9 @@ def _run_pieces(pieces: Iterator[Piece], workers: int, init_args: tuple) -> Iter
 # ---- main side ---------------------------------------------------------------------------
 
 
-def _prefix_length(res: PieceResult, docs_left: int | None, bytes_left: int | None) -> tuple[int, str | None]:
+def _prefix_length(
+    res: PieceResult, docs_left: int | None, bytes_left: int | None
+) -> tuple[int, str | None]:
     """How many of the result's documents fit the limits left, and the limit that cut it (None: all fit)."""
     k, why = res.documents, None
     if docs_left is not None and docs_left < k:
@@ -241,13 +265,20 @@ def _first_documents(res: PieceResult, k: int) -> PieceResult:
     ntok = sum(res.lengths[:kept])
     reasons = {code: r for r, code in _STATUS.items()}
     return PieceResult(
-        res.tokens[:ntok], res.lengths[:kept], res.nbytes[:kept], res.digests[: 16 * kept], k,
+        res.tokens[:ntok],
+        res.lengths[:kept],
+        res.nbytes[:kept],
+        res.digests[: 16 * kept],
+        k,
         Counter(reasons[c] for c in status if c),
         [s for s, at in zip(res.skipped, res.skipped_at) if at < k],
         sum(res.seen_bytes[:k]),
         {r: [x for x in ex if x[0] < k] for r, ex in res.examples.items()},
-        res.seen_bytes[:k], status, [at for at in res.skipped_at if at < k],
+        res.seen_bytes[:k],
+        status,
+        [at for at in res.skipped_at if at < k],
     )
+
 
 Pending = list[tuple[bytes, np.ndarray, int]]  # (digest, tokens, nbytes)
 
@@ -312,7 +343,9 @@ class _SplitRouter:
         if self.tracking:
             if self.docs["train"] == 0 and self.pending["val"]:
                 self._move_head("val", "train")
-            elif want_val and self.docs["val"] == 0 and len(self.seen) >= 2 and self.pending["train"]:
+            elif (
+                want_val and self.docs["val"] == 0 and len(self.seen) >= 2 and self.pending["train"]
+            ):
                 self._move_head("train", "val")
         self._flush("train")
         self._flush("val")
@@ -328,7 +361,9 @@ def _split_key(seed_bytes: bytes, d: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(seed_bytes + d, digest_size=8).digest(), "little")
 
 
-def _move_tail(folder: Path, writers: dict[str, ShardWriter], router: _SplitRouter, fraction: float, tok: Any) -> None:
+def _move_tail(
+    folder: Path, writers: dict[str, ShardWriter], router: _SplitRouter, fraction: float, tok: Any
+) -> None:
     """Move the last ``fraction`` of the train stream (at least one token when train has
     two) into val; the train shards past the cut are truncated or deleted."""
     train, val = writers["train"], writers["val"]
@@ -375,7 +410,10 @@ def _move_tail(folder: Path, writers: dict[str, ShardWriter], router: _SplitRout
     # documents that start in train count there, those that end in val count there (a
     # document cut in two counts in both)
     split_doc = int(before_cut != tok.eot_id)
-    router.docs["val"], router.docs["train"] = moved_docs, router.docs["train"] - moved_docs + split_doc
+    router.docs["val"], router.docs["train"] = (
+        moved_docs,
+        router.docs["train"] - moved_docs + split_doc,
+    )
     router.bytes["val"], router.bytes["train"] = moved_bytes, router.bytes["train"] - moved_bytes
 
 
@@ -416,8 +454,10 @@ def prepare_dataset(
 
     tok = load_tokenizer(tok_path)
     if tok.eot_id is None:
-        raise DataError(f"{tokenizer_path}: tokenizer has no <|endoftext|> token to separate documents "
-                        "(train it with --special-token '<|endoftext|>')")
+        raise DataError(
+            f"{tokenizer_path}: tokenizer has no <|endoftext|> token to separate documents "
+            "(train it with --special-token '<|endoftext|>')"
+        )
     dtype = dtype_for_vocab(tok.vocab_size)
     suffixes = tuple(pcfg.suffixes) or ((".py",) if pcfg.filter == "code" else ())
     if pcfg.max_docs < 0 or pcfg.max_bytes < 0:
@@ -426,11 +466,15 @@ def prepare_dataset(
     files = [s for s in sources if isinstance(s, Path)]
     streams = len(sources) - len(files)
     cf = (code_filter or CodeFilter()) if pcfg.filter == "code" else None
-    settings = SourceSettings(pcfg.format, pcfg.text_field, unescape_separator(pcfg.separator), pcfg.errors)
+    settings = SourceSettings(
+        pcfg.format, pcfg.text_field, unescape_separator(pcfg.separator), pcfg.errors
+    )
     # bytes to read: known for files, not for a stream (unless the prefix bounds it)
     total_bytes: int | None = None if streams else sum(f.stat().st_size for f in files)
     if pcfg.max_bytes:
-        total_bytes = min(total_bytes if total_bytes is not None else pcfg.max_bytes, pcfg.max_bytes)
+        total_bytes = min(
+            total_bytes if total_bytes is not None else pcfg.max_bytes, pcfg.max_bytes
+        )
     # no more processes than pieces of work (a tiny corpus need not start 64 workers)
     workers = pcfg.workers or os.cpu_count() or 1
     if total_bytes is not None:
@@ -465,15 +509,25 @@ def prepare_dataset(
         tail = pcfg.split == "tail"
         router = _SplitRouter(writers, track=pcfg.val_fraction > 0 and not tail)
         pieces = iter_pieces(sources, settings, piece_bytes, on_skip)
-        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="data prepare", file=sys.stderr,
-                   disable=not progress or not progress_on_terminal(), smoothing=0.1, dynamic_ncols=True)
+        bar = tqdm(
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            desc="data prepare",
+            file=sys.stderr,
+            disable=not progress or not progress_on_terminal(),
+            smoothing=0.1,
+            dynamic_ncols=True,
+        )
         results = _run_pieces(pieces, workers, (str(tok_path), settings, cf, tok))
         try:
             for res in results:
                 if docs_limit is not None or bytes_limit is not None:
                     k, stopped_by = _prefix_length(
-                        res, None if docs_limit is None else docs_limit - documents,
-                        None if bytes_limit is None else bytes_limit - read_bytes)
+                        res,
+                        None if docs_limit is None else docs_limit - documents,
+                        None if bytes_limit is None else bytes_limit - read_bytes,
+                    )
                     if stopped_by is not None:
                         res = _first_documents(res, k)
                     elif docs_limit is not None and documents + res.documents == docs_limit:
@@ -511,7 +565,10 @@ def prepare_dataset(
             bar.close()
         kept = router.docs["train"] + router.docs["val"]
         if kept == 0:
-            why = ", ".join(f"{k} {v}" for k, v in {**dropped, **skipped}.items()) or "no documents found"
+            why = (
+                ", ".join(f"{k} {v}" for k, v in {**dropped, **skipped}.items())
+                or "no documents found"
+            )
             read = f"{len(files)} files" + (f", {streams} streams" if streams else "")
             if stopped_by is not None:
                 why += f"; stopped at {stopped_by} after {documents} documents"
@@ -525,8 +582,12 @@ def prepare_dataset(
             "tokenizer": str(tok_path.resolve()),
             "tokenizer_fingerprint": tok.fingerprint(),
             "splits": {
-                s: {"tokens": writers[s].tokens, "documents": router.docs[s], "bytes": router.bytes[s],
-                    "shards": list(writers[s].shards)}
+                s: {
+                    "tokens": writers[s].tokens,
+                    "documents": router.docs[s],
+                    "bytes": router.bytes[s],
+                    "shards": list(writers[s].shards),
+                }
                 for s in SPLITS
             },
             "filter": {
@@ -543,15 +604,26 @@ def prepare_dataset(
             },
             "inputs": list(pcfg.input),
             "sources": source_records,
-            "limits": {"max_docs": pcfg.max_docs, "max_bytes": pcfg.max_bytes, "stopped_by": stopped_by,
-                       "documents_read": documents, "bytes_read": read_bytes},
+            "limits": {
+                "max_docs": pcfg.max_docs,
+                "max_bytes": pcfg.max_bytes,
+                "stopped_by": stopped_by,
+                "documents_read": documents,
+                "bytes_read": read_bytes,
+            },
             "config": dataclasses.asdict(pcfg),
-            "stats": {"input_bytes": input_bytes, "seconds": round(seconds, 3),
-                      "mb_per_s": round(input_bytes / 1e6 / max(seconds, 1e-9), 3), "workers": workers},
+            "stats": {
+                "input_bytes": input_bytes,
+                "seconds": round(seconds, 3),
+                "mb_per_s": round(input_bytes / 1e6 / max(seconds, 1e-9), 3),
+                "workers": workers,
+            },
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json(tmp / "meta.json", meta)
-    meta = read_json(Path(pcfg.out) / "meta.json")  # as on disk: with the output marker atomic_dir adds
+    meta = read_json(
+        Path(pcfg.out) / "meta.json"
+    )  # as on disk: with the output marker atomic_dir adds
     meta["path"] = str(Path(pcfg.out).resolve())
     return meta
 
@@ -572,17 +644,23 @@ def format_report(meta: dict[str, Any]) -> str:
     lim = meta.get("limits", {})
     if lim.get("stopped_by"):
         by = lim["stopped_by"]
-        lines.append(f"  stopped at {by} = {lim[by]:,}: read {lim['documents_read']:,} documents, "
-                     f"{lim['bytes_read']:,} bytes of text")
+        lines.append(
+            f"  stopped at {by} = {lim[by]:,}: read {lim['documents_read']:,} documents, "
+            f"{lim['bytes_read']:,} bytes of text"
+        )
     for s in SPLITS:
         sp = meta["splits"][s]
-        lines.append(f"  {s:5s} {sp['documents']:>9,} documents {sp['tokens']:>13,} tokens "
-                     f"{sp['bytes'] / 1e6:>9.1f} MB text  {len(sp['shards'])} shard(s)")
+        lines.append(
+            f"  {s:5s} {sp['documents']:>9,} documents {sp['tokens']:>13,} tokens "
+            f"{sp['bytes'] / 1e6:>9.1f} MB text  {len(sp['shards'])} shard(s)"
+        )
     lines.append(f"  filter {f['name']}: kept {f['kept']:,} of {f['documents']:,} documents")
     if f["dropped"]:
         lines.append("  dropped: " + ", ".join(f"{k} {v:,}" for k, v in f["dropped"].items()))
     for path in f.get("dropped_examples", {}).get("syntax", [])[:3]:
         lines.append(f"    syntax: {path}")
     if f["files_skipped"]:
-        lines.append("  files skipped: " + ", ".join(f"{k} {v:,}" for k, v in f["files_skipped"].items()))
+        lines.append(
+            "  files skipped: " + ", ".join(f"{k} {v:,}" for k, v in f["files_skipped"].items())
+        )
     return "\n".join(lines)

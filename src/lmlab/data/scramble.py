@@ -48,7 +48,11 @@ def _decode(data: bytes) -> str | None:
 
 
 def _is_docstring(node: ast.stmt) -> bool:
-    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
 
 
 def _is_future(node: ast.stmt) -> bool:
@@ -124,8 +128,13 @@ def scramble_files(
     """
     files = expand_inputs([str(p) for p in inputs], suffixes=suffixes)
     report: dict[str, Any] = {
-        "files": len(files), "scrambled": 0, "statements": 0,
-        "skipped_undecodable": 0, "skipped_unparsable": 0, "skipped_files": [], "out": str(out_jsonl),
+        "files": len(files),
+        "scrambled": 0,
+        "statements": 0,
+        "skipped_undecodable": 0,
+        "skipped_unparsable": 0,
+        "skipped_files": [],
+        "out": str(out_jsonl),
     }
     rows: list[str] = []
     for path in files:
@@ -150,6 +159,8 @@ def scramble_files(
         report["statements"] += len(segments)
         rows.append(json.dumps({text_field: text}, ensure_ascii=False))
     if not rows:
-        raise DataError(f"{', '.join(map(str, inputs))}: no file could be scrambled (none parses as Python)")
+        raise DataError(
+            f"{', '.join(map(str, inputs))}: no file could be scrambled (none parses as Python)"
+        )
     atomic_write_text(Path(out_jsonl), "".join(r + "\n" for r in rows))
     return report

@@ -43,7 +43,9 @@ class ShardWriter:
     Files are opened lazily, so a split that receives no tokens has no shard files.
     """
 
-    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int = DEFAULT_SHARD_TOKENS):
+    def __init__(
+        self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int = DEFAULT_SHARD_TOKENS
+    ):
         if shard_tokens < 1:
             raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
         self.folder = Path(folder)
@@ -106,7 +108,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def open_shards(path: str | Path, split: str, meta: dict[str, Any] | None = None) -> list[np.memmap]:
+def open_shards(
+    path: str | Path, split: str, meta: dict[str, Any] | None = None
+) -> list[np.memmap]:
     """Read-only memmaps of one split's shards, in stream order (empty list for an empty split).
 
     Checks that every shard exists, is a whole number of tokens, and that the shards add up
@@ -126,10 +130,14 @@ def open_shards(path: str | Path, split: str, meta: dict[str, Any] | None = None
             raise DataError(f"{f}: shard listed in meta.json is missing")
         size = f.stat().st_size
         if size == 0 or size % dtype.itemsize:
-            raise DataError(f"{f}: size {size} is not a positive multiple of {dtype.itemsize} bytes")
+            raise DataError(
+                f"{f}: size {size} is not a positive multiple of {dtype.itemsize} bytes"
+            )
         mm = np.memmap(f, dtype=dtype, mode="r")
         total += len(mm)
         out.append(mm)
     if total != info.get("tokens", total):
-        raise DataError(f"{folder / 'meta.json'}: {split} has {total} tokens on disk, meta says {info['tokens']}")
+        raise DataError(
+            f"{folder / 'meta.json'}: {split} has {total} tokens on disk, meta says {info['tokens']}"
+        )
     return out

@@ -121,7 +121,9 @@ def _check_utf8_stream(path: Path, block: int) -> str | None:
     return None
 
 
-def _file_entries(path: Path, kind: str, settings: SourceSettings, piece_bytes: int, on_skip: SkipFn) -> Iterator[tuple[Entry, int]]:
+def _file_entries(
+    path: Path, kind: str, settings: SourceSettings, piece_bytes: int, on_skip: SkipFn
+) -> Iterator[tuple[Entry, int]]:
     """(entry, raw bytes) for one text or JSONL file, cut at document boundaries."""
     p = str(path)
     gz = path.name.lower().endswith(".gz")
@@ -174,11 +176,15 @@ def _file_entries(path: Path, kind: str, settings: SourceSettings, piece_bytes: 
             scan = max(0, len(buf) - len(sep) + 1)
 
 
-def _parquet_entries(path: Path, settings: SourceSettings, rows: int) -> Iterator[tuple[Entry, int]]:
+def _parquet_entries(
+    path: Path, settings: SourceSettings, rows: int
+) -> Iterator[tuple[Entry, int]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path}: reading parquet needs pyarrow (pip install 'lmlab[parquet]')") from None
+        raise DataError(
+            f"{path}: reading parquet needs pyarrow (pip install 'lmlab[parquet]')"
+        ) from None
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a corrupt file
@@ -197,7 +203,9 @@ def _parquet_entries(path: Path, settings: SourceSettings, rows: int) -> Iterato
 Source = Path | StreamSource
 
 
-def expand_sources(inputs: list[str], suffixes: tuple[str, ...] = ()) -> tuple[list[Source], list[dict[str, Any]]]:
+def expand_sources(
+    inputs: list[str], suffixes: tuple[str, ...] = ()
+) -> tuple[list[Source], list[dict[str, Any]]]:
     """Inputs in order as files and streams, and one meta.json record per input.
 
     Files, folders and globs expand as :func:`lmlab.io.expand_inputs` does (a file named twice
@@ -226,7 +234,9 @@ def _utf8_len(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
-def _stream_entries(src: StreamSource, settings: SourceSettings, rows: int) -> Iterator[tuple[Entry, int]]:
+def _stream_entries(
+    src: StreamSource, settings: SourceSettings, rows: int
+) -> Iterator[tuple[Entry, int]]:
     row = 1
     for values in stream_batches(src, settings.text_field, rows):
         nbytes = sum(_utf8_len(v) for v in values if isinstance(v, str))
@@ -234,7 +244,9 @@ def _stream_entries(src: StreamSource, settings: SourceSettings, rows: int) -> I
         row += len(values)
 
 
-def iter_pieces(sources: list[Source], settings: SourceSettings, piece_bytes: int, on_skip: SkipFn) -> Iterator[Piece]:
+def iter_pieces(
+    sources: list[Source], settings: SourceSettings, piece_bytes: int, on_skip: SkipFn
+) -> Iterator[Piece]:
     """Pieces of about ``piece_bytes`` raw bytes over ``sources``, in order (main process)."""
     piece = Piece()
     for path in sources:
@@ -281,10 +293,14 @@ def _jsonl_documents(text: str, path: str, first_line: int, field_name: str) -> 
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         if field_name not in obj:
-            raise DataError(f"{where}: missing field {field_name!r} (fields: {', '.join(map(str, obj)) or 'none'})")
+            raise DataError(
+                f"{where}: missing field {field_name!r} (fields: {', '.join(map(str, obj)) or 'none'})"
+            )
         value = obj[field_name]
         if value is not None and not isinstance(value, str):
-            raise DataError(f"{where}: field {field_name!r} is {type(value).__name__}, not a string")
+            raise DataError(
+                f"{where}: field {field_name!r} is {type(value).__name__}, not a string"
+            )
         docs.append(value)
     return docs
 
@@ -298,7 +314,9 @@ def entry_documents(entry: Entry, settings: SourceSettings) -> tuple[list[str | 
     if kind == "strings":
         for i, v in enumerate(payload):
             if v is not None and not isinstance(v, str):
-                raise DataError(f"{path}: row {first_line + i}: column {settings.text_field!r} is not a string")
+                raise DataError(
+                    f"{path}: row {first_line + i}: column {settings.text_field!r} is not a string"
+                )
         return list(payload), None
     try:
         text = _decode(payload, path, at_start, settings.errors)

@@ -59,14 +59,24 @@ class StreamSource:
         """What meta.json says about this source."""
         rec: dict[str, Any] = {"input": self.spec, "kind": self.kind}
         if self.kind == "hub":
-            rec |= {"name": self.name, "config": self.config or None, "split": self.split or "train"}
+            rec |= {
+                "name": self.name,
+                "config": self.config or None,
+                "split": self.split or "train",
+            }
         elif self.kind == "files":
             rec["files"] = [str(Path(p).resolve()) for p in _glob_files(self.name)]
         elif self.kind == "disk":
-            rec |= {"path": str(Path(self.name).resolve()), "split": _saved_split(Path(self.name), self) or None}
+            rec |= {
+                "path": str(Path(self.name).resolve()),
+                "split": _saved_split(Path(self.name), self) or None,
+            }
         else:
-            rec |= {"path": str(Path(self.name).resolve()), "config": self.config or None,
-                    "split": self.split or "train"}
+            rec |= {
+                "path": str(Path(self.name).resolve()),
+                "config": self.config or None,
+                "split": self.split or "train",
+            }
         return rec
 
 
@@ -103,7 +113,7 @@ def parse_stream_input(item: str) -> StreamSource | None:
         if is_saved_dataset(Path(path)):
             return StreamSource(item, "disk", path, split=split)
         return None
-    body = item[len(HF_PREFIX):]
+    body = item[len(HF_PREFIX) :]
     name, _, split = body.rpartition("#") if "#" in body else (body, "", "")
     config = ""
     if not _local(name) and ":" in name:
@@ -120,7 +130,9 @@ def parse_stream_input(item: str) -> StreamSource | None:
     if path.is_dir():
         return StreamSource(item, "folder", name, config, split)
     if config or split:
-        raise ConfigError(f"{item}: data files form one split and no config (drop ':CONFIG' and '#SPLIT')")
+        raise ConfigError(
+            f"{item}: data files form one split and no config (drop ':CONFIG' and '#SPLIT')"
+        )
     return StreamSource(item, "files", name)
 
 
@@ -170,8 +182,10 @@ def _import_datasets(src: StreamSource) -> Any:
     try:
         import datasets  # optional extra: pip install 'lmlab[datasets]'
     except ImportError:
-        raise DataError(f"{src.spec}: streaming a dataset needs the optional package 'datasets' "
-                        "(pip install 'lmlab[datasets]')") from None
+        raise DataError(
+            f"{src.spec}: streaming a dataset needs the optional package 'datasets' "
+            "(pip install 'lmlab[datasets]')"
+        ) from None
     return datasets
 
 
@@ -183,8 +197,10 @@ def check_available(src: StreamSource) -> None:
     if src.kind == "hub":
         why = _offline_reason()
         if why is not None:
-            raise DataError(f"{src.spec}: offline, {why}; give a local copy instead "
-                            "(a save_to_disk folder, or parquet/JSONL files)")
+            raise DataError(
+                f"{src.spec}: offline, {why}; give a local copy instead "
+                "(a save_to_disk folder, or parquet/JSONL files)"
+            )
 
 
 def _load_streaming(src: StreamSource) -> Any:
@@ -195,19 +211,33 @@ def _load_streaming(src: StreamSource) -> Any:
             suffixes = {Path(f.removesuffix(".gz")).suffix.lower() for f in files}
             builders = {_DATA_FILE_BUILDERS.get(s) for s in suffixes}
             if len(builders) != 1 or None in builders:
-                raise DataError(f"{src.spec}: hf: data files must all be parquet or all JSONL "
-                                f"(found {', '.join(sorted(suffixes)) or 'no suffix'})")
-            return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=True)
-        return datasets.load_dataset(src.name, src.config or None, split=src.split or "train", streaming=True)
+                raise DataError(
+                    f"{src.spec}: hf: data files must all be parquet or all JSONL "
+                    f"(found {', '.join(sorted(suffixes)) or 'no suffix'})"
+                )
+            return datasets.load_dataset(
+                builders.pop(), data_files=files, split="train", streaming=True
+            )
+        return datasets.load_dataset(
+            src.name, src.config or None, split=src.split or "train", streaming=True
+        )
     except DataError:
         raise
     except Exception as e:  # unknown name, config or split, no network: datasets raises many types
-        hint = "; offline? give a local copy instead" if isinstance(e, ConnectionError | OSError) else ""
+        hint = (
+            "; offline? give a local copy instead"
+            if isinstance(e, ConnectionError | OSError)
+            else ""
+        )
         raise DataError(f"{src.spec}: cannot stream it ({_one_line(e)}){hint}") from None
 
 
-def _iterable_batches(ds: Any, src: StreamSource, text_field: str, rows: int) -> Iterator[list[Any]]:
-    cols = getattr(ds, "column_names", None)  # None when the stream's columns are not known up front
+def _iterable_batches(
+    ds: Any, src: StreamSource, text_field: str, rows: int
+) -> Iterator[list[Any]]:
+    cols = getattr(
+        ds, "column_names", None
+    )  # None when the stream's columns are not known up front
     if cols is not None:
         if text_field not in cols:
             raise DataError(f"{src.spec}: no column {text_field!r} (columns: {', '.join(cols)})")
@@ -222,9 +252,13 @@ def _iterable_batches(ds: Any, src: StreamSource, text_field: str, rows: int) ->
             except StopIteration:
                 return
             except Exception as e:  # a dropped connection or a bad shard, mid-stream
-                raise DataError(f"{src.spec}: reading row {row} onwards failed ({_one_line(e)})") from None
+                raise DataError(
+                    f"{src.spec}: reading row {row} onwards failed ({_one_line(e)})"
+                ) from None
             if text_field not in batch:
-                raise DataError(f"{src.spec}: row {row}: no column {text_field!r} (columns: {', '.join(batch)})")
+                raise DataError(
+                    f"{src.spec}: row {row}: no column {text_field!r} (columns: {', '.join(batch)})"
+                )
             values = batch[text_field]
             row += len(values)
             yield values
@@ -264,7 +298,9 @@ def _disk_files(src: StreamSource) -> list[Path]:
     saved = state.get("_split")
     if not is_dict and src.split and src.split != saved:
         of = f" (of split {saved!r})" if saved else ""
-        raise DataError(f"{src.spec}: a single saved Dataset{of}, not a DatasetDict: drop '#{src.split}'")
+        raise DataError(
+            f"{src.spec}: a single saved Dataset{of}, not a DatasetDict: drop '#{src.split}'"
+        )
     return files
 
 
@@ -272,7 +308,9 @@ def _disk_batches(src: StreamSource, text_field: str, rows: int) -> Iterator[lis
     try:
         import pyarrow as pa
     except ImportError:
-        raise DataError(f"{src.spec}: reading a save_to_disk folder needs pyarrow (pip install 'lmlab[parquet]')") from None
+        raise DataError(
+            f"{src.spec}: reading a save_to_disk folder needs pyarrow (pip install 'lmlab[parquet]')"
+        ) from None
     for path in _disk_files(src):
         try:
             # plain reads, one record batch at a time: memory stays flat in the file's size
@@ -280,7 +318,9 @@ def _disk_batches(src: StreamSource, text_field: str, rows: int) -> Iterator[lis
                 reader = pa.ipc.open_stream(fh)
                 names = reader.schema.names
                 if text_field not in names:
-                    raise DataError(f"{src.spec}: no column {text_field!r} (columns: {', '.join(names)})")
+                    raise DataError(
+                        f"{src.spec}: no column {text_field!r} (columns: {', '.join(names)})"
+                    )
                 index = names.index(text_field)
                 for batch in reader:
                     column = batch.column(index)

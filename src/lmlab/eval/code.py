@@ -132,7 +132,10 @@ def _report(
         **mean_pass_at_k(counts, ks),
         "per_task": per_task,
         "failed_tasks": [t for t, e in per_task.items() if e["passed"] < e["n"]],
-        "results": [{"task_id": t, "passed": r.passed, "reason": r.reason} for (t, _), r in zip(jobs, results)],
+        "results": [
+            {"task_id": t, "passed": r.passed, "reason": r.reason}
+            for (t, _), r in zip(jobs, results)
+        ],
         "isolation": isolation,
         "python": sorted({r.python for r in results if r.python}),
     }
@@ -344,8 +347,13 @@ def parse_report(programs: Iterable[str]) -> dict[str, Any]:
         ok += passed
         if not passed:
             errors[err] += 1
-    return {"samples": n, "parsed": ok, "parse_rate": ok / n if n else 0.0, "empty": empty,
-            "errors": dict(errors.most_common(5))}
+    return {
+        "samples": n,
+        "parsed": ok,
+        "parse_rate": ok / n if n else 0.0,
+        "empty": empty,
+        "errors": dict(errors.most_common(5)),
+    }
 
 
 def parse_rate(sequences: Iterable[Sequence[int]], tokenizer: SymbolicTokenizer) -> dict[str, Any]:

@@ -58,7 +58,12 @@ def evaluate_batches(
         correct += ((logits.argmax(-1) == target) & mask).sum()
         n += 1
     model.train(was_training)
-    return {"nats": nats.item(), "tokens": int(tokens.item()), "correct": int(correct.item()), "batches": n}
+    return {
+        "nats": nats.item(),
+        "tokens": int(tokens.item()),
+        "correct": int(correct.item()),
+        "batches": n,
+    }
 
 
 def summarize(sums: dict[str, float], n_bytes: float | None) -> dict[str, Any]:
@@ -78,7 +83,10 @@ def summarize(sums: dict[str, float], n_bytes: float | None) -> dict[str, Any]:
 
 
 def evaluate_path(
-    run_or_ckpt: str | Path, data: str | None = None, batches: int | None = None, device: str = "auto"
+    run_or_ckpt: str | Path,
+    data: str | None = None,
+    batches: int | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a run (its latest checkpoint) or a checkpoint on a dataset's val split."""
     from lmlab.data.loader import TokenSplit, as_batches, contiguous_windows, fixed_windows
@@ -106,7 +114,9 @@ def evaluate_path(
         ratio = split.n_bytes / int(split.info.get("tokens") or split.n_tokens)
         n_bytes = sums["tokens"] * ratio if split.n_bytes else None
     else:
-        sums = evaluate_batches(model, as_batches(contiguous_windows(split, seq_len, bsz), dev), dev, dtype)
+        sums = evaluate_batches(
+            model, as_batches(contiguous_windows(split, seq_len, bsz), dev), dev, dtype
+        )
         n_bytes = split.n_bytes or None
     result = summarize(sums, n_bytes)
     result.update(
@@ -132,7 +142,9 @@ def format_metrics(m: dict[str, Any]) -> str:
         f"val loss       {m['val_loss']:.4f}",
         f"perplexity     {m['perplexity']:.3f}",
         f"accuracy       {100 * m['accuracy']:.2f}%",
-        f"bits per byte  {bpb:.4f}" if bpb is not None else "bits per byte  n/a (dataset records no byte count)",
+        f"bits per byte  {bpb:.4f}"
+        if bpb is not None
+        else "bits per byte  n/a (dataset records no byte count)",
         f"tokens         {m['tokens']:,}",
     ]
     return "\n".join(lines)

@@ -104,14 +104,18 @@ def find_problems(benchmark: str, given: str | None) -> Path:
         if Path(candidate).is_file():
             return Path(candidate)
     names = ", ".join(DEFAULT_PROBLEMS[benchmark])
-    raise LmlabError(f"--code {benchmark}: no problems file found (looked for {names}); pass --problems PATH")
+    raise LmlabError(
+        f"--code {benchmark}: no problems file found (looked for {names}); pass --problems PATH"
+    )
 
 
 def _output_paths(run: Path, benchmark: str) -> tuple[Path, Path]:
     """RUN/eval/BENCHMARK.{jsonl,json}, refusing anything lmlab did not write there."""
     folder = run / "eval"
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise LmlabError(f"{folder}: not a plain folder (a symlink or a file); lmlab writes code-eval results there")
+        raise LmlabError(
+            f"{folder}: not a plain folder (a symlink or a file); lmlab writes code-eval results there"
+        )
     samples, summary = folder / f"{benchmark}.jsonl", folder / f"{benchmark}.json"
     for p in (samples, summary):
         if p.is_symlink():
@@ -122,7 +126,9 @@ def _output_paths(run: Path, benchmark: str) -> tuple[Path, Path]:
     if samples.is_file() and summary.is_file():
         try:
             meta = json.loads(summary.read_text(encoding="utf-8"))
-            ours = meta.get("format") == FORMAT and meta.get("samples_sha256") == sha256_file(samples)
+            ours = meta.get("format") == FORMAT and meta.get("samples_sha256") == sha256_file(
+                samples
+            )
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             ours = False
     if not ours:
@@ -194,7 +200,9 @@ def code_eval(
             else:
                 text = prompt + cut_mbpp_completion(s.text)
             kept.setdefault(key, []).append(text)
-            records.append({"task_id": key, "sample": j, "completion": text, "finish_reason": s.finish_reason})
+            records.append(
+                {"task_id": key, "sample": j, "completion": text, "finish_reason": s.finish_reason}
+            )
     sample_s = time.monotonic() - t0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -202,7 +210,9 @@ def code_eval(
             report = run_humaneval(kept, rows, sandbox, ks=ks, workers=workers)
         else:
             report = run_mbpp(kept, rows, sandbox, ks=ks, workers=workers)
-    for message in dict.fromkeys(str(w.message) for w in caught):  # one line each, e.g. the sandbox's caution
+    for message in dict.fromkeys(
+        str(w.message) for w in caught
+    ):  # one line each, e.g. the sandbox's caution
         print(f"lmlab: warning: {message}", file=sys.stderr)
     for rec, res in zip(records, report.pop("results")):
         rec.update(passed=res["passed"], reason=res["reason"])
@@ -216,8 +226,14 @@ def code_eval(
         "tasks": report["tasks"],
         "samples_per_task": samples,
         **{k: v for k, v in report.items() if k.startswith("pass@")},
-        "settings": {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
-                     "seed": seed, "k": ks, "timeout_s": timeout_s},  # fmt: skip
+        "settings": {
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+            "k": ks,
+            "timeout_s": timeout_s,
+        },  # fmt: skip
         "isolation": report["isolation"],
         "python": report["python"],
         "sampling_s": round(sample_s, 1),

@@ -301,7 +301,14 @@ def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
     anything the program does: failures, timeouts and limit hits come back in the result.
     """
     require_opt_in(cfg)
-    limits = (cfg.timeout_s, cfg.memory_mb, cfg.max_processes, cfg.max_file_mb, cfg.max_total_mb, cfg.max_files)
+    limits = (
+        cfg.timeout_s,
+        cfg.memory_mb,
+        cfg.max_processes,
+        cfg.max_file_mb,
+        cfg.max_total_mb,
+        cfg.max_files,
+    )
     if min(limits) <= 0:
         raise LmlabError(
             "sandbox limits (timeout_s, memory_mb, max_processes, max_file_mb, max_total_mb, "
@@ -382,7 +389,9 @@ def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
         duration = time.monotonic() - t0
         info_obj = _read_info(logdir / "info")
         if "unavailable" in info_obj:
-            raise SandboxUnavailable(f"sandbox unavailable: {info_obj['unavailable']}; nothing was run")
+            raise SandboxUnavailable(
+                f"sandbox unavailable: {info_obj['unavailable']}; nothing was run"
+            )
         status: int | None = proc.returncode
         if "status" in info_obj:
             status = os.waitstatus_to_exitcode(int(info_obj["status"]))

@@ -108,7 +108,9 @@ def last_error() -> str:
     return os.strerror(ctypes.get_errno())
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None
+) -> None:
     enc = [None if s is None else s.encode() for s in (source, target, fstype, data)]
     if libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]) != 0:
         raise OSError(ctypes.get_errno(), f"mount {fstype or ''} on {target}: {last_error()}")
@@ -118,14 +120,21 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 
 class SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
 
 
 class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
-def bpf_program(arch: int, deny: list[int], socket_nr: int | None, families: list[int], err: int) -> list[tuple]:
+def bpf_program(
+    arch: int, deny: list[int], socket_nr: int | None, families: list[int], err: int
+) -> list[tuple]:
     """A classic-BPF seccomp filter: deny ``deny`` syscalls (and ``socket()`` outside
     ``families`` when ``socket_nr`` is given) with errno ``err``; kill a foreign ABI."""
     LD, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06
@@ -172,12 +181,19 @@ def landlock_abi() -> int:
 def landlock(abi: int, rules: list[tuple[str, int]]) -> str:
     """Restrict this process to ``rules`` (path, rights); return "" or why it failed."""
     fs = sum(1 << i for i in range(13))  # EXECUTE .. MAKE_SYM
-    fs |= (REFER if abi >= 2 else 0) | (TRUNCATE if abi >= 3 else 0) | (IOCTL_DEV if abi >= 5 else 0)
+    fs |= (
+        (REFER if abi >= 2 else 0) | (TRUNCATE if abi >= 3 else 0) | (IOCTL_DEV if abi >= 5 else 0)
+    )
     net = 3 if abi >= 4 else 0  # BIND_TCP | CONNECT_TCP, with no rule allowing any port
     scoped = 3 if abi >= 6 else 0  # abstract unix sockets and signals stay inside
     attr = (ctypes.c_uint64 * 3)(fs, net, scoped)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    rfd = libc.syscall(ctypes.c_long(LANDLOCK_CREATE), ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    rfd = libc.syscall(
+        ctypes.c_long(LANDLOCK_CREATE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(size),
+        ctypes.c_uint32(0),
+    )
     if rfd < 0:
         return f"landlock_create_ruleset: {last_error()}"
     for path, rights in rules:
@@ -187,7 +203,13 @@ def landlock(abi: int, rules: list[tuple[str, int]]) -> str:
             continue  # absent on this system
         is_dir = os.path.isdir(f"/proc/self/fd/{pfd}")
         rule = PathBeneath(rights & fs & (~0 if is_dir else FILE_RIGHTS), pfd)
-        r = libc.syscall(ctypes.c_long(LANDLOCK_ADD_RULE), ctypes.c_int(rfd), ctypes.c_int(1), ctypes.byref(rule), ctypes.c_uint32(0))
+        r = libc.syscall(
+            ctypes.c_long(LANDLOCK_ADD_RULE),
+            ctypes.c_int(rfd),
+            ctypes.c_int(1),
+            ctypes.byref(rule),
+            ctypes.c_uint32(0),
+        )
         os.close(pfd)
         if r != 0:
             return f"landlock_add_rule {path}: {last_error()}"
@@ -231,30 +253,55 @@ def main() -> None:
     applied: list[str] = []
     machine = os.uname().machine
     if a["seccomp"] and machine not in SYSCALLS:
-        unavailable(f"no seccomp filter for this machine ({machine}); lmlab knows {', '.join(SYSCALLS)}")
+        unavailable(
+            f"no seccomp filter for this machine ({machine}); lmlab knows {', '.join(SYSCALLS)}"
+        )
 
     if a["namespaces"]:
         with open("program.py", "rb") as f:
             program = f.read()
-        flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | (0 if root else CLONE_NEWUSER)
+        flags = (
+            CLONE_NEWNS
+            | CLONE_NEWNET
+            | CLONE_NEWPID
+            | CLONE_NEWIPC
+            | (0 if root else CLONE_NEWUSER)
+        )
         if libc.unshare(ctypes.c_int(flags)) != 0:
-            hint = "" if root else (
-                " (unprivileged user namespaces are disabled here: see sysctl user.max_user_namespaces, "
-                "kernel.unprivileged_userns_clone or kernel.apparmor_restrict_unprivileged_userns)"
+            hint = (
+                ""
+                if root
+                else (
+                    " (unprivileged user namespaces are disabled here: see sysctl user.max_user_namespaces, "
+                    "kernel.unprivileged_userns_clone or kernel.apparmor_restrict_unprivileged_userns)"
+                )
             )
-            unavailable(f"cannot create {'' if root else 'user, '}mount, network and PID namespaces: {last_error()}{hint}")
+            unavailable(
+                f"cannot create {'' if root else 'user, '}mount, network and PID namespaces: {last_error()}{hint}"
+            )
         try:
             if not root:
                 # Map our own uid/gid so files keep an owner; no setgroups (required to map gid).
-                for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+                for name, text in (
+                    ("setgroups", "deny"),
+                    ("uid_map", f"{uid} {uid} 1"),
+                    ("gid_map", f"{gid} {gid} 1"),
+                ):
                     with open(f"/proc/self/{name}", "w") as f:
                         f.write(text)
                 applied.append("userns")
             applied += ["netns", "pidns", "ipcns", "mountns"]
-            mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing mounted here reaches the host
+            mount(
+                None, "/", None, MS_REC | MS_PRIVATE, None
+            )  # nothing mounted here reaches the host
             owner = f",uid={sandbox_uid},gid={sandbox_uid}" if sandbox_uid is not None else ""
-            mount("lmlab-sandbox", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
-                  f"size={a['quota']},nr_inodes={a['inodes']},mode=0700{owner}")
+            mount(
+                "lmlab-sandbox",
+                workdir,
+                "tmpfs",
+                MS_NOSUID | MS_NODEV,
+                f"size={a['quota']},nr_inodes={a['inodes']},mode=0700{owner}",
+            )
             os.chdir(workdir)  # the fresh tmpfs over the harness's folder
             fd = os.open("program.py", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.write(fd, program)
@@ -275,7 +322,13 @@ def main() -> None:
             applied.append("private-proc")
         except OSError as e:
             try:  # a kernel that refuses a proc mount here: hide /proc altogether
-                mount("lmlab-noproc", "/proc", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "size=4k")
+                mount(
+                    "lmlab-noproc",
+                    "/proc",
+                    "tmpfs",
+                    MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+                    "size=4k",
+                )
                 applied.append("empty-proc")
             except OSError:
                 unavailable(f"cannot give the sandbox its own /proc ({e})")
@@ -299,9 +352,15 @@ def main() -> None:
     if a["landlock"]:
         abi = landlock_abi()
         if abi < 1:
-            unavailable("Landlock is not available (Linux 5.13 or later with the landlock LSM enabled is needed)")
+            unavailable(
+                "Landlock is not available (Linux 5.13 or later with the landlock LSM enabled is needed)"
+            )
         proc = "/proc" if a["namespaces"] else "/proc/self"  # resolved now: this pid, kept by exec
-        rules = [(workdir, ~0), ("/dev/null", READ_FILE | WRITE_FILE | TRUNCATE), (proc, READ_FILE | READ_DIR)]
+        rules = [
+            (workdir, ~0),
+            ("/dev/null", READ_FILE | WRITE_FILE | TRUNCATE),
+            (proc, READ_FILE | READ_DIR),
+        ]
         rules += [(d, READ_FILE) for d in DEVICES_READ] + [(d, READ_TREE) for d in SYSTEM_READ]
         rules += interpreter_reads(python, a["prefixes"])
         why = landlock(abi, rules)
@@ -320,7 +379,12 @@ def main() -> None:
     prelude = not netns and abi < 4 and not a["seccomp"]
     if prelude:
         applied.append("socket-prelude")  # best effort: _socket stays reachable
-    argv = [python, "-I", "-c", RUNNER + f"\n_lmlab_run({a['nonce_fd']}, {a['result_fd']}, {prelude})\n"]
+    argv = [
+        python,
+        "-I",
+        "-c",
+        RUNNER + f"\n_lmlab_run({a['nonce_fd']}, {a['result_fd']}, {prelude})\n",
+    ]
     R.setrlimit(R.RLIMIT_AS, (a["memory"], a["memory"]))
     applied.append("rlimits")
     report({"isolation": applied, "python": python})

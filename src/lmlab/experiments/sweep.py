@@ -506,7 +506,9 @@ def run_sweep(
     log(f"[sweep] {spec.name}: {len(configs)} points -> {spec.out}")
     from lmlab.outputs import check_output, write_marker
 
-    check_output(spec.out, "sweep", whole=False)  # its tables and runs/ never go into a folder of the user's
+    check_output(
+        spec.out, "sweep", whole=False
+    )  # its tables and runs/ never go into a folder of the user's
     Path(spec.out).mkdir(parents=True, exist_ok=True)
     write_marker(Path(spec.out), "sweep")
     prepare_data(spec, configs, log=log)

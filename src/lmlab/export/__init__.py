@@ -17,5 +17,12 @@ from lmlab.export.hf import (
 )
 from lmlab.export.names import GPT2_ACT
 
-__all__ = ["GPT2_ACT", "export_hf", "export_model", "hf_config", "hf_family", "hf_state_dict",
-           "write_tokenizer_files"]
+__all__ = [
+    "GPT2_ACT",
+    "export_hf",
+    "export_model",
+    "hf_config",
+    "hf_family",
+    "hf_state_dict",
+    "write_tokenizer_files",
+]

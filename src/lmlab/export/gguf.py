@@ -46,7 +46,9 @@ def _gguf() -> Any:
     try:
         import gguf
     except ImportError:
-        raise LmlabError("--format gguf needs the gguf package: pip install gguf (or lmlab[gguf])") from None
+        raise LmlabError(
+            "--format gguf needs the gguf package: pip install gguf (or lmlab[gguf])"
+        ) from None
     return gguf
 
 
@@ -65,7 +67,9 @@ def pre_tokenizer_type(tokenizer: Any) -> str:
         )
     hf = tokenizer.hf_tokenizer
     if hf.normalizer is not None:
-        raise LmlabError("tokenizer: it has a normalizer, which llama.cpp's gpt2 tokenizer does not apply")
+        raise LmlabError(
+            "tokenizer: it has a normalizer, which llama.cpp's gpt2 tokenizer does not apply"
+        )
     if tokenizer.pattern != GPT2_PATTERN:
         raise LmlabError(
             f"tokenizer: its split pattern {tokenizer.pattern!r} is not GPT-2's, the one llama.cpp's "
@@ -79,7 +83,9 @@ def check_exportable(mcfg: Any, tokenizer: Any) -> str:
     fam = family(mcfg, "gguf")
     pre_tokenizer_type(tokenizer)
     if tokenizer.vocab_size > mcfg.vocab_size:
-        raise LmlabError(f"model.vocab_size={mcfg.vocab_size} is below the tokenizer's {tokenizer.vocab_size}")
+        raise LmlabError(
+            f"model.vocab_size={mcfg.vocab_size} is below the tokenizer's {tokenizer.vocab_size}"
+        )
     return fam
 
 
@@ -92,7 +98,12 @@ def tensor_type(name: str, shape: tuple[int, ...], dtype: str) -> str:
     As in ``convert_hf_to_gguf.py``: 1-D tensors, norm weights, biases and the position table
     stay f32; q8_0 needs rows that are a multiple of its 32-value blocks, else f16.
     """
-    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or name == "position_embd.weight":
+    if (
+        len(shape) <= 1
+        or name.endswith("_norm.weight")
+        or not name.endswith(".weight")
+        or name == "position_embd.weight"
+    ):
         return "f32"
     if dtype == "q8_0" and shape[-1] % 32:
         return "f16"
@@ -106,7 +117,9 @@ def _encode_tensor(gguf: Any, name: str, t: torch.Tensor, kind: str) -> tuple[np
         return data, Q.F32
     big = float(np.abs(data).max(initial=0.0))
     if big > _F16_MAX:  # f16, and q8_0's f16 block scales (max/127), would overflow
-        raise LmlabError(f"--dtype {kind}: {name} holds {big:.4g}, past float16's range; export with --dtype f32")
+        raise LmlabError(
+            f"--dtype {kind}: {name} holds {big:.4g}, past float16's range; export with --dtype f32"
+        )
     if kind == "f16":
         return data.astype(np.float16), Q.F16
     return gguf.quants.quantize(data, Q.Q8_0), Q.Q8_0
@@ -141,7 +154,9 @@ def tokenizer_tables(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[i
 # --- the file --------------------------------------------------------------------------------
 
 
-def _write_metadata(w: Any, gguf: Any, mcfg: Any, fam: str, dtype: str, name: str, source: str) -> None:
+def _write_metadata(
+    w: Any, gguf: Any, mcfg: Any, fam: str, dtype: str, name: str, source: str
+) -> None:
     from lmlab.model.transformer import resolve_d_ff
 
     H = mcfg.n_head
@@ -160,8 +175,11 @@ def _write_metadata(w: Any, gguf: Any, mcfg: Any, fam: str, dtype: str, name: st
         w.add_layer_norm_rms_eps(float(mcfg.norm_eps))
     else:
         w.add_layer_norm_eps(float(mcfg.norm_eps))
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    ftype = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[dtype]
     w.add_file_type(int(ftype))
     if dtype == "q8_0":
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -197,11 +215,19 @@ def _check_out(out: Path) -> None:
     except Exception:  # not a GGUF at all (the reader raises assorted errors)
         ours = False
     if not ours:
-        raise LmlabError(f"--out {out}: exists and is not an lmlab GGUF export; remove it or choose another path")
+        raise LmlabError(
+            f"--out {out}: exists and is not an lmlab GGUF export; remove it or choose another path"
+        )
 
 
-def export_gguf_model(model: torch.nn.Module, tokenizer: Any, out: Path, dtype: str = "f32",
-                      source: str = "", name: str = "") -> Path:
+def export_gguf_model(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out: Path,
+    dtype: str = "f32",
+    source: str = "",
+    name: str = "",
+) -> Path:
     """Write ``model`` + ``tokenizer`` as the GGUF file ``out`` (atomically); return ``out``."""
     if dtype not in DTYPES:
         raise LmlabError(f"--dtype: one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -239,5 +265,11 @@ def export_gguf(run: str | Path, out: Path, dtype: str = "f32") -> Path:
     if dtype not in DTYPES:
         raise LmlabError(f"--dtype: one of {', '.join(DTYPES)}, got {dtype!r}")
     model, _cfg, tokenizer = load_model_for_inference(run, device="cpu")
-    return export_gguf_model(model, tokenizer, Path(out), dtype, source=str(Path(run).resolve()),
-                             name=Path(run).resolve().name)
+    return export_gguf_model(
+        model,
+        tokenizer,
+        Path(out),
+        dtype,
+        source=str(Path(run).resolve()),
+        name=Path(run).resolve().name,
+    )

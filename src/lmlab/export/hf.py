@@ -122,7 +122,9 @@ def _char_tokenizer_json(tokenizer: Any) -> dict[str, Any]:
     vocab.update(tokenizer.special_tokens)
     eot = next((t for t, i in tokenizer.special_tokens.items() if i == tokenizer.eot_id), None)
     if eot is None:
-        raise LmlabError("tokenizer kind 'char' without <|endoftext|>: HF needs it as the unknown token")
+        raise LmlabError(
+            "tokenizer kind 'char' without <|endoftext|>: HF needs it as the unknown token"
+        )
     hf = HFTokenizer(models.WordLevel(vocab, unk_token=eot))
     hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     hf.decoder = decoders.Fuse()
@@ -143,12 +145,21 @@ def write_tokenizer_files(tokenizer: Any, out: Path, context_length: int) -> Non
     for text, i in sorted(specials.items(), key=lambda kv: kv[1]):
         if int(i) not in added:
             tj.setdefault("added_tokens", []).append(
-                {"id": int(i), "content": text, "single_word": False, "lstrip": False,
-                 "rstrip": False, "normalized": False, "special": True}
+                {
+                    "id": int(i),
+                    "content": text,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": True,
+                }
             )
     (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
 
-    eot_text = next((t for t, i in specials.items() if i == eot_id), None) if eot_id is not None else None
+    eot_text = (
+        next((t for t, i in specials.items() if i == eot_id), None) if eot_id is not None else None
+    )
     special_map: dict[str, Any] = {}
     if eot_text is not None:
         special_map = {"bos_token": eot_text, "eos_token": eot_text, "unk_token": eot_text}
@@ -181,7 +192,9 @@ def export_model(model: torch.nn.Module, tokenizer: Any, out: Path, source: str 
     eot_id = getattr(tokenizer, "eot_id", None)
     out = Path(out)
     with atomic_dir(out, "export") as tmp:
-        save_file(hf_state_dict(model, family), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            hf_state_dict(model, family), str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
         write_json(tmp / "config.json", hf_config(mcfg, family, eot_id))
         gen: dict[str, Any] = {"bos_token_id": eot_id, "eos_token_id": eot_id}
         if eot_id is not None:

@@ -29,9 +29,17 @@ import torch
 from lmlab.errors import CheckpointError, ConfigError, LmlabError
 
 PREFIX = "hf:"
-GPT2_ACTS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "relu": "relu",
-             "silu": "silu", "swish": "silu"}
-_IGNORED = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|\.rotary_emb\.inv_freq)$")  # buffers, not weights
+GPT2_ACTS = {
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "gelu_fast": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+_IGNORED = re.compile(
+    r"(\.attn\.bias|\.attn\.masked_bias|\.rotary_emb\.inv_freq)$"
+)  # buffers, not weights
 
 
 def is_hf_source(spec: str) -> bool:
@@ -39,12 +47,15 @@ def is_hf_source(spec: str) -> bool:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def resolve_folder(spec: str) -> Path:
     """The local folder ``hf:PATH_OR_NAME`` names (downloading a hub model when online)."""
-    name = spec[len(PREFIX):] if is_hf_source(spec) else spec
+    name = spec[len(PREFIX) :] if is_hf_source(spec) else spec
     p = Path(name).expanduser()
     if p.is_dir():
         return p.resolve()
@@ -53,18 +64,24 @@ def resolve_folder(spec: str) -> Path:
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
         raise CheckpointError(f"train.init_from={spec}: no such folder")
     if _offline():
-        raise CheckpointError(f"train.init_from={spec}: no such local folder, and the hub is offline "
-                              "(HF_HUB_OFFLINE); name a local model folder")
+        raise CheckpointError(
+            f"train.init_from={spec}: no such local folder, and the hub is offline "
+            "(HF_HUB_OFFLINE); name a local model folder"
+        )
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise CheckpointError(f"train.init_from={spec}: no such local folder (a hub name needs "
-                              "huggingface_hub: pip install lmlab[hf])") from None
+        raise CheckpointError(
+            f"train.init_from={spec}: no such local folder (a hub name needs "
+            "huggingface_hub: pip install lmlab[hf])"
+        ) from None
     try:
         got = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt"])
     except Exception as e:  # offline, unknown repo, gated: the hub raises many kinds
-        raise CheckpointError(f"train.init_from={spec}: no such local folder, and the hub did not give it "
-                              f"({type(e).__name__}); offline? name a local model folder") from None
+        raise CheckpointError(
+            f"train.init_from={spec}: no such local folder, and the hub did not give it "
+            f"({type(e).__name__}); offline? name a local model folder"
+        ) from None
     return Path(got)
 
 
@@ -74,27 +91,47 @@ def model_fields(hf: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     archs = hf.get("architectures") or []
     if mtype == "gpt2":
         if archs and archs[0] != "GPT2LMHeadModel":
-            raise ConfigError(f"{where}: architectures={archs[0]}: lmlab imports GPT2LMHeadModel and LlamaForCausalLM")
+            raise ConfigError(
+                f"{where}: architectures={archs[0]}: lmlab imports GPT2LMHeadModel and LlamaForCausalLM"
+            )
         act = hf.get("activation_function", "gelu_new")
         if act not in GPT2_ACTS:
-            raise ConfigError(f"{where}: activation_function={act}: lmlab's MLPs are gelu (tanh), relu or silu")
+            raise ConfigError(
+                f"{where}: activation_function={act}: lmlab's MLPs are gelu (tanh), relu or silu"
+            )
         if hf.get("scale_attn_by_inverse_layer_idx"):
-            raise ConfigError(f"{where}: scale_attn_by_inverse_layer_idx=true: lmlab scales attention by 1/sqrt(head_dim) only")
+            raise ConfigError(
+                f"{where}: scale_attn_by_inverse_layer_idx=true: lmlab scales attention by 1/sqrt(head_dim) only"
+            )
         if hf.get("scale_attn_weights", True) is False:
-            raise ConfigError(f"{where}: scale_attn_weights=false: lmlab always scales attention by 1/sqrt(head_dim)")
+            raise ConfigError(
+                f"{where}: scale_attn_weights=false: lmlab always scales attention by 1/sqrt(head_dim)"
+            )
         if hf.get("add_cross_attention"):
             raise ConfigError(f"{where}: add_cross_attention=true: not a decoder-only model")
         d = int(hf["n_embd"])
         return "gpt2", {
-            "arch": "transformer", "vocab_size": int(hf["vocab_size"]), "n_layer": int(hf["n_layer"]),
-            "n_head": int(hf["n_head"]), "n_kv_head": 0, "d_model": d, "d_ff": int(hf.get("n_inner") or 4 * d),
-            "context_length": int(hf.get("n_positions") or hf.get("n_ctx")), "norm": "layernorm",
-            "norm_position": "pre", "norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)), "position": "learned",
-            "mlp": GPT2_ACTS[act], "bias": True, "tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
+            "arch": "transformer",
+            "vocab_size": int(hf["vocab_size"]),
+            "n_layer": int(hf["n_layer"]),
+            "n_head": int(hf["n_head"]),
+            "n_kv_head": 0,
+            "d_model": d,
+            "d_ff": int(hf.get("n_inner") or 4 * d),
+            "context_length": int(hf.get("n_positions") or hf.get("n_ctx")),
+            "norm": "layernorm",
+            "norm_position": "pre",
+            "norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)),
+            "position": "learned",
+            "mlp": GPT2_ACTS[act],
+            "bias": True,
+            "tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
         }
     if mtype == "llama":
         if archs and archs[0] != "LlamaForCausalLM":
-            raise ConfigError(f"{where}: architectures={archs[0]}: lmlab imports GPT2LMHeadModel and LlamaForCausalLM")
+            raise ConfigError(
+                f"{where}: architectures={archs[0]}: lmlab imports GPT2LMHeadModel and LlamaForCausalLM"
+            )
         act = hf.get("hidden_act", "silu")
         if act != "silu":
             raise ConfigError(f"{where}: hidden_act={act}: lmlab's SwiGLU gates with silu")
@@ -105,20 +142,36 @@ def model_fields(hf: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
         theta = float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0)
         H, d = int(hf["num_attention_heads"]), int(hf["hidden_size"])
         if hf.get("head_dim") not in (None, d // H):
-            raise ConfigError(f"{where}: head_dim={hf['head_dim']}: lmlab's head size is hidden_size/num_attention_heads = {d // H}")
+            raise ConfigError(
+                f"{where}: head_dim={hf['head_dim']}: lmlab's head size is hidden_size/num_attention_heads = {d // H}"
+            )
         attn_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
         if attn_bias != mlp_bias:
-            raise ConfigError(f"{where}: attention_bias={attn_bias} with mlp_bias={mlp_bias}: lmlab's model.bias "
-                              "switches both")
+            raise ConfigError(
+                f"{where}: attention_bias={attn_bias} with mlp_bias={mlp_bias}: lmlab's model.bias "
+                "switches both"
+            )
         return "llama", {
-            "arch": "transformer", "vocab_size": int(hf["vocab_size"]), "n_layer": int(hf["num_hidden_layers"]),
-            "n_head": H, "n_kv_head": int(hf.get("num_key_value_heads") or H), "d_model": d,
-            "d_ff": int(hf["intermediate_size"]), "context_length": int(hf["max_position_embeddings"]),
-            "norm": "rmsnorm", "norm_position": "pre", "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
-            "position": "rope", "rope_theta": theta, "mlp": "swiglu", "bias": attn_bias,
+            "arch": "transformer",
+            "vocab_size": int(hf["vocab_size"]),
+            "n_layer": int(hf["num_hidden_layers"]),
+            "n_head": H,
+            "n_kv_head": int(hf.get("num_key_value_heads") or H),
+            "d_model": d,
+            "d_ff": int(hf["intermediate_size"]),
+            "context_length": int(hf["max_position_embeddings"]),
+            "norm": "rmsnorm",
+            "norm_position": "pre",
+            "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+            "position": "rope",
+            "rope_theta": theta,
+            "mlp": "swiglu",
+            "bias": attn_bias,
             "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
         }
-    raise ConfigError(f"{where}: model_type={mtype}: lmlab imports GPT2LMHeadModel (gpt2) and LlamaForCausalLM (llama)")
+    raise ConfigError(
+        f"{where}: model_type={mtype}: lmlab imports GPT2LMHeadModel (gpt2) and LlamaForCausalLM (llama)"
+    )
 
 
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -136,8 +189,15 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
         files = [folder / f for f in sorted(set(weight_map.values()))]
     else:
         bins = [p.name for p in folder.glob("*.bin")]
-        raise CheckpointError(f"{folder}: no model.safetensors" + (f" ({bins[0]} is a pickle, which lmlab does not "
-                              "load: save the model with safe_serialization=True)" if bins else ""))
+        raise CheckpointError(
+            f"{folder}: no model.safetensors"
+            + (
+                f" ({bins[0]} is a pickle, which lmlab does not "
+                "load: save the model with safe_serialization=True)"
+                if bins
+                else ""
+            )
+        )
     out: dict[str, torch.Tensor] = {}
     for f in files:
         try:
@@ -163,16 +223,27 @@ class HFModel:
 
         where = str(self.folder)
         tensors = {k: v for k, v in read_safetensors(self.folder).items() if not _IGNORED.search(k)}
-        if self.family == "gpt2" and "transformer.wte.weight" not in tensors and "wte.weight" in tensors:
-            tensors = {(k if k.startswith("lm_head.") else "transformer." + k): v for k, v in tensors.items()}
+        if (
+            self.family == "gpt2"
+            and "transformer.wte.weight" not in tensors
+            and "wte.weight" in tensors
+        ):
+            tensors = {
+                (k if k.startswith("lm_head.") else "transformer." + k): v
+                for k, v in tensors.items()
+            }
         if mcfg.tie_embeddings and "lm_head.weight" in tensors:
             emb = "transformer.wte.weight" if self.family == "gpt2" else "model.embed_tokens.weight"
             if emb in tensors and not torch.equal(tensors.pop("lm_head.weight"), tensors[emb]):
-                raise CheckpointError(f"{where}: tie_word_embeddings is true but lm_head.weight differs from {emb}")
+                raise CheckpointError(
+                    f"{where}: tie_word_embeddings is true but lm_head.weight differs from {emb}"
+                )
         unknown = sorted(set(tensors) - known_names(mcfg, self.family, "hf"))
         if unknown:
-            raise CheckpointError(f"{where}: tensor {unknown[0]} has no place in lmlab's {self.family} model"
-                                  + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+            raise CheckpointError(
+                f"{where}: tensor {unknown[0]} has no place in lmlab's {self.family} model"
+                + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            )
         want = set(wanted) - ({"head.weight"} if mcfg.tie_embeddings else set())
         sd = from_format(tensors, mcfg, self.family, "hf", want, where)
         if mcfg.tie_embeddings:
@@ -198,11 +269,15 @@ def read_hf_model(spec: str) -> HFModel:
     except LmlabError as e:
         raise CheckpointError(f"{folder}: no usable tokenizer ({e})") from None
     if tok.kind != "bpe":
-        raise CheckpointError(f"{folder}: its tokenizer is not byte-level BPE (lmlab kind {tok.kind!r}); "
-                              "lmlab starts from byte-level BPE models only")
+        raise CheckpointError(
+            f"{folder}: its tokenizer is not byte-level BPE (lmlab kind {tok.kind!r}); "
+            "lmlab starts from byte-level BPE models only"
+        )
     if tok.vocab_size > fields["vocab_size"]:
-        raise CheckpointError(f"{folder}: the tokenizer has {tok.vocab_size} ids, config.json vocab_size "
-                              f"{fields['vocab_size']}")
+        raise CheckpointError(
+            f"{folder}: the tokenizer has {tok.vocab_size} ids, config.json vocab_size "
+            f"{fields['vocab_size']}"
+        )
     return HFModel(folder, fam, fields, tok)
 
 
@@ -239,8 +314,10 @@ def start_from_hf(cfg: Any, meta: dict[str, Any]) -> tuple[HFModel, list[str]]:
     changed = apply_model_fields(cfg.model, hfm)
     fp = meta.get("tokenizer_fingerprint")
     if fp and fp != hfm.tokenizer.fingerprint():
-        raise ConfigError(f"data.path: tokenized with another tokenizer than {hfm.folder}'s; prepare it with "
-                          f"`lmlab data prepare --tokenizer {hfm.folder} ...`")
+        raise ConfigError(
+            f"data.path: tokenized with another tokenizer than {hfm.folder}'s; prepare it with "
+            f"`lmlab data prepare --tokenizer {hfm.folder} ...`"
+        )
     if not cfg.data.tokenizer:
         cfg.data.tokenizer = str(hfm.folder)
     return hfm, changed
@@ -251,5 +328,7 @@ def load_into(model: torch.nn.Module, hfm: HFModel) -> None:
     sd = hfm.state_dict(model.config, set(model.state_dict()))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{hfm.folder}: weights do not fit (missing {sorted(missing)[:3]}, "
-                              f"unexpected {sorted(unexpected)[:3]})")
+        raise CheckpointError(
+            f"{hfm.folder}: weights do not fit (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )

@@ -52,12 +52,18 @@ def family(mcfg: Any, target: str = "hf") -> str:
     """
     gpt2, llama = _WHO[target]
     if mcfg.arch != "transformer":
-        raise LmlabError(f"model.arch={mcfg.arch}: only the decoder-only transformer can be exported "
-                         f"({gpt2} / {llama})")
+        raise LmlabError(
+            f"model.arch={mcfg.arch}: only the decoder-only transformer can be exported "
+            f"({gpt2} / {llama})"
+        )
     if not getattr(mcfg, "residual", True):
-        raise LmlabError(f"model.residual=false: a model without residual connections has no {gpt2} / {llama} equivalent")
+        raise LmlabError(
+            f"model.residual=false: a model without residual connections has no {gpt2} / {llama} equivalent"
+        )
     if mcfg.norm_position != "pre":
-        raise LmlabError(f"model.norm_position={mcfg.norm_position}: {gpt2} and {llama} are pre-norm only")
+        raise LmlabError(
+            f"model.norm_position={mcfg.norm_position}: {gpt2} and {llama} are pre-norm only"
+        )
     if mcfg.norm == "layernorm":
         if mcfg.position == "rope":
             raise LmlabError(
@@ -73,14 +79,20 @@ def family(mcfg: Any, target: str = "hf") -> str:
             )
         n_kv = mcfg.n_kv_head or mcfg.n_head
         if n_kv != mcfg.n_head:
-            raise LmlabError(f"model.n_kv_head={mcfg.n_kv_head} with model.norm=layernorm: {gpt2} has no "
-                             "grouped-query attention")
+            raise LmlabError(
+                f"model.n_kv_head={mcfg.n_kv_head} with model.norm=layernorm: {gpt2} has no "
+                "grouped-query attention"
+            )
         return "gpt2"
     if mcfg.norm == "rmsnorm":
         if mcfg.position != "rope":
-            raise LmlabError(f"model.position={mcfg.position} with model.norm=rmsnorm: {llama} always applies RoPE")
+            raise LmlabError(
+                f"model.position={mcfg.position} with model.norm=rmsnorm: {llama} always applies RoPE"
+            )
         if mcfg.mlp != "swiglu":
-            raise LmlabError(f"model.mlp={mcfg.mlp} with model.norm=rmsnorm: {llama}'s MLP is gated (swiglu)")
+            raise LmlabError(
+                f"model.mlp={mcfg.mlp} with model.norm=rmsnorm: {llama}'s MLP is gated (swiglu)"
+            )
         return "llama"
     raise LmlabError(f"model.norm={mcfg.norm}: {gpt2} and {llama} both need a norm layer")
 
@@ -90,17 +102,28 @@ def entries(mcfg: Any, fam: str) -> list[Entry]:
     E = Entry
     out: list[Entry] = []
     if fam == "gpt2":
-        out += [E("tok_emb.weight", "transformer.wte.weight", "token_embd.weight"),
-                E("pos_emb.weight", "transformer.wpe.weight", "position_embd.weight", zeros=True)]
+        out += [
+            E("tok_emb.weight", "transformer.wte.weight", "token_embd.weight"),
+            E("pos_emb.weight", "transformer.wpe.weight", "position_embd.weight", zeros=True),
+        ]
         for i in range(mcfg.n_layer):
             p, h, g = f"blocks.{i}.", f"transformer.h.{i}.", f"blk.{i}."
-            for ours, hf, gg, conv in [("norm1", "ln_1", "attn_norm", False), ("attn.qkv", "attn.c_attn", "attn_qkv", True),
-                                       ("attn.proj", "attn.c_proj", "attn_output", True), ("norm2", "ln_2", "ffn_norm", False),
-                                       ("mlp.fc", "mlp.c_fc", "ffn_up", True), ("mlp.proj", "mlp.c_proj", "ffn_down", True)]:
-                out.append(E(p + ours + ".weight", h + hf + ".weight", g + gg + ".weight", conv1d=conv))
+            for ours, hf, gg, conv in [
+                ("norm1", "ln_1", "attn_norm", False),
+                ("attn.qkv", "attn.c_attn", "attn_qkv", True),
+                ("attn.proj", "attn.c_proj", "attn_output", True),
+                ("norm2", "ln_2", "ffn_norm", False),
+                ("mlp.fc", "mlp.c_fc", "ffn_up", True),
+                ("mlp.proj", "mlp.c_proj", "ffn_down", True),
+            ]:
+                out.append(
+                    E(p + ours + ".weight", h + hf + ".weight", g + gg + ".weight", conv1d=conv)
+                )
                 out.append(E(p + ours + ".bias", h + hf + ".bias", g + gg + ".bias", zeros=True))
-        out += [E("norm_f.weight", "transformer.ln_f.weight", "output_norm.weight"),
-                E("norm_f.bias", "transformer.ln_f.bias", "output_norm.bias", zeros=True)]
+        out += [
+            E("norm_f.weight", "transformer.ln_f.weight", "output_norm.weight"),
+            E("norm_f.bias", "transformer.ln_f.bias", "output_norm.bias", zeros=True),
+        ]
     elif fam == "llama":
         out.append(E("tok_emb.weight", "model.embed_tokens.weight", "token_embd.weight"))
         kinds = ["weight", "bias"] if mcfg.bias else ["weight"]
@@ -108,16 +131,36 @@ def entries(mcfg: Any, fam: str) -> list[Entry]:
             p, h, g = f"blocks.{i}.", f"model.layers.{i}.", f"blk.{i}."
             out.append(E(p + "norm1.weight", h + "input_layernorm.weight", g + "attn_norm.weight"))
             for n in kinds:
-                out += [E(f"{p}attn.qkv.{n}", f"{h}self_attn.q_proj.{n}", f"{g}attn_q.{n}", part="q", rope=True),
-                        E(f"{p}attn.qkv.{n}", f"{h}self_attn.k_proj.{n}", f"{g}attn_k.{n}", part="k", rope=True),
-                        E(f"{p}attn.qkv.{n}", f"{h}self_attn.v_proj.{n}", f"{g}attn_v.{n}", part="v")]
+                out += [
+                    E(
+                        f"{p}attn.qkv.{n}",
+                        f"{h}self_attn.q_proj.{n}",
+                        f"{g}attn_q.{n}",
+                        part="q",
+                        rope=True,
+                    ),
+                    E(
+                        f"{p}attn.qkv.{n}",
+                        f"{h}self_attn.k_proj.{n}",
+                        f"{g}attn_k.{n}",
+                        part="k",
+                        rope=True,
+                    ),
+                    E(f"{p}attn.qkv.{n}", f"{h}self_attn.v_proj.{n}", f"{g}attn_v.{n}", part="v"),
+                ]
             for n in kinds:
-                out.append(E(f"{p}attn.proj.{n}", f"{h}self_attn.o_proj.{n}", f"{g}attn_output.{n}"))
-            out.append(E(p + "norm2.weight", h + "post_attention_layernorm.weight", g + "ffn_norm.weight"))
+                out.append(
+                    E(f"{p}attn.proj.{n}", f"{h}self_attn.o_proj.{n}", f"{g}attn_output.{n}")
+                )
+            out.append(
+                E(p + "norm2.weight", h + "post_attention_layernorm.weight", g + "ffn_norm.weight")
+            )
             for n in kinds:
-                out += [E(f"{p}mlp.fc.{n}", f"{h}mlp.gate_proj.{n}", f"{g}ffn_gate.{n}", part="gate"),
-                        E(f"{p}mlp.fc.{n}", f"{h}mlp.up_proj.{n}", f"{g}ffn_up.{n}", part="up"),
-                        E(f"{p}mlp.proj.{n}", f"{h}mlp.down_proj.{n}", f"{g}ffn_down.{n}")]
+                out += [
+                    E(f"{p}mlp.fc.{n}", f"{h}mlp.gate_proj.{n}", f"{g}ffn_gate.{n}", part="gate"),
+                    E(f"{p}mlp.fc.{n}", f"{h}mlp.up_proj.{n}", f"{g}ffn_up.{n}", part="up"),
+                    E(f"{p}mlp.proj.{n}", f"{h}mlp.down_proj.{n}", f"{g}ffn_down.{n}"),
+                ]
         out.append(E("norm_f.weight", "model.norm.weight", "output_norm.weight"))
     else:
         raise LmlabError(f"unknown export family {fam!r}")
@@ -137,18 +180,31 @@ def part_rows(mcfg: Any, part: str) -> tuple[int, int]:
 
     H, KV, hd = _heads(mcfg)
     d_ff = resolve_d_ff(mcfg)
-    return {"q": (0, H * hd), "k": (H * hd, (H + KV) * hd), "v": ((H + KV) * hd, (H + 2 * KV) * hd),
-            "gate": (0, d_ff), "up": (d_ff, 2 * d_ff)}[part]
+    return {
+        "q": (0, H * hd),
+        "k": (H * hd, (H + KV) * hd),
+        "v": ((H + KV) * hd, (H + 2 * KV) * hd),
+        "gate": (0, d_ff),
+        "up": (d_ff, 2 * d_ff),
+    }[part]
 
 
 def rope_interleave(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Rows of each head from rotate-half order (j, j + hd/2) to adjacent pairs (2j, 2j+1)."""
-    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def rope_deinterleave(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """The inverse of :func:`rope_interleave`."""
-    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def _rope_heads(mcfg: Any, part: str) -> int:
@@ -165,7 +221,9 @@ def _zeros_like_missing(e: Entry, sd: dict[str, torch.Tensor], mcfg: Any) -> tor
     return torch.zeros(rows)
 
 
-def to_format(sd: dict[str, torch.Tensor], mcfg: Any, fam: str, fmt: str) -> dict[str, torch.Tensor]:
+def to_format(
+    sd: dict[str, torch.Tensor], mcfg: Any, fam: str, fmt: str
+) -> dict[str, torch.Tensor]:
     """lmlab's state dict -> ``fmt`` ("hf" or "gguf") tensors, fp32, contiguous, unshared."""
     out: dict[str, torch.Tensor] = {}
     for e in entries(mcfg, fam):
@@ -186,8 +244,14 @@ def to_format(sd: dict[str, torch.Tensor], mcfg: Any, fam: str, fmt: str) -> dic
     return out
 
 
-def from_format(tensors: dict[str, torch.Tensor], mcfg: Any, fam: str, fmt: str,
-                wanted: set[str], where: str = "") -> dict[str, torch.Tensor]:
+def from_format(
+    tensors: dict[str, torch.Tensor],
+    mcfg: Any,
+    fam: str,
+    fmt: str,
+    wanted: set[str],
+    where: str = "",
+) -> dict[str, torch.Tensor]:
     """``fmt`` tensors -> lmlab's state dict for the parameters named in ``wanted``.
 
     A tensor the table always writes but lmlab's model lacks (a zero bias, a zero position
@@ -203,15 +267,20 @@ def from_format(tensors: dict[str, torch.Tensor], mcfg: Any, fam: str, fmt: str,
         t = tensors[name].to(torch.float32)
         if e.ours not in wanted:
             if not bool((t == 0).all()):
-                raise LmlabError(f"{where}: {name} is not zero, and an lmlab model with this config has no "
-                                 f"{e.ours} (see model.bias / model.position)")
+                raise LmlabError(
+                    f"{where}: {name} is not zero, and an lmlab model with this config has no "
+                    f"{e.ours} (see model.bias / model.position)"
+                )
             continue
         if fmt == "hf" and e.conv1d:
             t = t.t()
         if fmt == "gguf" and e.rope:
             t = rope_deinterleave(t, _rope_heads(mcfg, e.part))
         pieces.setdefault(e.ours, []).append(t)
-    return {k: torch.cat(v, 0).contiguous() if len(v) > 1 else v[0].contiguous() for k, v in pieces.items()}
+    return {
+        k: torch.cat(v, 0).contiguous() if len(v) > 1 else v[0].contiguous()
+        for k, v in pieces.items()
+    }
 
 
 def known_names(mcfg: Any, fam: str, fmt: str) -> set[str]:

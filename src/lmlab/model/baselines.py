@@ -92,7 +92,9 @@ class _Baseline(nn.Module):
 
     def forward(self, idx: torch.Tensor, kv_cache=None) -> torch.Tensor:
         if kv_cache is not None:
-            raise LmlabError(f"model.arch={self.config.arch} has no KV cache; call model(idx) on the window")
+            raise LmlabError(
+                f"model.arch={self.config.arch} has no KV cache; call model(idx) on the window"
+            )
         return self._logits(idx)
 
     def _logits(self, idx: torch.Tensor) -> torch.Tensor:

@@ -62,8 +62,12 @@ def _from_pretrained(cls_name: str, name_or_path: str) -> Any:
             warnings.simplefilter("ignore")
             return getattr(transformers, cls_name).from_pretrained(name_or_path, **kw)
     except (OSError, ValueError, pickle.UnpicklingError) as e:
-        where = "local folder" if local else "hub name (not a local folder; offline, or no such model?)"
-        raise LmlabError(f"model.encoder: cannot load {name_or_path!r} as a {where}: {str(e).splitlines()[0]}") from None
+        where = (
+            "local folder" if local else "hub name (not a local folder; offline, or no such model?)"
+        )
+        raise LmlabError(
+            f"model.encoder: cannot load {name_or_path!r} as a {where}: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def _check_safetensors(folder: Path) -> None:
@@ -72,8 +76,10 @@ def _check_safetensors(folder: Path) -> None:
         return
     pickles = sorted(p for ext in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(ext))
     if pickles:
-        raise LmlabError(f"model.encoder: {pickles[0]}: pickled weights are not loaded (unpickling can run code); "
-                         "save the encoder with safetensors (model.save_pretrained(folder) does by default)")
+        raise LmlabError(
+            f"model.encoder: {pickles[0]}: pickled weights are not loaded (unpickling can run code); "
+            "save the encoder with safetensors (model.save_pretrained(folder) does by default)"
+        )
 
 
 def load_encoder(name_or_path: str = DEFAULT_ENCODER) -> nn.Module:
@@ -111,7 +117,9 @@ class CrossAttention(nn.Module):
         self.proj.is_residual_out = True
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, mem_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, mem_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         S = memory.shape[1]
         H, hd = self.n_head, self.head_dim
@@ -119,7 +127,9 @@ class CrossAttention(nn.Module):
         k, v = self.kv(memory).view(B, S, 2, H, hd).unbind(2)  # (B, S, H, hd) each
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, hd)
         mask = mem_mask[:, None, None, :].bool() if mem_mask is not None else None  # (B, 1, 1, S)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
         y = y.transpose(1, 2).reshape(B, T, H * hd)  # (B, T, d_model)
         return self.resid_drop(self.proj(y))
 
@@ -156,10 +166,14 @@ class Decoder(Transformer):
         self.enc_proj = nn.Linear(enc_dim, cfg.d_model, bias=cfg.bias)
         init_weights(self.enc_proj, cfg, cfg.n_layer)
 
-    def forward(self, idx: torch.Tensor, enc_states: torch.Tensor, enc_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, enc_states: torch.Tensor, enc_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         B, T = idx.shape
         if T > self.config.context_length and self.pos_emb is not None:
-            raise LmlabError(f"decoder input of {T} tokens exceeds model.context_length={self.config.context_length}")
+            raise LmlabError(
+                f"decoder input of {T} tokens exceeds model.context_length={self.config.context_length}"
+            )
         x = self.tok_emb(idx)  # (B, T, d)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(T, device=idx.device))
@@ -203,7 +217,9 @@ class EncoderDecoder(nn.Module):
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if not k.startswith("encoder.")]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"EncoderDecoder: missing keys {missing[:5]}, unexpected keys {result.unexpected_keys[:5]}")
+            raise RuntimeError(
+                f"EncoderDecoder: missing keys {missing[:5]}, unexpected keys {result.unexpected_keys[:5]}"
+            )
         return _IncompatibleKeys(missing, result.unexpected_keys)
 
     @torch.no_grad()
@@ -212,8 +228,13 @@ class EncoderDecoder(nn.Module):
         out = self.encoder(input_ids=enc_ids, attention_mask=enc_mask)
         return out.last_hidden_state.float()
 
-    def forward(self, idx: torch.Tensor, enc_ids: torch.Tensor, enc_mask: torch.Tensor | None = None,
-                enc_states: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        enc_ids: torch.Tensor,
+        enc_mask: torch.Tensor | None = None,
+        enc_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if enc_states is None:
             enc_states = self.encode(enc_ids, enc_mask)
         return self.decoder(idx, enc_states, enc_mask)
@@ -223,8 +244,14 @@ class EncoderDecoder(nn.Module):
         return sum(p.numel() for p in {id(p): p for p in params}.values())
 
     @torch.no_grad()
-    def generate(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor | None, start_id: int, max_new_tokens: int,
-                 stop_id: int | None = None) -> list[list[int]]:
+    def generate(
+        self,
+        enc_ids: torch.Tensor,
+        enc_mask: torch.Tensor | None,
+        start_id: int,
+        max_new_tokens: int,
+        stop_id: int | None = None,
+    ) -> list[list[int]]:
         """Greedy decoding (no cache: the decoder is small); each row ends before ``stop_id``."""
         was = self.training
         self.eval()
@@ -244,5 +271,7 @@ class EncoderDecoder(nn.Module):
         self.train(was)
         rows = []
         for row in idx[:, 1:].tolist():
-            rows.append(row[: row.index(stop_id)] if stop_id is not None and stop_id in row else row)
+            rows.append(
+                row[: row.index(stop_id)] if stop_id is not None and stop_id in row else row
+            )
         return rows

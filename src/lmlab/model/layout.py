@@ -32,7 +32,9 @@ def _linears(model: nn.Module) -> list[nn.Linear]:
 def linear_layout(model: nn.Module) -> str:
     """``row`` or ``col``: the layout of the model's (unshared) linear weights."""
     lins = _linears(model)
-    if lins and all(m.weight.stride() == (1, m.weight.shape[0]) for m in lins if m.weight.shape[0] > 1):
+    if lins and all(
+        m.weight.stride() == (1, m.weight.shape[0]) for m in lins if m.weight.shape[0] > 1
+    ):
         return "col"
     return "row"
 
@@ -68,7 +70,11 @@ def pick_decode_layout(model: nn.Module, batch_size: int = 1, steps: int = 4) ->
     (measured: ``steps`` decode steps per layout, twice, best of) and return it; elsewhere,
     or for a model without a KV cache, leave it as it is."""
     device = next(model.parameters()).device
-    if device.type != "cpu" or not getattr(model, "supports_kv_cache", False) or not _linears(model):
+    if (
+        device.type != "cpu"
+        or not getattr(model, "supports_kv_cache", False)
+        or not _linears(model)
+    ):
         return linear_layout(model)
     was_training = model.training
     model.eval()

@@ -41,7 +41,9 @@ def _compute_dtype(h: torch.Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def forward(
+        ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
         w = weight.to(dtype)
         acc = _acc_dtype(dtype)
         grad_h = torch.empty_like(h)
@@ -75,19 +77,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 @torch.no_grad()
-def _loss_only(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _loss_only(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     w = weight.to(dtype)
     acc = _acc_dtype(dtype)
     total = torch.zeros((), dtype=acc, device=h.device)
     step = _chunk_rows(weight.shape[0])
     for lo in range(0, h.shape[0], step):
         logits = (h[lo : lo + step].to(dtype) @ w.t()).to(acc)
-        total += torch.nn.functional.cross_entropy(logits, targets[lo : lo + step], ignore_index=IGNORE_INDEX, reduction="sum")
+        total += torch.nn.functional.cross_entropy(
+            logits, targets[lo : lo + step], ignore_index=IGNORE_INDEX, reduction="sum"
+        )
     return total
 
 
 @torch.compiler.disable  # a Python loop over chunks with in-place updates: run it eagerly
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Summed cross-entropy of ``h @ weight.T`` against ``targets`` (-100 ignored), float32.
 
     h (N, d), weight (V, d), targets (N,). Gradients flow to ``h`` and ``weight``.

@@ -108,9 +108,15 @@ class Rotary(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def _tables(self, length: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device) / self.head_dim)
-        angles = torch.outer(torch.arange(length, dtype=torch.float64, device=device), inv_freq)  # (L, hd/2)
+    def _tables(
+        self, length: int, device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = 1.0 / self.theta ** (
+            torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device) / self.head_dim
+        )
+        angles = torch.outer(
+            torch.arange(length, dtype=torch.float64, device=device), inv_freq
+        )  # (L, hd/2)
         return angles.cos().float(), angles.sin().float()
 
     def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +161,9 @@ class KVCache:
         """Forget everything (the tensors are reused); the next call is a fresh prefill."""
         self.pos = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, n_kv_head, T, hd) at the current position; return all keys/values so far."""
         end = self.pos + k.shape[2]
         self.k[layer, :, :, self.pos : end] = k
@@ -187,7 +195,9 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         H, KV, hd = self.n_head, self.n_kv_head, self.head_dim
-        qkv = self.qkv(x).view(B, T, H + 2 * KV, hd)  # (B, T, H + 2*KV, hd): q heads, k heads, v heads
+        qkv = self.qkv(x).view(
+            B, T, H + 2 * KV, hd
+        )  # (B, T, H + 2*KV, hd): q heads, k heads, v heads
         qk, v = qkv[:, :, : H + KV], qkv[:, :, H + KV :]  # (B, T, H + KV, hd), (B, T, KV, hd)
         if rope is not None:
             qk = apply_rope(qk, *rope)  # q and k rotated in one pass
@@ -203,9 +213,13 @@ class CausalSelfAttention(nn.Module):
                 causal = False
                 if T > 1:  # a chunk after earlier tokens: query i sees keys 0 .. start + i
                     q_pos = torch.arange(start, start + T, device=x.device)[:, None]
-                    mask = torch.arange(start + T, device=x.device)[None, :] <= q_pos  # (T, start+T)
+                    mask = (
+                        torch.arange(start + T, device=x.device)[None, :] <= q_pos
+                    )  # (T, start+T)
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal,
@@ -320,7 +334,9 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.pos_emb = nn.Embedding(cfg.context_length, d) if cfg.position == "learned" else None
         self.rotary = (
-            Rotary(d // cfg.n_head, cfg.context_length, cfg.rope_theta) if cfg.position == "rope" else None
+            Rotary(d // cfg.n_head, cfg.context_length, cfg.rope_theta)
+            if cfg.position == "rope"
+            else None
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(self.block_cls(cfg) for _ in range(cfg.n_layer))
@@ -368,9 +384,17 @@ class Transformer(nn.Module):
         shape = (cfg.n_layer, batch_size, attn.n_kv_head, max_len, attn.head_dim)
         device = ref.device if device is None else device
         dtype = ref.dtype if dtype is None else dtype
-        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        return KVCache(
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+        )
 
-    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for idx (B, T); with a cache, idx continues the cached tokens.
 
         With ``targets`` (B, T) it returns the summed cross-entropy instead (-100 ignored),
@@ -388,7 +412,9 @@ class Transformer(nn.Module):
                     "call cache.reset() and prefill the last context_length - 1 tokens"
                 )
             if B != kv_cache.batch_size:
-                raise LmlabError(f"KV cache holds {kv_cache.batch_size} sequences, got a batch of {B}")
+                raise LmlabError(
+                    f"KV cache holds {kv_cache.batch_size} sequences, got a batch of {B}"
+                )
         if self.pos_emb is not None and start + T > cfg.context_length:
             raise LmlabError(
                 f"position {start + T - 1} >= model.context_length={cfg.context_length}: learned "
@@ -396,7 +422,9 @@ class Transformer(nn.Module):
             )
         x = self.tok_emb(idx)  # (B, T, d_model)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))  # (T, d_model) broadcast
+            x = x + self.pos_emb(
+                torch.arange(start, start + T, device=idx.device)
+            )  # (T, d_model) broadcast
         x = self.drop(x)
         rope = self.rotary(start, T) if self.rotary is not None else None
         for i, block in enumerate(self.blocks):
@@ -408,5 +436,7 @@ class Transformer(nn.Module):
         if targets is not None:
             from lmlab.model.loss import linear_cross_entropy
 
-            return linear_cross_entropy(x.flatten(0, 1), self.head.weight, targets.flatten())  # () summed
+            return linear_cross_entropy(
+                x.flatten(0, 1), self.head.weight, targets.flatten()
+            )  # () summed
         return self.head(x)  # (B, T, vocab_size)

@@ -15,6 +15,13 @@ from lmlab.pipeline.stages import (
 from lmlab.runs import run_status
 
 __all__ = [
-    "STAGE_FILE", "ensure_dataset", "ensure_tokenizer", "is_up_to_date", "mark_done", "resolve_training_inputs",
-    "run_recipe", "run_status", "stage_key",
+    "STAGE_FILE",
+    "ensure_dataset",
+    "ensure_tokenizer",
+    "is_up_to_date",
+    "mark_done",
+    "resolve_training_inputs",
+    "run_recipe",
+    "run_status",
+    "stage_key",
 ]

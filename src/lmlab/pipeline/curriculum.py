@@ -118,7 +118,9 @@ def instruction_documents(inputs: list[str], out_jsonl: Path, template: str = ""
     return report
 
 
-def ensure_phase_data(cfg: Config, k: int, tok_dir: Path | None, force: bool = False, log=print) -> Path:
+def ensure_phase_data(
+    cfg: Config, k: int, tok_dir: Path | None, force: bool = False, log=print
+) -> Path:
     """Phase ``k``'s dataset folder, prepared (after its transform) when not up to date."""
     ph = cfg.phase[k - 1]
     out = phase_data_dir(cfg, k)
@@ -128,7 +130,9 @@ def ensure_phase_data(cfg: Config, k: int, tok_dir: Path | None, force: bool = F
             raise ConfigError(f"phase.{k}.data: {out} is not a prepared dataset (no meta.json)")
         return out
     if tok_dir is None:
-        raise ConfigError(f"phase.{k}.input: preparing data needs a tokenizer (tokenizer.out or tokenizer.path)")
+        raise ConfigError(
+            f"phase.{k}.input: preparing data needs a tokenizer (tokenizer.out or tokenizer.path)"
+        )
     from lmlab.tokenizer import load_tokenizer
 
     fingerprint = load_tokenizer(tok_dir).fingerprint()
@@ -147,10 +151,14 @@ def ensure_phase_data(cfg: Config, k: int, tok_dir: Path | None, force: bool = F
             from lmlab.data.scramble import scramble_files
 
             rep = scramble_files(ph.input, src, seed=prep.seed)
-            log(f"{tag} scrambled {rep['scrambled']}/{rep['files']} files ({rep['statements']} statements) -> {src}")
+            log(
+                f"{tag} scrambled {rep['scrambled']}/{rep['files']} files ({rep['statements']} statements) -> {src}"
+            )
         else:
             rep = instruction_documents(list(ph.input), src, cfg.sft.template)
-            log(f"{tag} {rep['pairs']} instruction documents from {rep['files_used']} files -> {src}")
+            log(
+                f"{tag} {rep['pairs']} instruction documents from {rep['files_used']} files -> {src}"
+            )
         prep = dataclasses.replace(prep, input=[str(src)], format="jsonl", text_field="text")
     from lmlab.data.prepare import format_report, prepare_dataset
 
@@ -169,7 +177,9 @@ def _check_same_tokenizer(datasets: list[Path]) -> dict[str, Any]:
     first = metas[0].get("tokenizer_fingerprint")
     for d, m in zip(datasets[1:], metas[1:], strict=True):
         if m.get("tokenizer_fingerprint") != first:
-            raise DataError(f"{d / 'meta.json'}: prepared with another tokenizer than {datasets[0]}; phases share one model")
+            raise DataError(
+                f"{d / 'meta.json'}: prepared with another tokenizer than {datasets[0]}; phases share one model"
+            )
     return metas[0]
 
 
@@ -181,7 +191,12 @@ def forgetting_table(names: list[str], losses: list[list[float | None]]) -> list
     row's loss on phase j minus the loss right after phase j (positive = forgotten)."""
     rows: list[dict[str, Any]] = []
     for k, row in enumerate(losses):
-        rows.append({"after": names[k], **{n: ("" if v is None else v) for n, v in zip(names, row, strict=True)}})
+        rows.append(
+            {
+                "after": names[k],
+                **{n: ("" if v is None else v) for n, v in zip(names, row, strict=True)},
+            }
+        )
     if len(losses) == len(names) and len(names) > 1:
         last = losses[-1]
         delta = {"after": "forgetting (last - own)"}
@@ -212,8 +227,12 @@ def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any
     root.mkdir(parents=True, exist_ok=True)
     write_marker(root, "curriculum")
     # 1) tokenizer and 2) every phase's data (before any training: bad input fails early)
-    tok_dir = ensure_tokenizer(cfg, force, log) if (cfg.tokenizer.out or cfg.tokenizer.path) else None
-    datasets = [ensure_phase_data(cfg, k, tok_dir, force, log) for k in range(1, len(cfg.phase) + 1)]
+    tok_dir = (
+        ensure_tokenizer(cfg, force, log) if (cfg.tokenizer.out or cfg.tokenizer.path) else None
+    )
+    datasets = [
+        ensure_phase_data(cfg, k, tok_dir, force, log) for k in range(1, len(cfg.phase) + 1)
+    ]
     meta = _check_same_tokenizer(datasets)
     resolve_vocab_size(cfg.model, meta["vocab_size"])
     if tok_dir is not None and not cfg.data.tokenizer:
@@ -227,52 +246,106 @@ def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any
         pcfg = phase_config(cfg, k, datasets)
         run_dir = Path(pcfg.train.out)
         tag = f"[phase {k} {name}]"
-        plan = plan_run(run_dir, pcfg, force=retrained)  # after a retrained phase, every later one trains over
+        plan = plan_run(
+            run_dir, pcfg, force=retrained
+        )  # after a retrained phase, every later one trains over
         if plan.action == "skip":
             log(f"{tag} up to date: {run_dir}")
             result = read_json(run_dir / "result.json")
         else:
             resume = plan.resume
-            mix = f", replay {cfg.phase[k - 1].replay:g} from {len(pcfg.data.mix)} earlier phase(s)" if pcfg.data.mix else ""
-            log(f"{tag} {'resuming' if resume else 'training'} -> {run_dir} ({pcfg.train.max_steps} steps{mix})")
+            mix = (
+                f", replay {cfg.phase[k - 1].replay:g} from {len(pcfg.data.mix)} earlier phase(s)"
+                if pcfg.data.mix
+                else ""
+            )
+            log(
+                f"{tag} {'resuming' if resume else 'training'} -> {run_dir} ({pcfg.train.max_steps} steps{mix})"
+            )
             # the curriculum owns its phase runs: a changed phase is trained over (lmlab's files only)
             result = train(pcfg, resume=resume, force=not resume).as_dict()
             retrained = True
             if result["stop_reason"] in ("diverged", "interrupted"):
-                raise DataError(f"{run_dir}: phase {k} stopped ({result['stop_reason']}); later phases not run")
+                raise DataError(
+                    f"{run_dir}: phase {k} stopped ({result['stop_reason']}); later phases not run"
+                )
         row: list[float | None] = []
         for j, ds in enumerate(datasets, 1):
             try:
-                m = evaluate_path(str(run_dir), data=str(ds), batches=cfg.eval.batches or None, device=cfg.train.device)
+                m = evaluate_path(
+                    str(run_dir),
+                    data=str(ds),
+                    batches=cfg.eval.batches or None,
+                    device=cfg.train.device,
+                )
                 row.append(float(m["val_loss"]))
             except DataError as e:  # a dataset without a val split: leave the cell empty
                 log(f"{tag} no val loss on phase {j}: {e}")
                 row.append(None)
         losses.append(row)
-        log(f"{tag} val loss " + ", ".join(f"{n} {v:.4f}" if v is not None else f"{n} -" for n, v in zip(names, row, strict=True)))
-        phases.append({
-            "phase": k, "name": name, "run": str(run_dir), "data": str(datasets[k - 1]),
-            "transform": cfg.phase[k - 1].transform, "replay": cfg.phase[k - 1].replay,
-            "mix": list(pcfg.data.mix), "max_steps": pcfg.train.max_steps, "lr": pcfg.train.lr,
-            "steps": result["steps"], "stop_reason": result["stop_reason"],
-            "final_train_loss": result["final_train_loss"], "final_val_loss": result["final_val_loss"],
-            "wall_time_s": result["wall_time_s"],
-        })
+        log(
+            f"{tag} val loss "
+            + ", ".join(
+                f"{n} {v:.4f}" if v is not None else f"{n} -"
+                for n, v in zip(names, row, strict=True)
+            )
+        )
+        phases.append(
+            {
+                "phase": k,
+                "name": name,
+                "run": str(run_dir),
+                "data": str(datasets[k - 1]),
+                "transform": cfg.phase[k - 1].transform,
+                "replay": cfg.phase[k - 1].replay,
+                "mix": list(pcfg.data.mix),
+                "max_steps": pcfg.train.max_steps,
+                "lr": pcfg.train.lr,
+                "steps": result["steps"],
+                "stop_reason": result["stop_reason"],
+                "final_train_loss": result["final_train_loss"],
+                "final_val_loss": result["final_val_loss"],
+                "wall_time_s": result["wall_time_s"],
+            }
+        )
         _write_outputs(root, names, phases, losses, markdown_table)
     return {"phases": phases, "names": names, "val_loss": losses}
 
 
-def _write_outputs(root: Path, names: list[str], phases: list[dict[str, Any]], losses: list[list[float | None]], markdown_table) -> None:
+def _write_outputs(
+    root: Path,
+    names: list[str],
+    phases: list[dict[str, Any]],
+    losses: list[list[float | None]],
+    markdown_table,
+) -> None:
     """curriculum.json and report.md, rewritten after every phase (a crash keeps the rows so far)."""
     root.mkdir(parents=True, exist_ok=True)
     table = forgetting_table(names, losses)
-    write_json(root / "curriculum.json", {"names": names, "phases": phases, "val_loss": losses, "table": table})
+    write_json(
+        root / "curriculum.json",
+        {"names": names, "phases": phases, "val_loss": losses, "table": table},
+    )
     summary = [
-        {k: p[k] for k in ("phase", "name", "transform", "replay", "steps", "stop_reason", "final_train_loss", "final_val_loss")}
+        {
+            k: p[k]
+            for k in (
+                "phase",
+                "name",
+                "transform",
+                "replay",
+                "steps",
+                "stop_reason",
+                "final_train_loss",
+                "final_val_loss",
+            )
+        }
         | {"wall s": round(p["wall_time_s"], 1)}
         for p in phases
     ]
-    best = [min((r[j] for r in losses if r[j] is not None), default=math.nan) for j in range(len(names))]
+    best = [
+        min((r[j] for r in losses if r[j] is not None), default=math.nan) for j in range(len(names))
+    ]
     parts = [
         "# Curriculum report\n",
         "## Phases\n\n" + markdown_table(summary),
@@ -280,8 +353,11 @@ def _write_outputs(root: Path, names: list[str], phases: list[dict[str, Any]], l
         "Rows: the model after phase k. Columns: its val loss on phase j's val split "
         "(fixed eval.batches windows). Below the diagonal is forgetting, above it transfer.\n\n"
         + markdown_table(table, ["after", *names]),
-        "Best val loss per phase's data: " + ", ".join(f"{n} {b:.4f}" for n, b in zip(names, best, strict=True)) + "\n",
+        "Best val loss per phase's data: "
+        + ", ".join(f"{n} {b:.4f}" for n, b in zip(names, best, strict=True))
+        + "\n",
         "Each phase's own report, samples and checkpoints are in its run folder: "
-        + ", ".join(f"`{Path(p['run']).name}/`" for p in phases) + ".\n",
+        + ", ".join(f"`{Path(p['run']).name}/`" for p in phases)
+        + ".\n",
     ]
     atomic_write_text(root / "report.md", "\n".join(parts))

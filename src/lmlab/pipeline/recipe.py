@@ -41,8 +41,10 @@ def _train_stage(cfg: Config, train_fn: Any, force: bool, log) -> bool:
         return True
     if plan.holds_run and not plan.same_config and not force:
         diffs = config_differences(run_dir, cfg)
-        raise CheckpointError(f"{run_dir}: holds a run of another config ({'; '.join(diffs) or 'its config.toml differs'}); "
-                              "pass --force to train it over, or set train.out to another folder")
+        raise CheckpointError(
+            f"{run_dir}: holds a run of another config ({'; '.join(diffs) or 'its config.toml differs'}); "
+            "pass --force to train it over, or set train.out to another folder"
+        )
     log(f"[train] {'resuming' if plan.resume else 'training'} -> {run_dir}")
     train_fn(cfg, resume=plan.resume, force=not plan.resume)
     return False
@@ -59,7 +61,11 @@ def _eval_stage(run_dir: Path, batches: int | None, log) -> dict[str, Any]:
     cached = run_dir / EVAL_FILE
     if cached.is_file():
         old = read_json(cached)
-        if isinstance(old, dict) and old.get("checkpoint") == ckpt and old.get("batches") == batches:
+        if (
+            isinstance(old, dict)
+            and old.get("checkpoint") == ckpt
+            and old.get("batches") == batches
+        ):
             log("[eval] up to date: " + format_metrics(old["metrics"]))
             return old["metrics"]
     metrics = evaluate_path(str(run_dir), data=None, batches=batches)
@@ -68,7 +74,9 @@ def _eval_stage(run_dir: Path, batches: int | None, log) -> dict[str, Any]:
     return metrics
 
 
-def run_recipe(path: Path, overrides: list[str] | None = None, force: bool = False, log=print) -> dict[str, Any]:
+def run_recipe(
+    path: Path, overrides: list[str] | None = None, force: bool = False, log=print
+) -> dict[str, Any]:
     """Run every stage of a recipe; returns the final eval metrics."""
     cfg = load_config(path, overrides)
     if cfg.phase:  # a curriculum: its phases' data, runs and forgetting table

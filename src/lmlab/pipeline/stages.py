@@ -35,7 +35,9 @@ def _inputs_signature(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list
     return sig
 
 
-def stage_key(settings: dict[str, Any], inputs: list[str], extra: dict[str, Any] | None = None) -> str:
+def stage_key(
+    settings: dict[str, Any], inputs: list[str], extra: dict[str, Any] | None = None
+) -> str:
     """A hash of a stage's settings, its input files' identities, and anything upstream."""
     blob = json.dumps(
         {"settings": settings, "inputs": _inputs_signature(inputs), "extra": extra or {}},
@@ -66,7 +68,9 @@ def ensure_tokenizer(cfg: Config, force: bool = False, log=print) -> Path:
             raise ConfigError(f"tokenizer.path: {t.path} does not exist")
         return Path(t.path)
     if not t.out:
-        raise ConfigError("tokenizer.out: the recipe names no tokenizer (set tokenizer.out or tokenizer.path)")
+        raise ConfigError(
+            "tokenizer.out: the recipe names no tokenizer (set tokenizer.out or tokenizer.path)"
+        )
     out = Path(t.out)
     settings = {k: v for k, v in dataclasses.asdict(t).items() if k not in ("out", "path")}
     key = stage_key(settings, t.input)
@@ -76,7 +80,13 @@ def ensure_tokenizer(cfg: Config, force: bool = False, log=print) -> Path:
     from lmlab.tokenizer import train_tokenizer
 
     log(f"[tokenizer] training {t.kind} tokenizer, vocab {t.vocab_size} -> {out}")
-    train_tokenizer(inputs=t.input, vocab_size=t.vocab_size, out=out, kind=t.kind, special_tokens=t.special_tokens)
+    train_tokenizer(
+        inputs=t.input,
+        vocab_size=t.vocab_size,
+        out=out,
+        kind=t.kind,
+        special_tokens=t.special_tokens,
+    )
     mark_done(out, key, "tokenizer")
     return out
 
@@ -86,7 +96,9 @@ def ensure_dataset(cfg: Config, tokenizer_dir: Path, force: bool = False, log=pr
     p = cfg.prepare
     if not p.out:
         if not cfg.data.path:
-            raise ConfigError("prepare.out: the recipe names no dataset (set prepare.out or data.path)")
+            raise ConfigError(
+                "prepare.out: the recipe names no dataset (set prepare.out or data.path)"
+            )
         return Path(cfg.data.path)
     out = Path(p.out)
     from lmlab.tokenizer import load_tokenizer
@@ -112,10 +124,14 @@ def resolve_training_inputs(cfg: Config, force: bool = False, log=print) -> Conf
     tok_dir = ensure_tokenizer(cfg, force, log) if needs_tokenizer else None
     if cfg.prepare.out:
         if tok_dir is None:
-            raise ConfigError("prepare.out: data preparation needs a tokenizer (tokenizer.out or tokenizer.path)")
+            raise ConfigError(
+                "prepare.out: data preparation needs a tokenizer (tokenizer.out or tokenizer.path)"
+            )
         cfg.data.path = str(ensure_dataset(cfg, tok_dir, force, log))
     if tok_dir is not None and not cfg.data.tokenizer:
         cfg.data.tokenizer = str(tok_dir)
     if not cfg.data.path:
-        raise ConfigError("data.path: the recipe names no dataset (set data.path or a [prepare] stage)")
+        raise ConfigError(
+            "data.path: the recipe names no dataset (set data.path or a [prepare] stage)"
+        )
     return cfg

@@ -27,10 +27,30 @@ from lmlab.config import Config, load_config, resolve_vocab_size, to_dict
 from lmlab.errors import CheckpointError
 
 # what lmlab writes into a run folder (links there are refused; --force removes the first group)
-RUN_RESULTS = ("checkpoints", "metrics.jsonl", "samples.md", "result.json", "report.md", "loss.png", "eval.json",
-               "precision.json")
-RUN_FILES = (*RUN_RESULTS, "config.toml", "tokenizer", "meta.json", "sft.json", "template.json", "mined.jsonl",
-             "encdec.json", "train.log", "error.txt", "stage.json", "sweep_point.toml")
+RUN_RESULTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "samples.md",
+    "result.json",
+    "report.md",
+    "loss.png",
+    "eval.json",
+    "precision.json",
+)
+RUN_FILES = (
+    *RUN_RESULTS,
+    "config.toml",
+    "tokenizer",
+    "meta.json",
+    "sft.json",
+    "template.json",
+    "mined.jsonl",
+    "encdec.json",
+    "train.log",
+    "error.txt",
+    "stage.json",
+    "sweep_point.toml",
+)
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -55,9 +75,13 @@ def open_run_dir(run_dir: Path, *, resume: bool, force: bool, log=print) -> Path
     refuse_links(path, RUN_FILES)
     if holds_run(path) and not resume:
         if not force:
-            raise CheckpointError(f"{run_dir}: holds a run{_steps(path)}; pass --resume to continue it "
-                                  "or --force to start it over (its checkpoints and metrics are then deleted)")
-        log(f"{run_dir}: starting the run over: removing its checkpoints and metrics (other files stay)")
+            raise CheckpointError(
+                f"{run_dir}: holds a run{_steps(path)}; pass --resume to continue it "
+                "or --force to start it over (its checkpoints and metrics are then deleted)"
+            )
+        log(
+            f"{run_dir}: starting the run over: removing its checkpoints and metrics (other files stay)"
+        )
         for name in RUN_RESULTS:
             p = path / name
             if p.is_dir():
@@ -87,14 +111,16 @@ def _map_paths(cfg: Config, fn) -> None:
     d.mix = mix
     t.out, t.init_from = fn(t.out), _map_init(t.init_from, fn)
     enc = getattr(cfg.model, "encoder", "")
-    if enc and (os.path.isabs(enc) or Path(os.path.expanduser(enc)).exists()):  # a local folder, not a hub name
+    if enc and (
+        os.path.isabs(enc) or Path(os.path.expanduser(enc)).exists()
+    ):  # a local folder, not a hub name
         cfg.model.encoder = fn(enc)
 
 
 def _map_init(init: str, fn) -> str:
     """``train.init_from``: a run path, or ``hf:FOLDER`` (mapped) / ``hf:HUB_NAME`` (kept)."""
     if init.startswith("hf:"):
-        rest = init[len("hf:"):]
+        rest = init[len("hf:") :]
         local = os.path.isabs(rest) or Path(os.path.expanduser(rest)).exists()
         return "hf:" + fn(rest) if local and rest else init
     return fn(init)
@@ -166,7 +192,9 @@ def expected_config(cfg: Config) -> Config | None:
     try:
         if out.data.path and out.model.arch != "encdec":
             meta = read_meta(out.data.path)
-        elif out.data.tokenizer and out.model.vocab_size == 0:  # pairs: the decoder tokenizer's vocabulary
+        elif (
+            out.data.tokenizer and out.model.vocab_size == 0
+        ):  # pairs: the decoder tokenizer's vocabulary
             from lmlab.tokenizer import load_tokenizer
 
             meta = {"vocab_size": load_tokenizer(out.data.tokenizer).vocab_size}
@@ -224,7 +252,11 @@ def config_differences(run_dir: Path, cfg: Config, limit: int = 3) -> list[str]:
     for section in b:
         sa, sb = a.get(section), b.get(section)
         if isinstance(sa, dict) and isinstance(sb, dict):
-            out += [f"{section}.{k}: run {sa.get(k)!r}, now {v!r}" for k, v in sb.items() if sa.get(k) != v]
+            out += [
+                f"{section}.{k}: run {sa.get(k)!r}, now {v!r}"
+                for k, v in sb.items()
+                if sa.get(k) != v
+            ]
         elif sa != sb:
             out.append(f"{section}: differs")
     return out[:limit]

@@ -71,7 +71,9 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
     return res if isinstance(res, dict) else None
 
 
-def is_finished(run_dir: Path, cfg: Config, state: dict[str, Any] | None, diverged_is_final: bool = False) -> bool:
+def is_finished(
+    run_dir: Path, cfg: Config, state: dict[str, Any] | None, diverged_is_final: bool = False
+) -> bool:
     """The run ended by itself: its result.json says so and names the newest checkpoint's step
     (or that step reached ``train.max_steps``); a diverged run counts when ``diverged_is_final``
     (it has no checkpoint at its last step)."""
@@ -84,10 +86,14 @@ def is_finished(run_dir: Path, cfg: Config, state: dict[str, Any] | None, diverg
     if state is None:
         return False
     step = int(state.get("step", -1))
-    return step >= cfg.train.max_steps or (reason in FINISHED_REASONS and int(res.get("steps", -2)) == step)
+    return step >= cfg.train.max_steps or (
+        reason in FINISHED_REASONS and int(res.get("steps", -2)) == step
+    )
 
 
-def plan_run(run_dir: Path, cfg: Config, *, force: bool = False, diverged_is_final: bool = False) -> RunPlan:
+def plan_run(
+    run_dir: Path, cfg: Config, *, force: bool = False, diverged_is_final: bool = False
+) -> RunPlan:
     """Skip, resume or start training ``cfg`` into ``run_dir`` (see the module docstring)."""
     run_dir = Path(run_dir)
     same = same_run_config(run_dir, cfg)

@@ -41,7 +41,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-
 # --- finding checkpoints ------------------------------------------------------------------------
 
 
@@ -136,7 +135,9 @@ def model_differences(saved: ModelConfig, current: ModelConfig) -> list[str]:
     return out
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", encdec_ok: bool = False) -> tuple[torch.nn.Module, Config, Path]:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", encdec_ok: bool = False
+) -> tuple[torch.nn.Module, Config, Path]:
     """Build the model from a checkpoint's config.toml and load its weights (eval mode).
 
     An encoder-decoder run is refused unless ``encdec_ok``: eval, sample and chat feed token
@@ -147,8 +148,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", encdec_ok: 
     ckpt = resolve_checkpoint(path)
     cfg = read_config(ckpt)
     if cfg.model.arch == "encdec" and not encdec_ok:
-        raise CheckpointError(f"{ckpt}: an encoder-decoder run (model.arch=encdec) reads source text; this command "
-                              "takes decoder-only runs (its held-out loss is in metrics.jsonl, its parse rate in encdec.json)")
+        raise CheckpointError(
+            f"{ckpt}: an encoder-decoder run (model.arch=encdec) reads source text; this command "
+            "takes decoder-only runs (its held-out loss is in metrics.jsonl, its parse rate in encdec.json)"
+        )
     model = build_model(cfg.model)
     load_weights(model, ckpt, "cpu")
     model.to(device)
@@ -172,7 +175,9 @@ def find_tokenizer(ckpt: Path, cfg: Config) -> Path | None:
     return None
 
 
-def load_model_for_inference(path: str | Path, device: str | torch.device = "cpu", decode_batch: int = 0):
+def load_model_for_inference(
+    path: str | Path, device: str | torch.device = "cpu", decode_batch: int = 0
+):
     """``(model, cfg, tokenizer)`` from a run folder (its ``latest``) or a checkpoint folder.
 
     The model is rebuilt from the saved config.toml, weights come from safetensors and nothing
@@ -190,7 +195,9 @@ def load_model_for_inference(path: str | Path, device: str | torch.device = "cpu
         pick_decode_layout(model, decode_batch)
     tok_path = find_tokenizer(ckpt, cfg)
     if tok_path is None:
-        raise CheckpointError(f"{ckpt}: no tokenizer found (run/tokenizer, data.tokenizer or the dataset's meta.json)")
+        raise CheckpointError(
+            f"{ckpt}: no tokenizer found (run/tokenizer, data.tokenizer or the dataset's meta.json)"
+        )
     try:
         tokenizer = load_tokenizer(tok_path)
     except LmlabError as e:

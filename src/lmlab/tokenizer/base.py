@@ -29,8 +29,12 @@ class Tokenizer:
     kind: str = ""
     pattern: str = ""  # the pre-tokenization regex, "" when the kind has none
 
-    def __init__(self, id_bytes: list[bytes | None], special_tokens: dict[str, int],
-                 merges: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        id_bytes: list[bytes | None],
+        special_tokens: dict[str, int],
+        merges: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self._id_bytes = id_bytes  # index = id; None marks an unused id
         self.special_tokens: dict[str, int] = dict(special_tokens)
         self._merges = list(merges or [])
@@ -83,15 +87,18 @@ class Tokenizer:
         except (IndexError, TypeError):
             pass
         bad = next(i for i in ids if not (0 <= i < len(table)) or table[i] is None)
-        raise LmlabError(f"token id {bad} is not in this {self.kind} tokenizer (vocab size {len(table)})")
+        raise LmlabError(
+            f"token id {bad} is not in this {self.kind} tokenizer (vocab size {len(table)})"
+        )
 
     def decode(self, ids: Iterable[int]) -> str:
         """Decode ids to text; byte sequences that are not valid UTF-8 become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # ---- streaming ---------------------------------------------------------------------
-    def encode_file(self, path: Path | str, chunk_bytes: int = 1 << 20,
-                    allow_special: bool = False) -> Iterator[list[int]]:
+    def encode_file(
+        self, path: Path | str, chunk_bytes: int = 1 << 20, allow_special: bool = False
+    ) -> Iterator[list[int]]:
         """Encode a UTF-8 file chunk by chunk in bounded memory.
 
         Chunks are cut only where the split pattern is guaranteed to break anyway (just before
@@ -118,7 +125,9 @@ class Tokenizer:
                 try:
                     buf += decoder.decode(block, final=not block)
                 except UnicodeDecodeError as e:
-                    raise DataError(f"{path}: not valid UTF-8 near byte {offset + e.start}") from None
+                    raise DataError(
+                        f"{path}: not valid UTF-8 near byte {offset + e.start}"
+                    ) from None
                 offset += len(block)
                 if not block:
                     break
@@ -244,4 +253,3 @@ def check_special_tokens(special_tokens: Iterable[str]) -> list[str]:
             raise LmlabError(f"special token {s!r} given twice")
         out.append(s)
     return out
-

@@ -48,10 +48,16 @@ def _split_pattern(pre: dict[str, Any] | None) -> str | None:
         return GPT2_PATTERN
     if pre.get("type") == "Sequence":
         steps = pre.get("pretokenizers") or []
-        if (len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel"
-                and "Regex" in (steps[0].get("pattern") or {}) and steps[0].get("behavior") == "Isolated"
-                and not steps[0].get("invert") and not steps[1].get("add_prefix_space")
-                and not steps[1].get("use_regex", True)):
+        if (
+            len(steps) == 2
+            and steps[0].get("type") == "Split"
+            and steps[1].get("type") == "ByteLevel"
+            and "Regex" in (steps[0].get("pattern") or {})
+            and steps[0].get("behavior") == "Isolated"
+            and not steps[0].get("invert")
+            and not steps[1].get("add_prefix_space")
+            and not steps[1].get("use_regex", True)
+        ):
             return steps[0]["pattern"]["Regex"]
     return None
 
@@ -70,7 +76,9 @@ class BPETokenizer(Tokenizer):
             raise DataError(f"{where}: not a tokenizer.json (no 'model' object)")
         model = spec["model"]
         if model.get("type") != "BPE":
-            raise DataError(f"{where}: model type {model.get('type')!r} is not BPE; lmlab loads byte-level BPE tokenizers")
+            raise DataError(
+                f"{where}: model type {model.get('type')!r} is not BPE; lmlab loads byte-level BPE tokenizers"
+            )
         added = spec.get("added_tokens") or []
         specials = {t["content"]: int(t["id"]) for t in added}
         try:
@@ -85,7 +93,9 @@ class BPETokenizer(Tokenizer):
                 id_bytes[i] = token_str_to_bytes(s)
             except KeyError:
                 if s not in specials:
-                    raise DataError(f"{where}: token {s!r} is not byte-level; lmlab loads byte-level BPE tokenizers") from None
+                    raise DataError(
+                        f"{where}: token {s!r} is not byte-level; lmlab loads byte-level BPE tokenizers"
+                    ) from None
         for s, i in specials.items():
             id_bytes[i] = s.encode("utf-8")
         try:
@@ -97,10 +107,18 @@ class BPETokenizer(Tokenizer):
         self._where = where
         pattern = _split_pattern(spec.get("pre_tokenizer"))
         self.pattern = pattern or ""
-        plain_added = all(not (t.get("lstrip") or t.get("rstrip") or t.get("single_word")) for t in added)
-        self._fast_ok = (pattern is not None and spec.get("normalizer") is None and plain_added
-                         and not model.get("dropout") and not model.get("continuing_subword_prefix")
-                         and not model.get("end_of_word_suffix") and not model.get("byte_fallback"))
+        plain_added = all(
+            not (t.get("lstrip") or t.get("rstrip") or t.get("single_word")) for t in added
+        )
+        self._fast_ok = (
+            pattern is not None
+            and spec.get("normalizer") is None
+            and plain_added
+            and not model.get("dropout")
+            and not model.get("continuing_subword_prefix")
+            and not model.get("end_of_word_suffix")
+            and not model.get("byte_fallback")
+        )
         self._hf = self._hf_plain = None
         self._tt: Any = None
         self._tt_built = False
@@ -194,8 +212,12 @@ class BPETokenizer(Tokenizer):
                 specials[s] = len(table)
                 table.append(i)
             self._rank_to_id = np.asarray(table, dtype=np.int64)
-        return tiktoken.Encoding(f"lmlab-{self.fingerprint()[:16]}", pat_str=self.pattern,
-                                 mergeable_ranks=ranks, special_tokens=specials)
+        return tiktoken.Encoding(
+            f"lmlab-{self.fingerprint()[:16]}",
+            pat_str=self.pattern,
+            mergeable_ranks=ranks,
+            special_tokens=specials,
+        )
 
     def _translate(self, ranks: list[int]) -> list[int]:
         if self._rank_to_id is None:
@@ -239,8 +261,9 @@ class BPETokenizer(Tokenizer):
         (Path(folder) / "tokenizer.json").write_text(self._json, encoding="utf-8")
 
 
-def bpe_from_parts(vocab: dict[str, int], merges: list[tuple[str, str]], specials: list[str],
-                   where: str) -> BPETokenizer:
+def bpe_from_parts(
+    vocab: dict[str, int], merges: list[tuple[str, str]], specials: list[str], where: str
+) -> BPETokenizer:
     """Build a GPT-2 style byte-level BPE from byte-level strings (the encoder.json form)."""
     from tokenizers import AddedToken, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
@@ -263,8 +286,12 @@ MAX_BPE_VOCAB_SIZE = 1 << 20
 
 def check_bpe_vocab_size(vocab_size: int, n_special: int) -> None:
     if vocab_size > MAX_BPE_VOCAB_SIZE:
-        raise LmlabError(f"vocab_size {vocab_size} is above the largest byte-level BPE vocabulary lmlab trains, "
-                         f"{MAX_BPE_VOCAB_SIZE:,}")
+        raise LmlabError(
+            f"vocab_size {vocab_size} is above the largest byte-level BPE vocabulary lmlab trains, "
+            f"{MAX_BPE_VOCAB_SIZE:,}"
+        )
     if vocab_size < 256 + n_special:
-        raise LmlabError(f"vocab_size {vocab_size} is too small for byte-level BPE: needs at least "
-                         f"256 byte tokens + {n_special} special tokens = {256 + n_special}")
+        raise LmlabError(
+            f"vocab_size {vocab_size} is too small for byte-level BPE: needs at least "
+            f"256 byte tokens + {n_special} special tokens = {256 + n_special}"
+        )

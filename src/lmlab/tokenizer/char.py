@@ -51,8 +51,10 @@ class CharTokenizer(Tokenizer):
         except KeyError:
             pos = next(i for i, c in enumerate(text) if c not in stoi)
             c = text[pos]
-            raise LmlabError(f"character {c!r} (U+{ord(c):04X}) at character offset {base + pos} is not in the "
-                             f"char tokenizer's vocabulary of {len(stoi)} characters") from None
+            raise LmlabError(
+                f"character {c!r} (U+{ord(c):04X}) at character offset {base + pos} is not in the "
+                f"char tokenizer's vocabulary of {len(stoi)} characters"
+            ) from None
 
     def encode_ordinary(self, text: str) -> list[int]:
         return self._encode_plain(text)
@@ -63,15 +65,21 @@ class CharTokenizer(Tokenizer):
         out: list[int] = []
         start = 0
         for m in self._special_re.finditer(text):
-            out += self._encode_plain(text[start:m.start()], start)
+            out += self._encode_plain(text[start : m.start()], start)
             out.append(self.special_tokens[m.group()])
             start = m.end()
         out += self._encode_plain(text[start:], start)
         return out
 
     def _write_files(self, folder: Path) -> None:
-        write_json(Path(folder) / CHAR_FILE, {"format": CHAR_FORMAT, "chars": self.chars,
-                                              "special_tokens": list(self.special_tokens)})
+        write_json(
+            Path(folder) / CHAR_FILE,
+            {
+                "format": CHAR_FORMAT,
+                "chars": self.chars,
+                "special_tokens": list(self.special_tokens),
+            },
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> CharTokenizer:

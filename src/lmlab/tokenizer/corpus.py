@@ -38,8 +38,13 @@ class Corpus:
                 warn_once(f"{path}: {reason}, skipped", key=file_key("undecodable", path))
                 self.skipped.append({"path": str(path.resolve()), "reason": reason})
                 continue
-            self.inputs.append({"path": str(path.resolve()), "bytes": len(data),
-                                "sha256": hashlib.sha256(data).hexdigest()})
+            self.inputs.append(
+                {
+                    "path": str(path.resolve()),
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
             if text:
                 yield text
 

@@ -30,7 +30,7 @@ def _token_bytes(s: str, model: dict[str, Any], specials: set[str]) -> bytes:
         return bytes([int(m.group(1), 16)])
     prefix = model.get("continuing_subword_prefix") or ""
     if prefix and s.startswith(prefix) and len(s) > len(prefix):
-        s = s[len(prefix):]
+        s = s[len(prefix) :]
     return s.replace("\u2581", " ").encode("utf-8")
 
 
@@ -95,7 +95,9 @@ class HFTokenizer(Tokenizer):
         ids = list(ids)
         bad = [i for i in ids if not (0 <= i < len(self._id_bytes)) or self._id_bytes[i] is None]
         if bad:
-            raise LmlabError(f"token id {bad[0]} is not in this hf tokenizer (vocab size {len(self._id_bytes)})")
+            raise LmlabError(
+                f"token id {bad[0]} is not in this hf tokenizer (vocab size {len(self._id_bytes)})"
+            )
         return self._hf.decode(ids, skip_special_tokens=False)
 
     def _safe_cut(self, buf: str, allow_special: bool) -> int:

@@ -50,8 +50,14 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
         else:
             raise DataError(f"{p / 'meta.json'}: not an lmlab tokenizer (kind {kind!r})")
         if meta.get("fingerprint") and meta["fingerprint"] != tok.fingerprint():
-            raise DataError(f"{p}: tokenizer files do not match meta.json's fingerprint (edited or corrupt)")
-        tok.meta = {k: v for k, v in meta.items() if k in ("inputs", "skipped", "source", "requested_vocab_size", "created")}
+            raise DataError(
+                f"{p}: tokenizer files do not match meta.json's fingerprint (edited or corrupt)"
+            )
+        tok.meta = {
+            k: v
+            for k, v in meta.items()
+            if k in ("inputs", "skipped", "source", "requested_vocab_size", "created")
+        }
         return tok
     if (p / "tokenizer.json").is_file():
         tok = tokenizer_from_json_file(p / "tokenizer.json")
@@ -61,8 +67,10 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
     merges = _one(p, GPT2_MERGES_NAMES)
     if vocab and merges:
         return load_gpt2_files(vocab, merges)
-    raise DataError(f"{p}: not a tokenizer folder (no meta.json, no tokenizer.json, no GPT-2 "
-                    "encoder.json/vocab.json + vocab.bpe/merges.txt pair)")
+    raise DataError(
+        f"{p}: not a tokenizer folder (no meta.json, no tokenizer.json, no GPT-2 "
+        "encoder.json/vocab.json + vocab.bpe/merges.txt pair)"
+    )
 
 
 def tokenizer_from_json_file(path: Path) -> Tokenizer:
@@ -82,7 +90,9 @@ def tokenizer_from_json_file(path: Path) -> Tokenizer:
 def _one(folder: Path, suffixes: tuple[str, ...]) -> Path | None:
     found = sorted(q for q in folder.iterdir() if q.is_file() and q.name.endswith(suffixes))
     if len(found) > 1:
-        raise DataError(f"{folder}: several candidate files {[q.name for q in found]}; point at one tokenizer")
+        raise DataError(
+            f"{folder}: several candidate files {[q.name for q in found]}; point at one tokenizer"
+        )
     return found[0] if found else None
 
 
@@ -108,9 +118,9 @@ def load_gpt2_files(vocab_path: Path, merges_path: Path) -> BPETokenizer:
             raise DataError(f"{merges_path}:{lineno}: expected two tokens separated by one space")
         merges.append((parts[0], parts[1]))
     made = {a + b for a, b in merges}
-    specials = [s for s, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if len(s) > 1 and s not in made]
+    specials = [
+        s for s, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if len(s) > 1 and s not in made
+    ]
     tok = bpe_from_parts(vocab, merges, specials, where=f"{vocab_path} + {merges_path.name}")
     tok.meta = {"source": [str(vocab_path.resolve()), str(merges_path.resolve())]}
     return tok
-
-

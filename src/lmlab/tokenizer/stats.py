@@ -67,7 +67,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     """A short human-readable table of :func:`tokenizer_stats`' result."""
     lines = [
         f"tokenizer        {stats['kind']}, vocab {stats['vocab_size']}",
-        f"files            {stats['files']}" + (f" ({len(stats['skipped'])} skipped: not UTF-8)" if stats["skipped"] else ""),
+        f"files            {stats['files']}"
+        + (f" ({len(stats['skipped'])} skipped: not UTF-8)" if stats["skipped"] else ""),
         f"bytes            {stats['bytes']:,}",
         f"tokens           {stats['tokens']:,}",
         f"bytes/token      {stats['bytes_per_token']:.3f}",

@@ -38,8 +38,13 @@ def train_bpe_hf(texts: Iterable[str], vocab_size: int, special_tokens: list[str
     return hf.to_str(pretty=True)
 
 
-def train_tokenizer(inputs: list[str] | str, vocab_size: int, out: Path | str, kind: str = "bpe",
-                    special_tokens: Iterable[str] = ()) -> Tokenizer:
+def train_tokenizer(
+    inputs: list[str] | str,
+    vocab_size: int,
+    out: Path | str,
+    kind: str = "bpe",
+    special_tokens: Iterable[str] = (),
+) -> Tokenizer:
     """Train a tokenizer of ``kind`` on the files/folders/globs ``inputs`` and save it to ``out``.
 
     bpe: ``vocab_size`` counts the 256 byte tokens, the merges and the special tokens (which take
@@ -57,12 +62,16 @@ def train_tokenizer(inputs: list[str] | str, vocab_size: int, out: Path | str, k
 
         check_symbolic_vocab_size(vocab_size, specials)
     elif vocab_size < 1 + len(specials):
-        raise LmlabError(f"vocab_size {vocab_size} is too small for a char tokenizer with {len(specials)} special tokens")
+        raise LmlabError(
+            f"vocab_size {vocab_size} is too small for a char tokenizer with {len(specials)} special tokens"
+        )
     from lmlab.outputs import check_output
 
     check_output(out, "tokenizer")  # refuse before training, not after minutes of it
     suffixes = (".py",) if kind == "symbolic" else ()  # a folder gives its Python files only
-    files = expand_inputs([inputs] if isinstance(inputs, str | Path) else [str(i) for i in inputs], suffixes)
+    files = expand_inputs(
+        [inputs] if isinstance(inputs, str | Path) else [str(i) for i in inputs], suffixes
+    )
     if not files:
         raise DataError(f"{' '.join(map(str, inputs))}: no input files found")
     corpus = Corpus(files, specials)
@@ -81,8 +90,10 @@ def train_tokenizer(inputs: list[str] | str, vocab_size: int, out: Path | str, k
             chars.update(t)
         _check_nonempty(corpus, inputs)
         if len(chars) + len(specials) > vocab_size:
-            raise LmlabError(f"vocab_size {vocab_size} is too small: the corpus has {len(chars)} distinct "
-                             f"characters plus {len(specials)} special tokens")
+            raise LmlabError(
+                f"vocab_size {vocab_size} is too small: the corpus has {len(chars)} distinct "
+                f"characters plus {len(specials)} special tokens"
+            )
         tok = CharTokenizer(sorted(chars), specials)
     tok.meta = {
         "inputs": corpus.inputs,

@@ -49,9 +49,24 @@ from lmlab.runs.read import (
 
 # the reading half, shared with the trainer (lmlab.runs.read)
 __all__ = [
-    "FILES", "checkpoint_name", "clean_partial", "complete_checkpoints", "find_tokenizer", "load_model",
-    "load_model_for_inference", "load_training_state", "load_weights", "model_differences", "prune", "read_config",
-    "read_state", "resolve_checkpoint", "rng_state", "save_checkpoint", "set_rng_state", "unwrap",
+    "FILES",
+    "checkpoint_name",
+    "clean_partial",
+    "complete_checkpoints",
+    "find_tokenizer",
+    "load_model",
+    "load_model_for_inference",
+    "load_training_state",
+    "load_weights",
+    "model_differences",
+    "prune",
+    "read_config",
+    "read_state",
+    "resolve_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "unwrap",
 ]
 
 
@@ -76,7 +91,13 @@ def rng_state() -> dict[str, Any]:
     py_state = random.getstate()
     state = {
         "python": [py_state[0], list(py_state[1]), py_state[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            np_state[1].tolist(),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": _b64(torch.get_rng_state()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -121,7 +142,9 @@ def save_checkpoint(
             torch.save(
                 {
                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                    "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+                    "scaler": scaler.state_dict()
+                    if scaler is not None and scaler.is_enabled()
+                    else None,
                 },
                 tmp / "optimizer.pt",
             )
@@ -165,7 +188,9 @@ def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer | None, sca
     try:
         blob = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{f}: cannot read optimizer state ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{f}: cannot read optimizer state ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(blob, dict) or "optimizer" not in blob:
         raise CheckpointError(f"{f}: not an lmlab optimizer state")
     try:
@@ -175,5 +200,3 @@ def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer | None, sca
             scaler.load_state_dict(blob["scaler"])
     except (ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{f}: optimizer state does not fit this model ({e})") from None
-
-

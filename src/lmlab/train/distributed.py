@@ -35,7 +35,9 @@ def from_env() -> Dist:
     """Rank information from torchrun's environment (single process when absent)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist()
-    return Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    return Dist(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    )
 
 
 def under_torchrun() -> bool:

@@ -29,19 +29,25 @@ def _log(msg: str, main: bool) -> None:
         print(msg, flush=True)
 
 
-def build_pair_data(cfg: Config, dec_tok: Any, enc_tok: Any, main: bool = True) -> tuple[Any, dict[str, Any]]:
+def build_pair_data(
+    cfg: Config, dec_tok: Any, enc_tok: Any, main: bool = True
+) -> tuple[Any, dict[str, Any]]:
     """Read, tokenize and split ``cfg.encdec``'s pairs: (PairData, report for encdec.json)."""
     from lmlab.data import pairs as pair_data
     from lmlab.data import sft as sft_data
 
     e = cfg.encdec
     if not e.data:
-        raise ConfigError("encdec.data: no pairs given (JSONL with source/target, or MBPP text/code records)")
+        raise ConfigError(
+            "encdec.data: no pairs given (JSONL with source/target, or MBPP text/code records)"
+        )
     skips = sft_data.SkipReport()
 
     def examples(sources: list[str]) -> list[Any]:
         records = sft_data.read_records(sources, skips)
-        return pair_data.tokenize_pairs(records, enc_tok, dec_tok, cfg.model.context_length, e.max_source_tokens, skips)
+        return pair_data.tokenize_pairs(
+            records, enc_tok, dec_tok, cfg.model.context_length, e.max_source_tokens, skips
+        )
 
     pairs = examples(list(e.data))
     if e.val_data:
@@ -71,7 +77,9 @@ def build_pair_data(cfg: Config, dec_tok: Any, enc_tok: Any, main: bool = True) 
     return data, report
 
 
-def parse_rate(model: Any, data: Any, dec_tok: Any, n: int, max_new_tokens: int, device: Any) -> dict[str, Any]:
+def parse_rate(
+    model: Any, data: Any, dec_tok: Any, n: int, max_new_tokens: int, device: Any
+) -> dict[str, Any]:
     """Greedy outputs for the first ``n`` held-out sources, and the share that compiles
     (:func:`lmlab.eval.code.parse_report`: an empty output does not pass)."""
     from lmlab.data.pairs import generate_targets
@@ -79,12 +87,16 @@ def parse_rate(model: Any, data: Any, dec_tok: Any, n: int, max_new_tokens: int,
     from lmlab.eval.code import parse_report
 
     examples = (data.val or data.train)[:n]
-    seqs = generate_targets(model, examples, data.enc_pad_id, int(data.meta["eot_id"]), max_new_tokens, device)
+    seqs = generate_targets(
+        model, examples, data.enc_pad_id, int(data.meta["eot_id"]), max_new_tokens, device
+    )
     if getattr(dec_tok, "kind", "") == "symbolic":  # restore names, then compile()
         result = symbolic_parse_rate(seqs, dec_tok)
     else:
         result = parse_report(dec_tok.decode(s) for s in seqs)
-    result["examples"] = [{"source": e.where, "output": dec_tok.decode(s)} for e, s in zip(examples[:3], seqs[:3])]
+    result["examples"] = [
+        {"source": e.where, "output": dec_tok.decode(s)} for e, s in zip(examples[:3], seqs[:3])
+    ]
     return result
 
 
@@ -100,13 +112,19 @@ def run_encdec(cfg: Config, resume: bool = False, force: bool = False):
 
     main = dd.from_env().is_main
     if cfg.model.arch != "encdec":
-        raise ConfigError(f"model.arch: the encoder-decoder trainer needs encdec, got {cfg.model.arch!r}")
+        raise ConfigError(
+            f"model.arch: the encoder-decoder trainer needs encdec, got {cfg.model.arch!r}"
+        )
     if not cfg.data.tokenizer:
-        raise ConfigError("data.tokenizer: the decoder's tokenizer folder is required (or a [tokenizer] stage)")
+        raise ConfigError(
+            "data.tokenizer: the decoder's tokenizer folder is required (or a [tokenizer] stage)"
+        )
     if not Path(cfg.data.tokenizer).exists():
         raise ConfigError(f"data.tokenizer: {cfg.data.tokenizer} does not exist")
     if cfg.data.mix:
-        raise ConfigError("data.mix: replay of token shards does not apply to encoder-decoder pairs")
+        raise ConfigError(
+            "data.mix: replay of token shards does not apply to encoder-decoder pairs"
+        )
     # 1) tokenizers
     dec_tok = load_tokenizer(cfg.data.tokenizer)
     cfg.data.tokenizer = str(Path(cfg.data.tokenizer).resolve())
@@ -118,11 +136,15 @@ def run_encdec(cfg: Config, resume: bool = False, force: bool = False):
     if resume and info_path.is_file():
         old = read_json(info_path)
         if isinstance(old, dict) and old.get("fingerprint") not in (None, report["fingerprint"]):
-            raise DataError(f"{info_path}: the pairs changed since this run started; cannot resume exactly")
+            raise DataError(
+                f"{info_path}: the pairs changed since this run started; cannot resume exactly"
+            )
     if main:
         from lmlab.runs import open_run_dir
 
-        open_run_dir(run_dir, resume=resume, force=force)  # before encdec.json: a folder of other files is refused
+        open_run_dir(
+            run_dir, resume=resume, force=force
+        )  # before encdec.json: a folder of other files is refused
         write_json(info_path, report)
     # 3) the shared loop, with the pairs as its batch source
     result = train(cfg, resume=resume, data=data, force=force)
@@ -133,14 +155,31 @@ def run_encdec(cfg: Config, resume: bool = False, force: bool = False):
     if e.parse_samples:
         device = resolve_device(cfg.train.device)
         model, _, _ = ck.load_model(run_dir, device, encdec_ok=True)
-        parse = parse_rate(model, data, dec_tok, e.parse_samples, e.max_new_tokens or cfg.model.context_length, device)
+        parse = parse_rate(
+            model,
+            data,
+            dec_tok,
+            e.parse_samples,
+            e.max_new_tokens or cfg.model.context_length,
+            device,
+        )
         report["parse"] = parse
-        _log(f"encdec: parse rate {parse['parse_rate']:.2%} ({parse['parsed']}/{parse['samples']} greedy outputs "
-             "for held-out sources compile)", main)
+        _log(
+            f"encdec: parse rate {parse['parse_rate']:.2%} ({parse['parsed']}/{parse['samples']} greedy outputs "
+            "for held-out sources compile)",
+            main,
+        )
         rows = {k: parse[k] for k in ("samples", "parsed", "parse_rate")}
-        examples = "\n".join(f"- `{x['source']}`:\n\n```\n{x['output']}\n```" for x in parse["examples"])
-        write_report(run_dir, {"Result": result.table(),
-                               "Parse rate (held-out sources, greedy)": markdown_table([rows]) + "\n" + examples})
+        examples = "\n".join(
+            f"- `{x['source']}`:\n\n```\n{x['output']}\n```" for x in parse["examples"]
+        )
+        write_report(
+            run_dir,
+            {
+                "Result": result.table(),
+                "Parse rate (held-out sources, greedy)": markdown_table([rows]) + "\n" + examples,
+            },
+        )
     report["result"] = result.as_dict()
     write_json(info_path, report)
     return result

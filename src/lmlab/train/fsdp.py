@@ -108,7 +108,9 @@ def _param_names(model: nn.Module) -> dict[int, str]:
     return names
 
 
-def _to_fqn_keys(model: nn.Module, optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> dict[str, Any]:
+def _to_fqn_keys(
+    model: nn.Module, optimizer: torch.optim.Optimizer, sd: dict[str, Any]
+) -> dict[str, Any]:
     """An index-keyed optimizer state dict for ``optimizer``'s params -> keyed by parameter names."""
     names = _param_names(model)
     order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
@@ -123,7 +125,9 @@ def _to_fqn_keys(model: nn.Module, optimizer: torch.optim.Optimizer, sd: dict[st
     return {"state": state, "param_groups": groups}
 
 
-def _to_index_keys(model: nn.Module, optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> dict[str, Any]:
+def _to_index_keys(
+    model: nn.Module, optimizer: torch.optim.Optimizer, sd: dict[str, Any]
+) -> dict[str, Any]:
     """The inverse of :func:`_to_fqn_keys` for a plain (unsharded) model and optimizer."""
     names = _param_names(model)
     index = 0
@@ -169,13 +173,17 @@ def gather_for_checkpoint(
     return plain, plain_opt
 
 
-def gather_model(model: nn.Module, cfg: Config, device: torch.device, is_main: bool) -> nn.Module | None:
+def gather_model(
+    model: nn.Module, cfg: Config, device: torch.device, is_main: bool
+) -> nn.Module | None:
     """Collective: the full model on rank 0's ``device`` (for evaluation and samples), else None."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from lmlab.model import build_model
 
-    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    weights = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     if not is_main:
         return None
     plain = build_model(cfg.model)
@@ -191,8 +199,12 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, ckp
     try:
         blob = torch.load(f, map_location="cpu", weights_only=True)
         sd = _to_fqn_keys(model, optimizer, blob["optimizer"])
-        set_optimizer_state_dict(model, optimizer, sd, options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(
+            model, optimizer, sd, options=StateDictOptions(full_state_dict=True)
+        )
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"{f}: optimizer state does not fit this model ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{f}: optimizer state does not fit this model ({type(e).__name__}: {e})"
+        ) from None

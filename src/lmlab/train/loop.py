@@ -81,7 +81,9 @@ class TrainResult:
         """report.md's "Result" section: a one-row Markdown table of the set fields."""
         from lmlab.report import markdown_table
 
-        return markdown_table([{k: v for k, v in self.as_dict().items() if k != "run_dir" and v is not None}])
+        return markdown_table(
+            [{k: v for k, v in self.as_dict().items() if k != "run_dir" and v is not None}]
+        )
 
 
 class SpikeGuard:
@@ -98,7 +100,9 @@ class SpikeGuard:
 
     def is_spike(self, norm: float) -> bool:
         """True to skip this update; otherwise the norm joins the history."""
-        if len(self.history) >= self.min_history and norm > self.factor * statistics.median(self.history):
+        if len(self.history) >= self.min_history and norm > self.factor * statistics.median(
+            self.history
+        ):
             return True
         if math.isfinite(norm):
             self.history.append(norm)
@@ -130,7 +134,9 @@ class _StopSignal:
 
 def _clip_grads(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Global grad norm before clipping (clips in place when ``max_norm`` > 0)."""
-    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf, foreach=True)
+    return torch.nn.utils.clip_grad_norm_(
+        params, max_norm if max_norm > 0 else math.inf, foreach=True
+    )
 
 
 def _flops_per_token(cfg: Config) -> float:
@@ -167,12 +173,22 @@ def check_dataset_tokenizer(cfg: Config, meta: dict[str, Any]) -> None:
         raise ConfigError(f"data.tokenizer: {cfg.data.tokenizer} not found")
     got = load_tokenizer(cfg.data.tokenizer).fingerprint()
     if got != want:
-        raise DataError(f"data.tokenizer: {cfg.data.tokenizer} (fingerprint {got[:12]}) is not the tokenizer "
-                        f"{cfg.data.path} was prepared with (fingerprint {want[:12]}, {meta.get('tokenizer', '?')})")
+        raise DataError(
+            f"data.tokenizer: {cfg.data.tokenizer} (fingerprint {got[:12]}) is not the tokenizer "
+            f"{cfg.data.path} was prepared with (fingerprint {want[:12]}, {meta.get('tokenizer', '?')})"
+        )
 
 
 @torch.no_grad()
-def _samples(model: torch.nn.Module, tok: Any, n: int, length: int, start_id: int, device: torch.device, seed: int) -> list[str]:
+def _samples(
+    model: torch.nn.Module,
+    tok: Any,
+    n: int,
+    length: int,
+    start_id: int,
+    device: torch.device,
+    seed: int,
+) -> list[str]:
     """``n`` samples of ``length`` tokens at temperature 0.8, from their own RNG (so training's
     random stream, and therefore exact resume, is untouched)."""
     was_training = model.training
@@ -220,8 +236,15 @@ def train(cfg: Config, resume: bool = False, data: Any = None, force: bool = Fal
 
 
 class _Trainer:
-    def __init__(self, cfg: Config, info: dd.Dist, device: torch.device, resume: bool, data: Any = None,
-                 force: bool = False):
+    def __init__(
+        self,
+        cfg: Config,
+        info: dd.Dist,
+        device: torch.device,
+        resume: bool,
+        data: Any = None,
+        force: bool = False,
+    ):
         from lmlab.data.loader import (
             BatchLoader,
             TokenSplit,
@@ -246,16 +269,27 @@ class _Trainer:
         self.meta = meta
         self.run_dir = Path(t.out)  # as given (messages); config.toml records it absolute
         self.resume_requested, self.force = resume, force
-        self.hf_init = None  # train.init_from = "hf:...": its config is the model (lmlab.export.hf_import)
+        self.hf_init = (
+            None  # train.init_from = "hf:...": its config is the model (lmlab.export.hf_import)
+        )
         if t.init_from.startswith("hf:"):
             from lmlab.export.hf_import import start_from_hf
 
             self.hf_init, changed = start_from_hf(cfg, meta)
-            self._say(f"model config taken from {t.init_from}" + (f" ({len(changed)} key(s) differed from the config's "
-                      f"[model]: {', '.join(c.split(':')[0] for c in changed)})" if changed else ""))
+            self._say(
+                f"model config taken from {t.init_from}"
+                + (
+                    f" ({len(changed)} key(s) differed from the config's "
+                    f"[model]: {', '.join(c.split(':')[0] for c in changed)})"
+                    if changed
+                    else ""
+                )
+            )
         if data is None:
             check_dataset_tokenizer(cfg, meta)
-        resolve_run_config(cfg, meta)  # what config.toml holds: vocab size filled in, paths absolute
+        resolve_run_config(
+            cfg, meta
+        )  # what config.toml holds: vocab size filled in, paths absolute
         self.ckpt_root = self.run_dir / "checkpoints"
 
         # 1) where we start: a checkpoint of this run, or fresh
@@ -271,7 +305,9 @@ class _Trainer:
             saved = ck.read_config(self.resume_from)
             diffs = ck.model_differences(saved.model, m)
             if diffs:
-                raise CheckpointError(f"{self.resume_from}: cannot resume, the model differs: " + "; ".join(diffs))
+                raise CheckpointError(
+                    f"{self.resume_from}: cannot resume, the model differs: " + "; ".join(diffs)
+                )
 
         # 2) seeds and model (identical init on every rank; DDP broadcasts rank 0's anyway)
         import random
@@ -281,7 +317,9 @@ class _Trainer:
         torch.manual_seed(t.seed)
         from lmlab.memcheck import check_training_fits  # refuse before allocating what cannot fit
 
-        check_training_fits(cfg, cfg.batch_shape(info.world)[1], device, resolve_dtype(t.dtype, device))
+        check_training_fits(
+            cfg, cfg.batch_shape(info.world)[1], device, resolve_dtype(t.dtype, device)
+        )
         model = build_model(m)
         if self.hf_init is not None and self.resume_from is None:
             from lmlab.export.hf_import import load_into
@@ -291,18 +329,24 @@ class _Trainer:
             src = ck.resolve_checkpoint(t.init_from)
             diffs = ck.model_differences(ck.read_config(src).model, m)
             if diffs:
-                raise CheckpointError(f"{src}: train.init_from does not fit this model: " + "; ".join(diffs))
+                raise CheckpointError(
+                    f"{src}: train.init_from does not fit this model: " + "; ".join(diffs)
+                )
             ck.load_weights(model, src)
         if info.enabled:
             torch.manual_seed(t.seed + 7919 * info.rank)  # different dropout masks per rank
-        self.n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # a frozen encoder is not trained
+        self.n_params = sum(
+            p.numel() for p in model.parameters() if p.requires_grad
+        )  # a frozen encoder is not trained
         model.to(device)
         self.raw_model = model
         self.dtype = resolve_dtype(t.dtype, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
         self.fsdp = t.parallel == "fsdp" and dd.initialized()
         if self.fsdp and self.dtype is torch.float16:
-            raise ConfigError("train.dtype: float16 is not supported with train.parallel=fsdp; use bfloat16")
+            raise ConfigError(
+                "train.dtype: float16 is not supported with train.parallel=fsdp; use bfloat16"
+            )
         # under FSDP the optimizer is built over the shards (step 5)
         self.optimizer = None if self.fsdp else build_optimizer(model, cfg.optim, t.lr, device)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -310,11 +354,29 @@ class _Trainer:
         # 3) data
         self.global_batch, micro = cfg.batch_shape(info.world)
         T = m.context_length
-        mix = [(TokenSplit(p, "train"), f) for p, f in parse_mix(cfg.data.mix)] if data is None else []
-        self.loader = BatchLoader(
-            TokenSplit(cfg.data.path, "train", meta), T, self.global_batch, micro, t.seed, info.rank, info.world, device, mix
-        ) if data is None else data.loader(self.global_batch, micro, t.seed, info.rank, info.world, device)
-        self.tokens_per_step = self.global_batch * T if data is None else self.loader.tokens_per_step
+        mix = (
+            [(TokenSplit(p, "train"), f) for p, f in parse_mix(cfg.data.mix)]
+            if data is None
+            else []
+        )
+        self.loader = (
+            BatchLoader(
+                TokenSplit(cfg.data.path, "train", meta),
+                T,
+                self.global_batch,
+                micro,
+                t.seed,
+                info.rank,
+                info.world,
+                device,
+                mix,
+            )
+            if data is None
+            else data.loader(self.global_batch, micro, t.seed, info.rank, info.world, device)
+        )
+        self.tokens_per_step = (
+            self.global_batch * T if data is None else self.loader.tokens_per_step
+        )
         has_val = data is None and meta["splits"].get("val", {}).get("shards")
         self.val = TokenSplit(cfg.data.path, "val", meta) if has_val else None
         # val_batches() -> this rank's share of the fixed val batches, as (x, y) pairs
@@ -328,7 +390,8 @@ class _Trainer:
         elif self.val is not None:  # the whole split, streamed (it may be large)
             val = self.val
             self.val_batches = lambda: as_batches(
-                (w for i, w in enumerate(contiguous_windows(val, T, bsz)) if i % vworld == vrank), device
+                (w for i, w in enumerate(contiguous_windows(val, T, bsz)) if i % vworld == vrank),
+                device,
             )
         elif data is not None:  # fixed (x, y) batches with masked targets, this rank's share
             fixed = data.val_batches(bsz, cfg.eval.batches, t.seed, vrank, vworld)
@@ -359,15 +422,22 @@ class _Trainer:
             self.params = [p for p in model.parameters() if p.requires_grad]
             if self.resume_from is not None:
                 fsdp.load_optimizer_state(model, self.optimizer, self.resume_from)
-        self.fused_loss = (t.fused_loss and getattr(self.raw_model, "supports_fused_loss", False)
-                           and m.vocab_size >= FUSED_LOSS_MIN_VOCAB)
-        self.state_bytes: dict[str, int] | None = None  # this rank's params+grads+optimizer, after step 1
+        self.fused_loss = (
+            t.fused_loss
+            and getattr(self.raw_model, "supports_fused_loss", False)
+            and m.vocab_size >= FUSED_LOSS_MIN_VOCAB
+        )
+        self.state_bytes: dict[str, int] | None = (
+            None  # this rank's params+grads+optimizer, after step 1
+        )
         self._new_state_bytes = False  # state_bytes not yet in a metrics record
         self.probed_micro_batch = 0  # what the memory probe found (0: no probe)
         if t.micro_batch_size == 0 and mf.can_probe(device) and data is None:
             self._fit_micro_batch(model)
         if t.compile:
-            model = torch.compile(model, mode=None if t.compile_mode == "default" else t.compile_mode)
+            model = torch.compile(
+                model, mode=None if t.compile_mode == "default" else t.compile_mode
+            )
         self.model = model if self.fsdp else dd.wrap_ddp(model, info, device)
         self.model.train()
         self.flops_per_token = _flops_per_token(cfg)
@@ -397,15 +467,23 @@ class _Trainer:
             self.precision = {**read_json(saved), "resumed": True}
         elif self.cfg.model.arch == "transformer":
             self.precision = pick_cpu_train_dtype(
-                self.raw_model, micro, self.cfg.model.context_length, self.cfg.model.vocab_size, self.fused_loss
+                self.raw_model,
+                micro,
+                self.cfg.model.context_length,
+                self.cfg.model.vocab_size,
+                self.fused_loss,
             )
         else:  # the probe feeds token ids; other architectures take other inputs
             self.precision = {"dtype": "float32", "reason": f"model.arch = {self.cfg.model.arch}"}
         times = self.precision.get("seconds_per_pass")
         if times:
-            self._say(f"train.dtype auto: {self.precision['dtype']} (forward+backward {1000 * times['float32']:.1f} ms "
-                      f"in float32, {1000 * times['bfloat16']:.1f} ms in bfloat16 autocast)")
-        votes = dd.all_reduce_sum([float(self.precision["dtype"] == "bfloat16")], self.info, self.device)[0]
+            self._say(
+                f"train.dtype auto: {self.precision['dtype']} (forward+backward {1000 * times['float32']:.1f} ms "
+                f"in float32, {1000 * times['bfloat16']:.1f} ms in bfloat16 autocast)"
+            )
+        votes = dd.all_reduce_sum(
+            [float(self.precision["dtype"] == "bfloat16")], self.info, self.device
+        )[0]
         return torch.bfloat16 if votes == self.info.world else torch.float32
 
     def _say(self, msg: str) -> None:
@@ -421,21 +499,33 @@ class _Trainer:
         ck.clean_partial(self.ckpt_root)
         save_config(self.cfg, run / "config.toml")
         if self.precision is not None and not self.precision.get("resumed"):
-            write_json(run / "precision.json", {**self.precision, "dtype": str(self.dtype).removeprefix("torch.")})
+            write_json(
+                run / "precision.json",
+                {**self.precision, "dtype": str(self.dtype).removeprefix("torch.")},
+            )
         self.tokenizer = _load_tokenizer(self.cfg, self.meta)
         if self.tokenizer is not None and not (run / "tokenizer").exists():
-            with contextlib.suppress(Exception):  # a copy is a convenience; training does not need it
+            with contextlib.suppress(
+                Exception
+            ):  # a copy is a convenience; training does not need it
                 self.tokenizer.save(run / "tokenizer")
         self.logger = Logger(run, self.cfg, self.step, resume=self.resume_from is not None)
 
-    def _micro_loss(self, x: Any, y: torch.Tensor, inv_targets: float, model: torch.nn.Module | None = None) -> torch.Tensor:
+    def _micro_loss(
+        self, x: Any, y: torch.Tensor, inv_targets: float, model: torch.nn.Module | None = None
+    ) -> torch.Tensor:
         """One micro-batch's share of the step loss (summed over its targets, scaled)."""
         model = self.model if model is None else model
         with autocast(self.device, self.dtype):
             if self.fused_loss:  # head + cross-entropy in chunks, no logits tensor
                 return model(x, targets=y) * inv_targets
             logits = forward(model, x)
-            return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum") * inv_targets
+            return (
+                F.cross_entropy(
+                    logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"
+                )
+                * inv_targets
+            )
 
     def _fit_micro_batch(self, model: torch.nn.Module) -> None:
         """train.micro_batch_size = 0 on CUDA (or under an injected limit): the largest that fits."""
@@ -455,12 +545,16 @@ class _Trainer:
         # every rank takes the smallest, so the ranks stay in step
         found = int(-dd.all_reduce_max([-float(found)], self.info, self.device)[0])
         if found == 0:
-            raise ConfigError(f"train.micro_batch_size: not even one sequence of {T} tokens fits on {self.device}")
+            raise ConfigError(
+                f"train.micro_batch_size: not even one sequence of {T} tokens fits on {self.device}"
+            )
         micro = mf.largest_divisor_at_most(per_rank, found)
         self.loader.micro_batch = micro
         self.probed_micro_batch = found
-        self._say(f"memory probe: up to {found} sequences fit; micro-batch {micro} "
-                  f"({per_rank // micro} per step of {per_rank} per process)")
+        self._say(
+            f"memory probe: up to {found} sequences fit; micro-batch {micro} "
+            f"({per_rank // micro} per step of {per_rank} per process)"
+        )
 
     def _shrink_micro_batch(self) -> bool:
         """After an out-of-memory in a step: halve the micro-batch (a divisor of the per-process batch)."""
@@ -482,17 +576,23 @@ class _Trainer:
             self.step = int(state["step"])
             self.tokens = int(state["tokens"])
             self.loader.load_state_dict(state["loader"])
-            self.best_val = state["best_val_loss"] if state["best_val_loss"] is not None else math.inf
+            self.best_val = (
+                state["best_val_loss"] if state["best_val_loss"] is not None else math.inf
+            )
             self.best_step = state["best_step"]
             self.evals_since_best = int(state["evals_since_best"])
             self.last_val = state["last_val_loss"]
             self.best_ckpt = dict(state["best_checkpoint"])
             self.skipped = int(state["skipped_steps"])
             self.elapsed_before = float(state["elapsed_s"])
-            self.guard = SpikeGuard(self.cfg.optim.spike_factor, self.cfg.optim.spike_window, state["spike_history"])
+            self.guard = SpikeGuard(
+                self.cfg.optim.spike_factor, self.cfg.optim.spike_window, state["spike_history"]
+            )
             rngs = state["rng"]
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{ckpt / 'state.json'}: incomplete training state ({e})") from None
+            raise CheckpointError(
+                f"{ckpt / 'state.json'}: incomplete training state ({e})"
+            ) from None
         if len(rngs) == self.info.world:
             ck.set_rng_state(rngs[self.info.rank])
         elif self.info.is_main:
@@ -581,7 +681,9 @@ class _Trainer:
                     if local_checks or is_log or is_eval or is_ckpt:
                         time_up = budget_s > 0 and self.elapsed() >= budget_s
                         total, t_up, interrupted = dd.all_reduce_sum(
-                            [float(loss_acc), float(time_up), float(sig.flag)], self.info, self.device
+                            [float(loss_acc), float(time_up), float(sig.flag)],
+                            self.info,
+                            self.device,
                         )
                         last_loss = total / self.info.world
                         if not math.isfinite(last_loss) or last_loss > loss_limit:
@@ -595,10 +697,14 @@ class _Trainer:
                     if is_log or stop:
                         now = time.perf_counter()
                         dt = max(now - log_t, 1e-9)
-                        self._log_train(done, last_loss, lr, grad_norm, (done - log_step), dt, diverged)
+                        self._log_train(
+                            done, last_loss, lr, grad_norm, (done - log_step), dt, diverged
+                        )
                         log_t, log_step = now, done
                     if diverged:
-                        self._say(f"step {done}: loss {last_loss} is not finite or exploded; run marked diverged")
+                        self._say(
+                            f"step {done}: loss {last_loss} is not finite or exploded; run marked diverged"
+                        )
                         stop_reason = "diverged"
                         break
                     if (is_eval or stop in ("time_budget",)) and self.val_batches is not None:
@@ -618,8 +724,10 @@ class _Trainer:
                     self._checkpoint(self.step, collective=False)
         result = self._finish(stop_reason, diverged, last_loss)
         if stop_reason == "interrupted":
-            self._say(f"interrupted at step {self.step}; checkpoint saved in {self.ckpt_root} "
-                      "(continue: the same `lmlab run`, `lmlab sweep` or `lmlab sft --resume` command, or `lmlab train ... --resume`)")
+            self._say(
+                f"interrupted at step {self.step}; checkpoint saved in {self.ckpt_root} "
+                "(continue: the same `lmlab run`, `lmlab sweep` or `lmlab sft --resume` command, or `lmlab train ... --resume`)"
+            )
             raise KeyboardInterrupt
         return result
 
@@ -661,10 +769,21 @@ class _Trainer:
         self.state_bytes = {k: int(v) for k, v in zip(keys, peak)}
         self._new_state_bytes = True
         if self.info.enabled or self.fsdp:
-            self._say(f"params + grads + optimizer state: {self.state_bytes['total'] / 2**20:.2f} MiB per process "
-                      f"({'sharded over' if self.fsdp else 'replicated on'} {self.info.world})")
+            self._say(
+                f"params + grads + optimizer state: {self.state_bytes['total'] / 2**20:.2f} MiB per process "
+                f"({'sharded over' if self.fsdp else 'replicated on'} {self.info.world})"
+            )
 
-    def _log_train(self, step: int, loss: float | None, lr: float, grad_norm: torch.Tensor, n_steps: int, dt: float, diverged: bool) -> None:
+    def _log_train(
+        self,
+        step: int,
+        loss: float | None,
+        lr: float,
+        grad_norm: torch.Tensor,
+        n_steps: int,
+        dt: float,
+        diverged: bool,
+    ) -> None:
         if self.logger is None:
             return
         tok_s = n_steps * self.tokens_per_step / dt
@@ -683,7 +802,9 @@ class _Trainer:
         if self.device.type == "cuda":
             rec["max_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self._new_state_bytes:
-            rec["state_bytes"] = self.state_bytes["total"] if self.state_bytes else None  # once, per process
+            rec["state_bytes"] = (
+                self.state_bytes["total"] if self.state_bytes else None
+            )  # once, per process
             self._new_state_bytes = False
         if self.skipped:
             rec["skipped"] = self.skipped
@@ -698,13 +819,22 @@ class _Trainer:
         from lmlab.eval.metrics import evaluate_batches
 
         # FSDP: rank 0 evaluates all val batches on the gathered model; the others add zeros
-        model = fsdp.gather_model(self.raw_model, self.cfg, self.device, self.info.is_main) if self.fsdp else self.raw_model
+        model = (
+            fsdp.gather_model(self.raw_model, self.cfg, self.device, self.info.is_main)
+            if self.fsdp
+            else self.raw_model
+        )
         batches = self.val_batches() if model is not None else ()
         if self.probed_micro_batch:  # the same val windows, in pieces that fit
             batches = mf.split_batches(batches, self.probed_micro_batch)
-        sums = evaluate_batches(model, batches, self.device, self.dtype) if model is not None else (
-            {"nats": 0.0, "tokens": 0, "correct": 0})
-        nats, count, correct = dd.all_reduce_sum([sums["nats"], sums["tokens"], sums["correct"]], self.info, self.device)
+        sums = (
+            evaluate_batches(model, batches, self.device, self.dtype)
+            if model is not None
+            else ({"nats": 0.0, "tokens": 0, "correct": 0})
+        )
+        nats, count, correct = dd.all_reduce_sum(
+            [sums["nats"], sums["tokens"], sums["correct"]], self.info, self.device
+        )
         val = nats / max(count, 1)
         self.last_val = val
         c = self.cfg.train
@@ -713,13 +843,20 @@ class _Trainer:
         else:
             self.evals_since_best += 1
         if self.logger is not None:
-            rec = {"step": step, "val_loss": val, "perplexity": math.exp(min(val, 700.0)), "accuracy": correct / max(count, 1)}
+            rec = {
+                "step": step,
+                "val_loss": val,
+                "perplexity": math.exp(min(val, 700.0)),
+                "accuracy": correct / max(count, 1),
+            }
             if self.val is not None and self.val.n_bytes:
                 ratio = self.val.n_bytes / int(self.val.info.get("tokens") or self.val.n_tokens)
                 rec["bits_per_byte"] = nats / (math.log(2) * count * ratio)
             rec["elapsed"] = self.elapsed()
             self.logger.write(rec)
-            self.logger.print(f"step {step} | val loss {val:.4f} | best {self.best_val:.4f} (step {self.best_step})")
+            self.logger.print(
+                f"step {step} | val loss {val:.4f} | best {self.best_val:.4f} (step {self.best_step})"
+            )
             self._write_samples(step, val, model)
         return bool(c.patience) and self.evals_since_best >= c.patience
 
@@ -729,11 +866,21 @@ class _Trainer:
             return
         eot = self.meta.get("eot_id")
         start = int(eot) if eot is not None else 0
-        custom = getattr(self.data, "samples", None)  # a batch source that needs more than a start token
+        custom = getattr(
+            self.data, "samples", None
+        )  # a batch source that needs more than a start token
         if custom is not None:
             texts = custom(model, self.tokenizer, e.samples, e.sample_tokens, self.device)
         else:
-            texts = _samples(model, self.tokenizer, e.samples, e.sample_tokens, start, self.device, self.cfg.train.seed + step)
+            texts = _samples(
+                model,
+                self.tokenizer,
+                e.samples,
+                e.sample_tokens,
+                start,
+                self.device,
+                self.cfg.train.seed + step,
+            )
         path = self.run_dir / "samples.md"
         parts = [f"## step {step} (val loss {val:.4f})\n"]
         for i, text in enumerate(texts):
@@ -748,11 +895,15 @@ class _Trainer:
             if not collective:
                 self._say("FSDP: no checkpoint without the other ranks; the last saved one stands")
                 return
-            model, optimizer = fsdp.gather_for_checkpoint(self.raw_model, self.optimizer, self.cfg, self.info.is_main)
+            model, optimizer = fsdp.gather_for_checkpoint(
+                self.raw_model, self.optimizer, self.cfg, self.info.is_main
+            )
         if not self.info.is_main:
             return
         # the best checkpoint is judged by the most recent val loss at save time
-        if self.last_val is not None and (self.best_ckpt["val_loss"] is None or self.last_val < self.best_ckpt["val_loss"]):
+        if self.last_val is not None and (
+            self.best_ckpt["val_loss"] is None or self.last_val < self.best_ckpt["val_loss"]
+        ):
             self.best_ckpt = {"step": step, "val_loss": self.last_val}
         state = {
             "tokens": self.tokens,
@@ -770,18 +921,29 @@ class _Trainer:
             "global_batch": self.global_batch,
         }
         ck.save_checkpoint(
-            self.ckpt_root, step, model, optimizer, self.scaler, state, self.cfg,
-            keep=self.cfg.train.keep_checkpoints, best_step=self.best_ckpt["step"],
+            self.ckpt_root,
+            step,
+            model,
+            optimizer,
+            self.scaler,
+            state,
+            self.cfg,
+            keep=self.cfg.train.keep_checkpoints,
+            best_step=self.best_ckpt["step"],
         )
         if self.best_ckpt["step"] is not None:
-            atomic_write_text(self.ckpt_root / "best", ck.checkpoint_name(self.best_ckpt["step"]) + "\n")
+            atomic_write_text(
+                self.ckpt_root / "best", ck.checkpoint_name(self.best_ckpt["step"]) + "\n"
+            )
 
     def _finish(self, stop_reason: str, diverged: bool, last_loss: float | None) -> TrainResult:
         result = TrainResult(
             run_dir=str(self.run_dir),
             steps=self.step,
             tokens=self.tokens,
-            final_train_loss=last_loss if last_loss is not None and math.isfinite(last_loss) else None,
+            final_train_loss=last_loss
+            if last_loss is not None and math.isfinite(last_loss)
+            else None,
             final_val_loss=self.last_val,
             best_val_loss=self.best_val if math.isfinite(self.best_val) else None,
             best_step=self.best_step,

@@ -89,7 +89,10 @@ def optimizer_reserve(model: nn.Module, optimizer: torch.optim.Optimizer | None)
     """Bytes AdamW will add at its first step (two fp32 moments per trainable value); 0 once it has state."""
     if optimizer is not None and optimizer.state:
         return 0
-    n = sum(_local(p).numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+    n = sum(
+        _local(p).numel()
+        for p in {id(p): p for p in model.parameters() if p.requires_grad}.values()
+    )
     return 8 * n
 
 
@@ -128,7 +131,9 @@ class MemoryMeter(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None, reserve: int = 0) -> Iterator[MemoryMeter | None]:
+def watch(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, reserve: int = 0
+) -> Iterator[MemoryMeter | None]:
     """Enforce the injected limit (if any) over the block; a no-op on real devices."""
     if _FAKE_LIMIT is None:
         yield None
@@ -181,11 +186,17 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
     return 1
 
 
-def split_batches(batches: Iterable[tuple[Any, torch.Tensor]], size: int) -> Iterator[tuple[Any, torch.Tensor]]:
+def split_batches(
+    batches: Iterable[tuple[Any, torch.Tensor]], size: int
+) -> Iterator[tuple[Any, torch.Tensor]]:
     """The same (x, y) rows in batches of at most ``size`` (sums over them are unchanged)."""
     for x, y in batches:
         for i in range(0, len(y), size):
-            part = {k: v[i : i + size] for k, v in x.items()} if isinstance(x, dict) else x[i : i + size]
+            part = (
+                {k: v[i : i + size] for k, v in x.items()}
+                if isinstance(x, dict)
+                else x[i : i + size]
+            )
             yield part, y[i : i + size]
 
 

@@ -43,7 +43,9 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 @torch.no_grad()
-def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def newton_schulz(
+    g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Approximately orthogonalise ``g`` (..., rows, cols): singular values to ~1 (0.7-1.2)."""
     a, b, c = NS_COEFFS
     x = g.to(dtype)
@@ -60,7 +62,9 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     return x.mT if tall else x
 
 
-def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+def split_params(
+    model: nn.Module,
+) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
     """(Muon matrices, AdamW decayed, AdamW not decayed), each parameter once."""
     embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     head = getattr(model, "head", None)
@@ -68,7 +72,9 @@ def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     hidden = {
         id(m.weight)
         for m in model.modules()
-        if isinstance(m, nn.Linear) and m.weight.dim() == 2 and id(m.weight) not in embedded | head_ids
+        if isinstance(m, nn.Linear)
+        and m.weight.dim() == 2
+        and id(m.weight) not in embedded | head_ids
     }
     muon, decay, no_decay = [], [], []
     seen: set[int] = set()
@@ -103,7 +109,13 @@ class Muon(torch.optim.Optimizer):
         ns_steps: int = 5,
     ):
         scale = muon_lr / lr if lr > 0 else 0.0
-        defaults = {"lr": lr * scale, "lr_scale": scale, "momentum": momentum, "ns_steps": ns_steps, "kind": "muon"}
+        defaults = {
+            "lr": lr * scale,
+            "lr_scale": scale,
+            "momentum": momentum,
+            "ns_steps": ns_steps,
+            "kind": "muon",
+        }
         groups = [{"params": muon_params, "name": "muon"}] if muon_params else []
         super().__init__(groups or [{"params": [], "name": "muon"}], defaults)
         self._muon_groups = list(self.param_groups) if muon_params else []
@@ -142,7 +154,9 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(g, 1 - m)
                 by_shape[(tuple(p.shape), p.device)].append((p, torch.lerp(g, buf, m)))
             for (shape, _), items in by_shape.items():
-                ortho = newton_schulz(torch.stack([d for _, d in items]), steps, self.ns_dtype(items[0][0]))
+                ortho = newton_schulz(
+                    torch.stack([d for _, d in items]), steps, self.ns_dtype(items[0][0])
+                )
                 # 4) the update, scaled for tall matrices
                 alpha = -group["lr"] * max(1.0, shape[0] / shape[1]) ** 0.5
                 for (p, _), o in zip(items, ortho, strict=True):
@@ -184,4 +198,6 @@ class Muon(torch.optim.Optimizer):
             self.param_groups = saved_groups
         if self.adamw is not None:
             self.adamw.load_state_dict(state_dict["adamw"])
-        self.param_groups = list(self._muon_groups) + (list(self.adamw.param_groups) if self.adamw else [])
+        self.param_groups = list(self._muon_groups) + (
+            list(self.adamw.param_groups) if self.adamw else []
+        )

@@ -38,7 +38,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def _adamw(groups: list[dict], ocfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
+def _adamw(
+    groups: list[dict], ocfg: OptimConfig, lr: float, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW over ``groups``; the fused kernel where torch offers it, else foreach."""
     kwargs: dict = {"lr": lr, "betas": (ocfg.beta1, ocfg.beta2), "eps": ocfg.eps}
     params = inspect.signature(torch.optim.AdamW).parameters
@@ -53,7 +55,9 @@ def _adamw(groups: list[dict], ocfg: OptimConfig, lr: float, device: torch.devic
         return torch.optim.AdamW(groups, **kwargs)
 
 
-def build_optimizer(model: torch.nn.Module, ocfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, ocfg: OptimConfig, lr: float, device: torch.device
+) -> torch.optim.Optimizer:
     """``optim.name``: AdamW over :func:`param_groups`, or :class:`lmlab.train.muon.Muon`
     (hidden matrices) with AdamW for the embeddings, head, norms and biases."""
     if ocfg.name != "muon":
@@ -64,9 +68,13 @@ def build_optimizer(model: torch.nn.Module, ocfg: OptimConfig, lr: float, device
     if any(type(p).__name__ == "DTensor" for p in muon):  # Newton-Schulz needs whole matrices
         from lmlab.errors import ConfigError
 
-        raise ConfigError("optim.name: muon needs whole weight matrices on every rank (DDP), not FSDP shards")
-    groups = [{"params": decay, "weight_decay": ocfg.weight_decay, "name": "decay"},
-              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+        raise ConfigError(
+            "optim.name: muon needs whole weight matrices on every rank (DDP), not FSDP shards"
+        )
+    groups = [
+        {"params": decay, "weight_decay": ocfg.weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
     groups = [g for g in groups if g["params"]]
     inner = _adamw(groups, ocfg, lr, device) if groups else None
     return Muon(muon, inner, lr, ocfg.muon_lr, ocfg.muon_momentum, ocfg.muon_ns_steps)

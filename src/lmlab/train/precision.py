@@ -32,7 +32,9 @@ _CACHE: dict[tuple, dict[str, Any]] = {}
 __all__ = ["cpu_has_native_bf16", "measure_cpu_train_dtype", "pick_cpu_train_dtype"]
 
 
-def _pass_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype, fused: bool) -> tuple[float, float]:
+def _pass_seconds(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype, fused: bool
+) -> tuple[float, float]:
     """(wall, CPU) seconds of one forward+backward; CPU time is this process's, all threads."""
     device = x.device
     t0, c0 = time.perf_counter(), time.process_time()
@@ -72,11 +74,19 @@ def measure_cpu_train_dtype(
                 wall[name], cpu[name] = min(wall[name], w), min(cpu[name], c)
             rounds += 1
     faster = all(t["float32"] >= MIN_GAIN * t["bfloat16"] for t in (wall, cpu))
-    return {"dtype": "bfloat16" if faster else "float32", "seconds_per_pass": wall, "cpu_seconds_per_pass": cpu,
-            "rounds": rounds, "min_gain": MIN_GAIN, "batch": [batch, seq_len]}
+    return {
+        "dtype": "bfloat16" if faster else "float32",
+        "seconds_per_pass": wall,
+        "cpu_seconds_per_pass": cpu,
+        "rounds": rounds,
+        "min_gain": MIN_GAIN,
+        "batch": [batch, seq_len],
+    }
 
 
-def pick_cpu_train_dtype(model: torch.nn.Module, batch: int, seq_len: int, vocab: int, fused: bool) -> dict[str, Any]:
+def pick_cpu_train_dtype(
+    model: torch.nn.Module, batch: int, seq_len: int, vocab: int, fused: bool
+) -> dict[str, Any]:
     """:func:`measure_cpu_train_dtype` once per (model shape, batch) in this process; fp32
     without measuring when the CPU has no native bf16."""
     if not cpu_has_native_bf16():

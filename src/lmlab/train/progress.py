@@ -40,7 +40,11 @@ def format_duration(seconds: float) -> str:
 
 def format_step_line(rec: dict[str, Any], max_steps: int) -> str:
     """``step 100/2000 | loss 2.3456 | lr 1.00e-03 | grad 0.85 | 12.3k tok/s | mfu 31.0% | eta 1m37s``."""
-    parts = [f"step {rec['step']}/{max_steps}", f"loss {rec['train_loss']:.4f}", f"lr {rec['lr']:.2e}"]
+    parts = [
+        f"step {rec['step']}/{max_steps}",
+        f"loss {rec['train_loss']:.4f}",
+        f"lr {rec['lr']:.2e}",
+    ]
     if rec.get("grad_norm") is not None:
         parts.append(f"grad {rec['grad_norm']:.3f}")
     tps = rec.get("tok_per_s") or 0.0
@@ -75,7 +79,13 @@ class Logger:
         if cfg.log.progress and cfg.train.max_steps > start_step and progress_on_terminal():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=cfg.train.max_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=False)
+            self.bar = tqdm(
+                total=cfg.train.max_steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                leave=False,
+            )
         self.tb = None
         if cfg.log.tensorboard:
             try:
@@ -90,16 +100,26 @@ class Logger:
             try:
                 import wandb
             except ImportError:
-                raise ConfigError("log.wandb_project: the wandb package is not installed (pip install wandb)") from None
+                raise ConfigError(
+                    "log.wandb_project: the wandb package is not installed (pip install wandb)"
+                ) from None
             self.wandb = wandb.init(
-                project=cfg.log.wandb_project, name=run_dir.name, dir=str(run_dir), config=to_dict(cfg), resume="allow"
+                project=cfg.log.wandb_project,
+                name=run_dir.name,
+                dir=str(run_dir),
+                config=to_dict(cfg),
+                resume="allow",
             )
 
     def write(self, rec: dict[str, Any]) -> None:
         self._file.write(json.dumps({k: _clean(v) for k, v in rec.items()}) + "\n")
         self._file.flush()
         step = rec["step"]
-        scalars = {k: v for k, v in rec.items() if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
+        scalars = {
+            k: v
+            for k, v in rec.items()
+            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)
+        }
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)

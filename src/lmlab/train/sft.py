@@ -38,8 +38,12 @@ def _base_run(cfg: Config) -> tuple[Path | None, Config, Path]:
     from lmlab.train import checkpoint as ck
 
     if not cfg.train.init_from:
-        raise ConfigError("train.init_from: sft starts from a trained run; name its folder (e.g. runs/demo/run)")
-    if cfg.train.init_from.startswith("hf:"):  # a transformers folder: no checkpoint, its own tokenizer
+        raise ConfigError(
+            "train.init_from: sft starts from a trained run; name its folder (e.g. runs/demo/run)"
+        )
+    if cfg.train.init_from.startswith(
+        "hf:"
+    ):  # a transformers folder: no checkpoint, its own tokenizer
         from lmlab.export.hf_import import PREFIX, apply_model_fields, read_hf_model
 
         hfm = read_hf_model(cfg.train.init_from)
@@ -57,7 +61,9 @@ def _base_run(cfg: Config) -> tuple[Path | None, Config, Path]:
     base = ck.read_config(ckpt)
     tok = ck.find_tokenizer(ckpt, base)
     if tok is None:
-        raise CheckpointError(f"{ckpt}: the base run has no tokenizer (run/tokenizer, data.tokenizer or its dataset's)")
+        raise CheckpointError(
+            f"{ckpt}: the base run has no tokenizer (run/tokenizer, data.tokenizer or its dataset's)"
+        )
     return ckpt, base, tok
 
 
@@ -67,16 +73,26 @@ def _replay_split(cfg: Config, tokenizer: Any):
     from lmlab.data.shards import read_meta
 
     if not cfg.data.path:
-        raise ConfigError("sft.replay_fraction: needs pretraining data (data.path; the base run names none)")
+        raise ConfigError(
+            "sft.replay_fraction: needs pretraining data (data.path; the base run names none)"
+        )
     meta = read_meta(cfg.data.path)
     fp = meta.get("tokenizer_fingerprint")
     if fp and fp != tokenizer.fingerprint():
-        raise ConfigError(f"data.path: {cfg.data.path} was tokenized with another tokenizer than the base run's")
+        raise ConfigError(
+            f"data.path: {cfg.data.path} was tokenized with another tokenizer than the base run's"
+        )
     return TokenSplit(cfg.data.path, "train", meta)
 
 
-def build_sft_data(cfg: Config, tokenizer: Any, tokenizer_dir: Path, run_dir: Path, main: bool = True,
-                   reuse_mined: bool = False) -> tuple[Any, dict[str, Any]]:
+def build_sft_data(
+    cfg: Config,
+    tokenizer: Any,
+    tokenizer_dir: Path,
+    run_dir: Path,
+    main: bool = True,
+    reuse_mined: bool = False,
+) -> tuple[Any, dict[str, Any]]:
     """Read, render, tokenize and split the instruction data: (SftData, report for sft.json)."""
     from lmlab.data import sft as sft_data
 
@@ -107,7 +123,11 @@ def build_sft_data(cfg: Config, tokenizer: Any, tokenizer_dir: Path, run_dir: Pa
     else:
         if not examples:
             raise DataError(f"sft.data: no usable examples ({skips.summary()})")
-        train, val = sft_data.hold_out(examples, s.val_fraction, cfg.train.seed) if s.val_fraction > 0 else (examples, [])
+        train, val = (
+            sft_data.hold_out(examples, s.val_fraction, cfg.train.seed)
+            if s.val_fraction > 0
+            else (examples, [])
+        )
     train = sft_data.subset(train, s.max_examples, cfg.train.seed)
     if not train:
         raise DataError(f"sft.data: no usable training examples ({skips.summary()})")
@@ -116,8 +136,14 @@ def build_sft_data(cfg: Config, tokenizer: Any, tokenizer_dir: Path, run_dir: Pa
         _log(f"  skipped {line}", main)
     replay = _replay_split(cfg, tokenizer) if s.replay_fraction > 0 else None
     eot = int(tokenizer.eot_id)
-    meta = {"vocab_size": tokenizer.vocab_size, "eot_id": eot, "tokenizer": str(Path(tokenizer_dir).resolve())}
-    data = sft_data.SftData(train, val, meta, pad_id=eot, replay=replay, replay_fraction=s.replay_fraction)
+    meta = {
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": eot,
+        "tokenizer": str(Path(tokenizer_dir).resolve()),
+    }
+    data = sft_data.SftData(
+        train, val, meta, pad_id=eot, replay=replay, replay_fraction=s.replay_fraction
+    )
     lengths = [e.length for e in train]
     report = {
         "base": cfg.train.init_from,
@@ -175,7 +201,9 @@ def run_sft(cfg: Config, resume: bool = False, force: bool = False):
     # 1) the base run: model config, tokenizer, (replay) data
     ckpt, base, tok_dir = _base_run(cfg)
     if ckpt is not None and run_dir.resolve() in (ckpt.resolve(), ckpt.parent.parent.resolve()):
-        raise ConfigError("train.out: the sft run folder must differ from train.init_from (the base run)")
+        raise ConfigError(
+            "train.out: the sft run folder must differ from train.init_from (the base run)"
+        )
     if ckpt is not None:
         cfg.train.init_from = str(ckpt)  # the exact checkpoint, recorded in the run's config
     diffs = model_differences(base.model, cfg.model)
@@ -184,7 +212,11 @@ def run_sft(cfg: Config, resume: bool = False, force: bool = False):
     cfg.model.dropout = dropout
     _log(
         f"sft: model config taken from the base run {cfg.train.init_from} (the sft config's [model] is ignored"
-        + (f"; it differed in {len(diffs)} key(s): {', '.join(d.split(':')[0] for d in diffs)}" if diffs else "")
+        + (
+            f"; it differed in {len(diffs)} key(s): {', '.join(d.split(':')[0] for d in diffs)}"
+            if diffs
+            else ""
+        )
         + f"); model.dropout = {dropout}",
         main,
     )
@@ -207,14 +239,18 @@ def run_sft(cfg: Config, resume: bool = False, force: bool = False):
     if resume and sft_json.is_file():
         old = read_json(sft_json)
         if isinstance(old, dict) and old.get("fingerprint") not in (None, report["fingerprint"]):
-            raise DataError(f"{sft_json}: the instruction data changed since this run started; cannot resume exactly")
+            raise DataError(
+                f"{sft_json}: the instruction data changed since this run started; cannot resume exactly"
+            )
         before = old.get("val_loss_before") if isinstance(old, dict) else None
     if cfg.sft.epochs > 0:
-
         B = cfg.batch_shape(dd.from_env().world)[0]
         rows = B - (max(1, round(cfg.sft.replay_fraction * B)) if data.replay is not None else 0)
         cfg.train.max_steps = max(1, math.ceil(cfg.sft.epochs * len(data.train) / rows))
-        _log(f"sft: {cfg.sft.epochs:g} epoch(s) of {len(data.train)} examples at {rows} per step -> train.max_steps = {cfg.train.max_steps}", main)
+        _log(
+            f"sft: {cfg.sft.epochs:g} epoch(s) of {len(data.train)} examples at {rows} per step -> train.max_steps = {cfg.train.max_steps}",
+            main,
+        )
     cfg.validate()
     # 3) held-out loss of the base weights, then the run folder's records
     if not resume or before is None:
@@ -232,6 +268,9 @@ def run_sft(cfg: Config, resume: bool = False, force: bool = False):
     if main:
         write_json(sft_json, report)
         if before is not None and result.final_val_loss is not None:
-            _log(f"sft: held-out loss {before:.4f} -> {result.final_val_loss:.4f} (template {template.name}; "
-                 f"chat with: lmlab chat {run_dir})", main)
+            _log(
+                f"sft: held-out loss {before:.4f} -> {result.final_val_loss:.4f} (template {template.name}; "
+                f"chat with: lmlab chat {run_dir})",
+                main,
+            )
     return result

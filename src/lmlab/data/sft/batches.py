@@ -33,7 +33,9 @@ _REPLAY_SALT = 0x5F7_0003
 _VAL_SALT = 0x5F7_0004
 
 
-def collate(rows: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(
+    rows: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) rows of varying length -> padded tensors; padding targets are -100."""
     T = max(len(x) for x, _ in rows)
     x = np.full((len(rows), T), pad_id, dtype=np.int64)
@@ -76,23 +78,35 @@ class SftLoader:
         if not examples:
             raise DataError("no training examples left (see the skip report)")
         if global_batch % world or (global_batch // world) % micro_batch:
-            raise DataError(f"batch {global_batch} does not split into {world} process(es) x micro-batches of {micro_batch}")
+            raise DataError(
+                f"batch {global_batch} does not split into {world} process(es) x micro-batches of {micro_batch}"
+            )
         self.examples = list(examples)
         self.global_batch, self.micro_batch = global_batch, micro_batch
         self.per_rank = global_batch // world
-        self.seed, self.rank, self.world, self.device, self.pad_id = seed, rank, world, device, pad_id
+        self.seed, self.rank, self.world, self.device, self.pad_id = (
+            seed,
+            rank,
+            world,
+            device,
+            pad_id,
+        )
         self.replay = replay
         self.replay_rows = 0
         if replay is not None and replay_fraction > 0:
             self.replay_rows = max(1, round(replay_fraction * global_batch))
             if self.replay_rows >= global_batch:
-                raise ConfigError(f"sft.replay_fraction: {replay_fraction} leaves no instruction rows in a batch of {global_batch}")
+                raise ConfigError(
+                    f"sft.replay_fraction: {replay_fraction} leaves no instruction rows in a batch of {global_batch}"
+                )
         self.sft_rows = global_batch - self.replay_rows
         self.steps_per_epoch = math.ceil(len(self.examples) / self.sft_rows)
         self.step = 0
         self._plan: tuple[int, list[np.ndarray]] | None = None
         self._lengths = np.array([e.length for e in self.examples], dtype=np.int64)
-        self._targets = np.array([e.length - (e.n_prompt - 1) for e in self.examples], dtype=np.int64)
+        self._targets = np.array(
+            [e.length - (e.n_prompt - 1) for e in self.examples], dtype=np.int64
+        )
         # the mean real tokens per step, for the loop's throughput figure
         self.tokens_per_step = int(self._lengths.mean() * global_batch)
 
@@ -109,7 +123,9 @@ class SftLoader:
         perm = rng.permutation(n)
         short = self.steps_per_epoch * B - n
         if short:  # fill the last batch from the start of this epoch's order
-            perm = np.concatenate([perm, perm[:short]] if short <= n else [perm, np.resize(perm, short)])
+            perm = np.concatenate(
+                [perm, perm[:short]] if short <= n else [perm, np.resize(perm, short)]
+            )
         chunk = B * BUCKET_BATCHES
         batches = []
         for c in range(0, len(perm), chunk):
@@ -167,13 +183,20 @@ class SftLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if int(state["seed"]) != self.seed:
-            raise DataError(f"loader state was saved with seed {state['seed']}, this run uses {self.seed}")
+            raise DataError(
+                f"loader state was saved with seed {state['seed']}, this run uses {self.seed}"
+            )
         self.step = int(state["step"])
 
 
 def val_batches(
-    examples: Sequence[Example], batch_size: int, pad_id: int, max_batches: int = 0, seed: int = 0,
-    rank: int = 0, world: int = 1,
+    examples: Sequence[Example],
+    batch_size: int,
+    pad_id: int,
+    max_batches: int = 0,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed held-out batches (sorted by length to pad little); this rank's share.
 
@@ -185,7 +208,10 @@ def val_batches(
         keep = np.random.default_rng([seed, _VAL_SALT]).permutation(len(ex))[:cap]
         ex = [ex[i] for i in keep]
     ex.sort(key=lambda e: e.length)
-    batches = [collate([e.xy() for e in ex[i : i + batch_size]], pad_id) for i in range(0, len(ex), batch_size)]
+    batches = [
+        collate([e.xy() for e in ex[i : i + batch_size]], pad_id)
+        for i in range(0, len(ex), batch_size)
+    ]
     return batches[rank::world]
 
 
@@ -203,13 +229,31 @@ class SftData:
     replay: Any = None
     replay_fraction: float = 0.0
 
-    def loader(self, global_batch: int, micro_batch: int, seed: int, rank: int, world: int,
-               device: torch.device | None) -> SftLoader:
-        return SftLoader(self.train, global_batch, micro_batch, seed, rank, world, device, self.pad_id,
-                         self.replay, self.replay_fraction)
+    def loader(
+        self,
+        global_batch: int,
+        micro_batch: int,
+        seed: int,
+        rank: int,
+        world: int,
+        device: torch.device | None,
+    ) -> SftLoader:
+        return SftLoader(
+            self.train,
+            global_batch,
+            micro_batch,
+            seed,
+            rank,
+            world,
+            device,
+            self.pad_id,
+            self.replay,
+            self.replay_fraction,
+        )
 
-    def val_batches(self, batch_size: int, max_batches: int, seed: int, rank: int = 0,
-                    world: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    def val_batches(
+        self, batch_size: int, max_batches: int, seed: int, rank: int = 0, world: int = 1
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         if not self.val:
             return None
         return val_batches(self.val, batch_size, self.pad_id, max_batches, seed, rank, world)

@@ -48,17 +48,29 @@ class Example:
 
 
 def tokenize_records(
-    records: Sequence[Record], tokenizer: Any, template: PromptTemplate, max_len: int, skips: SkipReport
+    records: Sequence[Record],
+    tokenizer: Any,
+    template: PromptTemplate,
+    max_len: int,
+    skips: SkipReport,
 ) -> list[Example]:
     """Records -> examples; those longer than ``max_len`` positions are skipped (counted)."""
     eot = getattr(tokenizer, "eot_id", None)
     if eot is None:
-        raise DataError("the tokenizer has no <|endoftext|> token: SFT needs it to mark where a response ends")
+        raise DataError(
+            "the tokenizer has no <|endoftext|> token: SFT needs it to mark where a response ends"
+        )
     prompts = [template.render(r.instruction, r.input) for r in records]
     responses = [r.output for r in records]
     encoded: list[tuple[list[int], list[int]] | str] = []  # (prompt ids, response ids) or why not
     try:  # the fast batch path; a tokenizer that rejects some text (char) goes one by one
-        encoded = list(zip(tokenizer.encode_ordinary_batch(prompts), tokenizer.encode_ordinary_batch(responses), strict=True))
+        encoded = list(
+            zip(
+                tokenizer.encode_ordinary_batch(prompts),
+                tokenizer.encode_ordinary_batch(responses),
+                strict=True,
+            )
+        )
     except (LmlabError, AttributeError):
         for p, r in zip(prompts, responses, strict=True):
             try:
@@ -73,7 +85,9 @@ def tokenize_records(
         p, r = enc
         ids = np.array([eot, *p, *r, eot], dtype=np.int64)
         if len(ids) - 1 > max_len:
-            skips.skip(rec.where, f"{len(ids) - 1} tokens, longer than the context ({max_len})", "too_long")
+            skips.skip(
+                rec.where, f"{len(ids) - 1} tokens, longer than the context ({max_len})", "too_long"
+            )
             continue
         out.append(Example(ids, 1 + len(p), rec.where))
     return out
@@ -89,11 +103,15 @@ def fingerprint(examples: Sequence[Example]) -> str:
     return h.hexdigest()
 
 
-def hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def hold_out(
+    examples: list[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
     """(train, held-out): a fixed random ``fraction`` (at least one) of ``examples`` held out."""
     n_val = max(1, round(fraction * len(examples)))
     if n_val >= len(examples):
-        raise DataError(f"sft.val_fraction: {fraction} of {len(examples)} examples leaves none to train on")
+        raise DataError(
+            f"sft.val_fraction: {fraction} of {len(examples)} examples leaves none to train on"
+        )
     perm = np.random.default_rng([seed, _HOLDOUT_SALT]).permutation(len(examples))
     val_idx = set(perm[:n_val].tolist())
     train = [e for i, e in enumerate(examples) if i not in val_idx]

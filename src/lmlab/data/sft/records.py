@@ -74,7 +74,9 @@ def mbpp_instruction(row: dict[str, Any], with_tests: bool) -> str:
     """MBPP's task text, with its test asserts appended when ``with_tests``."""
     text = str(row["text"]).strip()
     if with_tests and row.get("test_list"):
-        text += "\nYour code should pass these tests:\n" + "\n".join(str(t) for t in row["test_list"])
+        text += "\nYour code should pass these tests:\n" + "\n".join(
+            str(t) for t in row["test_list"]
+        )
     return text
 
 
@@ -100,7 +102,11 @@ def to_record(row: Any, where: str, mbpp_tests: bool = True) -> tuple[Record | N
             return None, f"missing field(s) {', '.join(missing)}", "missing_field"
         ins, inp, out = row["source"], "", row["target"]
     else:
-        return None, "missing fields: need instruction/output (Alpaca), text/code (MBPP) or source/target", "missing_field"
+        return (
+            None,
+            "missing fields: need instruction/output (Alpaca), text/code (MBPP) or source/target",
+            "missing_field",
+        )
     for name, value in (("instruction", ins), ("input", inp), ("output", out)):
         if not isinstance(value, str):
             return None, f"field {name!r} is not a string", "bad_field"
@@ -109,7 +115,11 @@ def to_record(row: Any, where: str, mbpp_tests: bool = True) -> tuple[Record | N
         return None, "empty response (output)", "empty_response"
     if not ins.strip():
         return None, "empty instruction", "empty_instruction"
-    return Record(ins.replace("\r\n", "\n").strip(), inp.replace("\r\n", "\n").strip(), out, where), "", ""
+    return (
+        Record(ins.replace("\r\n", "\n").strip(), inp.replace("\r\n", "\n").strip(), out, where),
+        "",
+        "",
+    )
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -166,7 +176,9 @@ def _hf_rows(name: str, split: str) -> Iterator[tuple[Any, str, str | None]]:
         yield row, f"hf:{name}[{split}]:{i}", None
 
 
-def read_records(sources: Sequence[str], skips: SkipReport, mbpp_tests: bool = True) -> list[Record]:
+def read_records(
+    sources: Sequence[str], skips: SkipReport, mbpp_tests: bool = True
+) -> list[Record]:
     """All usable records of ``sources`` (files, folders, globs, ``hf:NAME``, each ``[#SPLIT]``)."""
     records: list[Record] = []
     for spec in sources:
@@ -176,7 +188,9 @@ def read_records(sources: Sequence[str], skips: SkipReport, mbpp_tests: bool = T
             split = ""  # the hub already selected it
         else:
             if split and split not in MBPP_SPLITS:
-                raise ConfigError(f"{spec}: #{split} is not an MBPP split ({', '.join(MBPP_SPLITS)})")
+                raise ConfigError(
+                    f"{spec}: #{split} is not an MBPP split ({', '.join(MBPP_SPLITS)})"
+                )
             files = expand_inputs([src], suffixes=(".json", ".jsonl"))
             rows = (r for f in files for r in _json_rows(f))
         for row, where, error in rows:
@@ -189,7 +203,11 @@ def read_records(sources: Sequence[str], skips: SkipReport, mbpp_tests: bool = T
                     if mbpp_split(int(tid)) != split:
                         continue
                 except (TypeError, ValueError):
-                    skips.skip(where, f"#{split} selects MBPP records by task_id, and this one has none", "no_task_id")
+                    skips.skip(
+                        where,
+                        f"#{split} selects MBPP records by task_id, and this one has none",
+                        "no_task_id",
+                    )
                     continue
             rec, reason, key = to_record(row, where, mbpp_tests)
             if rec is None:

@@ -80,10 +80,14 @@ def resolve_template(value: str) -> PromptTemplate:
                     f"named templates: {', '.join(TEMPLATES)}; write {{{{ }}}} for literal braces)"
                 )
             if spec or conv:
-                raise ConfigError(f"sft.template: placeholder {{{fname}}} takes no format spec or conversion")
+                raise ConfigError(
+                    f"sft.template: placeholder {{{fname}}} takes no format spec or conversion"
+                )
             names.append(fname)
     except ValueError as e:
-        raise ConfigError(f"sft.template: not a valid format string ({e}); write {{{{ }}}} for literal braces") from None
+        raise ConfigError(
+            f"sft.template: not a valid format string ({e}); write {{{{ }}}} for literal braces"
+        ) from None
     if "instruction" not in names:
         raise ConfigError(
             f"sft.template: {value!r} is neither a named template ({', '.join(TEMPLATES)}) "

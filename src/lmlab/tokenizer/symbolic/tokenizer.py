@@ -4,6 +4,7 @@ then 256 byte pieces and the learned merges. ``decode(ids)`` restores code witho
 ``DEDENT``s at the end of the input and a final newline the input lacked are not emitted,
 so a prompt's ids end where the prompt ends.
 """
+
 from __future__ import annotations
 
 import re

@@ -28,7 +28,9 @@ def check_symbolic_vocab_size(
     """The tokenizer without merges; ConfigError if ``vocab_size`` cannot even hold that,
     or is above :data:`MAX_VOCAB_SIZE`."""
     if vocab_size > MAX_VOCAB_SIZE:
-        raise ConfigError(f"vocab_size: {vocab_size} is above the symbolic tokenizer's maximum of {MAX_VOCAB_SIZE}")
+        raise ConfigError(
+            f"vocab_size: {vocab_size} is above the symbolic tokenizer's maximum of {MAX_VOCAB_SIZE}"
+        )
     base = SymbolicTokenizer(
         (),
         max_symbols=max_symbols,
