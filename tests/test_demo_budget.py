@@ -189,9 +189,54 @@ def test_step_measurement_stops_early_on_a_slow_machine(monkeypatch):
             "model.vocab_size=64",
             "train.batch_size=2",
             "train.device=cpu",
+            "train.dtype=float32",  # no precision probe: every clock read here is a timed step's
         ],
     )
     ticks = iter(range(0, 1000, 10))  # every perf_counter() call: 10 s later
     monkeypatch.setattr(demo.time, "perf_counter", lambda: float(next(ticks)))
     assert demo.measure_step_seconds(cfg, max_seconds=15.0) == 10.0
     assert next(ticks) == 40  # warm-up and one step timed (4 clock reads), no more
+
+
+@pytest.mark.parametrize("picked", ["bfloat16", "float32"])
+def test_step_is_measured_in_the_precision_training_picks(picked, monkeypatch):
+    """train.dtype = auto on a CPU: the demo sizes its run by a step in the dtype the trainer
+    will pick (bf16 steps were measured in fp32 before, and a run sized for 655 ms/step took 330)."""
+    import torch
+
+    import lmlab.train.precision as precision
+    from lmlab.config import load_config
+
+    monkeypatch.setattr(precision, "pick_cpu_train_dtype", lambda *a, **k: {"dtype": picked})
+    cfg = load_config(
+        "demo-python",
+        [
+            "model.n_layer=1",
+            "model.d_model=32",
+            "model.n_head=2",
+            "model.context_length=16",
+            "model.vocab_size=64",
+            "train.batch_size=2",
+            "train.device=cpu",
+        ],
+    )
+    assert cfg.train.dtype == "auto"
+    seen = []
+    import lmlab.model
+
+    real_build = lmlab.model.build_model
+
+    def build(mcfg):
+        model = real_build(mcfg)
+        model.register_forward_hook(
+            lambda m, i, o: seen.append(
+                torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            )
+        )
+        return model
+
+    # measure_step_seconds imports build_model from lmlab.model when it runs
+    monkeypatch.setattr(lmlab.model, "build_model", build)
+    demo.measure_step_seconds(cfg)
+    want = torch.bfloat16 if picked == "bfloat16" else None
+    assert seen and all(d == want for d in seen)

@@ -35,19 +35,44 @@ FINISH_RESERVE_SHARE = 0.25
 EVAL_SHARE = 0.4
 REPORT_S = 3.0
 SYNTAX_TOKENS = 96
+
+
+def _training_dtype(cfg: Config, model: Any, device: Any) -> Any:
+    """The dtype the trainer will pick for ``cfg`` on ``device`` (lmlab.train.precision on a CPU)."""
+    import torch
+
+    from lmlab.device import resolve_dtype
+    from lmlab.train.loop import FUSED_LOSS_MIN_VOCAB
+    from lmlab.train.precision import pick_cpu_train_dtype
+
+    t, m = cfg.train, cfg.model
+    if t.dtype != "auto" or device.type != "cpu" or m.arch != "transformer":
+        return resolve_dtype(t.dtype, device)
+    fused = bool(
+        t.fused_loss
+        and getattr(model, "supports_fused_loss", False)
+        and m.vocab_size >= FUSED_LOSS_MIN_VOCAB
+    )
+    micro = t.micro_batch_size or t.batch_size  # the demo trains in one process
+    pick = pick_cpu_train_dtype(model, micro, m.context_length, m.vocab_size, fused)
+    return torch.bfloat16 if pick["dtype"] == "bfloat16" else torch.float32
+
+
 # Training steps measured to size the run (after one warm-up step).
 TIMING_STEPS = 3
 
 
 def measure_step_seconds(cfg: Config, max_seconds: float = float("inf")) -> float:
-    """Wall seconds of one optimizer step of ``cfg`` on random tokens (forward, backward, AdamW).
+    """Wall seconds of one optimizer step of ``cfg`` on random tokens (forward, backward, AdamW),
+    in the precision training will use (``train.dtype = auto`` on a CPU picks it by measuring:
+    the same cached pick the trainer then reuses), so a bf16 run is not sized at fp32's speed.
 
     The median of TIMING_STEPS steps after a warm-up one, or of fewer once ``max_seconds`` are
     spent (a slow machine should not give its training time to the measurement)."""
     import torch
     import torch.nn.functional as F
 
-    from lmlab.device import resolve_device
+    from lmlab.device import autocast, resolve_device
     from lmlab.model import build_model
     from lmlab.train.optim import build_optimizer
 
@@ -56,11 +81,13 @@ def measure_step_seconds(cfg: Config, max_seconds: float = float("inf")) -> floa
     model = build_model(cfg.model).to(device)
     opt = build_optimizer(model, cfg.optim, cfg.train.lr, device)
     B, T, V = cfg.train.batch_size, cfg.model.context_length, cfg.model.vocab_size
+    dtype = _training_dtype(cfg, model, device)
     x = torch.randint(0, V, (B, T), device=device)
     times = []
     for _ in range(TIMING_STEPS + 1):
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x).flatten(0, 1), x.flatten())
+        with autocast(device, dtype):
+            loss = F.cross_entropy(model(x).flatten(0, 1).float(), x.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
