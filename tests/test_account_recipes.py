@@ -72,7 +72,9 @@ def test_help_example_runs(monkeypatch, capsys):
     assert res["params_total"] == 124_439_808  # GPT-2 small, tied head
 
 
-def test_sft_recipe_counts_the_base_model():
+def test_sft_recipe_counts_the_base_model(tmp_path, monkeypatch):
+    # where no demo has run yet (after `make demo`, runs/demo/run exists and is counted instead)
+    monkeypatch.chdir(tmp_path)
     cfg = load_config("sft-mbpp")
     base = load_config("demo-python")
     res, base_res = account(cfg), account(base)
