@@ -67,18 +67,27 @@ def _steps(run_dir: Path) -> str:
         return ""
 
 
-def open_run_dir(run_dir: Path, *, resume: bool, force: bool, log=print) -> Path:
-    """Claim ``run_dir`` for a run (see the module docstring); return it, absolute."""
-    from lmlab.outputs import check_output, refuse_links, write_marker
+def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> Path:
+    """What :func:`open_run_dir` refuses, refused without touching anything: trainers call it
+    before building a model or measuring, so a refusal comes first and costs nothing."""
+    from lmlab.outputs import check_output, refuse_links
 
     path = check_output(run_dir, "run", whole=False)
     refuse_links(path, RUN_FILES)
+    if holds_run(path) and not resume and not force:
+        raise CheckpointError(
+            f"{run_dir}: holds a run{_steps(path)}; pass --resume to continue it "
+            "or --force to start it over (its checkpoints and metrics are then deleted)"
+        )
+    return path
+
+
+def open_run_dir(run_dir: Path, *, resume: bool, force: bool, log=print) -> Path:
+    """Claim ``run_dir`` for a run (see the module docstring); return it, absolute."""
+    from lmlab.outputs import write_marker
+
+    path = check_run_dir(run_dir, resume=resume, force=force)
     if holds_run(path) and not resume:
-        if not force:
-            raise CheckpointError(
-                f"{run_dir}: holds a run{_steps(path)}; pass --resume to continue it "
-                "or --force to start it over (its checkpoints and metrics are then deleted)"
-            )
         log(
             f"{run_dir}: starting the run over: removing its checkpoints and metrics (other files stay)"
         )

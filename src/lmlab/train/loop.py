@@ -42,7 +42,7 @@ from lmlab.device import autocast, peak_flops, resolve_device, resolve_dtype
 from lmlab.errors import CheckpointError, ConfigError, DataError, LmlabError
 from lmlab.io import atomic_write_text, open_append, write_json
 from lmlab.model import forward
-from lmlab.runs import open_run_dir, resolve_run_config
+from lmlab.runs import check_run_dir, open_run_dir, resolve_run_config
 from lmlab.train import checkpoint as ck
 from lmlab.train import distributed as dd
 from lmlab.train import fsdp
@@ -291,6 +291,9 @@ class _Trainer:
             cfg, meta
         )  # what config.toml holds: vocab size filled in, paths absolute
         self.ckpt_root = self.run_dir / "checkpoints"
+
+        if info.is_main:  # a refusal before any model is built or measured
+            check_run_dir(self.run_dir, resume=resume, force=force)
 
         # 1) where we start: a checkpoint of this run, or fresh
         self.resume_from: Path | None = None
