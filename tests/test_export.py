@@ -189,6 +189,11 @@ def test_export_run_via_cli_and_atomic_failure(tmp_path, tok, capsys):
     idx = torch.tensor([tok.encode("Hello world")])
     with torch.no_grad():
         assert (model(idx) - hf(idx).logits).abs().max().item() < 1e-4
+    # the export's meta.json is lmlab's output marker, not a tokenizer's: its tokenizer files load
+    # (train.init_from = "hf:" an lmlab export reads them)
+    from lmlab.tokenizer import load_tokenizer
+
+    assert load_tokenizer(out).encode("Hello world") == tok.encode("Hello world")
 
     # an inexpressible run fails with one line and leaves the previous export untouched
     before = sorted(p.name for p in out.iterdir())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lmlab.errors import DataError
 from lmlab.io import read_json
+from lmlab.outputs import KIND_KEY
 from lmlab.tokenizer.base import Tokenizer
 from lmlab.tokenizer.bpe import BPETokenizer, bpe_from_parts
 from lmlab.tokenizer.char import CHAR_FILE, CharTokenizer
@@ -33,8 +34,14 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
         return tok
     if not p.is_dir():
         raise DataError(f"{p}: no such tokenizer file or folder")
-    if (p / "meta.json").is_file():
-        meta = read_json(p / "meta.json")
+    meta = read_json(p / "meta.json") if (p / "meta.json").is_file() else None
+    if (
+        isinstance(meta, dict)
+        and "kind" not in meta
+        and meta.get(KIND_KEY) not in (None, "tokenizer")
+    ):
+        meta = None  # another lmlab output's marker (an export folder): its tokenizer files decide
+    if meta is not None:
         kind = meta.get("kind") if isinstance(meta, dict) else None
         tok: Tokenizer
         if kind == "bpe":
