@@ -14,16 +14,15 @@ llama_cpp (`make gguf-check` installs it).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench_decode import log, timed  # bench/ is on sys.path when this script runs
 from lmlab.config import ModelConfig
 from lmlab.export.gguf import export_gguf_model
 from lmlab.model import build_model
@@ -33,22 +32,6 @@ from lmlab.sample import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-
-
-def timed(fn, repeats: int) -> tuple[float, float, object]:
-    """Median wall seconds, median process CPU seconds, last result (after one warm-up)."""
-    fn()
-    walls, cpus, result = [], [], None
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        result = fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    return statistics.median(walls), statistics.median(cpus), result
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def main() -> int:
