@@ -301,6 +301,27 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
 
 
+def _start_run(recipe: Path, cwd: Path) -> subprocess.Popen:
+    """`lmlab run RECIPE` in a child process (to be killed or interrupted)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmlab", "run", str(recipe)],
+        env=_env(),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(ready, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Poll ``ready()`` while the child runs; fail with its stderr if it ends first."""
+    t0 = time.monotonic()
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.01)
+
+
 def test_run_killed_then_rerun_resumes_with_the_same_losses(tmp_path, monkeypatch):
     from lmlab.pipeline import run_recipe
 
@@ -308,20 +329,9 @@ def test_run_killed_then_rerun_resumes_with_the_same_losses(tmp_path, monkeypatc
     recipe = _recipe(
         tmp_path, "runs/k", max_steps=60
     )  # long enough to be killed mid-run on a fast CPU
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lmlab", "run", str(recipe)],
-        env=_env(),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_run(recipe, tmp_path)
     latest = tmp_path / "runs/k/checkpoints/latest"
-    t0 = time.monotonic()
-    while not latest.exists():
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.monotonic() - t0 < 120
-        time.sleep(0.01)
+    _wait_for(latest.exists, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert not (tmp_path / "runs/k/result.json").exists()
@@ -341,20 +351,9 @@ def _options(command: str) -> set[str]:
 def test_ctrl_c_of_lmlab_run_names_only_flags_that_exist_and_rerun_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = _recipe(tmp_path, "runs/i", max_steps=100000)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lmlab", "run", str(recipe)],
-        env=_env(),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_run(recipe, tmp_path)
     metrics = tmp_path / "runs/i/metrics.jsonl"
-    t0 = time.monotonic()
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.monotonic() - t0 < 120
-        time.sleep(0.01)
+    _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, proc)
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
