@@ -25,8 +25,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from lmlab.io import atomic_write_text, read_json
+from lmlab.io import atomic_write_text
 from lmlab.report import markdown_table, read_metrics
+from lmlab.runs.plan import read_result
 
 METRIC_COLUMNS = [
     "params",
@@ -54,17 +55,6 @@ def read_config_dict(run_dir: Path) -> dict[str, dict[str, Any]]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         return {}
-
-
-def read_result(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "result.json"
-    if not path.is_file():
-        return None
-    try:
-        res = read_json(path)
-    except Exception:  # a torn or foreign file: treat the run as unfinished
-        return None
-    return res if isinstance(res, dict) else None
 
 
 def is_finished(run_dir: Path) -> bool:

@@ -66,7 +66,7 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         res = read_json(path)
-    except LmlabError:
+    except (LmlabError, OSError):  # a torn, foreign or unreadable file: the run did not end
         return None
     return res if isinstance(res, dict) else None
 
