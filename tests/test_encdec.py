@@ -220,7 +220,7 @@ def test_encoder_is_frozen_and_left_out_of_checkpoints(trained):
 
 def test_resume_is_exact(setup, tmp_path):
     """A run stopped after its step-8 checkpoint and resumed logs the uninterrupted run's losses."""
-    from lmlab.train import loop
+    from lmlab.train.hooks import AfterStep
 
     settings = {"max_steps": 16, "eval_every": 8, "checkpoint_every": 8}
     full, part = tmp_path / "full", tmp_path / "part"
@@ -229,19 +229,19 @@ def test_resume_is_exact(setup, tmp_path):
     class Stop(Exception):
         pass
 
-    real_ckpt = loop._Trainer._checkpoint
+    real_ckpt = AfterStep.checkpoint
 
     def stop_after_step_8(self, step, collective=True):
         real_ckpt(self, step, collective)
         if step == 8:
             raise Stop
 
-    loop._Trainer._checkpoint = stop_after_step_8
+    AfterStep.checkpoint = stop_after_step_8
     try:
         with pytest.raises(Stop):
             run_encdec(config(setup, part, **settings))
     finally:
-        loop._Trainer._checkpoint = real_ckpt
+        AfterStep.checkpoint = real_ckpt
     assert max(losses(part)) == 8
     run_encdec(config(setup, part, **settings), resume=True)
     assert losses(part) == losses(full)

@@ -47,12 +47,12 @@ def _fake_times(monkeypatch, fp32: float, bf16: float) -> list[torch.dtype]:
 
 def _autocast_dtypes(monkeypatch) -> list[torch.dtype]:
     """The dtypes the loop's training forward passes run under."""
-    import lmlab.train.loop as loop
+    import lmlab.train.step as step
 
     used: list[torch.dtype] = []
-    real = loop.autocast
+    real = step.autocast
     monkeypatch.setattr(
-        loop, "autocast", lambda device, dtype: used.append(dtype) or real(device, dtype)
+        step, "autocast", lambda device, dtype: used.append(dtype) or real(device, dtype)
     )
     return used
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lmlab.errors import ConfigError
-from lmlab.train import loop
+from lmlab.train import step as train_step_module
 from lmlab.train.checkpoint import resolve_checkpoint
 from lmlab.train.loop import SpikeGuard, train
 from lmlab_train_fixtures import float64, losses, make_text, tiny_config, write_dataset
@@ -164,7 +164,7 @@ def test_spike_guard_unit():
 
 
 def test_spike_guard_skips_an_injected_spike(dataset, tmp_path, monkeypatch):
-    real = loop._clip_grads
+    real = train_step_module._clip_grads
     calls = {"n": 0}
 
     def spiky(params, max_norm):
@@ -174,7 +174,7 @@ def test_spike_guard_skips_an_injected_spike(dataset, tmp_path, monkeypatch):
                 p.grad.mul_(1e4)
         return real(params, max_norm)
 
-    monkeypatch.setattr(loop, "_clip_grads", spiky)
+    monkeypatch.setattr(train_step_module, "_clip_grads", spiky)
     cfg = tiny_config(
         dataset,
         tmp_path / "r",

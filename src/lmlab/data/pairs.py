@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlab.data.batches import ProcessBatch, micro_batches, rank_rows
 from lmlab.data.sft import Example, Record, SftLoader, SkipReport, collate, fingerprint
 from lmlab.device import inputs_to
 from lmlab.errors import DataError, LmlabError
@@ -138,22 +139,17 @@ class PairLoader(SftLoader):
     def get(self, step: int) -> list[tuple[Inputs, torch.Tensor]]:
         """This rank's micro-batches ``[(inputs, y), ...]`` for optimizer step ``step``."""
         idx, _ = self._rows(step)
-        mine = [
-            self.examples[i]
-            for i in idx[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
-        ]
-        return [
-            _to_device(
-                collate_pairs(mine[i : i + self.micro_batch], self.pad_id, self.enc_pad_id),
-                self.device,
-            )
-            for i in range(0, self.per_rank, self.micro_batch)
-        ]
+        mine = [self.examples[i] for i in rank_rows(idx, self.rank, self.per_rank)]
+        return micro_batches(
+            mine,
+            self.micro_batch,
+            lambda part: _to_device(collate_pairs(part, self.pad_id, self.enc_pad_id), self.device),
+        )
 
 
 @dataclass
 class PairData:
-    """The training loop's batch source for the encoder-decoder (``train(cfg, data=...)``)."""
+    """The encoder-decoder's :class:`~lmlab.data.batches.TrainingData` (``train(cfg, data=...)``)."""
 
     train: list[PairExample]
     val: list[PairExample]
@@ -161,26 +157,26 @@ class PairData:
     pad_id: int
     enc_pad_id: int
 
-    def loader(
-        self,
-        global_batch: int,
-        micro_batch: int,
-        seed: int,
-        rank: int,
-        world: int,
-        device: torch.device | None,
-    ) -> PairLoader:
+    fixed_windows = False  # the model takes encoder inputs too: no memory probe
+
+    def check(self, cfg: Any) -> None:
+        """Nothing to check: the pairs were tokenized with the run's tokenizers."""
+
+    def loader(self, shape: ProcessBatch) -> PairLoader:
         return PairLoader(
             self.train,
-            global_batch,
-            micro_batch,
-            seed,
-            rank,
-            world,
-            device,
+            shape.global_batch,
+            shape.micro_batch,
+            shape.seed,
+            shape.rank,
+            shape.world,
+            shape.device,
             self.pad_id,
             self.enc_pad_id,
         )
+
+    def val_bytes_per_token(self) -> float | None:
+        return None  # no byte counts: no bits per byte
 
     def val_batches(
         self, batch_size: int, max_batches: int, seed: int, rank: int = 0, world: int = 1

@@ -67,14 +67,17 @@ def evaluate_batches(
 
 
 def summarize(sums: dict[str, float], n_bytes: float | None) -> dict[str, Any]:
-    """Sums -> ``val_loss``, ``perplexity``, ``accuracy``, ``bits_per_byte`` (None without bytes)."""
+    """Sums -> ``val_loss``, ``perplexity``, ``accuracy``, ``bits_per_byte`` (None without bytes).
+
+    The one val computation: ``lmlab eval`` and the training loop's evals both call it (a
+    perplexity past exp(700) is capped there, so metrics.jsonl stays finite JSON)."""
     tokens = sums["tokens"]
     if tokens == 0:
         raise DataError("nothing to evaluate: no target tokens")
     loss = sums["nats"] / tokens
     return {
         "val_loss": loss,
-        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "perplexity": math.exp(min(loss, 700.0)),
         "accuracy": sums["correct"] / tokens,
         "bits_per_byte": sums["nats"] / (LN2 * n_bytes) if n_bytes else None,
         "tokens": tokens,
@@ -89,7 +92,8 @@ def evaluate_path(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a run (its latest checkpoint) or a checkpoint on a dataset's val split."""
-    from lmlab.data.loader import TokenSplit, as_batches, contiguous_windows, fixed_windows
+    from lmlab.data.batches import bytes_per_token, val_windows
+    from lmlab.data.loader import TokenSplit
     from lmlab.data.shards import read_meta
     from lmlab.runs import load_model, read_state
 
@@ -108,15 +112,13 @@ def evaluate_path(
     seq_len = cfg.model.context_length
     bsz = cfg.eval_batch_size
     dtype = resolve_dtype(t.dtype if dev.type != "cpu" else "float32", dev)
-    if batches:
-        windows = fixed_windows(split, seq_len, bsz, batches, t.seed)
-        sums = evaluate_batches(model, as_batches(windows, dev), dev, dtype)
-        ratio = split.n_bytes / int(split.info.get("tokens") or split.n_tokens)
-        n_bytes = sums["tokens"] * ratio if split.n_bytes else None
+    # the windows training evaluates on (fixed batches), or the whole split
+    windows = val_windows(split, seq_len, bsz, batches or 0, t.seed, device=dev)
+    sums = evaluate_batches(model, windows, dev, dtype)
+    if batches:  # sampled windows: the split's average bytes per token
+        ratio = bytes_per_token(split)
+        n_bytes = sums["tokens"] * ratio if ratio else None
     else:
-        sums = evaluate_batches(
-            model, as_batches(contiguous_windows(split, seq_len, bsz), dev), dev, dtype
-        )
         n_bytes = split.n_bytes or None
     result = summarize(sums, n_bytes)
     result.update(

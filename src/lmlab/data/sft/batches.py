@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlab.data.batches import ProcessBatch, micro_batches, rank_rows
 from lmlab.data.sft.examples import IGNORE, Example
 from lmlab.errors import ConfigError, DataError
 
@@ -57,9 +58,8 @@ def _to_device(xy: tuple[torch.Tensor, torch.Tensor], device: torch.device | Non
 class SftLoader:
     """Instruction batches for step ``s``, a function of ``(seed, s)`` only (see module doc).
 
-    The interface is :class:`lmlab.data.loader.BatchLoader`'s (``get``, ``accum_steps``,
-    ``step``, ``state_dict``/``load_state_dict``) plus ``counts(step)``: the global batch's
-    (real tokens, learned targets), which the training loop divides the summed loss by.
+    A :class:`lmlab.data.batches.BatchSource`: ``counts(step)`` is the global batch's (real
+    tokens, learned targets), which the training loop divides the summed loss by.
     """
 
     def __init__(
@@ -167,11 +167,11 @@ class SftLoader:
             # spread the replay rows over ranks and micro-batches
             perm = np.random.default_rng([self.seed, step, _REPLAY_SALT + 1]).permutation(len(rows))
             rows = [rows[i] for i in perm]
-        mine = rows[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
-        return [
-            _to_device(collate(mine[i : i + self.micro_batch], self.pad_id), self.device)
-            for i in range(0, self.per_rank, self.micro_batch)
-        ]
+        return micro_batches(
+            rank_rows(rows, self.rank, self.per_rank),
+            self.micro_batch,
+            lambda part: _to_device(collate(part, self.pad_id), self.device),
+        )
 
     def next(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         batch = self.get(self.step)
@@ -217,7 +217,8 @@ def val_batches(
 
 @dataclass
 class SftData:
-    """Everything the training loop needs from SFT data (``lmlab.train.loop.train(data=...)``).
+    """SFT examples as the training loop's :class:`~lmlab.data.batches.TrainingData`
+    (``lmlab.train.loop.train(data=...)``).
 
     ``meta`` plays the role of a prepared dataset's meta.json (vocab_size, eot_id, tokenizer).
     """
@@ -229,27 +230,27 @@ class SftData:
     replay: Any = None
     replay_fraction: float = 0.0
 
-    def loader(
-        self,
-        global_batch: int,
-        micro_batch: int,
-        seed: int,
-        rank: int,
-        world: int,
-        device: torch.device | None,
-    ) -> SftLoader:
+    fixed_windows = False  # examples of varying length: no memory probe
+
+    def check(self, cfg: Any) -> None:
+        """Nothing to check: the examples were tokenized with the run's tokenizer."""
+
+    def loader(self, shape: ProcessBatch) -> SftLoader:
         return SftLoader(
             self.train,
-            global_batch,
-            micro_batch,
-            seed,
-            rank,
-            world,
-            device,
+            shape.global_batch,
+            shape.micro_batch,
+            shape.seed,
+            shape.rank,
+            shape.world,
+            shape.device,
             self.pad_id,
             self.replay,
             self.replay_fraction,
         )
+
+    def val_bytes_per_token(self) -> float | None:
+        return None  # the examples record no byte counts: no bits per byte
 
     def val_batches(
         self, batch_size: int, max_batches: int, seed: int, rank: int = 0, world: int = 1
