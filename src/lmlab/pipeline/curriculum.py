@@ -209,9 +209,7 @@ def forgetting_table(names: list[str], losses: list[list[float | None]]) -> list
 
 def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any]:
     """Run every phase of ``cfg`` (see the module docstring); returns curriculum.json's content."""
-    from lmlab.eval.metrics import evaluate_path
     from lmlab.report import markdown_table
-    from lmlab.train.loop import train
 
     if not cfg.phase:
         raise ConfigError("phase: the recipe has no [[phase]] tables")
@@ -244,44 +242,11 @@ def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any
     retrained = force
     for k, name in enumerate(names, 1):
         pcfg = phase_config(cfg, k, datasets)
-        run_dir = Path(pcfg.train.out)
         tag = f"[phase {k} {name}]"
-        plan = plan_run(
-            run_dir, pcfg, force=retrained
-        )  # after a retrained phase, every later one trains over
-        if plan.action == "skip":
-            log(f"{tag} up to date: {run_dir}")
-            result = read_json(run_dir / "result.json")
-        else:
-            resume = plan.resume
-            mix = (
-                f", replay {cfg.phase[k - 1].replay:g} from {len(pcfg.data.mix)} earlier phase(s)"
-                if pcfg.data.mix
-                else ""
-            )
-            log(
-                f"{tag} {'resuming' if resume else 'training'} -> {run_dir} ({pcfg.train.max_steps} steps{mix})"
-            )
-            # the curriculum owns its phase runs: a changed phase is trained over (lmlab's files only)
-            result = train(pcfg, resume=resume, force=not resume).as_dict()
-            retrained = True
-            if result["stop_reason"] in ("diverged", "interrupted"):
-                raise DataError(
-                    f"{run_dir}: phase {k} stopped ({result['stop_reason']}); later phases not run"
-                )
-        row: list[float | None] = []
-        for j, ds in enumerate(datasets, 1):
-            try:
-                m = evaluate_path(
-                    str(run_dir),
-                    data=str(ds),
-                    batches=cfg.eval.batches or None,
-                    device=cfg.train.device,
-                )
-                row.append(float(m["val_loss"]))
-            except DataError as e:  # a dataset without a val split: leave the cell empty
-                log(f"{tag} no val loss on phase {j}: {e}")
-                row.append(None)
+        # after a retrained phase, every later one trains over
+        result, trained = _train_phase(cfg, pcfg, k, tag, retrained, log)
+        retrained = retrained or trained
+        row = _val_losses(cfg, Path(pcfg.train.out), datasets, tag, log)
         losses.append(row)
         log(
             f"{tag} val loss "
@@ -290,26 +255,83 @@ def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any
                 for n, v in zip(names, row, strict=True)
             )
         )
-        phases.append(
-            {
-                "phase": k,
-                "name": name,
-                "run": str(run_dir),
-                "data": str(datasets[k - 1]),
-                "transform": cfg.phase[k - 1].transform,
-                "replay": cfg.phase[k - 1].replay,
-                "mix": list(pcfg.data.mix),
-                "max_steps": pcfg.train.max_steps,
-                "lr": pcfg.train.lr,
-                "steps": result["steps"],
-                "stop_reason": result["stop_reason"],
-                "final_train_loss": result["final_train_loss"],
-                "final_val_loss": result["final_val_loss"],
-                "wall_time_s": result["wall_time_s"],
-            }
-        )
+        phases.append(_phase_record(cfg, pcfg, k, name, datasets, result))
         _write_outputs(root, names, phases, losses, markdown_table)
     return {"phases": phases, "names": names, "val_loss": losses}
+
+
+def _train_phase(
+    cfg: Config, pcfg: Config, k: int, tag: str, retrain: bool, log
+) -> tuple[dict[str, Any], bool]:
+    """Phase ``k``'s result.json content: kept when up to date (and ``retrain`` is off),
+    else trained or resumed; and whether it trained."""
+    from lmlab.train.loop import train
+
+    run_dir = Path(pcfg.train.out)
+    plan = plan_run(run_dir, pcfg, force=retrain)
+    if plan.action == "skip":
+        log(f"{tag} up to date: {run_dir}")
+        return read_json(run_dir / "result.json"), False
+    resume = plan.resume
+    mix = (
+        f", replay {cfg.phase[k - 1].replay:g} from {len(pcfg.data.mix)} earlier phase(s)"
+        if pcfg.data.mix
+        else ""
+    )
+    log(
+        f"{tag} {'resuming' if resume else 'training'} -> {run_dir} ({pcfg.train.max_steps} steps{mix})"
+    )
+    # the curriculum owns its phase runs: a changed phase is trained over (lmlab's files only)
+    result = train(pcfg, resume=resume, force=not resume).as_dict()
+    if result["stop_reason"] in ("diverged", "interrupted"):
+        raise DataError(
+            f"{run_dir}: phase {k} stopped ({result['stop_reason']}); later phases not run"
+        )
+    return result, True
+
+
+def _val_losses(
+    cfg: Config, run_dir: Path, datasets: list[Path], tag: str, log
+) -> list[float | None]:
+    """The run's val loss on every phase's val split (None for a dataset without one)."""
+    from lmlab.eval.metrics import evaluate_path
+
+    row: list[float | None] = []
+    for j, ds in enumerate(datasets, 1):
+        try:
+            m = evaluate_path(
+                str(run_dir),
+                data=str(ds),
+                batches=cfg.eval.batches or None,
+                device=cfg.train.device,
+            )
+            row.append(float(m["val_loss"]))
+        except DataError as e:  # a dataset without a val split: leave the cell empty
+            log(f"{tag} no val loss on phase {j}: {e}")
+            row.append(None)
+    return row
+
+
+def _phase_record(
+    cfg: Config, pcfg: Config, k: int, name: str, datasets: list[Path], result: dict[str, Any]
+) -> dict[str, Any]:
+    """curriculum.json's entry for phase ``k``."""
+    return {
+        "phase": k,
+        "name": name,
+        "run": str(Path(pcfg.train.out)),
+        "data": str(datasets[k - 1]),
+        "transform": cfg.phase[k - 1].transform,
+        "replay": cfg.phase[k - 1].replay,
+        "mix": list(pcfg.data.mix),
+        "max_steps": pcfg.train.max_steps,
+        "lr": pcfg.train.lr,
+        "steps": result["steps"],
+        "stop_reason": result["stop_reason"],
+        "final_train_loss": result["final_train_loss"],
+        "final_val_loss": result["final_val_loss"],
+        "wall_time_s": result["wall_time_s"],
+    }
 
 
 def _write_outputs(

@@ -6,6 +6,7 @@ trainer (:mod:`lmlab.train.checkpoint`, the writing half) shares it. Layout of a
     RUN/checkpoints/step_000500/model.safetensors   weights (safetensors: loading runs no code)
                                optimizer.pt         optimizer and scaler state (the trainer's)
                                state.json           step, tokens, RNG states, loader and guard state
+                                                    (lmlab.runs.state.TrainState)
                                config.toml          the resolved config of the run
     RUN/checkpoints/latest                          the name of the newest complete checkpoint
 """
@@ -23,6 +24,7 @@ from lmlab.config import Config, ModelConfig, load_config
 from lmlab.errors import CheckpointError, LmlabError
 from lmlab.io import read_json
 from lmlab.runs.folder import relocate, run_folder_of
+from lmlab.runs.state import TrainState
 
 STEP_RE = re.compile(r"^step_(\d+)$")
 FILES = ("model.safetensors", "optimizer.pt", "state.json", "config.toml")
@@ -96,6 +98,12 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"{ckpt / 'state.json'}: not a checkpoint state (no 'step')")
     return state
+
+
+def read_train_state(ckpt: Path) -> TrainState:
+    """The checkpoint's state.json as a :class:`~lmlab.runs.state.TrainState` (what resume
+    restores); CheckpointError naming the file when a key is missing or malformed."""
+    return TrainState.from_state_dict(read_state(ckpt), ckpt / "state.json")
 
 
 def read_config(ckpt: Path) -> Config:

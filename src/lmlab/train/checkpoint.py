@@ -8,7 +8,7 @@ Layout inside a run folder::
 
     checkpoints/step_000500/model.safetensors   weights (safetensors: loading runs no code)
                            optimizer.pt         {"optimizer": ..., "scaler": ...}, tensors only
-                           state.json           step, tokens, RNG states, loader and guard state
+                           state.json           lmlab.runs.state.TrainState.state_dict()
                            config.toml          the resolved config of the run
     checkpoints/latest                          the name of the newest complete checkpoint
 
@@ -43,6 +43,7 @@ from lmlab.runs.read import (
     model_differences,
     read_config,
     read_state,
+    read_train_state,
     resolve_checkpoint,
     unwrap,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "prune",
     "read_config",
     "read_state",
+    "read_train_state",
     "resolve_checkpoint",
     "rng_state",
     "save_checkpoint",

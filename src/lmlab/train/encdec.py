@@ -102,11 +102,8 @@ def parse_rate(
 
 def run_encdec(cfg: Config, resume: bool = False, force: bool = False):
     """Train the decoder of ``cfg`` (``model.arch = "encdec"``) on ``cfg.encdec``'s pairs into ``train.out``."""
-    from lmlab.device import resolve_device
     from lmlab.model.encdec import load_encoder_tokenizer
-    from lmlab.report import markdown_table, write_report
     from lmlab.tokenizer import load_tokenizer
-    from lmlab.train import checkpoint as ck
     from lmlab.train import distributed as dd
     from lmlab.train.loop import train
 
@@ -151,35 +148,39 @@ def run_encdec(cfg: Config, resume: bool = False, force: bool = False):
     if not main or result.stop_reason == "interrupted":
         return result
     # 4) the parse rate of the trained decoder's outputs for held-out sources
-    e = cfg.encdec
-    if e.parse_samples:
-        device = resolve_device(cfg.train.device)
-        model, _, _ = ck.load_model(run_dir, device, encdec_ok=True)
-        parse = parse_rate(
-            model,
-            data,
-            dec_tok,
-            e.parse_samples,
-            e.max_new_tokens or cfg.model.context_length,
-            device,
-        )
-        report["parse"] = parse
-        _log(
-            f"encdec: parse rate {parse['parse_rate']:.2%} ({parse['parsed']}/{parse['samples']} greedy outputs "
-            "for held-out sources compile)",
-            main,
-        )
-        rows = {k: parse[k] for k in ("samples", "parsed", "parse_rate")}
-        examples = "\n".join(
-            f"- `{x['source']}`:\n\n```\n{x['output']}\n```" for x in parse["examples"]
-        )
-        write_report(
-            run_dir,
-            {
-                "Result": result.table(),
-                "Parse rate (held-out sources, greedy)": markdown_table([rows]) + "\n" + examples,
-            },
-        )
+    if cfg.encdec.parse_samples:
+        report["parse"] = _report_parse_rate(cfg, run_dir, data, dec_tok, result)
     report["result"] = result.as_dict()
     write_json(info_path, report)
     return result
+
+
+def _report_parse_rate(cfg: Config, run_dir: Path, data: Any, dec_tok: Any, result: Any) -> dict:
+    """The trained decoder's parse rate on held-out sources, logged and put into report.md."""
+    from lmlab.device import resolve_device
+    from lmlab.report import markdown_table, write_report
+    from lmlab.train import checkpoint as ck
+
+    e = cfg.encdec
+    device = resolve_device(cfg.train.device)
+    model, _, _ = ck.load_model(run_dir, device, encdec_ok=True)
+    parse = parse_rate(
+        model, data, dec_tok, e.parse_samples, e.max_new_tokens or cfg.model.context_length, device
+    )
+    _log(
+        f"encdec: parse rate {parse['parse_rate']:.2%} ({parse['parsed']}/{parse['samples']} greedy outputs "
+        "for held-out sources compile)",
+        True,
+    )
+    rows = {k: parse[k] for k in ("samples", "parsed", "parse_rate")}
+    examples = "\n".join(
+        f"- `{x['source']}`:\n\n```\n{x['output']}\n```" for x in parse["examples"]
+    )
+    write_report(
+        run_dir,
+        {
+            "Result": result.table(),
+            "Parse rate (held-out sources, greedy)": markdown_table([rows]) + "\n" + examples,
+        },
+    )
+    return parse

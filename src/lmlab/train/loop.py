@@ -124,7 +124,8 @@ class _Trainer:
                 # a second Ctrl-C: save the last complete step, without collectives; mid-step
                 # the weights may already hold a half-applied update, so keep the last checkpoint
                 stop_reason = "interrupted"
-                if s.info.is_main and st.step > hooks.last_saved and not hooks.diverged and not in_step:
+                saved = st.step <= hooks.last_saved
+                if s.info.is_main and not saved and not hooks.diverged and not in_step:
                     hooks.checkpoint(st.step, collective=False)
         result = hooks.finish(stop_reason)
         if stop_reason == "interrupted":

@@ -87,7 +87,8 @@ class TrainSetup:
     def _resolve_config(self) -> Any:
         """Fill the config from the data (and ``train.init_from = "hf:..."``): what config.toml holds."""
         cfg = self.cfg
-        hf_init = None  # train.init_from = "hf:...": its config is the model (lmlab.export.hf_import)
+        # train.init_from = "hf:...": its config is the model (lmlab.export.hf_import)
+        hf_init = None
         if cfg.train.init_from.startswith("hf:"):
             from lmlab.export.hf_import import start_from_hf
 
@@ -182,11 +183,11 @@ class TrainSetup:
 
     def _restore(self, ckpt: Path) -> None:
         """Weights, optimizer, scaler, progress, batch position and RNG states of ``ckpt``."""
-        raw = ck.read_state(ckpt)
+        state = ck.read_train_state(ckpt)
         ck.load_weights(self.raw_model, ckpt, self.device)
         ck.load_training_state(ckpt, self.optimizer, self.scaler)  # under FSDP: after sharding
+        self.state = state
         where = ckpt / "state.json"
-        self.state.load_state_dict(raw, where)
         try:
             self.loader.load_state_dict(self.state.loader)
         except (KeyError, TypeError, ValueError) as e:

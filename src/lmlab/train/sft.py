@@ -187,18 +187,11 @@ def held_out_loss(ckpt: Path | None, data: Any, cfg: Config) -> float | None:
     return sums["nats"] / max(sums["tokens"], 1)
 
 
-def run_sft(cfg: Config, resume: bool = False, force: bool = False):
-    """Fine-tune ``train.init_from`` on ``cfg.sft``'s instruction data into ``train.out``."""
-    from lmlab.tokenizer import load_tokenizer
-    from lmlab.train import distributed as dd
+def _adopt_base_run(cfg: Config, run_dir: Path, main: bool) -> tuple[Path | None, Config, Path]:
+    """:func:`_base_run`, with its model config taken over (except ``model.dropout``) and its
+    exact checkpoint recorded as ``train.init_from``."""
     from lmlab.train.checkpoint import model_differences
-    from lmlab.train.loop import train
 
-    main = dd.from_env().is_main
-    run_dir = Path(cfg.train.out)
-    if cfg.data.mix:
-        raise ConfigError("data.mix: sft mixes pretraining data with sft.replay_fraction instead")
-    # 1) the base run: model config, tokenizer, (replay) data
     ckpt, base, tok_dir = _base_run(cfg)
     if ckpt is not None and run_dir.resolve() in (ckpt.resolve(), ckpt.parent.parent.resolve()):
         raise ConfigError(
@@ -220,6 +213,21 @@ def run_sft(cfg: Config, resume: bool = False, force: bool = False):
         + f"); model.dropout = {dropout}",
         main,
     )
+    return ckpt, base, tok_dir
+
+
+def run_sft(cfg: Config, resume: bool = False, force: bool = False):
+    """Fine-tune ``train.init_from`` on ``cfg.sft``'s instruction data into ``train.out``."""
+    from lmlab.tokenizer import load_tokenizer
+    from lmlab.train import distributed as dd
+    from lmlab.train.loop import train
+
+    main = dd.from_env().is_main
+    run_dir = Path(cfg.train.out)
+    if cfg.data.mix:
+        raise ConfigError("data.mix: sft mixes pretraining data with sft.replay_fraction instead")
+    # 1) the base run: model config, tokenizer, (replay) data
+    ckpt, base, tok_dir = _adopt_base_run(cfg, run_dir, main)
     tokenizer = load_tokenizer(tok_dir)
     cfg.data.tokenizer = str(Path(tok_dir).resolve())
     if not cfg.data.path and base.data.path and Path(base.data.path).is_dir():

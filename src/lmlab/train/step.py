@@ -14,20 +14,19 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from lmlab.config import Config
+from lmlab.data.batches import BatchSource
 from lmlab.device import autocast
 from lmlab.model import forward
 from lmlab.train import distributed as dd
 from lmlab.train import fsdp
 from lmlab.train import memory_fit as mf
 from lmlab.train.optim import lr_at, set_lr
-
-if TYPE_CHECKING:
-    from lmlab.train.setup import TrainSetup
 
 # The spike guard needs this many recent norms (or the whole window if smaller) before it acts.
 SPIKE_MIN_HISTORY = 10
@@ -56,6 +55,25 @@ class SpikeGuard:
         return False
 
 
+class StepParts(Protocol):
+    """What a step uses of the built run (:class:`lmlab.train.setup.TrainSetup`)."""
+
+    cfg: Config
+    info: dd.Dist
+    device: torch.device
+    dtype: torch.dtype
+    model: torch.nn.Module  # wrapped (DDP, compile)
+    raw_model: torch.nn.Module
+    optimizer: Any
+    scaler: torch.amp.GradScaler
+    params: list[torch.Tensor]
+    loader: BatchSource
+    fsdp: bool
+    fused_loss: bool
+
+    def say(self, msg: str) -> None: ...
+
+
 @dataclass
 class StepOutput:
     """What one step reports; ``loss`` and ``grad_norm`` stay on the device until read."""
@@ -76,7 +94,7 @@ def _clip_grads(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
 
 
 def micro_loss(
-    s: TrainSetup, x: Any, y: torch.Tensor, inv_targets: float, model: torch.nn.Module | None = None
+    s: StepParts, x: Any, y: torch.Tensor, inv_targets: float, model: torch.nn.Module | None = None
 ) -> torch.Tensor:
     """One micro-batch's share of the step loss (summed over its targets, scaled)."""
     model = s.model if model is None else model
@@ -90,7 +108,7 @@ def micro_loss(
         )
 
 
-def forward_backward(s: TrainSetup, step: int, inv_targets: float) -> torch.Tensor:
+def forward_backward(s: StepParts, step: int, inv_targets: float) -> torch.Tensor:
     """Accumulate this rank's gradients for ``step``; returns its summed (scaled) loss."""
     batches = s.loader.get(step)
     accum = len(batches)
@@ -108,7 +126,7 @@ def forward_backward(s: TrainSetup, step: int, inv_targets: float) -> torch.Tens
     return loss_acc
 
 
-def _dropout_rng(s: TrainSetup) -> Any:
+def _dropout_rng(s: StepParts) -> Any:
     """The torch generator states dropout draws from, or None without dropout."""
     if s.cfg.model.dropout <= 0:
         return None
@@ -116,13 +134,13 @@ def _dropout_rng(s: TrainSetup) -> Any:
     return (torch.get_rng_state(), cuda)
 
 
-def _restore_dropout_rng(s: TrainSetup, saved: Any) -> None:
+def _restore_dropout_rng(s: StepParts, saved: Any) -> None:
     torch.set_rng_state(saved[0])
     if saved[1] is not None:
         torch.cuda.set_rng_state(saved[1], s.device)
 
 
-def shrink_micro_batch(s: TrainSetup) -> bool:
+def shrink_micro_batch(s: StepParts) -> bool:
     """After an out-of-memory in a step: halve the micro-batch (a divisor of the per-process batch)."""
     old = s.loader.micro_batch
     # other ranks would wait for this one's collectives; an FSDP step cut short leaves its
@@ -135,7 +153,7 @@ def shrink_micro_batch(s: TrainSetup) -> bool:
     return True
 
 
-def _forward_backward_fitting(s: TrainSetup, step: int, inv_targets: float) -> torch.Tensor:
+def _forward_backward_fitting(s: StepParts, step: int, inv_targets: float) -> torch.Tensor:
     """:func:`forward_backward`; an out-of-memory in one process halves the micro-batch and
     redoes the step (same data, same dropout masks, same loss)."""
     rng = _dropout_rng(s)
@@ -150,7 +168,7 @@ def _forward_backward_fitting(s: TrainSetup, step: int, inv_targets: float) -> t
                 _restore_dropout_rng(s, rng)
 
 
-def measure_state(s: TrainSetup) -> dict[str, int]:
+def measure_state(s: StepParts) -> dict[str, int]:
     """This rank's parameter + gradient + optimizer bytes (max over ranks), while grads exist."""
     mine = fsdp.local_state_bytes(s.raw_model, s.optimizer)
     keys = ("params", "grads", "optimizer", "total")
@@ -158,7 +176,7 @@ def measure_state(s: TrainSetup) -> dict[str, int]:
     return {k: int(v) for k, v in zip(keys, peak)}
 
 
-def train_step(s: TrainSetup, guard: SpikeGuard, step: int, measure: bool = False) -> StepOutput:
+def train_step(s: StepParts, guard: SpikeGuard, step: int, measure: bool = False) -> StepOutput:
     """Optimizer step ``step``: set the learning rate, forward/backward, clip, guard, update.
     ``measure``: also measure the training state's bytes after the update."""
     lr = lr_at(step, s.cfg.train)
