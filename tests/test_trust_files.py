@@ -268,7 +268,9 @@ def _recipe(tmp_path: Path, out: str, max_steps: int = 30) -> Path:
         f'[prepare]\ninput = ["{c}"]\nout = "ds"\nseparator = "\\n"\nval_fraction = 0.2\nworkers = 1\n'
         "[model]\nn_layer = 1\nn_head = 2\nd_model = 32\ncontext_length = 16\n"
         f"[train]\nmax_steps = {max_steps}\nbatch_size = 4\ncheckpoint_every = 3\neval_every = 0\nlog_every = 1\n"
-        f'device = "cpu"\nseed = 3\nout = "{out}"\n'
+        # fp32 pinned: the killed run and its reference must not each time the dtype probe (a
+        # loaded machine can tip `auto` one way for one run and the other way for the next)
+        f'device = "cpu"\ndtype = "float32"\nseed = 3\nout = "{out}"\n'
         "[eval]\nbatches = 2\nsamples = 0\n[log]\nprogress = false\n"
     )
     return r
