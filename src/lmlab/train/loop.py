@@ -47,6 +47,7 @@ from lmlab.train import checkpoint as ck
 from lmlab.train import distributed as dd
 from lmlab.train import fsdp
 from lmlab.train import memory_fit as mf
+from lmlab.train.host_memory import retain_freed_memory
 from lmlab.train.optim import build_optimizer, lr_at, set_lr
 
 # A loss this many times ln(vocab_size) (uniform guessing) can only come from a blown-up model.
@@ -223,6 +224,8 @@ def train(cfg: Config, resume: bool = False, data: Any = None, force: bool = Fal
     """
     info = dd.from_env()
     device = resolve_device(cfg.train.device, info.local_rank if info.enabled else None)
+    if device.type == "cpu":  # reuse freed activations without page faults (host_memory)
+        retain_freed_memory()
     # FSDP shards even over one process under torchrun (bench/gpu/check.sh runs it on one GPU)
     dd.setup(info, device, force=cfg.train.parallel == "fsdp" and dd.under_torchrun())
     try:
