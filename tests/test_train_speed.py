@@ -63,9 +63,7 @@ for _ in range(20):
     churn()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
 
 
