@@ -37,6 +37,7 @@ from lmlab.data.batches import TrainingData, check_dataset_tokenizer
 from lmlab.device import resolve_device
 from lmlab.train import distributed as dd
 from lmlab.train.hooks import DIVERGED_LOSS_FACTOR, AfterStep, StopSignal, TrainResult
+from lmlab.train.host_memory import retain_freed_memory
 from lmlab.train.setup import FUSED_LOSS_MIN_VOCAB, TrainSetup
 from lmlab.train.step import SPIKE_MIN_HISTORY, SpikeGuard, train_step
 
@@ -65,6 +66,8 @@ def train(
     """
     info = dd.from_env()
     device = resolve_device(cfg.train.device, info.local_rank if info.enabled else None)
+    if device.type == "cpu":  # reuse freed activations without page faults (host_memory)
+        retain_freed_memory()
     # FSDP shards even over one process under torchrun (bench/gpu/check.sh runs it on one GPU)
     dd.setup(info, device, force=cfg.train.parallel == "fsdp" and dd.under_torchrun())
     try:
