@@ -127,6 +127,7 @@ class SlowMachine:
 @pytest.mark.parametrize("minutes", [1.0, 4.0])
 def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_path, monkeypatch):
     import lmlab.eval.metrics
+    import lmlab.healing
     import lmlab.report
     import lmlab.runs
     import lmlab.sample
@@ -165,6 +166,7 @@ def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_
     monkeypatch.setattr(lmlab.train.loop, "train", machine.train)
     monkeypatch.setattr(lmlab.eval.metrics, "evaluate_path", machine.evaluate)
     monkeypatch.setattr(lmlab.sample, "generate", machine.generate)
+    monkeypatch.setattr(lmlab.healing, "generate_healed", machine.generate)  # what the demo calls
     monkeypatch.setattr(lmlab.runs, "load_model_for_inference", lambda *a, **k: (None, None, tok))
     monkeypatch.setattr(lmlab.report, "write_report", lambda run, **k: run / "report.md")
     res = demo.run_demo(minutes=minutes, out=out, overrides=overrides, clock=clock)
@@ -240,3 +242,14 @@ def test_step_is_measured_in_the_precision_training_picks(picked, monkeypatch):
     demo.measure_step_seconds(cfg)
     want = torch.bfloat16 if picked == "bfloat16" else None
     assert seen and all(d == want for d in seen)
+
+
+def test_the_default_budget_is_the_five_minutes_the_readme_promises():
+    """Issue 12: the demo runs in a 5-minute budget; `lmlab demo` and run_demo agree on it."""
+    import inspect
+
+    from lmlab.cli import build_parser
+
+    args = build_parser().parse_args(["demo"])
+    assert args.minutes == demo.DEFAULT_MINUTES == 5.0
+    assert inspect.signature(demo.run_demo).parameters["minutes"].default == 5.0

@@ -35,6 +35,8 @@ FINISH_RESERVE_SHARE = 0.25
 EVAL_SHARE = 0.4
 REPORT_S = 3.0
 SYNTAX_TOKENS = 96
+# The whole command's budget, `lmlab demo`'s default --minutes (README: "about 5 minutes").
+DEFAULT_MINUTES = 5.0
 
 
 def _training_dtype(cfg: Config, model: Any, device: Any) -> Any:
@@ -186,8 +188,11 @@ def held_out_prompts(data_dir: Path, tokenizer: Any, limit: int = 40) -> list[st
 def make_generate_fn(
     model: Any, tokenizer: Any, temperature: float = 0.8, top_k: int = 50, seed: int = 0
 ):
-    """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate; batches equal prompts."""
-    from lmlab.sample import generate
+    """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate; batches equal prompts.
+
+    Token healing (lmlab.healing): a prompt ends in a newline, a token the model saw only
+    before column-0 code, so without it most completions start the next top-level statement."""
+    from lmlab.healing import generate_healed as generate
 
     def generate_fn(prompts: list[str], max_new_tokens: int) -> list[tuple[str, bool]]:
         out: list[tuple[str, bool] | None] = [None] * len(prompts)
@@ -271,7 +276,7 @@ def _sample_within(
 
 
 def run_demo(
-    minutes: float = 4.5,
+    minutes: float = DEFAULT_MINUTES,
     out: Path = Path("runs/demo"),
     overrides: list[str] | None = None,
     clock: Any = None,
@@ -345,8 +350,8 @@ def run_demo(
 
     # 5) samples and syntax pass rate from held-out function headers
     from lmlab.eval.code import syntax_pass_rate
+    from lmlab.healing import generate_healed as generate
     from lmlab.runs import load_model_for_inference
-    from lmlab.sample import generate
 
     model, _, tokenizer = load_model_for_inference(run_dir, device="cpu", decode_batch=1)
     prompts = held_out_prompts(Path(cfg.data.path), tokenizer) or [""]
