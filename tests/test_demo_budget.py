@@ -30,9 +30,9 @@ def test_budget_counts_down_on_its_clock():
 
 
 def test_finish_reserve_is_bounded_by_the_budget():
-    assert demo.finish_reserve(240.0) == demo.FINISH_RESERVE_S
+    assert demo.finish_reserve(300.0) == demo.FINISH_RESERVE_S
     assert demo.finish_reserve(60.0) == pytest.approx(15.0)
-    assert demo.finish_reserve(240.0, step_s=14.0) == pytest.approx(
+    assert demo.finish_reserve(300.0, step_s=14.0) == pytest.approx(
         demo.FINISH_MIN_STEPS * 14.0
     )  # a slow machine
 
@@ -44,6 +44,11 @@ def test_eval_and_syntax_are_sized_to_the_time_left():
     assert demo.syntax_samples_for(30.0, 0.5, wanted=100) == 60
     assert demo.syntax_samples_for(300.0, 0.5, wanted=100) == 100
     assert demo.syntax_samples_for(-5.0, 0.5, wanted=100) == 0
+    # 40 prompts cycled: their samples decode in one batch each, an extra sample costing a quarter
+    assert demo.BATCH_EXTRA == 0.25
+    assert demo.syntax_samples_for(30.0, 0.5, wanted=100, prompts=40) == 100  # 20 + 60/4 * 0.5
+    assert demo.syntax_samples_for(21.0, 0.5, wanted=100, prompts=40) == 48  # 20 + 8 * 0.125
+    assert demo.syntax_samples_for(10.0, 0.5, wanted=100, prompts=40) == 20  # one per prompt
 
 
 def test_training_share_is_a_hard_stop():

@@ -40,9 +40,7 @@ def _setup(tmp_path):
 
     corpus = tmp_path / "corpus.py"
     corpus.write_text(CORPUS)
-    tok = train_tokenizer(
-        [str(corpus)], 320, tmp_path / "tok", special_tokens=["<|endoftext|>"]
-    )
+    tok = train_tokenizer([str(corpus)], 320, tmp_path / "tok", special_tokens=["<|endoftext|>"])
     return tok, Bigram(tok.encode(CORPUS), tok.vocab_size)
 
 
