@@ -23,7 +23,6 @@ import torch
 from lmlab.sample import (
     Sample,
     StreamCallback,
-    _context_length,
     choose_next,
     encode_prompt,
     generate,
@@ -95,7 +94,8 @@ def generate_healed(
             stream_callback=stream_callback,
         )
     device = next(model.parameters()).device
-    ctx = _context_length(model) or len(head)
+    # the first forward sees at most the model's context, as generate's window does
+    ctx = int(getattr(getattr(model, "config", None), "context_length", 0) or len(head))
     # 1) the first token, among those that begin with the tail's bytes
     was_training = model.training
     model.eval()
