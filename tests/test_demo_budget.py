@@ -30,9 +30,9 @@ def test_budget_counts_down_on_its_clock():
 
 
 def test_finish_reserve_is_bounded_by_the_budget():
-    assert demo.finish_reserve(240.0) == demo.FINISH_RESERVE_S
+    assert demo.finish_reserve(300.0) == demo.FINISH_RESERVE_S
     assert demo.finish_reserve(60.0) == pytest.approx(15.0)
-    assert demo.finish_reserve(240.0, step_s=14.0) == pytest.approx(
+    assert demo.finish_reserve(300.0, step_s=14.0) == pytest.approx(
         demo.FINISH_MIN_STEPS * 14.0
     )  # a slow machine
 
@@ -44,6 +44,11 @@ def test_eval_and_syntax_are_sized_to_the_time_left():
     assert demo.syntax_samples_for(30.0, 0.5, wanted=100) == 60
     assert demo.syntax_samples_for(300.0, 0.5, wanted=100) == 100
     assert demo.syntax_samples_for(-5.0, 0.5, wanted=100) == 0
+    # 40 prompts cycled: their samples decode in one batch each, an extra sample costing a quarter
+    assert demo.BATCH_EXTRA == 0.25
+    assert demo.syntax_samples_for(30.0, 0.5, wanted=100, prompts=40) == 100  # 20 + 60/4 * 0.5
+    assert demo.syntax_samples_for(21.0, 0.5, wanted=100, prompts=40) == 48  # 20 + 8 * 0.125
+    assert demo.syntax_samples_for(10.0, 0.5, wanted=100, prompts=40) == 20  # one per prompt
 
 
 def test_training_share_is_a_hard_stop():
@@ -127,6 +132,7 @@ class SlowMachine:
 @pytest.mark.parametrize("minutes", [1.0, 4.0])
 def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_path, monkeypatch):
     import lmlab.eval.metrics
+    import lmlab.healing
     import lmlab.report
     import lmlab.runs
     import lmlab.sample
@@ -165,6 +171,7 @@ def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_
     monkeypatch.setattr(lmlab.train.loop, "train", machine.train)
     monkeypatch.setattr(lmlab.eval.metrics, "evaluate_path", machine.evaluate)
     monkeypatch.setattr(lmlab.sample, "generate", machine.generate)
+    monkeypatch.setattr(lmlab.healing, "generate_healed", machine.generate)  # what the demo calls
     monkeypatch.setattr(lmlab.runs, "load_model_for_inference", lambda *a, **k: (None, None, tok))
     monkeypatch.setattr(lmlab.report, "write_report", lambda run, **k: run / "report.md")
     res = demo.run_demo(minutes=minutes, out=out, overrides=overrides, clock=clock)
@@ -240,3 +247,14 @@ def test_step_is_measured_in_the_precision_training_picks(picked, monkeypatch):
     demo.measure_step_seconds(cfg)
     want = torch.bfloat16 if picked == "bfloat16" else None
     assert seen and all(d == want for d in seen)
+
+
+def test_the_default_budget_is_the_five_minutes_the_readme_promises():
+    """Issue 12: the demo runs in a 5-minute budget; `lmlab demo` and run_demo agree on it."""
+    import inspect
+
+    from lmlab.cli import build_parser
+
+    args = build_parser().parse_args(["demo"])
+    assert args.minutes == demo.DEFAULT_MINUTES == 5.0
+    assert inspect.signature(demo.run_demo).parameters["minutes"].default == 5.0

@@ -364,7 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = _parser(
         sub, "demo", "the main job: tokenizer, data, training, eval and report on the Python stdlib"
     )
-    d.add_argument("--minutes", type=float, default=4.0, help="training time budget (default 4)")
+    d.add_argument(
+        "--minutes",
+        type=float,
+        default=5.0,
+        help="time budget of the whole demo, data to report (default 5)",
+    )
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.set_defaults(func=cmd_demo)
 

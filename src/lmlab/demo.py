@@ -28,13 +28,23 @@ from lmlab.config import Config, load_config, resolve_vocab_size
 
 # Seconds kept back for evaluation, sampling, the syntax check and the report (at most this
 # share of the budget, so a short budget still trains).
-FINISH_RESERVE_S = 50.0
+FINISH_RESERVE_S = 65.0
 FINISH_RESERVE_SHARE = 0.25
 # Of the time left after training: the share the final evaluation may take (then samples and
 # the syntax check share what remains, keeping REPORT_S for the report and plot).
 EVAL_SHARE = 0.4
 REPORT_S = 3.0
-SYNTAX_TOKENS = 96
+# Tokens per completion of the syntax check: the held-out functions' own bodies are 140
+# tokens at the median, and only 42% of them fit in 96 (75% in 256), so at 96 even the
+# original code would mostly be cut by the limit (then it compiles only by luck).
+SYNTAX_TOKENS = 256
+# Sampling of the syntax check (the report states it).
+SYNTAX_TEMPERATURE = 0.8
+SYNTAX_TOP_K = 50
+# A batch of k samples of one prompt decodes in about (1 + BATCH_EXTRA * (k - 1)) times one's.
+BATCH_EXTRA = 0.25
+# The whole command's budget, `lmlab demo`'s default --minutes (README: "about 5 minutes").
+DEFAULT_MINUTES = 5.0
 
 
 def _training_dtype(cfg: Config, model: Any, device: Any) -> Any:
@@ -131,9 +141,23 @@ def eval_batches_for(seconds: float, batch_s: float, whole: int) -> int | None:
     return None if n >= whole else n
 
 
-def syntax_samples_for(seconds: float, completion_s: float, wanted: int) -> int:
-    """Completions of the syntax check that fit ``seconds`` at ``completion_s`` each, at most ``wanted``."""
-    return max(0, min(wanted, int(seconds / max(completion_s, 1e-9))))
+def syntax_samples_for(seconds: float, completion_s: float, wanted: int, prompts: int = 0) -> int:
+    """Completions of the syntax check that fit ``seconds``, at most ``wanted``.
+
+    ``completion_s`` is one completion decoded alone. With ``prompts`` (the distinct prompts,
+    cycled) the samples of one prompt decode in one batch, each extra one costing BATCH_EXTRA
+    of a completion; without, every completion is decoded alone."""
+
+    def cost(n: int) -> float:
+        if not prompts:
+            return n * completion_s
+        calls = min(n, prompts)
+        return (calls + BATCH_EXTRA * (n - calls)) * completion_s
+
+    n = max(0, wanted)
+    while n and cost(n) > seconds:
+        n -= 1
+    return n
 
 
 def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
@@ -186,8 +210,11 @@ def held_out_prompts(data_dir: Path, tokenizer: Any, limit: int = 40) -> list[st
 def make_generate_fn(
     model: Any, tokenizer: Any, temperature: float = 0.8, top_k: int = 50, seed: int = 0
 ):
-    """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate; batches equal prompts."""
-    from lmlab.sample import generate
+    """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate; batches equal prompts.
+
+    Token healing (lmlab.healing): a prompt ends in a newline, a token the model saw only
+    before column-0 code, so without it most completions start the next top-level statement."""
+    from lmlab.healing import generate_healed as generate
 
     def generate_fn(prompts: list[str], max_new_tokens: int) -> list[tuple[str, bool]]:
         out: list[tuple[str, bool] | None] = [None] * len(prompts)
@@ -216,7 +243,8 @@ def _syntax_section(report: dict[str, Any]) -> str:
     rate = report["pass_rate"]
     completed = report.get("pass_rate_completed")
     lines = [
-        f"{report['n']} completions of held-out function headers (temperature 0.8, top-k 50), "
+        f"{report['n']} completions of held-out function headers (temperature {SYNTAX_TEMPERATURE:g}, "
+        f"top-k {SYNTAX_TOP_K}, at most {SYNTAX_TOKENS} tokens, token healing at the prompt's end), "
         "each cut at the next top-level statement or end-of-text, checked with `compile()`; "
         f"one that adds no code (only `pass`, comments or a docstring) fails ({report.get('no_code', 0)} did).",
         "",
@@ -271,7 +299,7 @@ def _sample_within(
 
 
 def run_demo(
-    minutes: float = 4.5,
+    minutes: float = DEFAULT_MINUTES,
     out: Path = Path("runs/demo"),
     overrides: list[str] | None = None,
     clock: Any = None,
@@ -345,8 +373,8 @@ def run_demo(
 
     # 5) samples and syntax pass rate from held-out function headers
     from lmlab.eval.code import syntax_pass_rate
+    from lmlab.healing import generate_healed as generate
     from lmlab.runs import load_model_for_inference
-    from lmlab.sample import generate
 
     model, _, tokenizer = load_model_for_inference(run_dir, device="cpu", decode_batch=1)
     prompts = held_out_prompts(Path(cfg.data.path), tokenizer) or [""]
@@ -362,19 +390,22 @@ def run_demo(
         shown.append(f"```python\n{prompt}{text}\n```")
         print(f"[sample {i + 1}]\n{prompt}{text}\n", flush=True)
     # one completion of the syntax check costs at most SYNTAX_TOKENS tokens at the speed just
-    # measured one sample at a time (batched decoding is cheaper per completion)
+    # measured one sample at a time; the samples of one prompt decode together (one batch)
     token_s = (clock() - t_gen) / n_gen
     n_syntax = syntax_samples_for(
-        budget.left() - report_s, SYNTAX_TOKENS * token_s, max(1, cfg.eval.syntax_samples)
+        budget.left() - report_s,
+        SYNTAX_TOKENS * token_s,
+        max(1, cfg.eval.syntax_samples),
+        prompts=len(prompts),
     )
     syntax = None
     if n_syntax:
         syntax = syntax_pass_rate(
-            make_generate_fn(model, tokenizer),
+            make_generate_fn(model, tokenizer, temperature=SYNTAX_TEMPERATURE, top_k=SYNTAX_TOP_K),
             prompts,
             n=n_syntax,
             max_new_tokens=SYNTAX_TOKENS,
-            batch_size=20,
+            batch_size=n_syntax,  # all at once: make_generate_fn batches each prompt's samples
         )
         print(
             f"[syntax] {100 * syntax['pass_rate']:.1f}% of {syntax['n']} completions compile "

@@ -1,0 +1,154 @@
+"""Token healing: the model re-chooses the token at the prompt's end.
+
+Byte-level BPE merges a newline with the indentation that follows it (``"\\n   "`` then
+``" return"``), so a prompt that ends in ``"\\n"`` (a function header with its docstring) ends
+on a lone newline token, which in training only ever came before text at column 0: the model
+then starts the next top-level statement instead of the body. Measured on the demo: 97 of 100
+completions began at column 0 and so added nothing to the function.
+
+Healing backs the prompt off by its last token and samples the first token among those whose
+bytes begin with that token's bytes (Guidance's "token healing"). The text after the prompt is
+still exactly what the model wrote after it, only the tokenization of the boundary is left
+to the model, so what a completion is judged on does not change.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from lmlab.sample import (
+    Sample,
+    StreamCallback,
+    choose_next,
+    encode_prompt,
+    generate,
+)
+
+_UTF8 = codecs.lookup("utf-8")
+
+
+def _complete_utf8(data: bytes) -> bool:
+    try:
+        _UTF8.decode(data, "strict")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def healing_split(tokenizer: Any, ids: Sequence[int]) -> tuple[list[int], bytes, list[int]]:
+    """(head ids, tail bytes, allowed first ids) for a prompt of ``ids``.
+
+    The tail is the last prompt token; the allowed ids are the ordinary tokens whose bytes begin
+    with it and whose remaining bytes are whole UTF-8 characters (so the text streams as it is
+    decoded), the tail itself among them. A prompt of one token, or one ending in a special
+    token, is not healed: ``(ids, b"", [])``.
+    """
+    ids = list(ids)
+    specials = set(getattr(tokenizer, "special_tokens", {}).values())
+    if len(ids) < 2 or ids[-1] in specials:
+        return ids, b"", []
+    vocab: dict[int, bytes] = tokenizer.vocab
+    tail = vocab[ids[-1]]
+    allowed = [
+        i
+        for i, b in vocab.items()
+        if i not in specials and b.startswith(tail) and _complete_utf8(b[len(tail) :])
+    ]
+    if ids[-1] not in allowed:  # the tail itself ends mid-character: leave the prompt as it is
+        return ids, b"", []
+    return ids[:-1], tail, sorted(allowed)
+
+
+def generate_healed(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int = 0,
+    num_samples: int = 1,
+    seed: int = 0,
+    stream_callback: StreamCallback | None = None,
+) -> list[Sample]:
+    """:func:`lmlab.sample.generate` with token healing; each sample's ``text`` is what follows
+    ``prompt`` itself (the re-chosen token's bytes past the tail come first).
+
+    The first token counts against ``max_new_tokens``. Same seed, same samples.
+    """
+    head, tail, allowed = healing_split(tokenizer, encode_prompt(tokenizer, prompt))
+    if not allowed or max_new_tokens < 1:
+        return generate(
+            model,
+            tokenizer,
+            head,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            num_samples=num_samples,
+            seed=seed,
+            stream_callback=stream_callback,
+        )
+    device = next(model.parameters()).device
+    # the first forward sees at most the model's context, as generate's window does
+    ctx = int(getattr(getattr(model, "config", None), "context_length", 0) or len(head))
+    # 1) the first token, among those that begin with the tail's bytes
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(torch.tensor([head[-ctx:]], dtype=torch.long, device=device))[:, -1, :]
+    finally:
+        model.train(was_training)
+    logits = logits.float()
+    masked = torch.full_like(logits, float("-inf"))
+    keep = torch.tensor(allowed, dtype=torch.long, device=device)
+    masked[:, keep] = logits[:, keep]
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    firsts = choose_next(
+        masked.expand(num_samples, -1).contiguous(),
+        temperature=temperature,
+        top_k=top_k,
+        generator=gen,
+    ).tolist()
+    # 2) the rest, one batch per distinct first token
+    vocab = tokenizer.vocab
+    out: list[Sample | None] = [None] * num_samples
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(firsts):
+        groups.setdefault(int(t), []).append(i)
+    for k, (first, where) in enumerate(sorted(groups.items())):
+        lead = vocab[first][len(tail) :].decode("utf-8")
+
+        def relay(j: int, text: str, where: list[int] = where) -> None:
+            assert stream_callback is not None
+            stream_callback(where[j], text)
+
+        if stream_callback is not None and lead:
+            for i in where:
+                stream_callback(i, lead)
+        rest = generate(
+            model,
+            tokenizer,
+            head + [first],
+            max_new_tokens=max_new_tokens - 1,
+            temperature=temperature,
+            top_k=top_k,
+            num_samples=len(where),
+            seed=seed + 1 + k,
+            stream_callback=relay if stream_callback is not None else None,
+        )
+        for i, s in zip(where, rest):
+            out[i] = Sample(
+                text=lead + s.text,
+                tokens=[first, *s.tokens],
+                prompt_tokens=head,
+                finish_reason=s.finish_reason,
+                message=s.message,
+            )
+    return [s for s in out if s is not None]
