@@ -188,10 +188,15 @@ def run_mbpp(
 # --- prompts and completion cutting ---------------------------------------------------------
 
 
-def extract_function_headers(source: str, require_docstring: bool = False) -> list[str]:
+def extract_function_headers(
+    source: str, require_docstring: bool = False, top_level: bool = False
+) -> list[str]:
     """Prompts from a Python file: each function's decorators, ``def`` line(s) and docstring.
 
-    Methods and nested functions are dedented to column 0. Every prompt ends with a newline and
+    Methods and nested functions are dedented to column 0; ``top_level`` keeps only the
+    module's own functions (a dedented method reads as a function its file never had, and a
+    model trained on the file continues it with more indented methods, never ending it, so
+    every completion runs to the token limit). Every prompt ends with a newline and
     compiles once a body line (``pass`` at the body's indentation) is added; functions whose
     body sits on the ``def`` line are skipped. A file that does not parse gives no prompts.
     """
@@ -205,7 +210,7 @@ def extract_function_headers(source: str, require_docstring: bool = False) -> li
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         doc = ast.get_docstring(node, clean=False) is not None
-        if require_docstring and not doc:
+        if (require_docstring and not doc) or (top_level and node.col_offset > 0):
             continue
         first = node.body[0]
         if first.lineno <= node.lineno:
