@@ -331,7 +331,7 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_account(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmlab.accounting import account_command
+    from lmlab.account_report import account_command
 
     account_command(
         args.config,
