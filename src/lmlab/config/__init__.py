@@ -40,10 +40,12 @@ from lmlab.config.sections import (
     opt,
     resolve_vocab_size,
 )
+from lmlab.errors import ConfigError  # raised by every check here; importable from here as before
 
 __all__ = [
     "PHASE_INHERITED",
     "Config",
+    "ConfigError",
     "DataConfig",
     "EncDecConfig",
     "EvalConfig",
