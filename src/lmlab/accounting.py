@@ -26,40 +26,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lmlab.account_model import resolve_model, resolve_vocab
 from lmlab.config import Config, ModelConfig
+from lmlab.device import PEAK_FLOPS, detect_peak_flops, known_peak_flops
 from lmlab.errors import ConfigError, LmlabError
-
-# Dense (no sparsity) bf16/fp16 tensor-core peaks in FLOP/s, matched against the CUDA device
-# name in order (more specific names first). Sources: vendor data sheets.
-PEAK_FLOPS: list[tuple[str, float]] = [
-    ("GB200", 2.5e15),
-    ("B200", 2.25e15),
-    ("GH200", 989e12),  # Grace Hopper: an H100-class GPU (before "H200", which its name contains)
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-    ("A10", 125e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("V100", 125e12),
-    ("T4", 65e12),
-    ("MI300X", 1307e12),
-    ("MI250X", 383e12),
-]
+from lmlab.io import read_json
+from lmlab.model.transformer import resolve_d_ff
 
 # --- parameters -------------------------------------------------------------------------------
 
 
 def _d_ff(m: ModelConfig) -> int:
-    from lmlab.model.transformer import resolve_d_ff
-
     return resolve_d_ff(m)
 
 
@@ -243,24 +220,6 @@ def mfu(tokens_per_sec: float, mcfg: ModelConfig, seq_len: int, peak_flops: floa
     return tokens_per_sec * training_flops_per_token(mcfg, seq_len) / peak_flops
 
 
-def known_peak_flops(device_name: str) -> float | None:
-    """The dense bf16 peak for a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3'), else None."""
-    for key, peak in PEAK_FLOPS:
-        if key.lower() in device_name.lower():
-            return peak
-    return None
-
-
-def detect_peak_flops() -> tuple[str, float | None]:
-    """(device name, peak FLOP/s or None) for the current CUDA device; CPU gives None."""
-    import torch
-
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        return name, known_peak_flops(name)
-    return "cpu", None
-
-
 # --- memory -----------------------------------------------------------------------------------
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -367,8 +326,6 @@ def training_time_seconds(
 
 def resolve_vocab_size(cfg: Config) -> int:
     """model.vocab_size, else the tokenizer's, the dataset's or the tokenizer stage's (lmlab.account_model)."""
-    from lmlab.account_model import resolve_vocab
-
     return resolve_vocab(cfg)[0]
 
 
@@ -380,8 +337,6 @@ def encoder_width(name_or_path: str) -> int:
     """model.encoder's hidden size: a local folder's config.json, else a known hub name's."""
     cfg_file = Path(name_or_path) / "config.json"
     if cfg_file.is_file():
-        from lmlab.io import read_json
-
         conf = read_json(cfg_file)
         width = conf.get("hidden_size") or conf.get("d_model")
         if isinstance(width, int) and width > 0:
@@ -405,8 +360,6 @@ def account(
     peak_tflops: float = 0.0,
 ) -> dict[str, Any]:
     """Everything `lmlab account` reports, as one JSON-ready dict."""
-    from lmlab.account_model import resolve_model
-
     resolved = resolve_model(cfg)
     m = resolved.model
     enc_dim = encoder_width(m.encoder) if m.arch == "encdec" else 0

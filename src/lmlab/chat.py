@@ -29,9 +29,11 @@ from typing import Any, TextIO
 import torch
 
 from lmlab.config import SampleConfig
+from lmlab.data.sft import resolve_template
 from lmlab.device import inference_device
 from lmlab.errors import LmlabError
 from lmlab.io import read_json
+from lmlab.runs import load_model_for_inference, resolve_checkpoint
 from lmlab.sample import generate
 
 HELP = "commands: /reset (forget the conversation), /temp T (temperature, 0 = greedy), /quit"
@@ -62,8 +64,6 @@ def _template_from(value: Any, where: str) -> ChatTemplate | None:
     if isinstance(value, dict) and isinstance(value.get("prompt"), str):
         return ChatTemplate(value["prompt"], [str(s) for s in value.get("stop", []) if s])
     if isinstance(value, str) and value:
-        from lmlab.data.sft import resolve_template
-
         # The SFT module owns the template language (named templates, {instruction}, {input},
         # {{ }} escapes); chat uses its no-input prompt, exactly as template.json records it.
         t = resolve_template(value)
@@ -221,8 +221,6 @@ def chat_loop(
     max_new_tokens: int = SampleConfig.max_new_tokens,
 ) -> None:
     """`lmlab chat RUN`: load the run and talk on stdin/stdout."""
-    from lmlab.runs import load_model_for_inference, resolve_checkpoint
-
     model, cfg, tokenizer = load_model_for_inference(run, device=inference_device(), decode_batch=1)
     template = find_template(resolve_checkpoint(run), cfg)
     chat_session(

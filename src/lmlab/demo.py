@@ -24,7 +24,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from lmlab.config import Config, load_config, resolve_vocab_size
+from lmlab.data.loader import TokenSplit
+from lmlab.data.shards import read_meta
+from lmlab.device import autocast, resolve_device, resolve_dtype
+from lmlab.errors import ConfigError
+from lmlab.eval.code import extract_function_headers, syntax_pass_rate
+from lmlab.eval.metrics import evaluate_path, format_metrics
+from lmlab.model import build_model
+from lmlab.outputs import check_output, write_marker
+from lmlab.pipeline import resolve_training_inputs
+from lmlab.report import markdown_table, write_report
+from lmlab.runs import load_model_for_inference
+from lmlab.sample import generate
+from lmlab.train.loop import FUSED_LOSS_MIN_VOCAB, train
+from lmlab.train.optim import build_optimizer
+from lmlab.train.precision import pick_cpu_train_dtype
 
 # Seconds kept back for evaluation, sampling, the syntax check and the report (at most this
 # share of the budget, so a short budget still trains).
@@ -39,12 +58,6 @@ SYNTAX_TOKENS = 96
 
 def _training_dtype(cfg: Config, model: Any, device: Any) -> Any:
     """The dtype the trainer will pick for ``cfg`` on ``device`` (lmlab.train.precision on a CPU)."""
-    import torch
-
-    from lmlab.device import resolve_dtype
-    from lmlab.train.loop import FUSED_LOSS_MIN_VOCAB
-    from lmlab.train.precision import pick_cpu_train_dtype
-
     t, m = cfg.train, cfg.model
     if t.dtype != "auto" or device.type != "cpu" or m.arch != "transformer":
         return resolve_dtype(t.dtype, device)
@@ -69,13 +82,6 @@ def measure_step_seconds(cfg: Config, max_seconds: float = float("inf")) -> floa
 
     The median of TIMING_STEPS steps after a warm-up one, or of fewer once ``max_seconds`` are
     spent (a slow machine should not give its training time to the measurement)."""
-    import torch
-    import torch.nn.functional as F
-
-    from lmlab.device import autocast, resolve_device
-    from lmlab.model import build_model
-    from lmlab.train.optim import build_optimizer
-
     device = resolve_device(cfg.train.device)
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device)
@@ -158,12 +164,6 @@ def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
 
 def held_out_prompts(data_dir: Path, tokenizer: Any, limit: int = 40) -> list[str]:
     """Function-header prompts from the val split's documents: code the model never trained on."""
-    import numpy as np
-
-    from lmlab.data.loader import TokenSplit
-    from lmlab.data.shards import read_meta
-    from lmlab.eval.code import extract_function_headers
-
     meta = read_meta(data_dir)
     split = TokenSplit(data_dir, "val", meta)
     n = min(split.n_tokens, 2_000_000)
@@ -187,7 +187,6 @@ def make_generate_fn(
     model: Any, tokenizer: Any, temperature: float = 0.8, top_k: int = 50, seed: int = 0
 ):
     """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate; batches equal prompts."""
-    from lmlab.sample import generate
 
     def generate_fn(prompts: list[str], max_new_tokens: int) -> list[tuple[str, bool]]:
         out: list[tuple[str, bool] | None] = [None] * len(prompts)
@@ -277,14 +276,10 @@ def run_demo(
     clock: Any = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the final metrics (also in ``out/run/report.md``)."""
-    from lmlab.errors import ConfigError
-    from lmlab.pipeline import resolve_training_inputs
-
     if minutes <= 0:
         raise ConfigError(f"--minutes: must be positive, got {minutes}")
     clock = clock or time.monotonic  # looked up now: tests scale the time module's clocks
     budget = Budget(minutes * 60.0, clock)
-    from lmlab.outputs import check_output, write_marker
 
     check_output(
         out, "demo", whole=False
@@ -304,7 +299,6 @@ def run_demo(
     print(f"lmlab demo: {minutes:g} minute budget, output in {out}/", flush=True)
     # 1-2) tokenizer and data, skipped when up to date
     cfg = resolve_training_inputs(cfg)
-    from lmlab.data.shards import read_meta
 
     meta = read_meta(Path(cfg.data.path))
     resolve_vocab_size(cfg.model, meta["vocab_size"])
@@ -323,14 +317,12 @@ def run_demo(
         f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min",
         flush=True,
     )
-    from lmlab.train.loop import train
 
     result = train(
         cfg, resume=False, force=True
     )  # the demo's own run folder: a rerun starts it over
 
     # 4) eval on the whole val split, or on as many batches as the time left allows
-    from lmlab.eval.metrics import evaluate_path, format_metrics
 
     run_dir = Path(cfg.train.out)
     val_tokens = int(meta["splits"].get("val", {}).get("tokens", 0))
@@ -344,9 +336,6 @@ def run_demo(
     print("[eval]\n" + format_metrics(metrics), flush=True)
 
     # 5) samples and syntax pass rate from held-out function headers
-    from lmlab.eval.code import syntax_pass_rate
-    from lmlab.runs import load_model_for_inference
-    from lmlab.sample import generate
 
     model, _, tokenizer = load_model_for_inference(run_dir, device="cpu", decode_batch=1)
     prompts = held_out_prompts(Path(cfg.data.path), tokenizer) or [""]
@@ -385,7 +374,6 @@ def run_demo(
         print("[syntax] skipped: no time left in the budget", flush=True)
 
     # 6) report
-    from lmlab.report import markdown_table, write_report
 
     filt = meta.get("filter") or {}
     data_lines = [

@@ -30,6 +30,8 @@ from lmlab.errors import LmlabError
 from lmlab.eval.code import cut_completion, run_humaneval, run_mbpp
 from lmlab.eval.sandbox import OPT_IN_HINT, SandboxConfig
 from lmlab.io import atomic_write_text, sha256_file
+from lmlab.runs import load_model_for_inference, resolve_checkpoint
+from lmlab.sample import generate
 
 FORMAT = "lmlab-code-eval-v1"
 BENCHMARKS = ("humaneval", "mbpp")
@@ -173,9 +175,6 @@ def code_eval(
     if not rows:
         raise LmlabError(f"{path}: no {benchmark} tasks")
     rows = rows[:tasks] if tasks else rows
-
-    from lmlab.runs import load_model_for_inference, resolve_checkpoint
-    from lmlab.sample import generate
 
     ckpt = resolve_checkpoint(run)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else run

@@ -35,6 +35,7 @@ from lmlab.experiments.results import (
     write_tables,
 )
 from lmlab.io import atomic_write_text
+from lmlab.outputs import check_output, write_marker
 
 
 @dataclass
@@ -128,7 +129,6 @@ def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> Compar
             log(f"- {line}")
     if out is None:
         return result
-    from lmlab.outputs import check_output, write_marker
 
     check_output(out, "compare", whole=False)  # never into a folder of the user's files
     out = Path(out)

@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lmlab.report import pyplot
+
 CURVE_X_LABELS = {"step": "step", "tokens": "tokens seen", "flops": "training FLOPs (accounting)"}
 METRIC_LABELS = {
     "final_val_loss": "final val loss (nats/token)",
@@ -25,21 +27,12 @@ METRIC_LABELS = {
 }
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp)
-    _plt().close(fig)
+    pyplot().close(fig)
     tmp.replace(out)
     return out
 
@@ -51,7 +44,7 @@ def plot_curves(
     drawable = [(label, c) for label, c in curves if c.get("val_loss")]
     if not drawable:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
     for label, c in drawable:
         xs = c[x]
@@ -116,7 +109,7 @@ def plot_summary(
     have = [r for r in rows if _is_number(r.get(metric))]
     if not have:
         return None
-    plt = _plt()
+    plt = pyplot()
     numeric = x is not None and all(_is_number(r.get(x)) for r in rows)
     # the top of the axis clears the intervals' upper ends too
     top = max(max(r[metric], r.get(f"{metric}_hi") or r[metric]) for r in have)
@@ -188,10 +181,8 @@ def plot_summary(
             ax.set_xscale("log")
         if len(xs) <= 8 and x not in ("flops", "tokens", "params"):
             # a tick at each swept value, written as in the sweep file (0.003, 64)
-            from matplotlib.ticker import NullLocator
-
             ax.set_xticks(xs, [f"{v:g}" for v in xs])
-            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_minor_locator(pyplot().NullLocator())
         ax.set_xlabel(CURVE_X_LABELS.get(x, x))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.grid(alpha=0.3, which="both")

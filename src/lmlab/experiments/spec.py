@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmlab.config import find_recipe
 from lmlab.errors import ConfigError
 
 BUDGET_KEYS = ("budget_tokens", "budget_flops")
@@ -331,8 +332,6 @@ def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
 
 def resolve_base(spec: SweepSpec) -> Path:
     """The base recipe: relative to the sweep file, else the cwd, else a shipped name."""
-    from lmlab.config import find_recipe
-
     beside = spec.path.parent / spec.base
     if beside.is_file():
         return beside

@@ -27,10 +27,14 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from lmlab.accounting import training_flops_per_token
 from lmlab.config import (
     Config,
     apply_overrides,
@@ -38,6 +42,7 @@ from lmlab.config import (
     resolve_vocab_size,
     save_config,
 )
+from lmlab.data.shards import read_meta
 from lmlab.errors import ConfigError, LmlabError
 from lmlab.experiments import plots
 from lmlab.experiments import seeds as seed_stats
@@ -58,7 +63,10 @@ from lmlab.experiments.spec import (
     resolve_base,
 )
 from lmlab.io import atomic_write_text, open_append, write_json
+from lmlab.outputs import check_output, refuse_links, write_marker
+from lmlab.pipeline import resolve_training_inputs
 from lmlab.runs import plan_run
+from lmlab.train.loop import train
 
 POINT_CONFIG = "sweep_point.toml"
 ERROR_FILE = "error.txt"
@@ -121,8 +129,6 @@ def prepare_data(spec: SweepSpec, configs: list[tuple[Point, Config]], log=print
     Two points that write the same tokenizer or dataset folder with different settings
     would overwrite each other's input, so that is an error naming both points.
     """
-    from lmlab.pipeline import resolve_training_inputs
-
     owners: dict[tuple[str, str], tuple[str, str]] = {}
     for point, cfg in configs:
         for kind, folder, settings in (
@@ -152,8 +158,6 @@ def prepare_data(spec: SweepSpec, configs: list[tuple[Point, Config]], log=print
 
 def finalize(cfg: Config, budget: dict[str, float]) -> None:
     """Take vocab_size from the dataset (as training would) and turn a budget into max_steps."""
-    from lmlab.data.shards import read_meta
-
     meta = read_meta(cfg.data.path)
     resolve_vocab_size(cfg.model, meta["vocab_size"])
     apply_budget(cfg, budget)
@@ -164,7 +168,6 @@ def apply_budget(cfg: Config, budget: dict[str, float]) -> None:
     """Set ``train.max_steps`` from a budget_tokens or budget_flops (needs model.vocab_size)."""
     if not budget:
         return
-    from lmlab.accounting import training_flops_per_token
 
     tokens_per_step = cfg.batch_shape(1)[0] * cfg.model.context_length
     ((kind, amount),) = budget.items()
@@ -192,8 +195,6 @@ def _record_failure(run_dir: Path, message: str) -> None:
 def claim_run_dir(run_dir: Path) -> None:
     """Check a point's run folder is absent, empty or a run, and mark it, before the sweep
     writes its point config and log there (the worker's trainer checks it again)."""
-    from lmlab.outputs import check_output, refuse_links, write_marker
-
     path = check_output(run_dir, "run", whole=False)
     refuse_links(path, (POINT_CONFIG, "train.log"))
     path.mkdir(parents=True, exist_ok=True)
@@ -202,8 +203,6 @@ def claim_run_dir(run_dir: Path) -> None:
 
 def _run_inline(cfg: Config, resume: bool, log=print) -> None:
     """Train one point in this process; exceptions other than Ctrl-C become a failure record."""
-    from lmlab.train.loop import train
-
     run_dir = Path(cfg.train.out)
     try:
         train(cfg, resume=resume, force=not resume)  # the sweep owns its point runs
@@ -213,8 +212,6 @@ def _run_inline(cfg: Config, resume: bool, log=print) -> None:
         _record_failure(run_dir, f"{type(e).__name__}: {e}")
         log(f"[sweep] {run_dir.name}: failed: {e}")
     except Exception as e:  # noqa: BLE001 - a crash in one point must not end the sweep
-        import traceback
-
         _record_failure(run_dir, "".join(traceback.format_exception(e)))
         log(f"[sweep] {run_dir.name}: failed: {type(e).__name__}: {e}")
 
@@ -225,7 +222,6 @@ def resolve_devices(spec: SweepSpec, cfg: Config) -> list[str]:
         return [d.removeprefix("cuda:") for d in spec.devices]
     if cfg.train.device not in ("auto", "cuda"):
         return []
-    import torch
 
     if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         return []
@@ -504,7 +500,6 @@ def run_sweep(
     built = [(p, *point_config(spec, base, p, cli)) for p in spec.points]
     configs = [(p, cfg) for p, cfg, _ in built]
     log(f"[sweep] {spec.name}: {len(configs)} points -> {spec.out}")
-    from lmlab.outputs import check_output, write_marker
 
     check_output(
         spec.out, "sweep", whole=False

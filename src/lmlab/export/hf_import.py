@@ -25,8 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
+from lmlab.config import ModelConfig
 from lmlab.errors import CheckpointError, ConfigError, LmlabError
+from lmlab.export.names import from_format, known_names
+from lmlab.model import build_model
+from lmlab.tokenizer import load_tokenizer
 
 PREFIX = "hf:"
 GPT2_ACTS = {
@@ -69,7 +74,7 @@ def resolve_folder(spec: str) -> Path:
             "(HF_HUB_OFFLINE); name a local model folder"
         )
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # noqa: PLC0415 (optional: comes with lmlab[hf])
     except ImportError:
         raise CheckpointError(
             f"train.init_from={spec}: no such local folder (a hub name needs "
@@ -176,8 +181,6 @@ def model_fields(hf: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
 
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of ``model.safetensors`` (or of the shards its index names)."""
-    from safetensors.torch import load_file
-
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
         files = [single]
@@ -219,8 +222,6 @@ class HFModel:
 
     def state_dict(self, mcfg: Any, wanted: set[str]) -> dict[str, torch.Tensor]:
         """The weights under lmlab's names for ``wanted`` parameters (read on first use)."""
-        from lmlab.export.names import from_format, known_names
-
         where = str(self.folder)
         tensors = {k: v for k, v in read_safetensors(self.folder).items() if not _IGNORED.search(k)}
         if (
@@ -253,8 +254,6 @@ class HFModel:
 
 def read_hf_model(spec: str) -> HFModel:
     """Config and tokenizer of ``hf:PATH_OR_NAME`` (weights are read by ``state_dict``)."""
-    from lmlab.tokenizer import load_tokenizer
-
     folder = resolve_folder(spec)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
@@ -294,9 +293,6 @@ def apply_model_fields(mcfg: Any, hfm: HFModel) -> list[str]:
 
 def load_hf_model(spec: str, mcfg: Any = None) -> tuple[torch.nn.Module, Any, Any]:
     """``(model, ModelConfig, tokenizer)`` for ``hf:PATH_OR_NAME``, eval mode, on the CPU."""
-    from lmlab.config import ModelConfig
-    from lmlab.model import build_model
-
     hfm = read_hf_model(spec)
     mcfg = mcfg if mcfg is not None else ModelConfig()
     apply_model_fields(mcfg, hfm)
