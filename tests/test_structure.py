@@ -43,8 +43,6 @@ EXCEPTIONS = {
     "lmlab.chat.chat_session": "to split",
     "lmlab.demo.run_demo": "to split",
     "lmlab.eval.passk.code_eval": "to split",
-    "lmlab.eval.sandbox.run_in_sandbox": "to split",
-    "lmlab.eval.sandbox_child.main": "to split",
     "lmlab.experiments.compare.compare_runs": "to split",
     "lmlab.experiments.plots.plot_summary": "to split",
     "lmlab.experiments.spec.load_sweep": "to split",
