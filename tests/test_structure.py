@@ -42,7 +42,6 @@ EXCEPTIONS = {
     "lmlab.sample.generate": TRAINER,
     "lmlab.chat.chat_session": "to split",
     "lmlab.demo.run_demo": "to split",
-    "lmlab.eval.passk.code_eval": "to split",
     "lmlab.experiments.compare.compare_runs": "to split",
     "lmlab.experiments.plots.plot_summary": "to split",
     "lmlab.experiments.spec.load_sweep": "to split",
