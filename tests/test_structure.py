@@ -40,7 +40,6 @@ EXCEPTIONS = {
     "lmlab.train.sft.run_sft": TRAINER,
     "lmlab.pipeline.curriculum.run_curriculum": TRAINER,
     "lmlab.sample.generate": TRAINER,
-    "lmlab.chat.chat_session": "to split",
     "lmlab.demo.run_demo": "to split",
     "lmlab.experiments.compare.compare_runs": "to split",
     "lmlab.experiments.plots.plot_summary": "to split",

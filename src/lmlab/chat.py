@@ -128,6 +128,38 @@ class Conversation:
         self.turns.append(turn)
 
 
+def _run_command(command: str, conv: Conversation, temperature: float, out: TextIO) -> float | None:
+    """One ``/command`` line: None for /quit, else the temperature from now on."""
+    name, _, arg = command.partition(" ")
+    if name == "/quit":
+        return None
+    if name == "/reset":
+        conv.reset()
+        out.write("(conversation reset)\n")
+    elif name == "/temp":
+        try:
+            value = float(arg)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:
+            out.write(f"(/temp needs a number >= 0, got {arg!r})\n")
+        else:
+            temperature = value
+            out.write(f"(temperature {temperature:g})\n")
+    else:
+        out.write(f"(unknown command {name}; {HELP})\n")
+    return temperature
+
+
+def _end_reply(sample: Any, out: TextIO) -> None:
+    """After the streamed reply: a newline, the sampler's note, and a hint for an empty reply."""
+    out.write("\n")
+    if sample.message:
+        out.write(f"({sample.message})\n")
+    if not sample.text.strip():
+        out.write("(empty reply: the model ended its text at once; try /temp 1 or more context)\n")
+
+
 def chat_session(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -165,24 +197,10 @@ def chat_session(
         message = line.rstrip("\n")
         command = message.strip()
         if command.startswith("/"):
-            name, _, arg = command.partition(" ")
-            if name == "/quit":
+            new_temperature = _run_command(command, conv, temperature, out)
+            if new_temperature is None:
                 break
-            if name == "/reset":
-                conv.reset()
-                out.write("(conversation reset)\n")
-            elif name == "/temp":
-                try:
-                    value = float(arg)
-                except ValueError:
-                    value = -1.0
-                if not value >= 0:
-                    out.write(f"(/temp needs a number >= 0, got {arg!r})\n")
-                else:
-                    temperature = value
-                    out.write(f"(temperature {temperature:g})\n")
-            else:
-                out.write(f"(unknown command {name}; {HELP})\n")
+            temperature = new_temperature
             continue
         if not command:
             continue
@@ -202,13 +220,7 @@ def chat_session(
         except LmlabError as e:  # e.g. a message longer than a learned-position context
             out.write(f"(error: {e})\n")
             continue
-        out.write("\n")
-        if sample.message:
-            out.write(f"({sample.message})\n")
-        if not sample.text.strip():
-            out.write(
-                "(empty reply: the model ended its text at once; try /temp 1 or more context)\n"
-            )
+        _end_reply(sample, out)
         conv.add(new_ids, sample.text)
         exchanged.append((message, sample.text))
         turn += 1
