@@ -45,7 +45,6 @@ EXCEPTIONS = {
     "lmlab.experiments.plots.plot_summary": "to split",
     "lmlab.experiments.spec.load_sweep": "to split",
     "lmlab.experiments.sweep.write_outputs": "to split",
-    "lmlab.export.hf_import.model_fields": "to split",
 }
 
 
