@@ -41,8 +41,6 @@ EXCEPTIONS = {
     "lmlab.pipeline.curriculum.run_curriculum": TRAINER,
     "lmlab.sample.generate": TRAINER,
     "lmlab.demo.run_demo": "to split",
-    "lmlab.experiments.compare.compare_runs": "to split",
-    "lmlab.experiments.plots.plot_summary": "to split",
     "lmlab.experiments.spec.load_sweep": "to split",
     "lmlab.experiments.sweep.write_outputs": "to split",
 }
