@@ -41,7 +41,6 @@ EXCEPTIONS = {
     "lmlab.pipeline.curriculum.run_curriculum": TRAINER,
     "lmlab.sample.generate": TRAINER,
     "lmlab.demo.run_demo": "to split",
-    "lmlab.experiments.spec.load_sweep": "to split",
     "lmlab.experiments.sweep.write_outputs": "to split",
 }
 
