@@ -40,8 +40,6 @@ EXCEPTIONS = {
     "lmlab.train.sft.run_sft": TRAINER,
     "lmlab.pipeline.curriculum.run_curriculum": TRAINER,
     "lmlab.sample.generate": TRAINER,
-    "lmlab.demo.run_demo": "to split",
-    "lmlab.experiments.sweep.write_outputs": "to split",
 }
 
 

@@ -371,53 +371,51 @@ def summary_x(spec: SweepSpec, rows: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def write_outputs(
+def _seed_summary(
     spec: SweepSpec,
     configs: list[tuple[Point, Config]],
-    cli: list[str],
-    seeds_arg: int | None = None,
-) -> SweepResult:
-    """Tables, plots and results.md for the sweep as it stands on disk.
-
-    With several seeds per point, results.csv keeps one row per run and
-    results_seeds.csv / results.md / the plots show one row per point: the mean and the
-    interval of :mod:`lmlab.experiments.seeds`, with finding lines against the best point.
-    """
-    out = spec.out
-    rows, columns = sweep_rows(spec, configs)
-    md_table, csv_path = write_tables(rows, columns, out)
-    metric = str(spec.plot.get("metric", "final_val_loss"))
-    curves_x = str(spec.plot.get("curves_x", "step"))
-    made: list[Path] = []
-    summary_rows = rows
-    seed_section: list[str] = []
-    if spec.seeds > 1:
-        label_columns = [c for c in columns if c not in METRIC_COLUMNS and c != "seed"]
-        groups = seed_groups(configs, rows, label_columns)
-        summary_rows = seed_stats.aggregate(groups)
-        seed_md = seed_stats.write_seed_tables(summary_rows, label_columns, out)
-        findings = seed_stats.finding_lines(summary_rows, "point", metric)
-        seed_section.append(
-            f"## Results: {seed_stats.describe_kind(spec.seeds)}\n\n{seed_md}\n"
-            "One row per seed below; the seed table in full precision in `results_seeds.csv`.\n"
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    metric: str,
+) -> tuple[list[dict[str, Any]], list[str], list[tuple[str, Any]]]:
+    """With several seeds: one row per point (mean and interval), its results.md sections
+    (table and findings) and one val-curve band per point; else the rows and one curve per run."""
+    if spec.seeds <= 1:
+        return rows, [], [(p.name, val_curve(Path(c.train.out))) for p, c in configs]
+    label_columns = [c for c in columns if c not in METRIC_COLUMNS and c != "seed"]
+    groups = seed_groups(configs, rows, label_columns)
+    summary_rows = seed_stats.aggregate(groups)
+    seed_md = seed_stats.write_seed_tables(summary_rows, label_columns, spec.out)
+    findings = seed_stats.finding_lines(summary_rows, "point", metric)
+    seed_section = [
+        f"## Results: {seed_stats.describe_kind(spec.seeds)}\n\n{seed_md}\n"
+        "One row per seed below; the seed table in full precision in `results_seeds.csv`.\n"
+    ]
+    if findings:
+        seed_section.append("## Findings\n\n" + "\n".join(f"- {f}" for f in findings) + "\n")
+    by_group: dict[str, list[Path]] = {}
+    for p, c in configs:
+        by_group.setdefault(p.group, []).append(Path(c.train.out))
+    # the band of the finished seeds (a partial run would cut every seed's curve short)
+    curves = [
+        (
+            g,
+            seed_stats.curve_band(
+                [val_curve(r) for r in ([r for r in rs if is_finished(r)] or rs)]
+            ),
         )
-        if findings:
-            seed_section.append("## Findings\n\n" + "\n".join(f"- {f}" for f in findings) + "\n")
-        by_group: dict[str, list[Path]] = {}
-        for p, c in configs:
-            by_group.setdefault(p.group, []).append(Path(c.train.out))
-        # the band of the finished seeds (a partial run would cut every seed's curve short)
-        curves = [
-            (
-                g,
-                seed_stats.curve_band(
-                    [val_curve(r) for r in ([r for r in rs if is_finished(r)] or rs)]
-                ),
-            )
-            for g, rs in by_group.items()
-        ]
-    else:
-        curves = [(p.name, val_curve(Path(c.train.out))) for p, c in configs]
+        for g, rs in by_group.items()
+    ]
+    return summary_rows, seed_section, curves
+
+
+def _sweep_plots(
+    spec: SweepSpec, curves: list[tuple[str, Any]], summary_rows: list[dict[str, Any]], metric: str
+) -> list[Path]:
+    """The val curves (against spec.plot.curves_x) and the metric against the swept key."""
+    out = spec.out
+    made: list[Path] = []
+    curves_x = str(spec.plot.get("curves_x", "step"))
     x = summary_x(spec, summary_rows)
     c = plots.plot_curves(
         curves, out / f"{spec.name}_curves.png", x=curves_x, title=f"{spec.name}: validation loss"
@@ -436,8 +434,19 @@ def write_outputs(
     )
     if s:
         made.append(s)
-    seeds_flag = [f"--seeds {seeds_arg}"] if seeds_arg is not None else []
-    cmd = " ".join(["lmlab sweep", str(spec.path), *seeds_flag] + [f"--{o}" for o in cli])
+    return made
+
+
+def _results_markdown(
+    spec: SweepSpec,
+    cmd: str,
+    rows: list[dict[str, Any]],
+    seed_section: list[str],
+    runs_md: str,
+    made: list[Path],
+) -> str:
+    """results.md: the command and base, the seed sections, the runs with their status,
+    the failures and the plots."""
     parts = [f"# Sweep: {spec.name}\n"]
     if spec.description:
         parts.append(spec.description.strip() + "\n")
@@ -450,7 +459,7 @@ def write_outputs(
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     parts += seed_section
     runs_title = "## Runs (one row per seed)" if spec.seeds > 1 else "## Results"
-    parts.append(f"{runs_title}\n\n" + md_table.read_text(encoding="utf-8"))
+    parts.append(f"{runs_title}\n\n" + runs_md)
     parts.append(
         "Status: "
         + ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -463,8 +472,32 @@ def write_outputs(
         )
     if made:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in made) + "\n")
+    return "\n".join(parts)
+
+
+def write_outputs(
+    spec: SweepSpec,
+    configs: list[tuple[Point, Config]],
+    cli: list[str],
+    seeds_arg: int | None = None,
+) -> SweepResult:
+    """Tables, plots and results.md for the sweep as it stands on disk.
+
+    With several seeds per point, results.csv keeps one row per run and
+    results_seeds.csv / results.md / the plots show one row per point: the mean and the
+    interval of :mod:`lmlab.experiments.seeds`, with finding lines against the best point.
+    """
+    out = spec.out
+    rows, columns = sweep_rows(spec, configs)
+    md_table, csv_path = write_tables(rows, columns, out)
+    metric = str(spec.plot.get("metric", "final_val_loss"))
+    summary_rows, seed_section, curves = _seed_summary(spec, configs, rows, columns, metric)
+    made = _sweep_plots(spec, curves, summary_rows, metric)
+    seeds_flag = [f"--seeds {seeds_arg}"] if seeds_arg is not None else []
+    cmd = " ".join(["lmlab sweep", str(spec.path), *seeds_flag] + [f"--{o}" for o in cli])
+    runs_md = md_table.read_text(encoding="utf-8")
     md = out / "results.md"
-    atomic_write_text(md, "\n".join(parts))
+    atomic_write_text(md, _results_markdown(spec, cmd, rows, seed_section, runs_md, made))
     write_json(
         out / "sweep.json",
         {
