@@ -131,12 +131,6 @@ class SlowMachine:
 @pytest.mark.parametrize("slowdown", [1.0, 3.0])
 @pytest.mark.parametrize("minutes", [1.0, 4.0])
 def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_path, monkeypatch):
-    import lmlab.eval.metrics
-    import lmlab.healing
-    import lmlab.report
-    import lmlab.runs
-    import lmlab.sample
-    import lmlab.train.loop
     from lmlab.config import load_config
     from lmlab.outputs import write_marker
     from lmlab.pipeline import resolve_training_inputs
@@ -168,12 +162,12 @@ def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_
     )  # as the demo counts
     tok = load_tokenizer(out / "tokenizer")
     monkeypatch.setattr(demo, "measure_step_seconds", machine.measure)
-    monkeypatch.setattr(lmlab.train.loop, "train", machine.train)
-    monkeypatch.setattr(lmlab.eval.metrics, "evaluate_path", machine.evaluate)
-    monkeypatch.setattr(lmlab.sample, "generate", machine.generate)
-    monkeypatch.setattr(lmlab.healing, "generate_healed", machine.generate)  # what the demo calls
-    monkeypatch.setattr(lmlab.runs, "load_model_for_inference", lambda *a, **k: (None, None, tok))
-    monkeypatch.setattr(lmlab.report, "write_report", lambda run, **k: run / "report.md")
+    # the demo's collaborators, replaced where the demo looks them up
+    monkeypatch.setattr(demo, "train", machine.train)
+    monkeypatch.setattr(demo, "evaluate_path", machine.evaluate)
+    monkeypatch.setattr(demo, "generate", machine.generate)
+    monkeypatch.setattr(demo, "load_model_for_inference", lambda *a, **k: (None, None, tok))
+    monkeypatch.setattr(demo, "write_report", lambda run, **k: run / "report.md")
     res = demo.run_demo(minutes=minutes, out=out, overrides=overrides, clock=clock)
     assert res["wall_time_s"] <= minutes * 60.0 * 1.15, res
     assert res["wall_time_s"] == pytest.approx(clock.now - FakeClock().now)
@@ -211,10 +205,9 @@ def test_step_is_measured_in_the_precision_training_picks(picked, monkeypatch):
     will pick (bf16 steps were measured in fp32 before, and a run sized for 655 ms/step took 330)."""
     import torch
 
-    import lmlab.train.precision as precision
     from lmlab.config import load_config
 
-    monkeypatch.setattr(precision, "pick_cpu_train_dtype", lambda *a, **k: {"dtype": picked})
+    monkeypatch.setattr(demo, "pick_cpu_train_dtype", lambda *a, **k: {"dtype": picked})
     cfg = load_config(
         "demo-python",
         [
@@ -242,8 +235,7 @@ def test_step_is_measured_in_the_precision_training_picks(picked, monkeypatch):
         )
         return model
 
-    # measure_step_seconds imports build_model from lmlab.model when it runs
-    monkeypatch.setattr(lmlab.model, "build_model", build)
+    monkeypatch.setattr(demo, "build_model", build)  # what measure_step_seconds calls
     demo.measure_step_seconds(cfg)
     want = torch.bfloat16 if picked == "bfloat16" else None
     assert seen and all(d == want for d in seen)

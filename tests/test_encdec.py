@@ -13,6 +13,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+import lmlab.model  # noqa: E402
 from lmlab.cli import main  # noqa: E402
 from lmlab.config import from_dict  # noqa: E402
 from lmlab.model import encdec as me  # noqa: E402
@@ -137,7 +138,7 @@ def config(setup: dict[str, Path], out: Path, **train: object):
 def trained(setup, tmp_path_factory) -> dict[str, object]:
     """One full run, with the in-memory encoder captured to compare before and after."""
     captured = {}
-    real = me.load_encoder
+    real = lmlab.model.load_encoder  # the name build_model looks up
 
     def spy(name: str):
         enc = real(name)
@@ -145,12 +146,12 @@ def trained(setup, tmp_path_factory) -> dict[str, object]:
         captured["before"] = {k: v.clone() for k, v in enc.state_dict().items()}
         return enc
 
-    me.load_encoder = spy
+    lmlab.model.load_encoder = spy
     try:
         out = tmp_path_factory.mktemp("encdec_run") / "run"
         result = run_encdec(config(setup, out))
     finally:
-        me.load_encoder = real
+        lmlab.model.load_encoder = real
     return {"out": out, "result": result, **captured}
 
 

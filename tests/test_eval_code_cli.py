@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import lmlab.sample
+import lmlab.eval.passk
 from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.eval.code import humaneval_program, mbpp_program, pass_at_k
@@ -112,7 +112,7 @@ def test_scores_what_the_completions_do(code_run, capsys, monkeypatch):
         p["prompt"]: [p["canonical_solution"], "    import sys\n    sys.exit(0)\n"]
         for p in PROBLEMS
     }
-    monkeypatch.setattr(lmlab.sample, "generate", _fake_generate(fake))
+    monkeypatch.setattr(lmlab.eval.passk, "generate", _fake_generate(fake))
     assert main(["eval", str(run), "--code", "humaneval", "--problems", str(he), "--samples", "2",
                  "--k", "1,2", "--allow-code-execution", "--json"]) == 0  # fmt: skip
     out = json.loads(capsys.readouterr().out)
@@ -124,7 +124,7 @@ def test_scores_what_the_completions_do(code_run, capsys, monkeypatch):
         mbpp_prompt(t): [t["code"] + "\nassert False\n", "import os\nos._exit(0)\n"]
         for t in MBPP_TASKS
     }
-    monkeypatch.setattr(lmlab.sample, "generate", _fake_generate(fake))
+    monkeypatch.setattr(lmlab.eval.passk, "generate", _fake_generate(fake))
     assert main(["eval", str(run), "--code", "mbpp", "--problems", str(mb), "--samples", "2", "--tasks", "1",
                  "--allow-code-execution", "--json"]) == 0  # fmt: skip
     out = json.loads(capsys.readouterr().out)
@@ -137,7 +137,7 @@ def test_scores_what_the_completions_do(code_run, capsys, monkeypatch):
 def test_never_overwrites_a_users_file(code_run, capsys, monkeypatch):
     run, he, _ = code_run
     fake = {p["prompt"]: ["    return 0\n"] for p in PROBLEMS}
-    monkeypatch.setattr(lmlab.sample, "generate", _fake_generate(fake))
+    monkeypatch.setattr(lmlab.eval.passk, "generate", _fake_generate(fake))
     args = [
         "eval",
         str(run),

@@ -17,6 +17,7 @@ import pytest
 from lmlab.config import load_config, save_config
 from lmlab.errors import ConfigError
 from lmlab.experiments import plots
+from lmlab.experiments import sweep as sweep_module
 from lmlab.experiments.compare import compare_runs
 from lmlab.experiments.seeds import (
     Interval,
@@ -155,7 +156,7 @@ def test_seeds_run_each_point_in_its_own_folder_and_tabulate_mean_and_range(fold
         calls.append((Path(cfg.train.out).name, cfg.train.seed, resume))
         return real(cfg, resume=resume, **kw)
 
-    monkeypatch.setattr(loop, "train", spy)
+    monkeypatch.setattr(sweep_module, "train", spy)
     res = run_sweep(write_sweep(folder, SWEEP))
     base_seed = load_config(folder / "base.toml").train.seed
     assert calls == [

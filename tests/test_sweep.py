@@ -13,6 +13,7 @@ import pytest
 
 from lmlab.config import save_config
 from lmlab.errors import ConfigError
+from lmlab.experiments import sweep as sweep_module
 from lmlab.experiments.spec import folder_name, load_sweep
 from lmlab.experiments.sweep import run_sweep
 from lmlab.train import loop
@@ -103,7 +104,7 @@ def test_resume_skips_finished_points_and_continues_a_partial_one(folder, monkey
         calls.append((Path(cfg.train.out).name, resume))
         return real(cfg, resume=resume, **kw)
 
-    monkeypatch.setattr(loop, "train", spy)
+    monkeypatch.setattr(sweep_module, "train", spy)
     res = run_sweep(sweep)
     assert calls == [("lr-0.003", True)]
     assert (runs / "lr-0.001" / "metrics.jsonl").read_text() == first_val
@@ -130,13 +131,13 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(folder, monkeypatch):
             raise RuntimeError("simulated out of memory")
         return real(cfg, resume=resume, **kw)
 
-    monkeypatch.setattr(loop, "train", flaky)
+    monkeypatch.setattr(sweep_module, "train", flaky)
     res = run_sweep(sweep)
     assert [r["status"] for r in res.rows] == ["failed", "ok"]
     assert "simulated out of memory" in res.rows[0]["error"]
     assert "simulated out of memory" in (folder / "out" / "results.md").read_text()
     # a rerun retries the failed point only
-    monkeypatch.setattr(loop, "train", real)
+    monkeypatch.setattr(sweep_module, "train", real)
     res = run_sweep(sweep)
     assert [r["status"] for r in res.rows] == ["ok", "ok"]
     assert not (folder / "out" / "runs" / "d_model-16" / "error.txt").exists()

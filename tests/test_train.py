@@ -231,11 +231,11 @@ def test_cuda_bf16_run(dataset, tmp_path):
 
 def test_fused_loss_trains_like_the_plain_loss(dataset, tmp_path, monkeypatch):
     """From vocab 1024 up the loop computes head + loss in chunks; same losses as the plain path."""
-    from lmlab.model import loss as fused
+    from lmlab.model import transformer
 
     calls = []
-    real = fused.linear_cross_entropy
-    monkeypatch.setattr(fused, "linear_cross_entropy", lambda *a: calls.append(1) or real(*a))
+    real = transformer.linear_cross_entropy
+    monkeypatch.setattr(transformer, "linear_cross_entropy", lambda *a: calls.append(1) or real(*a))
     common = dict(model__vocab_size=1100, train__max_steps=6, train__eval_every=3, eval__samples=0)
     # in float64 (see test_accumulation_matches_one_pass): the two paths differ by roundoff only
     with float64():

@@ -183,6 +183,36 @@ def test_home_and_root_are_never_outputs(tmp_path, capsys, monkeypatch):
         check_output("/", "run", whole=False)
 
 
+@pytest.mark.parametrize("command", ["tokenizer", "prepare", "train", "demo", "compare"])
+def test_the_cli_and_the_library_refuse_the_same_folders_and_the_cli_names_the_flag(
+    tmp_path, capsys, monkeypatch, dataset, finished_run, command
+):
+    # one guard (lmlab.outputs.refuse_protected): the home directory, which the CLI's own check
+    # by name (., .., /) let through to the library, is refused by the CLI naming --out
+    from lmlab.outputs import refuse_protected
+
+    home = tmp_path / "home"
+    files = user_folder(home)
+    monkeypatch.setenv("HOME", str(home))
+    c = corpus(tmp_path)
+    argv = {
+        "tokenizer": ["tokenizer", "train", "--input", str(c), "--vocab-size", "64", "--out"],
+        "prepare": ["data", "prepare", "--input", str(c), "--tokenizer", str(c), "--out"],
+        "train": ["train", str(finished_run / "config.toml"), "--out"],
+        "demo": ["demo", "--minutes", "0.01", "--out"],
+        "compare": ["compare", str(finished_run), "--out"],
+    }[command]
+    assert main([*argv, str(home)]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"lmlab: error: --out {home}: is the home directory;"), err
+    assert err.endswith(f"(name a new folder, e.g. --out {home}/out)")
+    assert_intact(home, files)
+    with pytest.raises(DataError) as e:  # the library's wording: the same reason, no flag
+        refuse_protected(home)
+    assert str(e.value).startswith(f"{home}: is the home directory;")
+    assert refuse_protected(home / "out", "--out") == home / "out"
+
+
 def test_out_naming_a_file_is_refused_not_renamed(tmp_path, capsys, finished_run):
     target = tmp_path / "model.bin"
     target.write_text("precious")

@@ -19,10 +19,17 @@ resolved without training anything:
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from lmlab.config import Config, ModelConfig, builtin_recipes, load_config
 from lmlab.errors import ConfigError, LmlabError
+from lmlab.export.hf_import import model_fields
+from lmlab.io import expand_inputs, read_json
+from lmlab.runs import read_config, resolve_checkpoint
+from lmlab.tokenizer import load_tokenizer
+from lmlab.tokenizer.base import check_special_tokens
+from lmlab.tokenizer.corpus import Corpus
 
 # Where `lmlab demo` (default --out runs/demo) writes its run, and the recipe it trains.
 DEMO_RUN = Path("runs/demo/run")
@@ -47,8 +54,6 @@ def _same_path(a: str | Path, b: str | Path) -> bool:
 
 def base_config(init_from: str) -> tuple[Config, str]:
     """The config whose model ``train.init_from`` holds: the run's own, or the recipe that writes it."""
-    from lmlab.runs import read_config, resolve_checkpoint
-
     if init_from.startswith("hf:"):
         return _hf_base_config(init_from)
     if Path(init_from).exists():
@@ -73,13 +78,9 @@ def base_config(init_from: str) -> tuple[Config, str]:
 
 def _hf_base_config(init_from: str) -> tuple[Config, str]:
     """``hf:FOLDER``: the model of its config.json (no weights read), or of the run it will export."""
-    from lmlab.export.hf_import import model_fields
-
     folder = Path(init_from[len("hf:") :]).expanduser()
     cfg_file = folder / "config.json"
     if cfg_file.is_file():
-        import json
-
         try:
             hf = json.loads(cfg_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
@@ -97,10 +98,6 @@ def _hf_base_config(init_from: str) -> tuple[Config, str]:
 
 
 def _char_vocab(cfg: Config) -> tuple[int, str]:
-    from lmlab.io import expand_inputs
-    from lmlab.tokenizer.base import check_special_tokens
-    from lmlab.tokenizer.corpus import Corpus
-
     t = cfg.tokenizer
     try:
         files = expand_inputs(list(t.input))
@@ -124,15 +121,11 @@ def _char_vocab(cfg: Config) -> tuple[int, str]:
 
 def resolve_vocab(cfg: Config) -> tuple[int, str]:
     """(vocabulary size, where it came from); see the module docstring for the order."""
-    from lmlab.io import read_json
-
     if cfg.model.vocab_size > 0:
         return cfg.model.vocab_size, "model.vocab_size"
 
     def tokenizer_at(path: str) -> int | None:
         if path and Path(path).exists():
-            from lmlab.tokenizer import load_tokenizer
-
             return int(load_tokenizer(path).vocab_size)
         return None
 

@@ -23,44 +23,20 @@ Conventions, stated once:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import Config, ModelConfig, load_config
+from lmlab.account_model import resolve_model, resolve_vocab
+from lmlab.config import Config, ModelConfig
+from lmlab.device import PEAK_FLOPS, detect_peak_flops, known_peak_flops
 from lmlab.errors import ConfigError, LmlabError
-
-# Dense (no sparsity) bf16/fp16 tensor-core peaks in FLOP/s, matched against the CUDA device
-# name in order (more specific names first). Sources: vendor data sheets.
-PEAK_FLOPS: list[tuple[str, float]] = [
-    ("GB200", 2.5e15),
-    ("B200", 2.25e15),
-    ("GH200", 989e12),  # Grace Hopper: an H100-class GPU (before "H200", which its name contains)
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-    ("A10", 125e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("V100", 125e12),
-    ("T4", 65e12),
-    ("MI300X", 1307e12),
-    ("MI250X", 383e12),
-]
+from lmlab.io import read_json
+from lmlab.model.transformer import resolve_d_ff
 
 # --- parameters -------------------------------------------------------------------------------
 
 
 def _d_ff(m: ModelConfig) -> int:
-    from lmlab.model.transformer import resolve_d_ff
-
     return resolve_d_ff(m)
 
 
@@ -244,24 +220,6 @@ def mfu(tokens_per_sec: float, mcfg: ModelConfig, seq_len: int, peak_flops: floa
     return tokens_per_sec * training_flops_per_token(mcfg, seq_len) / peak_flops
 
 
-def known_peak_flops(device_name: str) -> float | None:
-    """The dense bf16 peak for a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3'), else None."""
-    for key, peak in PEAK_FLOPS:
-        if key.lower() in device_name.lower():
-            return peak
-    return None
-
-
-def detect_peak_flops() -> tuple[str, float | None]:
-    """(device name, peak FLOP/s or None) for the current CUDA device; CPU gives None."""
-    import torch
-
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        return name, known_peak_flops(name)
-    return "cpu", None
-
-
 # --- memory -----------------------------------------------------------------------------------
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -363,13 +321,11 @@ def training_time_seconds(
     return tokens * training_flops_per_token(mcfg, seq_len) / (mfu_fraction * peak_flops)
 
 
-# --- the `lmlab account` command --------------------------------------------------------------
+# --- everything `lmlab account` reports (the tables: lmlab.account_report) ------------------------
 
 
 def resolve_vocab_size(cfg: Config) -> int:
     """model.vocab_size, else the tokenizer's, the dataset's or the tokenizer stage's (lmlab.account_model)."""
-    from lmlab.account_model import resolve_vocab
-
     return resolve_vocab(cfg)[0]
 
 
@@ -381,8 +337,6 @@ def encoder_width(name_or_path: str) -> int:
     """model.encoder's hidden size: a local folder's config.json, else a known hub name's."""
     cfg_file = Path(name_or_path) / "config.json"
     if cfg_file.is_file():
-        from lmlab.io import read_json
-
         conf = read_json(cfg_file)
         width = conf.get("hidden_size") or conf.get("d_model")
         if isinstance(width, int) and width > 0:
@@ -396,27 +350,6 @@ def encoder_width(name_or_path: str) -> int:
     )
 
 
-def _fmt_count(x: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.2f}{unit}"
-    return f"{x:.0f}"
-
-
-def _fmt_bytes(x: float) -> str:
-    return f"{x / 2**30:.2f} GiB" if x >= 2**28 else f"{x / 2**20:.1f} MiB"
-
-
-def _fmt_time(s: float) -> str:
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 2 * 3600:
-        return f"{s / 60:.1f} min"
-    if s < 2 * 86400:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
-
-
 def account(
     cfg: Config,
     seq_len: int = 0,
@@ -427,8 +360,6 @@ def account(
     peak_tflops: float = 0.0,
 ) -> dict[str, Any]:
     """Everything `lmlab account` reports, as one JSON-ready dict."""
-    from lmlab.account_model import resolve_model
-
     resolved = resolve_model(cfg)
     m = resolved.model
     enc_dim = encoder_width(m.encoder) if m.arch == "encdec" else 0
@@ -493,126 +424,9 @@ def account(
     return out
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for j, r in enumerate(rows):
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        lines.append("  ".join(cells).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def format_report(res: dict[str, Any]) -> str:
-    p = res["params"]
-    total = p["total"]
-    rows = [("parameters", "count", "share")]
-    for k in (
-        "token_embedding",
-        "position_embedding",
-        "attention",
-        "mlp",
-        "norms",
-        "head",
-        "encoder_proj",
-    ):
-        if k not in p:
-            continue
-        label = k + (" (tied)" if k == "head" and p["tied"] else "")
-        rows.append((label, f"{p[k]:,}", f"{p[k] / total:.1%}"))
-    rows.append(("total", f"{total:,}", f"({_fmt_count(total)})"))
-    rows.append(("non-embedding", f"{p['non_embedding']:,}", f"({_fmt_count(p['non_embedding'])})"))
-    out = [
-        f"arch {res['arch']}, vocab {res['vocab_size']}, seq_len {res['seq_len']}",
-        f"vocabulary from {res['vocab_source']}",
-    ]
-    if res["model_source"] != "config":
-        out.append(f"model from {res['model_source']}")
-    if res["arch"] == "encdec":
-        out.append(
-            "(the trained decoder only: the frozen encoder's parameters and forward pass are not counted)"
-        )
-    out += ["", _table(rows), ""]
-    rows = [("forward FLOPs per token", "FLOPs", "share")]
-    for k, v in res["forward_flops"].items():
-        rows.append((k, _fmt_count(v["flops"]), f"{v['share']:.1%}"))
-    rows.append(("total", _fmt_count(res["forward_flops_total"]), ""))
-    rows.append(("training (3x forward)", _fmt_count(res["training_flops_per_token"]), ""))
-    rows.append(("6N for comparison", _fmt_count(res["six_n"]), ""))
-    rows.append(
-        (
-            f"forward per sequence ({res['seq_len']} tokens)",
-            _fmt_count(res["forward_flops_per_sequence"]),
-            "",
-        )
-    )
-    rows.append(("training per sequence", _fmt_count(res["training_flops_per_sequence"]), ""))
-    out += [_table(rows), "(matmuls only; attention over the full T x T, no causal halving)", ""]
-    mem = res["memory_bytes"]
-    rows = [
-        (
-            f"training memory, batch {res['batch_size']} x {res['seq_len']}, {res['compute_dtype']}",
-            "bytes",
-        )
-    ]
-    for k in ("weights", "gradients", "optimizer", "activations", "total"):
-        rows.append((k, _fmt_bytes(mem[k])))
-    out += [
-        _table(rows),
-        "(AdamW, fp32 weights/grads/moments; excludes CUDA context and fragmentation)",
-        "",
-    ]
-    if "max_batch_size" in res:
-        out.append(
-            f"largest batch in {res['memory_gb']:g} GiB at seq_len {res['seq_len']}: {res['max_batch_size']}"
-        )
-    if "time" in res:
-        tm = res["time"]
-        out.append(
-            f"time for {_fmt_count(tm['tokens'])} tokens at MFU {tm['mfu']:.0%} of "
-            f"{res['peak_flops'] / 1e12:g} TFLOP/s ({res['device']}): {_fmt_time(tm['seconds'])}"
-        )
-    return "\n".join(out).rstrip() + "\n"
-
-
-def account_command(
-    config: str,
-    overrides: list[str],
-    *,
-    seq_len: int = 0,
-    batch_size: int = 0,
-    memory_gb: float = 0.0,
-    tokens: float = 0.0,
-    mfu: float = 0.4,
-    peak_tflops: float = 0.0,
-    as_json: bool = False,
-) -> None:
-    """`lmlab account CONFIG.toml [--seq-len S] [--batch-size B] [--memory-gb G] [--tokens N] ...`."""
-    cfg = load_config(config, overrides)
-    if seq_len < 0 or batch_size < 0:
-        raise LmlabError("--seq-len and --batch-size must be positive")
-    if not 0 < mfu <= 1:
-        raise LmlabError(f"--mfu must be in (0, 1], got {mfu}")
-    res = account(
-        cfg,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        memory_gb=memory_gb,
-        tokens=tokens,
-        mfu_fraction=mfu,
-        peak_tflops=peak_tflops,
-    )
-    if as_json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(format_report(res), end="")
-
-
 __all__ = [
     "PEAK_FLOPS",
     "account",
-    "account_command",
     "activation_bytes_per_token",
     "count_params",
     "flops_per_token",

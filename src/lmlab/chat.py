@@ -29,9 +29,11 @@ from typing import Any, TextIO
 import torch
 
 from lmlab.config import SampleConfig
+from lmlab.data.sft import resolve_template
 from lmlab.device import inference_device
 from lmlab.errors import LmlabError
 from lmlab.io import read_json
+from lmlab.runs import load_model_for_inference, resolve_checkpoint
 from lmlab.sample import generate
 
 HELP = "commands: /reset (forget the conversation), /temp T (temperature, 0 = greedy), /quit"
@@ -62,8 +64,6 @@ def _template_from(value: Any, where: str) -> ChatTemplate | None:
     if isinstance(value, dict) and isinstance(value.get("prompt"), str):
         return ChatTemplate(value["prompt"], [str(s) for s in value.get("stop", []) if s])
     if isinstance(value, str) and value:
-        from lmlab.data.sft import resolve_template
-
         # The SFT module owns the template language (named templates, {instruction}, {input},
         # {{ }} escapes); chat uses its no-input prompt, exactly as template.json records it.
         t = resolve_template(value)
@@ -128,6 +128,38 @@ class Conversation:
         self.turns.append(turn)
 
 
+def _run_command(command: str, conv: Conversation, temperature: float, out: TextIO) -> float | None:
+    """One ``/command`` line: None for /quit, else the temperature from now on."""
+    name, _, arg = command.partition(" ")
+    if name == "/quit":
+        return None
+    if name == "/reset":
+        conv.reset()
+        out.write("(conversation reset)\n")
+    elif name == "/temp":
+        try:
+            value = float(arg)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:
+            out.write(f"(/temp needs a number >= 0, got {arg!r})\n")
+        else:
+            temperature = value
+            out.write(f"(temperature {temperature:g})\n")
+    else:
+        out.write(f"(unknown command {name}; {HELP})\n")
+    return temperature
+
+
+def _end_reply(sample: Any, out: TextIO) -> None:
+    """After the streamed reply: a newline, the sampler's note, and a hint for an empty reply."""
+    out.write("\n")
+    if sample.message:
+        out.write(f"({sample.message})\n")
+    if not sample.text.strip():
+        out.write("(empty reply: the model ended its text at once; try /temp 1 or more context)\n")
+
+
 def chat_session(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -165,24 +197,10 @@ def chat_session(
         message = line.rstrip("\n")
         command = message.strip()
         if command.startswith("/"):
-            name, _, arg = command.partition(" ")
-            if name == "/quit":
+            new_temperature = _run_command(command, conv, temperature, out)
+            if new_temperature is None:
                 break
-            if name == "/reset":
-                conv.reset()
-                out.write("(conversation reset)\n")
-            elif name == "/temp":
-                try:
-                    value = float(arg)
-                except ValueError:
-                    value = -1.0
-                if not value >= 0:
-                    out.write(f"(/temp needs a number >= 0, got {arg!r})\n")
-                else:
-                    temperature = value
-                    out.write(f"(temperature {temperature:g})\n")
-            else:
-                out.write(f"(unknown command {name}; {HELP})\n")
+            temperature = new_temperature
             continue
         if not command:
             continue
@@ -202,13 +220,7 @@ def chat_session(
         except LmlabError as e:  # e.g. a message longer than a learned-position context
             out.write(f"(error: {e})\n")
             continue
-        out.write("\n")
-        if sample.message:
-            out.write(f"({sample.message})\n")
-        if not sample.text.strip():
-            out.write(
-                "(empty reply: the model ended its text at once; try /temp 1 or more context)\n"
-            )
+        _end_reply(sample, out)
         conv.add(new_ids, sample.text)
         exchanged.append((message, sample.text))
         turn += 1
@@ -221,8 +233,6 @@ def chat_loop(
     max_new_tokens: int = SampleConfig.max_new_tokens,
 ) -> None:
     """`lmlab chat RUN`: load the run and talk on stdin/stdout."""
-    from lmlab.runs import load_model_for_inference, resolve_checkpoint
-
     model, cfg, tokenizer = load_model_for_inference(run, device=inference_device(), decode_batch=1)
     template = find_template(resolve_checkpoint(run), cfg)
     chat_session(

@@ -24,7 +24,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from lmlab.config import Config, load_config, resolve_vocab_size
+from lmlab.data.loader import TokenSplit
+from lmlab.data.shards import read_meta
+from lmlab.device import autocast, resolve_device, resolve_dtype
+from lmlab.errors import ConfigError
+from lmlab.eval.code import extract_function_headers, syntax_pass_rate
+from lmlab.eval.metrics import evaluate_path, format_metrics
+from lmlab.healing import generate_healed as generate
+from lmlab.model import build_model
+from lmlab.outputs import check_output, write_marker
+from lmlab.pipeline import resolve_training_inputs
+from lmlab.report import markdown_table, write_report
+from lmlab.runs import load_model_for_inference
+from lmlab.train.loop import FUSED_LOSS_MIN_VOCAB, train
+from lmlab.train.optim import build_optimizer
+from lmlab.train.precision import pick_cpu_train_dtype
 
 # Seconds kept back for evaluation, sampling, the syntax check and the report (at most this
 # share of the budget, so a short budget still trains).
@@ -45,16 +64,12 @@ SYNTAX_TOP_K = 50
 BATCH_EXTRA = 0.25
 # The whole command's budget, `lmlab demo`'s default --minutes (README: "about 5 minutes").
 DEFAULT_MINUTES = 5.0
+# Held-out prompts taken from one file at most: spread over files, not one file's methods.
+PROMPTS_PER_FILE = 2
 
 
 def _training_dtype(cfg: Config, model: Any, device: Any) -> Any:
     """The dtype the trainer will pick for ``cfg`` on ``device`` (lmlab.train.precision on a CPU)."""
-    import torch
-
-    from lmlab.device import resolve_dtype
-    from lmlab.train.loop import FUSED_LOSS_MIN_VOCAB
-    from lmlab.train.precision import pick_cpu_train_dtype
-
     t, m = cfg.train, cfg.model
     if t.dtype != "auto" or device.type != "cpu" or m.arch != "transformer":
         return resolve_dtype(t.dtype, device)
@@ -79,13 +94,6 @@ def measure_step_seconds(cfg: Config, max_seconds: float = float("inf")) -> floa
 
     The median of TIMING_STEPS steps after a warm-up one, or of fewer once ``max_seconds`` are
     spent (a slow machine should not give its training time to the measurement)."""
-    import torch
-    import torch.nn.functional as F
-
-    from lmlab.device import autocast, resolve_device
-    from lmlab.model import build_model
-    from lmlab.train.optim import build_optimizer
-
     device = resolve_device(cfg.train.device)
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device)
@@ -180,21 +188,11 @@ def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
     t.max_minutes = max(seconds, step_s) / 60.0
 
 
-# Held-out prompts taken from one file at most: spread over files, not one file's methods.
-PROMPTS_PER_FILE = 2
-
-
 def held_out_prompts(data_dir: Path, tokenizer: Any, limit: int = 40) -> list[str]:
     """Function-header prompts from the val split's documents: code the model never trained on.
 
     The module-level functions with a docstring (HumanEval's kind of prompt), at most
     ``PROMPTS_PER_FILE`` from each document in split order, so no single file sets the rate."""
-    import numpy as np
-
-    from lmlab.data.loader import TokenSplit
-    from lmlab.data.shards import read_meta
-    from lmlab.eval.code import extract_function_headers
-
     meta = read_meta(data_dir)
     split = TokenSplit(data_dir, "val", meta)
     n = min(split.n_tokens, 2_000_000)
@@ -220,7 +218,6 @@ def make_generate_fn(
 
     Token healing (lmlab.healing): a prompt ends in a newline, a token the model saw only
     before column-0 code, so without it most completions start the next top-level statement."""
-    from lmlab.healing import generate_healed as generate
 
     def generate_fn(prompts: list[str], max_new_tokens: int) -> list[tuple[str, bool]]:
         out: list[tuple[str, bool] | None] = [None] * len(prompts)
@@ -304,29 +301,15 @@ def _sample_within(
     return s.text, len(s.tokens)
 
 
-def run_demo(
-    minutes: float = DEFAULT_MINUTES,
-    out: Path = Path("runs/demo"),
-    overrides: list[str] | None = None,
-    clock: Any = None,
-) -> dict[str, Any]:
-    """Run the demo; returns the final metrics (also in ``out/run/report.md``)."""
-    from lmlab.errors import ConfigError
-    from lmlab.pipeline import resolve_training_inputs
-
-    if minutes <= 0:
-        raise ConfigError(f"--minutes: must be positive, got {minutes}")
-    clock = clock or time.monotonic  # looked up now: tests scale the time module's clocks
-    budget = Budget(minutes * 60.0, clock)
-    from lmlab.outputs import check_output, write_marker
-
+def _demo_config(out: Path, overrides: list[str] | None) -> Config:
+    """The demo-python recipe writing into ``out`` (marked as a demo folder)."""
     check_output(
         out, "demo", whole=False
     )  # its tokenizer/, data/ and run/ are checked again when written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "demo")
-    cfg = load_config(
+    return load_config(
         "demo-python",
         [
             f"tokenizer.out={out / 'tokenizer'}",
@@ -335,16 +318,10 @@ def run_demo(
             *(overrides or []),
         ],
     )
-    print(f"lmlab demo: {minutes:g} minute budget, output in {out}/", flush=True)
-    # 1-2) tokenizer and data, skipped when up to date
-    cfg = resolve_training_inputs(cfg)
-    from lmlab.data.shards import read_meta
 
-    meta = read_meta(Path(cfg.data.path))
-    resolve_vocab_size(cfg.model, meta["vocab_size"])
-    cfg.validate()
 
-    # 3) train for the time that is left
+def _size_training(cfg: Config, budget: Budget, minutes: float) -> float:
+    """Step 3a: set train.max_steps to the time left after the finish's reserve; the step time."""
     left = budget.left() - finish_reserve(minutes * 60.0)
     if left < 20:
         raise ConfigError(
@@ -357,31 +334,14 @@ def run_demo(
         f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min",
         flush=True,
     )
-    from lmlab.train.loop import train
+    return step_s
 
-    result = train(
-        cfg, resume=False, force=True
-    )  # the demo's own run folder: a rerun starts it over
 
-    # 4) eval on the whole val split, or on as many batches as the time left allows
-    from lmlab.eval.metrics import evaluate_path, format_metrics
-
-    run_dir = Path(cfg.train.out)
-    val_tokens = int(meta["splits"].get("val", {}).get("tokens", 0))
-    whole = max(1, -(-val_tokens // (cfg.eval_batch_size * cfg.model.context_length)))
-    # a forward pass is about a third of a training step (forward + backward); the same batch.
-    # The step time is what training really took, if slower than measured (a loaded machine)
-    step_s = max(step_s, result.wall_time_s / max(result.steps, 1))
-    report_s = REPORT_S + step_s  # the report and plot, slower on a slower machine
-    eval_batches = eval_batches_for(EVAL_SHARE * (budget.left() - report_s), step_s / 3.0, whole)
-    metrics = evaluate_path(str(run_dir), batches=eval_batches)
-    print("[eval]\n" + format_metrics(metrics), flush=True)
-
-    # 5) samples and syntax pass rate from held-out function headers
-    from lmlab.eval.code import syntax_pass_rate
-    from lmlab.healing import generate_healed as generate
-    from lmlab.runs import load_model_for_inference
-
+def _samples_and_syntax(
+    cfg: Config, run_dir: Path, budget: Budget, report_s: float, clock: Any
+) -> tuple[list[str], dict[str, Any] | None, int]:
+    """Step 5: up to two samples from held-out function headers, then as many syntax-check
+    completions as the time left allows; (samples as markdown, syntax report, completions)."""
     model, _, tokenizer = load_model_for_inference(run_dir, device="cpu", decode_batch=1)
     prompts = held_out_prompts(Path(cfg.data.path), tokenizer) or [""]
     shown = []
@@ -420,10 +380,19 @@ def run_demo(
         )
     else:
         print("[syntax] skipped: no time left in the budget", flush=True)
+    return shown, syntax, n_syntax
 
-    # 6) report
-    from lmlab.report import markdown_table, write_report
 
+def _demo_report(
+    run_dir: Path,
+    meta: dict[str, Any],
+    final: dict[str, Any],
+    result: Any,
+    eval_batches: int | None,
+    syntax: dict[str, Any] | None,
+    shown: list[str],
+) -> Path:
+    """Step 6: report.md with the data, training, final metrics, syntax rate and samples."""
     filt = meta.get("filter") or {}
     data_lines = [
         f"Corpus: the Python standard library of this interpreter, filtered as code: "
@@ -434,11 +403,6 @@ def run_demo(
         data_lines.append(
             "\nFilter report:\n\n```json\n" + json.dumps(filt, indent=1)[:3000] + "\n```"
         )
-    final = {
-        k: metrics[k]
-        for k in ("val_loss", "perplexity", "accuracy", "bits_per_byte", "tokens")
-        if k in metrics
-    }
     train_summary = {
         "steps": result.steps,
         "tokens seen": result.tokens,
@@ -446,7 +410,7 @@ def run_demo(
         "wall time (s)": round(result.wall_time_s, 1),
         "stopped by": result.stop_reason,
     }
-    report = write_report(
+    return write_report(
         run_dir,
         title="lmlab demo: a small Python code model",
         sections={
@@ -463,6 +427,56 @@ def run_demo(
             "Samples from held-out function headers": "\n\n".join(shown),
         },
     )
+
+
+def run_demo(
+    minutes: float = DEFAULT_MINUTES,
+    out: Path = Path("runs/demo"),
+    overrides: list[str] | None = None,
+    clock: Any = None,
+) -> dict[str, Any]:
+    """Run the demo; returns the final metrics (also in ``out/run/report.md``)."""
+    if minutes <= 0:
+        raise ConfigError(f"--minutes: must be positive, got {minutes}")
+    clock = clock or time.monotonic  # looked up now: tests scale the time module's clocks
+    budget = Budget(minutes * 60.0, clock)
+    cfg = _demo_config(out, overrides)
+    out = Path(out)
+    print(f"lmlab demo: {minutes:g} minute budget, output in {out}/", flush=True)
+    # 1-2) tokenizer and data, skipped when up to date
+    cfg = resolve_training_inputs(cfg)
+    meta = read_meta(Path(cfg.data.path))
+    resolve_vocab_size(cfg.model, meta["vocab_size"])
+    cfg.validate()
+
+    # 3) train for the time that is left
+    step_s = _size_training(cfg, budget, minutes)
+    result = train(
+        cfg, resume=False, force=True
+    )  # the demo's own run folder: a rerun starts it over
+
+    # 4) eval on the whole val split, or on as many batches as the time left allows
+    run_dir = Path(cfg.train.out)
+    val_tokens = int(meta["splits"].get("val", {}).get("tokens", 0))
+    whole = max(1, -(-val_tokens // (cfg.eval_batch_size * cfg.model.context_length)))
+    # a forward pass is about a third of a training step (forward + backward); the same batch.
+    # The step time is what training really took, if slower than measured (a loaded machine)
+    step_s = max(step_s, result.wall_time_s / max(result.steps, 1))
+    report_s = REPORT_S + step_s  # the report and plot, slower on a slower machine
+    eval_batches = eval_batches_for(EVAL_SHARE * (budget.left() - report_s), step_s / 3.0, whole)
+    metrics = evaluate_path(str(run_dir), batches=eval_batches)
+    print("[eval]\n" + format_metrics(metrics), flush=True)
+
+    # 5) samples and syntax pass rate from held-out function headers
+    shown, syntax, n_syntax = _samples_and_syntax(cfg, run_dir, budget, report_s, clock)
+
+    # 6) report
+    final = {
+        k: metrics[k]
+        for k in ("val_loss", "perplexity", "accuracy", "bits_per_byte", "tokens")
+        if k in metrics
+    }
+    report = _demo_report(run_dir, meta, final, result, eval_batches, syntax, shown)
     total = budget.elapsed()
     print(f"lmlab demo: done in {total / 60:.1f} min; report: {report}", flush=True)
     return {

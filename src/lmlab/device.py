@@ -17,6 +17,48 @@ import torch
 
 from lmlab.errors import ConfigError
 
+# Dense (no sparsity) bf16/fp16 tensor-core peaks in FLOP/s, matched against the CUDA device
+# name in order (more specific names first). Sources: vendor data sheets.
+PEAK_FLOPS: list[tuple[str, float]] = [
+    ("GB200", 2.5e15),
+    ("B200", 2.25e15),
+    ("GH200", 989e12),  # Grace Hopper: an H100-class GPU (before "H200", which its name contains)
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+    ("MI300X", 1307e12),
+    ("MI250X", 383e12),
+]
+
+
+def known_peak_flops(device_name: str) -> float | None:
+    """The dense bf16 peak for a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3'), else None."""
+    for key, peak in PEAK_FLOPS:
+        if key.lower() in device_name.lower():
+            return peak
+    return None
+
+
+def detect_peak_flops() -> tuple[str, float | None]:
+    """(device name, peak FLOP/s or None) for the current CUDA device; CPU gives None."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return name, known_peak_flops(name)
+    return "cpu", None
+
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -104,15 +146,13 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """Dense bf16/fp16 peak FLOP/s of one CUDA device (lmlab.accounting's table), else None.
+    """Dense bf16/fp16 peak FLOP/s of one CUDA device (:data:`PEAK_FLOPS`), else None.
 
     None on CPU/MPS, for unlisted GPUs and for float32 (no tensor-core peak applies), so MFU
     is only reported where it means something.
     """
     if device.type != "cuda" or dtype is torch.float32:
         return None
-    from lmlab.accounting import known_peak_flops
-
     return known_peak_flops(torch.cuda.get_device_name(device))
 
 

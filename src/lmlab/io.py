@@ -7,6 +7,7 @@ import glob
 import hashlib
 import json
 import os
+import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,6 @@ STDLIB_ALIAS = "@stdlib"
 
 def stdlib_path() -> Path:
     """The running interpreter's standard library folder (the embedded default corpus)."""
-    import sysconfig
-
     return Path(sysconfig.get_paths()["stdlib"])
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from lmlab.accounting import training_memory
 from lmlab.config import Config, ModelConfig
 from lmlab.errors import ConfigError
 
@@ -101,8 +102,6 @@ def buffer_bytes(m: ModelConfig) -> float:
 
 def training_bytes(m: ModelConfig, micro_batch: int, compute_dtype: str) -> float:
     """lmlab.accounting's training memory for one micro-batch, plus the model's buffers."""
-    from lmlab.accounting import training_memory
-
     return training_memory(m, micro_batch, m.context_length, compute_dtype)["total"] + buffer_bytes(
         m
     )

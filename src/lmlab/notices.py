@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
+from tqdm import tqdm
+
 _said: set[Hashable] = set()
 
 
@@ -34,8 +36,6 @@ def first_time(key: Hashable) -> bool:
 
 
 def _stderr(line: str) -> None:
-    from tqdm import tqdm
-
     tqdm.write(line, file=sys.stderr)  # above a progress bar, if one is drawn
 
 

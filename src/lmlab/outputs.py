@@ -137,6 +137,31 @@ def protected_reason(path: Path) -> str | None:
     return None
 
 
+def refuse_protected(folder: str | Path, flag: str | None = None) -> Path:
+    """``folder`` as an absolute path, unless :func:`protected_reason` forbids it as an output:
+    then DataError naming the folder, and the command-line ``flag`` (``--out``) when given.
+
+    The one guard of both the library (:func:`check_output`) and the CLI, which calls it with
+    the flag before any work starts."""
+    given = str(folder)
+    path = Path(os.path.abspath(os.path.expanduser(given)))
+    if path.is_symlink() and path.is_dir():  # a link the user made to put the output elsewhere
+        path = path.resolve()
+    why = protected_reason(path)
+    if why:
+        shown = given if given == str(path) else f"{given} ({path})"
+        if flag is None:
+            raise DataError(
+                f"{shown}: {why}; lmlab writes its output only into a folder of its own "
+                "(name a new folder, e.g. out/)"
+            )
+        raise DataError(
+            f"{flag} {shown}: {why}; lmlab writes its output only into a folder of its own "
+            f"(name a new folder, e.g. {flag} {given.rstrip('/')}/out)"
+        )
+    return path
+
+
 def check_output(folder: str | Path, kind: str | None, *, whole: bool = True) -> Path:
     """Check lmlab may write the ``kind`` output ``folder``; return it as an absolute path.
 
@@ -145,16 +170,7 @@ def check_output(folder: str | Path, kind: str | None, *, whole: bool = True) ->
     ``kind`` None accepts only an absent or empty folder. Raises DataError naming the folder.
     """
     given = str(folder)
-    path = Path(os.path.abspath(os.path.expanduser(given)))
-    if path.is_symlink() and path.is_dir():  # a link the user made to put the output elsewhere
-        path = path.resolve()
-    why = protected_reason(path)
-    if why:
-        shown = given if given == str(path) else f"{given} ({path})"
-        raise DataError(
-            f"{shown}: {why}; lmlab writes its output only into a folder of its own "
-            "(name a new folder, e.g. out/)"
-        )
+    path = refuse_protected(given)
     if not path.exists() and not path.is_symlink():
         return path
     if not path.is_dir():

@@ -14,6 +14,17 @@ from typing import Any
 from lmlab.io import atomic_write_text
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, imported when a plot is first drawn."""
+    # lazy: matplotlib costs ~0.5 s to import, and the backend must be set before pyplot loads
+    import matplotlib  # noqa: PLC0415 (see above)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (see above)
+
+    return plt
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The run's metrics.jsonl as a list of dicts; a torn last line (crash) is ignored."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -48,11 +59,7 @@ def plot_losses(run_dir: Path, out: Path | None = None, title: str | None = None
     vs, vl = loss_series(rows, "val_loss")
     if not ts and not vs:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out = Path(out) if out else Path(run_dir) / "loss.png"
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     if ts:

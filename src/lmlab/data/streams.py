@@ -165,8 +165,8 @@ def _offline_reason() -> str | None:
         if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
             return f"{var} is set"
     try:
-        from huggingface_hub import constants
-        from huggingface_hub.utils import get_session
+        from huggingface_hub import constants  # noqa: PLC0415 (optional: the hub client comes with datasets/transformers)
+        from huggingface_hub.utils import get_session  # noqa: PLC0415 (as above)
     except ImportError:  # datasets will say what is wrong
         return None
     if constants.HF_HUB_OFFLINE:
@@ -180,7 +180,7 @@ def _offline_reason() -> str | None:
 
 def _import_datasets(src: StreamSource) -> Any:
     try:
-        import datasets  # optional extra: pip install 'lmlab[datasets]'
+        import datasets  # noqa: PLC0415 (optional extra: pip install 'lmlab[datasets]')
     except ImportError:
         raise DataError(
             f"{src.spec}: streaming a dataset needs the optional package 'datasets' "
@@ -306,7 +306,7 @@ def _disk_files(src: StreamSource) -> list[Path]:
 
 def _disk_batches(src: StreamSource, text_field: str, rows: int) -> Iterator[list[Any]]:
     try:
-        import pyarrow as pa
+        import pyarrow as pa  # noqa: PLC0415 (optional extra: lmlab[parquet])
     except ImportError:
         raise DataError(
             f"{src.spec}: reading a save_to_disk folder needs pyarrow (pip install 'lmlab[parquet]')"

@@ -30,6 +30,8 @@ from lmlab.errors import LmlabError
 from lmlab.eval.code import cut_completion, run_humaneval, run_mbpp
 from lmlab.eval.sandbox import OPT_IN_HINT, SandboxConfig
 from lmlab.io import atomic_write_text, sha256_file
+from lmlab.runs import load_model_for_inference, resolve_checkpoint
+from lmlab.sample import generate
 
 FORMAT = "lmlab-code-eval-v1"
 BENCHMARKS = ("humaneval", "mbpp")
@@ -139,6 +141,84 @@ def _output_paths(run: Path, benchmark: str) -> tuple[Path, Path]:
     return samples, summary
 
 
+def _check_request(
+    benchmark: str, samples: int, ks: list[int], tasks: int, max_new_tokens: int
+) -> None:
+    if benchmark not in BENCHMARKS:
+        raise LmlabError(f"--code {benchmark!r}: expected one of {', '.join(BENCHMARKS)}")
+    if samples < 1 or tasks < 0 or max_new_tokens < 1:
+        raise LmlabError("--samples and --max-new-tokens must be >= 1, --tasks >= 0")
+    if max(ks) > samples:
+        raise LmlabError(f"--k {max(ks)} needs --samples >= {max(ks)} (got --samples {samples})")
+
+
+def _load_tasks(
+    benchmark: str, problems: str | None, tasks: int
+) -> tuple[Path, list[dict[str, Any]]]:
+    """The benchmark file and its tasks (the first ``tasks`` of them when > 0)."""
+    path = find_problems(benchmark, problems)
+    rows = load_humaneval(path) if benchmark == "humaneval" else load_mbpp(path, split="test")
+    if not rows:
+        raise LmlabError(f"{path}: no {benchmark} tasks")
+    return path, rows[:tasks] if tasks else rows
+
+
+def _sample_completions(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    benchmark: str,
+    samples: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+) -> tuple[dict[Any, list[str]], list[dict[str, Any]]]:
+    """Each task's completions, cut into programs (by task id), and one record per sample."""
+    kept: dict[Any, list[str]] = {}
+    records: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        key = row["task_id"] if benchmark == "humaneval" else int(row["task_id"])
+        prompt = row["prompt"] if benchmark == "humaneval" else mbpp_prompt(row)
+        outs = generate(
+            model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            stop=HUMANEVAL_STOPS if benchmark == "humaneval" else MBPP_STOPS, num_samples=samples,
+            seed=seed + i,
+        )  # fmt: skip
+        for j, s in enumerate(outs):
+            if benchmark == "humaneval":
+                text, _ = cut_completion(prompt, s.text, hit_eot=s.finish_reason == "eot")
+            else:
+                text = prompt + cut_mbpp_completion(s.text)
+            kept.setdefault(key, []).append(text)
+            records.append(
+                {"task_id": key, "sample": j, "completion": text, "finish_reason": s.finish_reason}
+            )
+    return kept, records
+
+
+def _run_completions(
+    kept: dict[Any, list[str]],
+    rows: list[dict[str, Any]],
+    benchmark: str,
+    sandbox: SandboxConfig,
+    ks: list[int],
+    workers: int,
+) -> dict[str, Any]:
+    """Run every program in the sandbox; its warnings (e.g. the sandbox's caution) once each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        if benchmark == "humaneval":
+            report = run_humaneval(kept, rows, sandbox, ks=ks, workers=workers)
+        else:
+            report = run_mbpp(kept, rows, sandbox, ks=ks, workers=workers)
+    for message in dict.fromkeys(
+        str(w.message) for w in caught
+    ):  # one line each, e.g. the sandbox's caution
+        print(f"lmlab: warning: {message}", file=sys.stderr)
+    return report
+
+
 def code_eval(
     run: str | Path,
     benchmark: str,
@@ -159,23 +239,11 @@ def code_eval(
     """Sample ``samples`` completions per task from ``run``, run them, and write the results."""
     if not allow_code_execution:
         raise LmlabError(OPT_IN_HINT)  # before loading anything
-    if benchmark not in BENCHMARKS:
-        raise LmlabError(f"--code {benchmark!r}: expected one of {', '.join(BENCHMARKS)}")
-    if samples < 1 or tasks < 0 or max_new_tokens < 1:
-        raise LmlabError("--samples and --max-new-tokens must be >= 1, --tasks >= 0")
     ks = ks or [1]
-    if max(ks) > samples:
-        raise LmlabError(f"--k {max(ks)} needs --samples >= {max(ks)} (got --samples {samples})")
+    _check_request(benchmark, samples, ks, tasks, max_new_tokens)
     temperature = (0.0 if samples == 1 else 0.8) if temperature is None else temperature
     run = Path(run)
-    path = find_problems(benchmark, problems)
-    rows = load_humaneval(path) if benchmark == "humaneval" else load_mbpp(path, split="test")
-    if not rows:
-        raise LmlabError(f"{path}: no {benchmark} tasks")
-    rows = rows[:tasks] if tasks else rows
-
-    from lmlab.runs import load_model_for_inference, resolve_checkpoint
-    from lmlab.sample import generate
+    path, rows = _load_tasks(benchmark, problems, tasks)
 
     ckpt = resolve_checkpoint(run)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else run
@@ -184,36 +252,11 @@ def code_eval(
     sandbox = SandboxConfig(allow_code_execution=True, timeout_s=timeout_s)
 
     t0 = time.monotonic()
-    kept: dict[Any, list[str]] = {}
-    records: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        key = row["task_id"] if benchmark == "humaneval" else int(row["task_id"])
-        prompt = row["prompt"] if benchmark == "humaneval" else mbpp_prompt(row)
-        outs = generate(
-            model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            stop=HUMANEVAL_STOPS if benchmark == "humaneval" else MBPP_STOPS, num_samples=samples,
-            seed=seed + i,
-        )  # fmt: skip
-        for j, s in enumerate(outs):
-            if benchmark == "humaneval":
-                text, _ = cut_completion(prompt, s.text, hit_eot=s.finish_reason == "eot")
-            else:
-                text = prompt + cut_mbpp_completion(s.text)
-            kept.setdefault(key, []).append(text)
-            records.append(
-                {"task_id": key, "sample": j, "completion": text, "finish_reason": s.finish_reason}
-            )
+    kept, records = _sample_completions(
+        model, tokenizer, rows, benchmark, samples, temperature, top_p, max_new_tokens, seed
+    )
     sample_s = time.monotonic() - t0
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        if benchmark == "humaneval":
-            report = run_humaneval(kept, rows, sandbox, ks=ks, workers=workers)
-        else:
-            report = run_mbpp(kept, rows, sandbox, ks=ks, workers=workers)
-    for message in dict.fromkeys(
-        str(w.message) for w in caught
-    ):  # one line each, e.g. the sandbox's caution
-        print(f"lmlab: warning: {message}", file=sys.stderr)
+    report = _run_completions(kept, rows, benchmark, sandbox, ks, workers)
     for rec, res in zip(records, report.pop("results")):
         rec.update(passed=res["passed"], reason=res["reason"])
 

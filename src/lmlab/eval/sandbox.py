@@ -68,6 +68,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lmlab.errors import LmlabError
 
@@ -293,14 +294,7 @@ def _read_info(path: Path) -> dict:
     return info
 
 
-def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
-    """Run the Python source ``program`` in the sandbox and report how it ended.
-
-    Raises LmlabError when ``cfg.allow_code_execution`` is not set, and SandboxUnavailable when
-    a layer it asks for cannot be applied here (the program does not run). Never raises for
-    anything the program does: failures, timeouts and limit hits come back in the result.
-    """
-    require_opt_in(cfg)
+def _check_limits(cfg: SandboxConfig) -> None:
     limits = (
         cfg.timeout_s,
         cfg.memory_mb,
@@ -314,8 +308,124 @@ def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
             "sandbox limits (timeout_s, memory_mb, max_processes, max_file_mb, max_total_mb, "
             "max_files) must be positive"
         )
-    root = os.geteuid() == 0
-    uid = _pick_uid() if root else None
+
+
+def _write_program(workdir: Path, program: str, uid: int | None) -> None:
+    """program.py in the private working folder, owned by the sandbox uid when there is one."""
+    (workdir / "program.py").write_text(program, encoding="utf-8")
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+        os.chown(workdir / "program.py", uid, uid)
+    os.chmod(workdir, 0o700)
+
+
+def _child_args(
+    cfg: SandboxConfig, workdir: Path, uid: int | None, fds: tuple[int, int, int]
+) -> dict[str, Any]:
+    """What sandbox_child.py is told (as JSON): interpreters, limits, fds and layers to apply."""
+    info_fd, nonce_fd, result_fd = fds
+    # Without a uid of its own the program shares our RLIMIT_NPROC count: allow our
+    # current processes plus its budget so our own forks keep working meanwhile.
+    nproc = cfg.max_processes if uid is not None else _count_own_tasks() + cfg.max_processes
+    return {
+        "pythons": _interpreters(cfg.python),
+        "prefixes": _prefixes(cfg.python),
+        "workdir": str(workdir),
+        "uid": uid,
+        "nproc": nproc,
+        "cpu_s": cfg.cpu_s or int(cfg.timeout_s) + 2,
+        "fsize": cfg.max_file_mb << 20,
+        "quota": cfg.max_total_mb << 20,
+        "inodes": cfg.max_files,
+        "memory": cfg.memory_mb << 20,
+        "info_fd": info_fd,
+        "nonce_fd": nonce_fd,
+        "result_fd": result_fd,
+        "namespaces": cfg.use_namespaces,
+        "landlock": cfg.use_landlock,
+        "seccomp": cfg.use_seccomp,
+    }
+
+
+def _start_child(args: dict[str, Any], workdir: Path, out: Any, err: Any) -> subprocess.Popen:
+    env = {
+        "PATH": _MINIMAL_PATH,
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir),
+        "LANG": "C.UTF-8",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", str(_CHILD), json.dumps(args)],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=err,
+        pass_fds=(args["info_fd"], args["nonce_fd"], args["result_fd"]),
+        start_new_session=True,
+    )
+
+
+def _wait_then_kill(proc: subprocess.Popen, timeout_s: float, uid: int | None) -> bool:
+    """Wait up to ``timeout_s``, then kill what is left; True when it timed out."""
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        # 1. the launcher's group, 2. anything left under the sandbox uid.
+        _kill_group(proc.pid)
+        proc.wait()
+        if uid is not None:
+            _kill_uid(uid)
+    return timed_out
+
+
+def _sandbox_result(
+    cfg: SandboxConfig,
+    logdir: Path,
+    proc: subprocess.Popen,
+    nonce: bytes,
+    timed_out: bool,
+    duration: float,
+    uid: int | None,
+) -> SandboxResult:
+    """How the program ended, from the child's info file, its output and the result fd."""
+    info_obj = _read_info(logdir / "info")
+    if "unavailable" in info_obj:
+        raise SandboxUnavailable(f"sandbox unavailable: {info_obj['unavailable']}; nothing was run")
+    status: int | None = proc.returncode
+    if "status" in info_obj:
+        status = os.waitstatus_to_exitcode(int(info_obj["status"]))
+    finished = (logdir / "result").read_bytes()[:256] == nonce
+    stderr_tail = _tail(logdir / "stderr", cfg.stderr_tail_chars)
+    stdout_tail = _tail(logdir / "stdout", cfg.stderr_tail_chars)
+    passed, reason = _classify(status, timed_out, stderr_tail, finished)
+    return SandboxResult(
+        passed=passed,
+        timed_out=timed_out,
+        exit_code=None if timed_out else status,
+        reason=reason,
+        stdout_tail=stdout_tail,
+        stderr_tail=stderr_tail,
+        duration_s=duration,
+        isolation=list(info_obj.get("isolation", [])),
+        uid=uid,
+        python=str(info_obj.get("python", "")),
+    )
+
+
+def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
+    """Run the Python source ``program`` in the sandbox and report how it ended.
+
+    Raises LmlabError when ``cfg.allow_code_execution`` is not set, and SandboxUnavailable when
+    a layer it asks for cannot be applied here (the program does not run). Never raises for
+    anything the program does: failures, timeouts and limit hits come back in the result.
+    """
+    require_opt_in(cfg)
+    _check_limits(cfg)
+    uid = _pick_uid() if os.geteuid() == 0 else None
     workdir = Path(tempfile.mkdtemp(prefix="lmlab-sandbox-"))
     logdir = Path(tempfile.mkdtemp(prefix="lmlab-sandbox-log-"))  # private to the harness
     nonce = secrets.token_hex(16).encode()
@@ -325,92 +435,20 @@ def run_in_sandbox(program: str, cfg: SandboxConfig) -> SandboxResult:
         os.write(nonce_w, nonce)
         os.close(nonce_w)
         nonce_w = -1
-        (workdir / "program.py").write_text(program, encoding="utf-8")
-        if uid is not None:
-            os.chown(workdir, uid, uid)
-            os.chown(workdir / "program.py", uid, uid)
-        os.chmod(workdir, 0o700)
-        # Without a uid of its own the program shares our RLIMIT_NPROC count: allow our
-        # current processes plus its budget so our own forks keep working meanwhile.
-        nproc = cfg.max_processes if uid is not None else _count_own_tasks() + cfg.max_processes
+        _write_program(workdir, program, uid)
         with (
             open(logdir / "stdout", "wb") as out,
             open(logdir / "stderr", "wb") as err,
             open(logdir / "info", "wb") as info,
             open(logdir / "result", "wb") as result,
         ):
-            args = {
-                "pythons": _interpreters(cfg.python),
-                "prefixes": _prefixes(cfg.python),
-                "workdir": str(workdir),
-                "uid": uid,
-                "nproc": nproc,
-                "cpu_s": cfg.cpu_s or int(cfg.timeout_s) + 2,
-                "fsize": cfg.max_file_mb << 20,
-                "quota": cfg.max_total_mb << 20,
-                "inodes": cfg.max_files,
-                "memory": cfg.memory_mb << 20,
-                "info_fd": info.fileno(),
-                "nonce_fd": nonce_r,
-                "result_fd": result.fileno(),
-                "namespaces": cfg.use_namespaces,
-                "landlock": cfg.use_landlock,
-                "seccomp": cfg.use_seccomp,
-            }
-            env = {
-                "PATH": _MINIMAL_PATH,
-                "HOME": str(workdir),
-                "TMPDIR": str(workdir),
-                "LANG": "C.UTF-8",
-            }
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(_CHILD), json.dumps(args)],
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                pass_fds=(info.fileno(), nonce_r, result.fileno()),
-                start_new_session=True,
-            )
+            args = _child_args(cfg, workdir, uid, (info.fileno(), nonce_r, result.fileno()))
+            proc = _start_child(args, workdir, out, err)
             os.close(nonce_r)
             nonce_r = -1
-            timed_out = False
-            try:
-                proc.wait(timeout=cfg.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                # 1. the launcher's group, 2. anything left under the sandbox uid.
-                _kill_group(proc.pid)
-                proc.wait()
-                if uid is not None:
-                    _kill_uid(uid)
+            timed_out = _wait_then_kill(proc, cfg.timeout_s, uid)
         duration = time.monotonic() - t0
-        info_obj = _read_info(logdir / "info")
-        if "unavailable" in info_obj:
-            raise SandboxUnavailable(
-                f"sandbox unavailable: {info_obj['unavailable']}; nothing was run"
-            )
-        status: int | None = proc.returncode
-        if "status" in info_obj:
-            status = os.waitstatus_to_exitcode(int(info_obj["status"]))
-        finished = (logdir / "result").read_bytes()[:256] == nonce
-        stderr_tail = _tail(logdir / "stderr", cfg.stderr_tail_chars)
-        stdout_tail = _tail(logdir / "stdout", cfg.stderr_tail_chars)
-        passed, reason = _classify(status, timed_out, stderr_tail, finished)
-        return SandboxResult(
-            passed=passed,
-            timed_out=timed_out,
-            exit_code=None if timed_out else status,
-            reason=reason,
-            stdout_tail=stdout_tail,
-            stderr_tail=stderr_tail,
-            duration_s=duration,
-            isolation=list(info_obj.get("isolation", [])),
-            uid=uid,
-            python=str(info_obj.get("python", "")),
-        )
+        return _sandbox_result(cfg, logdir, proc, nonce, timed_out, duration, uid)
     finally:
         for fd in (nonce_r, nonce_w):
             if fd >= 0:

@@ -234,105 +234,110 @@ def interpreter_reads(python: str, prefixes: list[str]) -> list[tuple[str, int]]
 # --- the launcher -----------------------------------------------------------------------------
 
 
-def main() -> None:
-    a = json.loads(sys.argv[1])
-    info_fd = a["info_fd"]
+class _Launch:
+    """The launcher's arguments, its report pipe to the harness, and the layers applied so far."""
 
-    def report(obj: dict) -> None:
-        os.write(info_fd, (json.dumps(obj) + "\n").encode())
+    def __init__(self, args: dict) -> None:
+        self.a = args
+        self.applied: list[str] = []
+        self.root = os.geteuid() == 0
+        self.uid, self.gid = os.getuid(), os.getgid()  # before unshare: outside the user namespace
+        self.sandbox_uid = args["uid"] if self.root else None
 
-    def unavailable(why: str) -> None:
-        report({"unavailable": why})
+    def report(self, obj: dict) -> None:
+        os.write(self.a["info_fd"], (json.dumps(obj) + "\n").encode())
+
+    def unavailable(self, why: str) -> None:
+        """Fail closed: say why, and the program never runs."""
+        self.report({"unavailable": why})
         os._exit(125)
 
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    root = os.geteuid() == 0
-    uid, gid = os.getuid(), os.getgid()
-    sandbox_uid = a["uid"] if root else None
-    workdir = a["workdir"]
-    applied: list[str] = []
-    machine = os.uname().machine
-    if a["seccomp"] and machine not in SYSCALLS:
-        unavailable(
-            f"no seccomp filter for this machine ({machine}); lmlab knows {', '.join(SYSCALLS)}"
+
+def _unshare(launch: _Launch) -> None:
+    """Step 1a: new user (when not root), mount, network, PID and IPC namespaces."""
+    root = launch.root
+    flags = (
+        CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | (0 if root else CLONE_NEWUSER)
+    )
+    if libc.unshare(ctypes.c_int(flags)) != 0:
+        hint = (
+            ""
+            if root
+            else (
+                " (unprivileged user namespaces are disabled here: see sysctl user.max_user_namespaces, "
+                "kernel.unprivileged_userns_clone or kernel.apparmor_restrict_unprivileged_userns)"
+            )
+        )
+        launch.unavailable(
+            f"cannot create {'' if root else 'user, '}mount, network and PID namespaces: {last_error()}{hint}"
         )
 
-    if a["namespaces"]:
-        with open("program.py", "rb") as f:
-            program = f.read()
-        flags = (
-            CLONE_NEWNS
-            | CLONE_NEWNET
-            | CLONE_NEWPID
-            | CLONE_NEWIPC
-            | (0 if root else CLONE_NEWUSER)
+
+def _mount_workdir(launch: _Launch, program: bytes) -> None:
+    """Step 1b: map our ids (user namespace), then a tmpfs of ``quota`` bytes as the working
+    folder, holding a fresh copy of program.py."""
+    a, sandbox_uid = launch.a, launch.sandbox_uid
+    try:
+        if not launch.root:
+            # Map our own uid/gid so files keep an owner; no setgroups (required to map gid).
+            uid, gid = launch.uid, launch.gid
+            for name, text in (
+                ("setgroups", "deny"),
+                ("uid_map", f"{uid} {uid} 1"),
+                ("gid_map", f"{gid} {gid} 1"),
+            ):
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+            launch.applied.append("userns")
+        launch.applied += ["netns", "pidns", "ipcns", "mountns"]
+        mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing mounted here reaches the host
+        owner = f",uid={sandbox_uid},gid={sandbox_uid}" if sandbox_uid is not None else ""
+        mount(
+            "lmlab-sandbox",
+            a["workdir"],
+            "tmpfs",
+            MS_NOSUID | MS_NODEV,
+            f"size={a['quota']},nr_inodes={a['inodes']},mode=0700{owner}",
         )
-        if libc.unshare(ctypes.c_int(flags)) != 0:
-            hint = (
-                ""
-                if root
-                else (
-                    " (unprivileged user namespaces are disabled here: see sysctl user.max_user_namespaces, "
-                    "kernel.unprivileged_userns_clone or kernel.apparmor_restrict_unprivileged_userns)"
-                )
-            )
-            unavailable(
-                f"cannot create {'' if root else 'user, '}mount, network and PID namespaces: {last_error()}{hint}"
-            )
-        try:
-            if not root:
-                # Map our own uid/gid so files keep an owner; no setgroups (required to map gid).
-                for name, text in (
-                    ("setgroups", "deny"),
-                    ("uid_map", f"{uid} {uid} 1"),
-                    ("gid_map", f"{gid} {gid} 1"),
-                ):
-                    with open(f"/proc/self/{name}", "w") as f:
-                        f.write(text)
-                applied.append("userns")
-            applied += ["netns", "pidns", "ipcns", "mountns"]
+        os.chdir(a["workdir"])  # the fresh tmpfs over the harness's folder
+        fd = os.open("program.py", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, program)
+        os.close(fd)
+        if sandbox_uid is not None:
+            os.chown("program.py", sandbox_uid, sandbox_uid)
+        launch.applied.append("quota")
+    except OSError as e:
+        launch.unavailable(f"namespace setup failed: {e}")
+
+
+def _enter_pid_namespace(launch: _Launch) -> None:
+    """Step 1c: fork PID 1 of the new namespace; the launcher stays outside and relays the
+    program's wait status. The child gets a /proc of its own namespace (or none at all)."""
+    pid = os.fork()
+    if pid:
+        _, status = os.waitpid(pid, 0)
+        launch.report({"status": status})
+        os._exit(0)
+    try:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        launch.applied.append("private-proc")
+    except OSError as e:
+        try:  # a kernel that refuses a proc mount here: hide /proc altogether
             mount(
-                None, "/", None, MS_REC | MS_PRIVATE, None
-            )  # nothing mounted here reaches the host
-            owner = f",uid={sandbox_uid},gid={sandbox_uid}" if sandbox_uid is not None else ""
-            mount(
-                "lmlab-sandbox",
-                workdir,
+                "lmlab-noproc",
+                "/proc",
                 "tmpfs",
-                MS_NOSUID | MS_NODEV,
-                f"size={a['quota']},nr_inodes={a['inodes']},mode=0700{owner}",
+                MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+                "size=4k",
             )
-            os.chdir(workdir)  # the fresh tmpfs over the harness's folder
-            fd = os.open("program.py", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.write(fd, program)
-            os.close(fd)
-            if sandbox_uid is not None:
-                os.chown("program.py", sandbox_uid, sandbox_uid)
-            applied.append("quota")
-        except OSError as e:
-            unavailable(f"namespace setup failed: {e}")
-        pid = os.fork()
-        if pid:
-            # The launcher stays outside the PID namespace and relays the program's wait status.
-            _, status = os.waitpid(pid, 0)
-            report({"status": status})
-            os._exit(0)
-        try:
-            mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-            applied.append("private-proc")
-        except OSError as e:
-            try:  # a kernel that refuses a proc mount here: hide /proc altogether
-                mount(
-                    "lmlab-noproc",
-                    "/proc",
-                    "tmpfs",
-                    MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
-                    "size=4k",
-                )
-                applied.append("empty-proc")
-            except OSError:
-                unavailable(f"cannot give the sandbox its own /proc ({e})")
+            launch.applied.append("empty-proc")
+        except OSError:
+            launch.unavailable(f"cannot give the sandbox its own /proc ({e})")
 
+
+def _limit_and_drop_privileges(launch: _Launch) -> None:
+    """Steps 2-3a: rlimits (but the address space, set last), a fresh uid when root, no new privileges."""
+    a, sandbox_uid = launch.a, launch.sandbox_uid
     R = resource
     R.setrlimit(R.RLIMIT_CORE, (0, 0))
     R.setrlimit(R.RLIMIT_CPU, (a["cpu_s"], a["cpu_s"] + 1))
@@ -342,58 +347,92 @@ def main() -> None:
         os.setgroups([])
         os.setresgid(sandbox_uid, sandbox_uid, sandbox_uid)
         os.setresuid(sandbox_uid, sandbox_uid, sandbox_uid)
-        applied.append("uid")
+        launch.applied.append("uid")
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change cleared it
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-    # The first interpreter this uid may execute (a root-only one, e.g. under /root, is skipped).
-    python = next((p for p in a["pythons"] if os.access(p, os.X_OK)), a["pythons"][0])
 
-    abi = 0
-    if a["landlock"]:
-        abi = landlock_abi()
-        if abi < 1:
-            unavailable(
-                "Landlock is not available (Linux 5.13 or later with the landlock LSM enabled is needed)"
-            )
-        proc = "/proc" if a["namespaces"] else "/proc/self"  # resolved now: this pid, kept by exec
-        rules = [
-            (workdir, ~0),
-            ("/dev/null", READ_FILE | WRITE_FILE | TRUNCATE),
-            (proc, READ_FILE | READ_DIR),
-        ]
-        rules += [(d, READ_FILE) for d in DEVICES_READ] + [(d, READ_TREE) for d in SYSTEM_READ]
-        rules += interpreter_reads(python, a["prefixes"])
-        why = landlock(abi, rules)
-        if why:
-            unavailable(f"Landlock: {why}")
-        applied += ["landlock-fs", "landlock-read"] + (["landlock-tcp"] if abi >= 4 else [])
-        if abi >= 6:
-            applied.append("landlock-scope")
-    netns = "netns" in applied
-    if a["seccomp"]:
-        arch, socket_nr, io_uring_nr, _ = SYSCALLS[machine]
-        families = [AF_INET, AF_INET6] if netns else []  # harmless only in an empty namespace
-        if not install_seccomp(bpf_program(arch, [io_uring_nr], socket_nr, families, errno.EACCES)):
-            unavailable(f"cannot install the seccomp filter: {last_error()}")
-        applied.append("seccomp")
-    prelude = not netns and abi < 4 and not a["seccomp"]
-    if prelude:
-        applied.append("socket-prelude")  # best effort: _socket stays reachable
+
+def _apply_landlock(launch: _Launch, python: str) -> int:
+    """Step 3b: writes only in the working folder, reads only what the interpreter needs;
+    the Landlock ABI version (0: not asked for)."""
+    a = launch.a
+    abi = landlock_abi()
+    if abi < 1:
+        launch.unavailable(
+            "Landlock is not available (Linux 5.13 or later with the landlock LSM enabled is needed)"
+        )
+    proc = "/proc" if a["namespaces"] else "/proc/self"  # resolved now: this pid, kept by exec
+    rules = [
+        (a["workdir"], ~0),
+        ("/dev/null", READ_FILE | WRITE_FILE | TRUNCATE),
+        (proc, READ_FILE | READ_DIR),
+    ]
+    rules += [(d, READ_FILE) for d in DEVICES_READ] + [(d, READ_TREE) for d in SYSTEM_READ]
+    rules += interpreter_reads(python, a["prefixes"])
+    why = landlock(abi, rules)
+    if why:
+        launch.unavailable(f"Landlock: {why}")
+    launch.applied += ["landlock-fs", "landlock-read"] + (["landlock-tcp"] if abi >= 4 else [])
+    if abi >= 6:
+        launch.applied.append("landlock-scope")
+    return abi
+
+
+def _apply_seccomp(launch: _Launch, machine: str, netns: bool) -> None:
+    """Step 3c: socket() only for IPv4/IPv6 inside an empty network namespace; no io_uring."""
+    arch, socket_nr, io_uring_nr, _ = SYSCALLS[machine]
+    families = [AF_INET, AF_INET6] if netns else []  # harmless only in an empty namespace
+    if not install_seccomp(bpf_program(arch, [io_uring_nr], socket_nr, families, errno.EACCES)):
+        launch.unavailable(f"cannot install the seccomp filter: {last_error()}")
+    launch.applied.append("seccomp")
+
+
+def _exec_runner(launch: _Launch, python: str, prelude: bool) -> None:
+    """Step 4: the address-space limit, the isolation report, then exec of :data:`RUNNER`."""
+    a = launch.a
     argv = [
         python,
         "-I",
         "-c",
         RUNNER + f"\n_lmlab_run({a['nonce_fd']}, {a['result_fd']}, {prelude})\n",
     ]
-    R.setrlimit(R.RLIMIT_AS, (a["memory"], a["memory"]))
-    applied.append("rlimits")
-    report({"isolation": applied, "python": python})
-    os.close(info_fd)
+    resource.setrlimit(resource.RLIMIT_AS, (a["memory"], a["memory"]))
+    launch.applied.append("rlimits")
+    launch.report({"isolation": launch.applied, "python": python})
+    os.close(a["info_fd"])
     try:
         os.execve(python, argv, dict(os.environ))
     except OSError as e:
         os.write(2, f"lmlab sandbox: cannot exec {python}: {e}\n".encode())
         os._exit(126)
+
+
+def main() -> None:
+    launch = _Launch(json.loads(sys.argv[1]))
+    a = launch.a
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    machine = os.uname().machine
+    if a["seccomp"] and machine not in SYSCALLS:
+        launch.unavailable(
+            f"no seccomp filter for this machine ({machine}); lmlab knows {', '.join(SYSCALLS)}"
+        )
+    if a["namespaces"]:
+        with open("program.py", "rb") as f:
+            program = f.read()  # read before the tmpfs hides the harness's copy
+        _unshare(launch)
+        _mount_workdir(launch, program)
+        _enter_pid_namespace(launch)
+    _limit_and_drop_privileges(launch)
+    # The first interpreter this uid may execute (a root-only one, e.g. under /root, is skipped).
+    python = next((p for p in a["pythons"] if os.access(p, os.X_OK)), a["pythons"][0])
+    abi = _apply_landlock(launch, python) if a["landlock"] else 0
+    netns = "netns" in launch.applied
+    if a["seccomp"]:
+        _apply_seccomp(launch, machine, netns)
+    prelude = not netns and abi < 4 and not a["seccomp"]
+    if prelude:
+        launch.applied.append("socket-prelude")  # best effort: _socket stays reachable
+    _exec_runner(launch, python, prelude)
 
 
 if __name__ == "__main__":

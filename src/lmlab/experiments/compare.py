@@ -35,6 +35,7 @@ from lmlab.experiments.results import (
     write_tables,
 )
 from lmlab.io import atomic_write_text
+from lmlab.outputs import check_output, write_marker
 
 
 @dataclass
@@ -86,58 +87,54 @@ def _names(runs: list[Path]) -> list[str]:
     return names
 
 
-def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> CompareResult:
-    """Tabulate (and with ``out``, plot) existing runs; see the module docstring."""
-    runs = [Path(r) for r in runs]
+def _check_run_folders(runs: list[Path]) -> None:
     for r in runs:
         if not r.is_dir():
             raise CheckpointError(f"{r}: no such run folder")
         if not (r / "config.toml").is_file() and not (r / "metrics.jsonl").is_file():
             raise CheckpointError(f"{r}: not a run folder (no config.toml or metrics.jsonl)")
-    configs = [read_config_dict(r) for r in runs]
-    keys = differing_config_keys(configs) if len(runs) > 1 else []
-    names = _names(runs)
-    rows = []
-    for name, run, cfg in zip(names, runs, configs, strict=True):
-        row: dict[str, Any] = {"run": name}
-        for k in keys:
-            row[k] = config_value(cfg, k)
-        row.update(run_row(run))
-        rows.append(row)
-    columns = ["run", *keys, *METRIC_COLUMNS]
-    md = table_markdown(rows, columns)
-    log(md.rstrip())
-    result = CompareResult(rows=rows, columns=columns, markdown=md)
-    groups = group_by_seed(names, configs)
-    seed_md = ""
-    label_columns = ["run", *[k for k in keys if k != "train.seed"]]
-    if any(len(g) > 1 for g in groups):
-        labels = _group_labels(names, groups)
-        labelled = []
-        for label, g in zip(labels, groups, strict=True):
-            head = {c: rows[g[0]].get(c) for c in label_columns}
-            head["run"] = label
-            labelled.append((head, [rows[i] for i in g]))
-        result.seed_rows = seed_stats.aggregate(labelled)
-        result.findings = seed_stats.finding_lines(result.seed_rows, "run")
-        n = max(len(g) for g in groups)
-        shown, cols = seed_stats.display_rows(result.seed_rows, label_columns)
-        seed_md = table_markdown(shown, cols)
-        log(f"\n{seed_stats.describe_kind(n)}:\n{seed_md.rstrip()}")
-        for line in result.findings:
-            log(f"- {line}")
-    if out is None:
-        return result
-    from lmlab.outputs import check_output, write_marker
 
-    check_output(out, "compare", whole=False)  # never into a folder of the user's files
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, "compare")
-    md_table, csv_path = write_tables(rows, columns, out)
+
+def _seed_summary(
+    result: CompareResult,
+    names: list[str],
+    groups: list[list[int]],
+    label_columns: list[str],
+    log: Any,
+) -> str:
+    """Runs that differ only in seed, as one row each (mean and interval): fills
+    ``result.seed_rows`` and ``result.findings``; the table's markdown ('' when no group)."""
+    if not any(len(g) > 1 for g in groups):
+        return ""
+    rows = result.rows
+    labelled = []
+    for label, g in zip(_group_labels(names, groups), groups, strict=True):
+        head = {c: rows[g[0]].get(c) for c in label_columns}
+        head["run"] = label
+        labelled.append((head, [rows[i] for i in g]))
+    result.seed_rows = seed_stats.aggregate(labelled)
+    result.findings = seed_stats.finding_lines(result.seed_rows, "run")
+    n = max(len(g) for g in groups)
+    shown, cols = seed_stats.display_rows(result.seed_rows, label_columns)
+    seed_md = table_markdown(shown, cols)
+    log(f"\n{seed_stats.describe_kind(n)}:\n{seed_md.rstrip()}")
+    for line in result.findings:
+        log(f"- {line}")
+    return seed_md
+
+
+def _compare_plots(
+    result: CompareResult,
+    runs: list[Path],
+    names: list[str],
+    groups: list[list[int]],
+    keys: list[str],
+    label_columns: list[str],
+    out: Path,
+) -> list[Path]:
+    """The overlaid val curves (bands for seed groups) and the final-loss summary plot."""
     made = []
     if result.seed_rows:
-        seed_stats.write_seed_tables(result.seed_rows, label_columns, out)
         curves = [
             (row["run"], seed_stats.curve_band([val_curve(runs[i]) for i in g]))
             for row, g in zip(result.seed_rows, groups, strict=True)
@@ -147,7 +144,7 @@ def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> Compar
     c = plots.plot_curves(curves, out / "compare_curves.png", title="validation loss")
     if c:
         made.append(c)
-    summary = result.seed_rows or rows
+    summary = result.seed_rows or result.rows
     numeric = [
         k
         for k in (label_columns[1:] if result.seed_rows else keys)
@@ -167,24 +164,74 @@ def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> Compar
     )
     if s:
         made.append(s)
+    return made
+
+
+def _results_markdown(
+    result: CompareResult,
+    runs: list[Path],
+    out: Path,
+    seeds_per_group: int,
+    seed_md: str,
+    runs_md: str,
+    made: list[Path],
+) -> str:
+    """results.md: the command, the seed table and findings (if any), the runs, the plots."""
     parts = [
         "# Comparison\n",
         "Command: `lmlab compare " + " ".join(str(r) for r in runs) + f" --out {out}`\n",
     ]
     if result.seed_rows:
         parts.append(
-            f"## Results: {seed_stats.describe_kind(max(len(g) for g in groups))}\n\n{seed_md}\n"
+            f"## Results: {seed_stats.describe_kind(seeds_per_group)}\n\n{seed_md}\n"
             "Full precision in `results_seeds.csv`.\n"
         )
         parts.append("## Findings\n\n" + "\n".join(f"- {f}" for f in result.findings) + "\n")
     parts += [
-        ("## Runs\n\n" if result.seed_rows else "## Results\n\n")
-        + md_table.read_text(encoding="utf-8"),
+        ("## Runs\n\n" if result.seed_rows else "## Results\n\n") + runs_md,
         "Full precision in `results.csv`.\n",
     ]
     if made:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in made) + "\n")
-    atomic_write_text(out / "results.md", "\n".join(parts))
+    return "\n".join(parts)
+
+
+def compare_runs(runs: list[Path], out: Path | None = None, log=print) -> CompareResult:
+    """Tabulate (and with ``out``, plot) existing runs; see the module docstring."""
+    runs = [Path(r) for r in runs]
+    _check_run_folders(runs)
+    configs = [read_config_dict(r) for r in runs]
+    keys = differing_config_keys(configs) if len(runs) > 1 else []
+    names = _names(runs)
+    rows = []
+    for name, run, cfg in zip(names, runs, configs, strict=True):
+        row: dict[str, Any] = {"run": name}
+        for k in keys:
+            row[k] = config_value(cfg, k)
+        row.update(run_row(run))
+        rows.append(row)
+    columns = ["run", *keys, *METRIC_COLUMNS]
+    md = table_markdown(rows, columns)
+    log(md.rstrip())
+    result = CompareResult(rows=rows, columns=columns, markdown=md)
+    groups = group_by_seed(names, configs)
+    label_columns = ["run", *[k for k in keys if k != "train.seed"]]
+    seed_md = _seed_summary(result, names, groups, label_columns, log)
+    if out is None:
+        return result
+
+    check_output(out, "compare", whole=False)  # never into a folder of the user's files
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "compare")
+    md_table, csv_path = write_tables(rows, columns, out)
+    if result.seed_rows:
+        seed_stats.write_seed_tables(result.seed_rows, label_columns, out)
+    made = _compare_plots(result, runs, names, groups, keys, label_columns, out)
+    runs_md = md_table.read_text(encoding="utf-8")
+    n = max((len(g) for g in groups), default=1)
+    text = _results_markdown(result, runs, out, n, seed_md, runs_md, made)
+    atomic_write_text(out / "results.md", text)
     log(
         f"[compare] wrote {out / 'results.md'}, {csv_path.name}, {', '.join(p.name for p in made) or 'no plots'}"
     )

@@ -17,11 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from lmlab.accounting import training_flops_per_token
 from lmlab.config import Config
+from lmlab.data.shards import read_meta
 from lmlab.errors import ConfigError
 from lmlab.experiments.results import table_markdown
 from lmlab.experiments.spec import load_sweep, resolve_base
 from lmlab.experiments.sweep import apply_budget, point_config
+from lmlab.model import build_model
 
 COLUMNS = [
     "point",
@@ -50,7 +55,6 @@ def _vocab(cfg: Config) -> tuple[int, str]:
     """The vocabulary size training would use, and where it came from."""
     if cfg.model.vocab_size:
         return cfg.model.vocab_size, "model.vocab_size"
-    from lmlab.data.shards import read_meta
 
     for folder in (cfg.data.path, cfg.prepare.out):
         if folder and (Path(folder) / "meta.json").is_file():
@@ -64,10 +68,6 @@ def _vocab(cfg: Config) -> tuple[int, str]:
 
 def meta_params(cfg: Config) -> int:
     """Parameters of the model ``cfg`` builds, counted on the meta device (no memory)."""
-    import torch
-
-    from lmlab.model import build_model
-
     with torch.device("meta"):
         model = build_model(cfg.model)
     # a tied head shares its tensor with the embedding: count each tensor once
@@ -78,8 +78,6 @@ def dry_run(
     path: Path, overrides: list[str] | None = None, seeds: int | None = None, log=print
 ) -> DryRun:
     """Build and check every point of the sweep in ``path``; see the module docstring."""
-    from lmlab.accounting import training_flops_per_token
-
     spec = load_sweep(path, seeds=seeds)
     base = resolve_base(spec)
     cli = [o[2:] if o.startswith("--") else o for o in (overrides or [])]

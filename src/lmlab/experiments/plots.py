@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lmlab.report import pyplot
+
 CURVE_X_LABELS = {"step": "step", "tokens": "tokens seen", "flops": "training FLOPs (accounting)"}
 METRIC_LABELS = {
     "final_val_loss": "final val loss (nats/token)",
@@ -25,21 +27,12 @@ METRIC_LABELS = {
 }
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp)
-    _plt().close(fig)
+    pyplot().close(fig)
     tmp.replace(out)
     return out
 
@@ -51,7 +44,7 @@ def plot_curves(
     drawable = [(label, c) for label, c in curves if c.get("val_loss")]
     if not drawable:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
     for label, c in drawable:
         xs = c[x]
@@ -98,6 +91,99 @@ def wants_log_x(key: str, values: list[float]) -> bool:
     return len(pos) == len(values) and len(pos) > 1 and max(pos) / min(pos) >= 10
 
 
+def _bar_chart(
+    plt: Any, rows: list[dict[str, Any]], have: list[dict[str, Any]], metric: str, top: float
+) -> tuple[Any, Any]:
+    """A bar per row (labelled by its ``point``), intervals as error bars, failures in red."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.5), dpi=110)
+    labels = [str(r.get("point") or r.get("run") or i) for i, r in enumerate(rows)]
+    values = [r[metric] if _is_number(r.get(metric)) else 0.0 for r in rows]
+    err = None
+    if any(_is_number(r.get(f"{metric}_lo")) for r in rows):
+        err = [
+            [
+                v - r[f"{metric}_lo"] if _is_number(r.get(f"{metric}_lo")) else 0.0
+                for v, r in zip(values, rows, strict=True)
+            ],
+            [
+                r[f"{metric}_hi"] - v if _is_number(r.get(f"{metric}_hi")) else 0.0
+                for v, r in zip(values, rows, strict=True)
+            ],
+        ]
+    lo = min(r[metric] for r in have)
+    left = max(0.0, lo - 0.25 * (top - lo + 0.1))
+    bars = ax.barh(range(len(rows)), values, color="tab:blue", xerr=err, capsize=3)
+    for i, r in enumerate(rows):
+        text = f"{r[metric]:.4f}" if _is_number(r.get(metric)) else str(r.get("status", "n/a"))
+        at = r.get(f"{metric}_hi") if _is_number(r.get(f"{metric}_hi")) else values[i]
+        if not _is_number(r.get(metric)):
+            at = left  # a run with no value: its status at the axis' left edge, in view
+        ax.text(at, i, " " + text, va="center", fontsize=8)
+        if not _is_number(r.get(metric)):
+            bars[i].set_color("tab:red")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+    ax.set_xlim(left, top + 0.3 * (top - lo + 0.1))
+    return fig, ax
+
+
+def _line_chart(
+    plt: Any,
+    rows: list[dict[str, Any]],
+    x: str,
+    metric: str,
+    series: str | None,
+    log_x: bool | None,
+    top: float,
+) -> tuple[Any, Any]:
+    """A line per ``series`` against ``x``, intervals as bands, failures as an x at the top."""
+    fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get(series) or "") if series else "", []).append(r)
+    for name, members in groups.items():
+        members = sorted(members, key=lambda r: r[x])
+        ok = [r for r in members if _is_number(r.get(metric))]
+        line = ax.plot(
+            [r[x] for r in ok], [r[metric] for r in ok], marker="o", lw=1.5, label=name or None
+        )
+        banded = [r for r in ok if _is_number(r.get(f"{metric}_lo"))]
+        if banded and line:
+            ax.fill_between(
+                [r[x] for r in banded],
+                [r[f"{metric}_lo"] for r in banded],
+                [r[f"{metric}_hi"] for r in banded],
+                color=line[0].get_color(),
+                alpha=0.2,
+                lw=0,
+            )
+        bad = [r for r in members if not _is_number(r.get(metric))]
+        if bad:
+            color = line[0].get_color() if line else "tab:red"
+            ax.scatter(
+                [r[x] for r in bad],
+                [top] * len(bad),
+                marker="x",
+                s=60,
+                color=color,
+                label=f"{name + ': ' if name else ''}diverged/failed",
+            )
+    xs = sorted({r[x] for r in rows})
+    if log_x if log_x is not None else wants_log_x(x, xs):
+        ax.set_xscale("log")
+    if len(xs) <= 8 and x not in ("flops", "tokens", "params"):
+        # a tick at each swept value, written as in the sweep file (0.003, 64)
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.set_xlabel(CURVE_X_LABELS.get(x, x))
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.grid(alpha=0.3, which="both")
+    if any(groups) or any(not _is_number(r.get(metric)) for r in rows):
+        ax.legend(fontsize=8)
+    return fig, ax
+
+
 def plot_summary(
     rows: list[dict[str, Any]],
     x: str | None,
@@ -116,87 +202,14 @@ def plot_summary(
     have = [r for r in rows if _is_number(r.get(metric))]
     if not have:
         return None
-    plt = _plt()
+    plt = pyplot()
     numeric = x is not None and all(_is_number(r.get(x)) for r in rows)
     # the top of the axis clears the intervals' upper ends too
     top = max(max(r[metric], r.get(f"{metric}_hi") or r[metric]) for r in have)
     if not numeric:
-        fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.5), dpi=110)
-        labels = [str(r.get("point") or r.get("run") or i) for i, r in enumerate(rows)]
-        values = [r[metric] if _is_number(r.get(metric)) else 0.0 for r in rows]
-        err = None
-        if any(_is_number(r.get(f"{metric}_lo")) for r in rows):
-            err = [
-                [
-                    v - r[f"{metric}_lo"] if _is_number(r.get(f"{metric}_lo")) else 0.0
-                    for v, r in zip(values, rows, strict=True)
-                ],
-                [
-                    r[f"{metric}_hi"] - v if _is_number(r.get(f"{metric}_hi")) else 0.0
-                    for v, r in zip(values, rows, strict=True)
-                ],
-            ]
-        lo = min(r[metric] for r in have)
-        left = max(0.0, lo - 0.25 * (top - lo + 0.1))
-        bars = ax.barh(range(len(rows)), values, color="tab:blue", xerr=err, capsize=3)
-        for i, r in enumerate(rows):
-            text = f"{r[metric]:.4f}" if _is_number(r.get(metric)) else str(r.get("status", "n/a"))
-            at = r.get(f"{metric}_hi") if _is_number(r.get(f"{metric}_hi")) else values[i]
-            if not _is_number(r.get(metric)):
-                at = left  # a run with no value: its status at the axis' left edge, in view
-            ax.text(at, i, " " + text, va="center", fontsize=8)
-            if not _is_number(r.get(metric)):
-                bars[i].set_color("tab:red")
-        ax.set_yticks(range(len(rows)), labels, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel(METRIC_LABELS.get(metric, metric))
-        ax.set_xlim(left, top + 0.3 * (top - lo + 0.1))
+        fig, ax = _bar_chart(plt, rows, have, metric, top)
     else:
-        fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            groups.setdefault(str(r.get(series) or "") if series else "", []).append(r)
-        for name, members in groups.items():
-            members = sorted(members, key=lambda r: r[x])
-            ok = [r for r in members if _is_number(r.get(metric))]
-            line = ax.plot(
-                [r[x] for r in ok], [r[metric] for r in ok], marker="o", lw=1.5, label=name or None
-            )
-            banded = [r for r in ok if _is_number(r.get(f"{metric}_lo"))]
-            if banded and line:
-                ax.fill_between(
-                    [r[x] for r in banded],
-                    [r[f"{metric}_lo"] for r in banded],
-                    [r[f"{metric}_hi"] for r in banded],
-                    color=line[0].get_color(),
-                    alpha=0.2,
-                    lw=0,
-                )
-            bad = [r for r in members if not _is_number(r.get(metric))]
-            if bad:
-                color = line[0].get_color() if line else "tab:red"
-                ax.scatter(
-                    [r[x] for r in bad],
-                    [top] * len(bad),
-                    marker="x",
-                    s=60,
-                    color=color,
-                    label=f"{name + ': ' if name else ''}diverged/failed",
-                )
-        xs = sorted({r[x] for r in rows})
-        if log_x if log_x is not None else wants_log_x(x, xs):
-            ax.set_xscale("log")
-        if len(xs) <= 8 and x not in ("flops", "tokens", "params"):
-            # a tick at each swept value, written as in the sweep file (0.003, 64)
-            from matplotlib.ticker import NullLocator
-
-            ax.set_xticks(xs, [f"{v:g}" for v in xs])
-            ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel(CURVE_X_LABELS.get(x, x))
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        ax.grid(alpha=0.3, which="both")
-        if any(groups) or any(not _is_number(r.get(metric)) for r in rows):
-            ax.legend(fontsize=8)
+        fig, ax = _line_chart(plt, rows, x, metric, series, log_x, top)
     ax.set_title(title or f"{metric} against {x or 'run'}")
     fig.tight_layout()
     return _save(fig, out)

@@ -25,6 +25,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from lmlab.accounting import count_params, training_flops_per_token
+from lmlab.config import from_dict
 from lmlab.io import atomic_write_text
 from lmlab.report import markdown_table, read_metrics
 from lmlab.runs.plan import read_result
@@ -74,9 +76,6 @@ def _finite(v: Any) -> float | None:
 def _model_numbers(cfg: dict[str, Any]) -> tuple[int | None, float | None]:
     """(params, training FLOPs per token) from a config dict via accounting; None if unknown."""
     try:
-        from lmlab.accounting import count_params, training_flops_per_token
-        from lmlab.config import from_dict
-
         c = from_dict({k: v for k, v in cfg.items() if k == "model"})
         if c.model.vocab_size <= 0:
             return None, None

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmlab.experiments.results import table_csv, table_markdown
+from lmlab.io import atomic_write_text
+
 # metrics that get a mean and an interval; the other numeric columns are taken from the
 # first seed when all seeds agree (params, steps, tokens, flops) or averaged (speed, time)
 INTERVAL_METRICS = ("final_val_loss", "best_val_loss", "bits_per_byte", "perplexity")
@@ -204,9 +207,6 @@ def display_rows(
 
 def write_seed_tables(rows: list[dict[str, Any]], label_columns: list[str], out_dir: Path) -> str:
     """results_seeds.csv (mean, lo, hi in full precision); returns the Markdown table."""
-    from lmlab.experiments.results import table_csv, table_markdown
-    from lmlab.io import atomic_write_text
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(

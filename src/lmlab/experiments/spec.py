@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmlab.config import find_recipe
 from lmlab.errors import ConfigError
 
 BUDGET_KEYS = ("budget_tokens", "budget_flops")
@@ -197,12 +198,7 @@ def _check_seeds(value: Any, where: str) -> int:
     return value
 
 
-def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
-    """Parse and expand a sweep file; errors name the file and the key.
-
-    ``seeds`` (the command line's ``--seeds``) replaces the file's ``seeds``.
-    """
-    path = Path(path)
+def _read_sweep_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: sweep file not found")
     try:
@@ -214,19 +210,20 @@ def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
         raise ConfigError(
             f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(TOP_KEYS))})"
         )
-    name = data.get("name", path.stem)
-    base = data.get("base")
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: base: name the base recipe (a path or a shipped recipe name)")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{path}: name: expected a non-empty string")
-    out = Path(data.get("out") or f"runs/sweeps/{name}")
+    return data
 
+
+def _common_overrides(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """[overrides]: what every point sets."""
     common = _flatten(_table(data, "overrides", path))
     for k, v in common.items():
         _check_key(k, f"{path}: [overrides]")
         _check_budget(k, v, f"{path}: [overrides]")
+    return common
 
+
+def _grid(data: dict[str, Any], path: Path) -> dict[str, list[Any]]:
+    """[grid]: each key's list of values (the points are their product)."""
     grid = _flatten(_table(data, "grid", path))
     for k, values in grid.items():
         _check_key(k, f"{path}: [grid]")
@@ -236,10 +233,13 @@ def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
             )
         for v in values:
             _check_budget(k, v, f"{path}: [grid]")
+    return grid
 
-    raw_points = data.get("points", [])
-    if not isinstance(raw_points, list) or not all(isinstance(p, dict) for p in raw_points):
-        raise ConfigError(f"{path}: points: expected [[points]] tables")
+
+def _listed_points(
+    raw_points: list[dict[str, Any]], path: Path
+) -> list[tuple[str | None, str | None, dict[str, Any]]]:
+    """[[points]]: (name, series, overrides) of each listed point."""
     listed: list[tuple[str | None, str | None, dict[str, Any]]] = []
     for i, p in enumerate(raw_points):
         where = f"{path}: [[points]] #{i + 1}"
@@ -257,18 +257,20 @@ def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
             _check_key(k, where)
             _check_budget(k, v, where)
         listed.append((pname, series, flat))
+    return listed
 
+
+def _grid_times_listed(
+    grid: dict[str, list[Any]], listed: list[tuple[str | None, str | None, dict[str, Any]]]
+) -> list[Point]:
+    """Every listed point (or one empty point) with every grid combination, named by folder."""
     combos = (
         [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
         if grid
         else [{}]
     )
-    if not listed:
-        listed = [(None, None, {})]
-    if not grid and not raw_points:
-        raise ConfigError(f"{path}: a sweep needs a [grid] or [[points]]")
     points: list[Point] = []
-    for pname, series, flat in listed:
+    for pname, series, flat in listed or [(None, None, {})]:
         for combo in combos:
             ov = {**flat, **combo}
             if pname and combo:
@@ -276,18 +278,20 @@ def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
             else:
                 folder = pname or folder_name(ov)
             points.append(Point(folder, ov, series))
-    n_seeds = _check_seeds(data.get("seeds", 1), str(path))
-    if seeds is not None:
-        n_seeds = _check_seeds(seeds, "--seeds")
-    points = expand_seeds(points, n_seeds)
-    seen: dict[str, int] = {}
+    return points
+
+
+def _check_distinct_folders(points: list[Point], path: Path) -> None:
+    seen: set[str] = set()
     for p in points:
         if p.name in seen:
             raise ConfigError(
                 f"{path}: two points would share the run folder {p.name!r}; give them distinct names"
             )
-        seen[p.name] = 1
+        seen.add(p.name)
 
+
+def _devices(data: dict[str, Any], path: Path) -> str | list[str]:
     devices = data.get("devices", "auto")
     if devices != "auto" and (
         not isinstance(devices, list) or not devices or not all(isinstance(d, str) for d in devices)
@@ -295,6 +299,10 @@ def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
         raise ConfigError(
             f'{path}: devices: expected "auto" or a list such as ["0", "1"] or ["cpu", "cpu"]'
         )
+    return devices
+
+
+def _plot_settings(data: dict[str, Any], path: Path) -> dict[str, Any]:
     plot = _table(data, "plot", path)
     bad = sorted(set(plot) - PLOT_KEYS)
     if bad:
@@ -308,6 +316,37 @@ def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
         raise ConfigError(
             f"{path}: [plot] curves_x: expected step|tokens|flops, got {plot['curves_x']!r}"
         )
+    return plot
+
+
+def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
+    """Parse and expand a sweep file; errors name the file and the key.
+
+    ``seeds`` (the command line's ``--seeds``) replaces the file's ``seeds``.
+    """
+    path = Path(path)
+    data = _read_sweep_file(path)
+    name = data.get("name", path.stem)
+    base = data.get("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: name the base recipe (a path or a shipped recipe name)")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}: name: expected a non-empty string")
+    out = Path(data.get("out") or f"runs/sweeps/{name}")
+    common = _common_overrides(data, path)
+    grid = _grid(data, path)
+    raw_points = data.get("points", [])
+    if not isinstance(raw_points, list) or not all(isinstance(p, dict) for p in raw_points):
+        raise ConfigError(f"{path}: points: expected [[points]] tables")
+    listed = _listed_points(raw_points, path)
+    if not grid and not raw_points:
+        raise ConfigError(f"{path}: a sweep needs a [grid] or [[points]]")
+    points = _grid_times_listed(grid, listed)
+    n_seeds = _check_seeds(data.get("seeds", 1), str(path))
+    if seeds is not None:
+        n_seeds = _check_seeds(seeds, "--seeds")
+    points = expand_seeds(points, n_seeds)
+    _check_distinct_folders(points, path)
     return SweepSpec(
         path=path,
         name=name,
@@ -315,8 +354,8 @@ def load_sweep(path: str | Path, seeds: int | None = None) -> SweepSpec:
         out=out,
         overrides=common,
         points=points,
-        devices=devices,
-        plot=plot,
+        devices=_devices(data, path),
+        plot=_plot_settings(data, path),
         description=str(data.get("description", "")),
         seeds=n_seeds,
     )
@@ -331,8 +370,6 @@ def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
 
 def resolve_base(spec: SweepSpec) -> Path:
     """The base recipe: relative to the sweep file, else the cwd, else a shipped name."""
-    from lmlab.config import find_recipe
-
     beside = spec.path.parent / spec.base
     if beside.is_file():
         return beside

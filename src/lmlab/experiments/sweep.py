@@ -27,10 +27,14 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from lmlab.accounting import training_flops_per_token
 from lmlab.config import (
     Config,
     apply_overrides,
@@ -38,6 +42,7 @@ from lmlab.config import (
     resolve_vocab_size,
     save_config,
 )
+from lmlab.data.shards import read_meta
 from lmlab.errors import ConfigError, LmlabError
 from lmlab.experiments import plots
 from lmlab.experiments import seeds as seed_stats
@@ -58,7 +63,10 @@ from lmlab.experiments.spec import (
     resolve_base,
 )
 from lmlab.io import atomic_write_text, open_append, write_json
+from lmlab.outputs import check_output, refuse_links, write_marker
+from lmlab.pipeline import resolve_training_inputs
 from lmlab.runs import plan_run
+from lmlab.train.loop import train
 
 POINT_CONFIG = "sweep_point.toml"
 ERROR_FILE = "error.txt"
@@ -121,8 +129,6 @@ def prepare_data(spec: SweepSpec, configs: list[tuple[Point, Config]], log=print
     Two points that write the same tokenizer or dataset folder with different settings
     would overwrite each other's input, so that is an error naming both points.
     """
-    from lmlab.pipeline import resolve_training_inputs
-
     owners: dict[tuple[str, str], tuple[str, str]] = {}
     for point, cfg in configs:
         for kind, folder, settings in (
@@ -152,8 +158,6 @@ def prepare_data(spec: SweepSpec, configs: list[tuple[Point, Config]], log=print
 
 def finalize(cfg: Config, budget: dict[str, float]) -> None:
     """Take vocab_size from the dataset (as training would) and turn a budget into max_steps."""
-    from lmlab.data.shards import read_meta
-
     meta = read_meta(cfg.data.path)
     resolve_vocab_size(cfg.model, meta["vocab_size"])
     apply_budget(cfg, budget)
@@ -164,7 +168,6 @@ def apply_budget(cfg: Config, budget: dict[str, float]) -> None:
     """Set ``train.max_steps`` from a budget_tokens or budget_flops (needs model.vocab_size)."""
     if not budget:
         return
-    from lmlab.accounting import training_flops_per_token
 
     tokens_per_step = cfg.batch_shape(1)[0] * cfg.model.context_length
     ((kind, amount),) = budget.items()
@@ -192,8 +195,6 @@ def _record_failure(run_dir: Path, message: str) -> None:
 def claim_run_dir(run_dir: Path) -> None:
     """Check a point's run folder is absent, empty or a run, and mark it, before the sweep
     writes its point config and log there (the worker's trainer checks it again)."""
-    from lmlab.outputs import check_output, refuse_links, write_marker
-
     path = check_output(run_dir, "run", whole=False)
     refuse_links(path, (POINT_CONFIG, "train.log"))
     path.mkdir(parents=True, exist_ok=True)
@@ -202,8 +203,6 @@ def claim_run_dir(run_dir: Path) -> None:
 
 def _run_inline(cfg: Config, resume: bool, log=print) -> None:
     """Train one point in this process; exceptions other than Ctrl-C become a failure record."""
-    from lmlab.train.loop import train
-
     run_dir = Path(cfg.train.out)
     try:
         train(cfg, resume=resume, force=not resume)  # the sweep owns its point runs
@@ -213,8 +212,6 @@ def _run_inline(cfg: Config, resume: bool, log=print) -> None:
         _record_failure(run_dir, f"{type(e).__name__}: {e}")
         log(f"[sweep] {run_dir.name}: failed: {e}")
     except Exception as e:  # noqa: BLE001 - a crash in one point must not end the sweep
-        import traceback
-
         _record_failure(run_dir, "".join(traceback.format_exception(e)))
         log(f"[sweep] {run_dir.name}: failed: {type(e).__name__}: {e}")
 
@@ -225,7 +222,6 @@ def resolve_devices(spec: SweepSpec, cfg: Config) -> list[str]:
         return [d.removeprefix("cuda:") for d in spec.devices]
     if cfg.train.device not in ("auto", "cuda"):
         return []
-    import torch
 
     if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         return []
@@ -375,53 +371,51 @@ def summary_x(spec: SweepSpec, rows: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def write_outputs(
+def _seed_summary(
     spec: SweepSpec,
     configs: list[tuple[Point, Config]],
-    cli: list[str],
-    seeds_arg: int | None = None,
-) -> SweepResult:
-    """Tables, plots and results.md for the sweep as it stands on disk.
-
-    With several seeds per point, results.csv keeps one row per run and
-    results_seeds.csv / results.md / the plots show one row per point: the mean and the
-    interval of :mod:`lmlab.experiments.seeds`, with finding lines against the best point.
-    """
-    out = spec.out
-    rows, columns = sweep_rows(spec, configs)
-    md_table, csv_path = write_tables(rows, columns, out)
-    metric = str(spec.plot.get("metric", "final_val_loss"))
-    curves_x = str(spec.plot.get("curves_x", "step"))
-    made: list[Path] = []
-    summary_rows = rows
-    seed_section: list[str] = []
-    if spec.seeds > 1:
-        label_columns = [c for c in columns if c not in METRIC_COLUMNS and c != "seed"]
-        groups = seed_groups(configs, rows, label_columns)
-        summary_rows = seed_stats.aggregate(groups)
-        seed_md = seed_stats.write_seed_tables(summary_rows, label_columns, out)
-        findings = seed_stats.finding_lines(summary_rows, "point", metric)
-        seed_section.append(
-            f"## Results: {seed_stats.describe_kind(spec.seeds)}\n\n{seed_md}\n"
-            "One row per seed below; the seed table in full precision in `results_seeds.csv`.\n"
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    metric: str,
+) -> tuple[list[dict[str, Any]], list[str], list[tuple[str, Any]]]:
+    """With several seeds: one row per point (mean and interval), its results.md sections
+    (table and findings) and one val-curve band per point; else the rows and one curve per run."""
+    if spec.seeds <= 1:
+        return rows, [], [(p.name, val_curve(Path(c.train.out))) for p, c in configs]
+    label_columns = [c for c in columns if c not in METRIC_COLUMNS and c != "seed"]
+    groups = seed_groups(configs, rows, label_columns)
+    summary_rows = seed_stats.aggregate(groups)
+    seed_md = seed_stats.write_seed_tables(summary_rows, label_columns, spec.out)
+    findings = seed_stats.finding_lines(summary_rows, "point", metric)
+    seed_section = [
+        f"## Results: {seed_stats.describe_kind(spec.seeds)}\n\n{seed_md}\n"
+        "One row per seed below; the seed table in full precision in `results_seeds.csv`.\n"
+    ]
+    if findings:
+        seed_section.append("## Findings\n\n" + "\n".join(f"- {f}" for f in findings) + "\n")
+    by_group: dict[str, list[Path]] = {}
+    for p, c in configs:
+        by_group.setdefault(p.group, []).append(Path(c.train.out))
+    # the band of the finished seeds (a partial run would cut every seed's curve short)
+    curves = [
+        (
+            g,
+            seed_stats.curve_band(
+                [val_curve(r) for r in ([r for r in rs if is_finished(r)] or rs)]
+            ),
         )
-        if findings:
-            seed_section.append("## Findings\n\n" + "\n".join(f"- {f}" for f in findings) + "\n")
-        by_group: dict[str, list[Path]] = {}
-        for p, c in configs:
-            by_group.setdefault(p.group, []).append(Path(c.train.out))
-        # the band of the finished seeds (a partial run would cut every seed's curve short)
-        curves = [
-            (
-                g,
-                seed_stats.curve_band(
-                    [val_curve(r) for r in ([r for r in rs if is_finished(r)] or rs)]
-                ),
-            )
-            for g, rs in by_group.items()
-        ]
-    else:
-        curves = [(p.name, val_curve(Path(c.train.out))) for p, c in configs]
+        for g, rs in by_group.items()
+    ]
+    return summary_rows, seed_section, curves
+
+
+def _sweep_plots(
+    spec: SweepSpec, curves: list[tuple[str, Any]], summary_rows: list[dict[str, Any]], metric: str
+) -> list[Path]:
+    """The val curves (against spec.plot.curves_x) and the metric against the swept key."""
+    out = spec.out
+    made: list[Path] = []
+    curves_x = str(spec.plot.get("curves_x", "step"))
     x = summary_x(spec, summary_rows)
     c = plots.plot_curves(
         curves, out / f"{spec.name}_curves.png", x=curves_x, title=f"{spec.name}: validation loss"
@@ -440,8 +434,19 @@ def write_outputs(
     )
     if s:
         made.append(s)
-    seeds_flag = [f"--seeds {seeds_arg}"] if seeds_arg is not None else []
-    cmd = " ".join(["lmlab sweep", str(spec.path), *seeds_flag] + [f"--{o}" for o in cli])
+    return made
+
+
+def _results_markdown(
+    spec: SweepSpec,
+    cmd: str,
+    rows: list[dict[str, Any]],
+    seed_section: list[str],
+    runs_md: str,
+    made: list[Path],
+) -> str:
+    """results.md: the command and base, the seed sections, the runs with their status,
+    the failures and the plots."""
     parts = [f"# Sweep: {spec.name}\n"]
     if spec.description:
         parts.append(spec.description.strip() + "\n")
@@ -454,7 +459,7 @@ def write_outputs(
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     parts += seed_section
     runs_title = "## Runs (one row per seed)" if spec.seeds > 1 else "## Results"
-    parts.append(f"{runs_title}\n\n" + md_table.read_text(encoding="utf-8"))
+    parts.append(f"{runs_title}\n\n" + runs_md)
     parts.append(
         "Status: "
         + ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -467,8 +472,32 @@ def write_outputs(
         )
     if made:
         parts.append("## Plots\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in made) + "\n")
+    return "\n".join(parts)
+
+
+def write_outputs(
+    spec: SweepSpec,
+    configs: list[tuple[Point, Config]],
+    cli: list[str],
+    seeds_arg: int | None = None,
+) -> SweepResult:
+    """Tables, plots and results.md for the sweep as it stands on disk.
+
+    With several seeds per point, results.csv keeps one row per run and
+    results_seeds.csv / results.md / the plots show one row per point: the mean and the
+    interval of :mod:`lmlab.experiments.seeds`, with finding lines against the best point.
+    """
+    out = spec.out
+    rows, columns = sweep_rows(spec, configs)
+    md_table, csv_path = write_tables(rows, columns, out)
+    metric = str(spec.plot.get("metric", "final_val_loss"))
+    summary_rows, seed_section, curves = _seed_summary(spec, configs, rows, columns, metric)
+    made = _sweep_plots(spec, curves, summary_rows, metric)
+    seeds_flag = [f"--seeds {seeds_arg}"] if seeds_arg is not None else []
+    cmd = " ".join(["lmlab sweep", str(spec.path), *seeds_flag] + [f"--{o}" for o in cli])
+    runs_md = md_table.read_text(encoding="utf-8")
     md = out / "results.md"
-    atomic_write_text(md, "\n".join(parts))
+    atomic_write_text(md, _results_markdown(spec, cmd, rows, seed_section, runs_md, made))
     write_json(
         out / "sweep.json",
         {
@@ -504,7 +533,6 @@ def run_sweep(
     built = [(p, *point_config(spec, base, p, cli)) for p in spec.points]
     configs = [(p, cfg) for p, cfg, _ in built]
     log(f"[sweep] {spec.name}: {len(configs)} points -> {spec.out}")
-    from lmlab.outputs import check_output, write_marker
 
     check_output(
         spec.out, "sweep", whole=False

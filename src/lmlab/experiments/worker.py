@@ -11,6 +11,11 @@ import sys
 import traceback
 from pathlib import Path
 
+from lmlab.config import load_config
+from lmlab.errors import LmlabError
+from lmlab.io import atomic_write_text
+from lmlab.train.loop import train
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -19,10 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(paths) != 1:
         print("usage: python -m lmlab.experiments.worker CONFIG.toml [--resume]", file=sys.stderr)
         return 2
-    from lmlab.config import load_config
-    from lmlab.errors import LmlabError
-    from lmlab.io import atomic_write_text
-    from lmlab.train.loop import train
 
     cfg = load_config(paths[0])
     run_dir = Path(cfg.train.out)

@@ -36,6 +36,9 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.export.names import family, to_format
+from lmlab.model.transformer import resolve_d_ff
+from lmlab.runs import load_model_for_inference
+from lmlab.tokenizer.bytelevel import GPT2_PATTERN, bytes_to_token_str
 
 DTYPES = ("f32", "f16", "q8_0")
 SOURCE_KEY = "lmlab.source"
@@ -44,7 +47,7 @@ _F16_MAX = 65504.0
 
 def _gguf() -> Any:
     try:
-        import gguf
+        import gguf  # noqa: PLC0415 (optional extra: lmlab[gguf])
     except ImportError:
         raise LmlabError(
             "--format gguf needs the gguf package: pip install gguf (or lmlab[gguf])"
@@ -57,8 +60,6 @@ def _gguf() -> Any:
 
 def pre_tokenizer_type(tokenizer: Any) -> str:
     """llama.cpp's ``tokenizer.ggml.pre`` for this tokenizer, or LmlabError saying why none fits."""
-    from lmlab.tokenizer.bytelevel import GPT2_PATTERN
-
     kind = getattr(tokenizer, "kind", "?")
     if kind != "bpe":
         raise LmlabError(
@@ -130,8 +131,6 @@ def _encode_tensor(gguf: Any, name: str, t: torch.Tensor, kind: str) -> tuple[np
 
 def tokenizer_tables(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     """(tokens, token types, merges) as llama.cpp's gpt2 tokenizer reads them."""
-    from lmlab.tokenizer.bytelevel import bytes_to_token_str
-
     NORMAL, CONTROL, UNUSED = 1, 3, 5
     vocab = tokenizer.vocab
     special_ids = {i: s for s, i in tokenizer.special_tokens.items()}
@@ -157,8 +156,6 @@ def tokenizer_tables(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[i
 def _write_metadata(
     w: Any, gguf: Any, mcfg: Any, fam: str, dtype: str, name: str, source: str
 ) -> None:
-    from lmlab.model.transformer import resolve_d_ff
-
     H = mcfg.n_head
     w.add_name(name)
     w.add_string(SOURCE_KEY, source or "lmlab")
@@ -260,8 +257,6 @@ def export_gguf_model(
 
 def export_gguf(run: str | Path, out: Path, dtype: str = "f32") -> Path:
     """`lmlab export RUN --format gguf --out FILE.gguf [--dtype ...]`."""
-    from lmlab.runs import load_model_for_inference
-
     if dtype not in DTYPES:
         raise LmlabError(f"--dtype: one of {', '.join(DTYPES)}, got {dtype!r}")
     model, _cfg, tokenizer = load_model_for_inference(run, device="cpu")

@@ -22,16 +22,22 @@ Nothing here imports transformers; loading the result needs it.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
+from tokenizers import Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
 
 from lmlab.errors import LmlabError
 from lmlab.export.names import GPT2_ACT, to_format
 from lmlab.export.names import family as family_of
 from lmlab.io import write_json
-from lmlab.outputs import atomic_dir
+from lmlab.model.transformer import resolve_d_ff
+from lmlab.outputs import atomic_dir, check_output
+from lmlab.runs import load_model_for_inference
 
 
 def hf_family(mcfg: Any) -> str:
@@ -41,8 +47,6 @@ def hf_family(mcfg: Any) -> str:
 
 def hf_config(mcfg: Any, family: str, eot_id: int | None) -> dict[str, Any]:
     """config.json for ``family`` (transformers fills every key not written here)."""
-    from lmlab.model.transformer import resolve_d_ff
-
     common = {
         "vocab_size": mcfg.vocab_size,
         "bos_token_id": eot_id,
@@ -115,9 +119,6 @@ def _char_tokenizer_json(tokenizer: Any) -> dict[str, Any]:
     """A char vocabulary as a WordLevel tokenizer that splits every character and joins
     them back without spaces. A character outside the vocabulary (lmlab raises) becomes the
     end-of-text token in HF, which has no way to refuse."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
     vocab = {c: i for i, c in enumerate(tokenizer.chars)}
     vocab.update(tokenizer.special_tokens)
     eot = next((t for t, i in tokenizer.special_tokens.items() if i == tokenizer.eot_id), None)
@@ -134,8 +135,6 @@ def _char_tokenizer_json(tokenizer: Any) -> dict[str, Any]:
 
 def write_tokenizer_files(tokenizer: Any, out: Path, context_length: int) -> None:
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json in ``out``."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as scratch:
         tj = _tokenizer_json(tokenizer, Path(scratch))
     specials = dict(getattr(tokenizer, "special_tokens", {}) or {})
@@ -185,8 +184,6 @@ def write_tokenizer_files(tokenizer: Any, out: Path, context_length: int) -> Non
 
 def export_model(model: torch.nn.Module, tokenizer: Any, out: Path, source: str = "") -> Path:
     """Write ``model`` + ``tokenizer`` as an HF folder at ``out`` (atomically); return ``out``."""
-    from safetensors.torch import save_file
-
     mcfg = model.config
     family = hf_family(mcfg)
     eot_id = getattr(tokenizer, "eot_id", None)
@@ -208,9 +205,6 @@ def export_model(model: torch.nn.Module, tokenizer: Any, out: Path, source: str 
 
 def export_hf(run: str | Path, out: Path) -> Path:
     """`lmlab export RUN --format hf --out DIR`: load the run, check it, write the folder."""
-    from lmlab.outputs import check_output
-    from lmlab.runs import load_model_for_inference
-
     check_output(out, "export")
     model, _cfg, tokenizer = load_model_for_inference(run, device="cpu")
     hf_family(model.config)  # fail before any work on an inexpressible run

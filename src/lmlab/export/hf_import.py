@@ -25,8 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
+from lmlab.config import ModelConfig
 from lmlab.errors import CheckpointError, ConfigError, LmlabError
+from lmlab.export.names import from_format, known_names
+from lmlab.model import build_model
+from lmlab.tokenizer import load_tokenizer
 
 PREFIX = "hf:"
 GPT2_ACTS = {
@@ -69,7 +74,7 @@ def resolve_folder(spec: str) -> Path:
             "(HF_HUB_OFFLINE); name a local model folder"
         )
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # noqa: PLC0415 (optional: comes with lmlab[hf])
     except ImportError:
         raise CheckpointError(
             f"train.init_from={spec}: no such local folder (a hub name needs "
@@ -85,90 +90,100 @@ def resolve_folder(spec: str) -> Path:
     return Path(got)
 
 
+def _gpt2_fields(hf: dict[str, Any], where: str, archs: list[str]) -> dict[str, Any]:
+    """GPT2LMHeadModel: learned positions, LayerNorm, a gelu/relu/silu MLP, biases."""
+    if archs and archs[0] != "GPT2LMHeadModel":
+        raise ConfigError(
+            f"{where}: architectures={archs[0]}: lmlab imports GPT2LMHeadModel and LlamaForCausalLM"
+        )
+    act = hf.get("activation_function", "gelu_new")
+    if act not in GPT2_ACTS:
+        raise ConfigError(
+            f"{where}: activation_function={act}: lmlab's MLPs are gelu (tanh), relu or silu"
+        )
+    if hf.get("scale_attn_by_inverse_layer_idx"):
+        raise ConfigError(
+            f"{where}: scale_attn_by_inverse_layer_idx=true: lmlab scales attention by 1/sqrt(head_dim) only"
+        )
+    if hf.get("scale_attn_weights", True) is False:
+        raise ConfigError(
+            f"{where}: scale_attn_weights=false: lmlab always scales attention by 1/sqrt(head_dim)"
+        )
+    if hf.get("add_cross_attention"):
+        raise ConfigError(f"{where}: add_cross_attention=true: not a decoder-only model")
+    d = int(hf["n_embd"])
+    return {
+        "arch": "transformer",
+        "vocab_size": int(hf["vocab_size"]),
+        "n_layer": int(hf["n_layer"]),
+        "n_head": int(hf["n_head"]),
+        "n_kv_head": 0,
+        "d_model": d,
+        "d_ff": int(hf.get("n_inner") or 4 * d),
+        "context_length": int(hf.get("n_positions") or hf.get("n_ctx")),
+        "norm": "layernorm",
+        "norm_position": "pre",
+        "norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)),
+        "position": "learned",
+        "mlp": GPT2_ACTS[act],
+        "bias": True,
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
+    }
+
+
+def _llama_fields(hf: dict[str, Any], where: str, archs: list[str]) -> dict[str, Any]:
+    """LlamaForCausalLM: RoPE (no scaling), RMSNorm, SwiGLU, grouped heads."""
+    if archs and archs[0] != "LlamaForCausalLM":
+        raise ConfigError(
+            f"{where}: architectures={archs[0]}: lmlab imports GPT2LMHeadModel and LlamaForCausalLM"
+        )
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(f"{where}: hidden_act={act}: lmlab's SwiGLU gates with silu")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", None):
+        raise ConfigError(f"{where}: rope scaling {rope_type!r}: lmlab's RoPE has no scaling")
+    theta = float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+    H, d = int(hf["num_attention_heads"]), int(hf["hidden_size"])
+    if hf.get("head_dim") not in (None, d // H):
+        raise ConfigError(
+            f"{where}: head_dim={hf['head_dim']}: lmlab's head size is hidden_size/num_attention_heads = {d // H}"
+        )
+    attn_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
+    if attn_bias != mlp_bias:
+        raise ConfigError(
+            f"{where}: attention_bias={attn_bias} with mlp_bias={mlp_bias}: lmlab's model.bias "
+            "switches both"
+        )
+    return {
+        "arch": "transformer",
+        "vocab_size": int(hf["vocab_size"]),
+        "n_layer": int(hf["num_hidden_layers"]),
+        "n_head": H,
+        "n_kv_head": int(hf.get("num_key_value_heads") or H),
+        "d_model": d,
+        "d_ff": int(hf["intermediate_size"]),
+        "context_length": int(hf["max_position_embeddings"]),
+        "norm": "rmsnorm",
+        "norm_position": "pre",
+        "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+        "position": "rope",
+        "rope_theta": theta,
+        "mlp": "swiglu",
+        "bias": attn_bias,
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+    }
+
+
 def model_fields(hf: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     """(family, lmlab ModelConfig fields) for a transformers config.json; LmlabError naming the key."""
     mtype = hf.get("model_type")
     archs = hf.get("architectures") or []
     if mtype == "gpt2":
-        if archs and archs[0] != "GPT2LMHeadModel":
-            raise ConfigError(
-                f"{where}: architectures={archs[0]}: lmlab imports GPT2LMHeadModel and LlamaForCausalLM"
-            )
-        act = hf.get("activation_function", "gelu_new")
-        if act not in GPT2_ACTS:
-            raise ConfigError(
-                f"{where}: activation_function={act}: lmlab's MLPs are gelu (tanh), relu or silu"
-            )
-        if hf.get("scale_attn_by_inverse_layer_idx"):
-            raise ConfigError(
-                f"{where}: scale_attn_by_inverse_layer_idx=true: lmlab scales attention by 1/sqrt(head_dim) only"
-            )
-        if hf.get("scale_attn_weights", True) is False:
-            raise ConfigError(
-                f"{where}: scale_attn_weights=false: lmlab always scales attention by 1/sqrt(head_dim)"
-            )
-        if hf.get("add_cross_attention"):
-            raise ConfigError(f"{where}: add_cross_attention=true: not a decoder-only model")
-        d = int(hf["n_embd"])
-        return "gpt2", {
-            "arch": "transformer",
-            "vocab_size": int(hf["vocab_size"]),
-            "n_layer": int(hf["n_layer"]),
-            "n_head": int(hf["n_head"]),
-            "n_kv_head": 0,
-            "d_model": d,
-            "d_ff": int(hf.get("n_inner") or 4 * d),
-            "context_length": int(hf.get("n_positions") or hf.get("n_ctx")),
-            "norm": "layernorm",
-            "norm_position": "pre",
-            "norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)),
-            "position": "learned",
-            "mlp": GPT2_ACTS[act],
-            "bias": True,
-            "tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
-        }
+        return "gpt2", _gpt2_fields(hf, where, archs)
     if mtype == "llama":
-        if archs and archs[0] != "LlamaForCausalLM":
-            raise ConfigError(
-                f"{where}: architectures={archs[0]}: lmlab imports GPT2LMHeadModel and LlamaForCausalLM"
-            )
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConfigError(f"{where}: hidden_act={act}: lmlab's SwiGLU gates with silu")
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", None):
-            raise ConfigError(f"{where}: rope scaling {rope_type!r}: lmlab's RoPE has no scaling")
-        theta = float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0)
-        H, d = int(hf["num_attention_heads"]), int(hf["hidden_size"])
-        if hf.get("head_dim") not in (None, d // H):
-            raise ConfigError(
-                f"{where}: head_dim={hf['head_dim']}: lmlab's head size is hidden_size/num_attention_heads = {d // H}"
-            )
-        attn_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
-        if attn_bias != mlp_bias:
-            raise ConfigError(
-                f"{where}: attention_bias={attn_bias} with mlp_bias={mlp_bias}: lmlab's model.bias "
-                "switches both"
-            )
-        return "llama", {
-            "arch": "transformer",
-            "vocab_size": int(hf["vocab_size"]),
-            "n_layer": int(hf["num_hidden_layers"]),
-            "n_head": H,
-            "n_kv_head": int(hf.get("num_key_value_heads") or H),
-            "d_model": d,
-            "d_ff": int(hf["intermediate_size"]),
-            "context_length": int(hf["max_position_embeddings"]),
-            "norm": "rmsnorm",
-            "norm_position": "pre",
-            "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
-            "position": "rope",
-            "rope_theta": theta,
-            "mlp": "swiglu",
-            "bias": attn_bias,
-            "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
-        }
+        return "llama", _llama_fields(hf, where, archs)
     raise ConfigError(
         f"{where}: model_type={mtype}: lmlab imports GPT2LMHeadModel (gpt2) and LlamaForCausalLM (llama)"
     )
@@ -176,8 +191,6 @@ def model_fields(hf: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
 
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of ``model.safetensors`` (or of the shards its index names)."""
-    from safetensors.torch import load_file
-
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
         files = [single]
@@ -219,8 +232,6 @@ class HFModel:
 
     def state_dict(self, mcfg: Any, wanted: set[str]) -> dict[str, torch.Tensor]:
         """The weights under lmlab's names for ``wanted`` parameters (read on first use)."""
-        from lmlab.export.names import from_format, known_names
-
         where = str(self.folder)
         tensors = {k: v for k, v in read_safetensors(self.folder).items() if not _IGNORED.search(k)}
         if (
@@ -253,8 +264,6 @@ class HFModel:
 
 def read_hf_model(spec: str) -> HFModel:
     """Config and tokenizer of ``hf:PATH_OR_NAME`` (weights are read by ``state_dict``)."""
-    from lmlab.tokenizer import load_tokenizer
-
     folder = resolve_folder(spec)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
@@ -294,9 +303,6 @@ def apply_model_fields(mcfg: Any, hfm: HFModel) -> list[str]:
 
 def load_hf_model(spec: str, mcfg: Any = None) -> tuple[torch.nn.Module, Any, Any]:
     """``(model, ModelConfig, tokenizer)`` for ``hf:PATH_OR_NAME``, eval mode, on the CPU."""
-    from lmlab.config import ModelConfig
-    from lmlab.model import build_model
-
     hfm = read_hf_model(spec)
     mcfg = mcfg if mcfg is not None else ModelConfig()
     apply_model_fields(mcfg, hfm)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.model.transformer import resolve_d_ff
 
 GPT2_ACT = {"gelu": "gelu_new", "relu": "relu", "silu": "silu"}
 _WHO = {
@@ -176,8 +177,6 @@ def _heads(mcfg: Any) -> tuple[int, int, int]:
 
 def part_rows(mcfg: Any, part: str) -> tuple[int, int]:
     """The rows [start, stop) of ``part`` in lmlab's fused tensor."""
-    from lmlab.model.transformer import resolve_d_ff
-
     H, KV, hd = _heads(mcfg)
     d_ff = resolve_d_ff(mcfg)
     return {

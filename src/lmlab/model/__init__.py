@@ -13,6 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lmlab.config import check_model
+from lmlab.errors import ConfigError
+from lmlab.model.baselines import BASELINES
+from lmlab.model.encdec import EncoderDecoder, load_encoder
+from lmlab.model.transformer import Transformer
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -25,22 +31,14 @@ def build_model(mcfg: ModelConfig) -> nn.Module:
 
     The one gate for a config that did not pass :meth:`lmlab.config.Config.validate` (tests, imports):
     the architecture rules are checked here, and the vocabulary must be known by now."""
-    from lmlab.config import check_model
-    from lmlab.errors import ConfigError
-
     if mcfg.vocab_size <= 0:
         raise ConfigError(f"model.vocab_size: must be > 0 to build a model, got {mcfg.vocab_size}")
     check_model(mcfg)
 
     if mcfg.arch == "transformer":
-        from lmlab.model.transformer import Transformer
-
         return Transformer(mcfg)
     if mcfg.arch == "encdec":
-        from lmlab.model.encdec import EncoderDecoder, load_encoder
-
         return EncoderDecoder(mcfg, load_encoder(mcfg.encoder))
-    from lmlab.model.baselines import BASELINES
 
     if mcfg.arch not in BASELINES:
         known = "transformer|encdec|" + "|".join(BASELINES)

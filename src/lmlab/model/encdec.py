@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
 
 from lmlab.config import ModelConfig
 from lmlab.errors import ConfigError, LmlabError
@@ -47,7 +48,7 @@ DEFAULT_ENCODER = "answerdotai/ModernBERT-base"
 def _from_pretrained(cls_name: str, name_or_path: str) -> Any:
     """``transformers.<cls_name>.from_pretrained``: local folders only when offline; errors name the source."""
     try:
-        import transformers
+        import transformers  # noqa: PLC0415 (optional extra: lmlab[hf])
     except ImportError:
         raise LmlabError("model.arch=encdec needs transformers (pip install 'lmlab[hf]')") from None
     local = Path(name_or_path).exists()
@@ -212,8 +213,6 @@ class EncoderDecoder(nn.Module):
         return sd
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        from torch.nn.modules.module import _IncompatibleKeys
-
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if not k.startswith("encoder.")]
         if strict and (missing or result.unexpected_keys):

@@ -73,6 +73,7 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
+from lmlab.model.loss import linear_cross_entropy
 
 # --- config helpers ---------------------------------------------------------------------------
 
@@ -438,8 +439,6 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             kv_cache.pos = start + T
         if targets is not None:
-            from lmlab.model.loss import linear_cross_entropy
-
             return linear_cross_entropy(
                 x.flatten(0, 1), self.head.weight, targets.flatten()
             )  # () summed

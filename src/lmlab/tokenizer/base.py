@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer as HFTokenizer
+
 from lmlab.errors import DataError, LmlabError
 from lmlab.io import write_json
 from lmlab.outputs import atomic_dir
@@ -219,8 +221,6 @@ def scrub_surrogates(text: str) -> str:
 def hf_from_str(text: str) -> Any:
     """A ``tokenizers.Tokenizer`` from JSON text, with any saved truncation/padding switched off
     (lmlab encodes whole documents and never pads)."""
-    from tokenizers import Tokenizer as HFTokenizer
-
     hf = HFTokenizer.from_str(text)
     hf.no_truncation()
     hf.no_padding()

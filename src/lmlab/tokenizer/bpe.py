@@ -23,6 +23,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import tiktoken
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+
 from lmlab.errors import DataError, LmlabError
 from lmlab.tokenizer.base import Tokenizer, hf_encode, hf_encode_batch, hf_from_str
 from lmlab.tokenizer.bytelevel import GPT2_PATTERN, token_str_to_bytes
@@ -175,8 +180,6 @@ class BPETokenizer(Tokenizer):
         return self._tt
 
     def _build_tiktoken(self) -> Any:
-        import tiktoken
-
         token_id: dict[bytes, int] = {}
         special_ids = set(self.special_tokens.values())
         for i, b in enumerate(self._id_bytes):
@@ -201,8 +204,6 @@ class BPETokenizer(Tokenizer):
             specials = dict(self.special_tokens)
             self._rank_to_id = None
         else:
-            import numpy as np
-
             # 3. Otherwise rank = merge order, and a table maps ranks back to ids.
             ranks = {bytes([x]): x for x in range(256)}
             ranks.update({t: 256 + k for k, t in enumerate(results)})
@@ -265,9 +266,6 @@ def bpe_from_parts(
     vocab: dict[str, int], merges: list[tuple[str, str]], specials: list[str], where: str
 ) -> BPETokenizer:
     """Build a GPT-2 style byte-level BPE from byte-level strings (the encoder.json form)."""
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HFTokenizer
-
     try:
         hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
     except Exception as e:

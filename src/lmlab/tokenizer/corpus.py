@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lmlab.notices import file_key, utf8_reason, warn_once
+
 
 class Corpus:
     """Iterate the texts of ``files``; each pass records ``inputs`` (path, bytes, sha256) and
@@ -32,8 +34,6 @@ class Corpus:
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as e:
-                from lmlab.notices import file_key, utf8_reason, warn_once
-
                 reason = utf8_reason(e)
                 warn_once(f"{path}: {reason}, skipped", key=file_key("undecodable", path))
                 self.skipped.append({"path": str(path.resolve()), "reason": reason})

@@ -18,6 +18,7 @@ from typing import Any
 
 from lmlab.errors import DataError, LmlabError
 from lmlab.tokenizer.base import Tokenizer, hf_encode, hf_encode_batch, hf_from_str
+from lmlab.tokenizer.bytelevel import unicode_to_byte
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -111,8 +112,6 @@ class HFTokenizer(Tokenizer):
 
 def is_byte_level_bpe(spec: dict[str, Any]) -> bool:
     """True when ``spec`` (a parsed tokenizer.json) is a BPE whose tokens are all byte-level strings."""
-    from lmlab.tokenizer.bytelevel import unicode_to_byte
-
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         return False

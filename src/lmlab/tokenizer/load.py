@@ -12,6 +12,7 @@ from lmlab.tokenizer.base import Tokenizer
 from lmlab.tokenizer.bpe import BPETokenizer, bpe_from_parts
 from lmlab.tokenizer.char import CHAR_FILE, CharTokenizer
 from lmlab.tokenizer.hf import HFTokenizer, is_byte_level_bpe
+from lmlab.tokenizer.symbolic import SYMBOLIC_FILE, SymbolicTokenizer
 
 GPT2_VOCAB_NAMES = ("encoder.json", "vocab.json")
 GPT2_MERGES_NAMES = ("vocab.bpe", "merges.txt")
@@ -51,8 +52,6 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
         elif kind == "char":
             tok = CharTokenizer.from_file(p / CHAR_FILE)
         elif kind == "symbolic":
-            from lmlab.tokenizer.symbolic import SYMBOLIC_FILE, SymbolicTokenizer
-
             tok = SymbolicTokenizer.from_file(p / SYMBOLIC_FILE)
         else:
             raise DataError(f"{p / 'meta.json'}: not an lmlab tokenizer (kind {kind!r})")

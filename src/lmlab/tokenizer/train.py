@@ -6,12 +6,17 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
 from lmlab.errors import DataError, LmlabError
 from lmlab.io import expand_inputs
+from lmlab.outputs import check_output
 from lmlab.tokenizer.base import Tokenizer, check_special_tokens
 from lmlab.tokenizer.bpe import BPETokenizer, check_bpe_vocab_size
 from lmlab.tokenizer.char import CharTokenizer
 from lmlab.tokenizer.corpus import Corpus
+from lmlab.tokenizer.symbolic import check_symbolic_vocab_size, train_symbolic
 
 KINDS = ("bpe", "char", "symbolic")
 
@@ -22,9 +27,6 @@ def train_bpe_hf(texts: Iterable[str], vocab_size: int, special_tokens: list[str
     Deterministic: the trainer breaks count ties by pair ids, and the ids come from the sorted
     byte alphabet, so the same texts and settings give the same file.
     """
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
@@ -58,14 +60,11 @@ def train_tokenizer(
     if kind == "bpe":
         check_bpe_vocab_size(vocab_size, len(specials))
     elif kind == "symbolic":
-        from lmlab.tokenizer.symbolic import check_symbolic_vocab_size, train_symbolic
-
         check_symbolic_vocab_size(vocab_size, specials)
     elif vocab_size < 1 + len(specials):
         raise LmlabError(
             f"vocab_size {vocab_size} is too small for a char tokenizer with {len(specials)} special tokens"
         )
-    from lmlab.outputs import check_output
 
     check_output(out, "tokenizer")  # refuse before training, not after minutes of it
     suffixes = (".py",) if kind == "symbolic" else ()  # a folder gives its Python files only

@@ -6,6 +6,9 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models, pre_tokenizers, trainers
+
 from lmlab.errors import ConfigError
 from lmlab.tokenizer.bytelevel import token_str_to_bytes
 from lmlab.tokenizer.symbolic.abstract import (
@@ -80,9 +83,6 @@ def train_symbolic(
 
 def _train_merges(words: Counter[str], n_merges: int) -> list[tuple[bytes, bytes]]:
     """Byte-level BPE merges over whole words, trained with Hugging Face ``tokenizers``."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, pre_tokenizers, trainers
-
     if not words:
         return []
     hf = HFTokenizer(models.BPE())
