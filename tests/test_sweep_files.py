@@ -70,3 +70,29 @@ def test_gpu_tier_runs_at_the_write_ups_scale(monkeypatch):
     for name, r in scaling.items():
         if name.startswith("compute-"):
             assert abs(r["train_flops"] / budget - 1) < 0.01
+
+
+@pytest.mark.parametrize("study", ["lr", "batch_size", "architecture"])
+def test_width_96_study_is_its_width_64_file_one_size_up(study, monkeypatch):
+    """sweeps/<study>_w96.toml reruns points of sweeps/<study>.toml with only the width
+    changed (and the SiLU MLP's d_ff, to keep it at SwiGLU's parameters), 3 seeds each: so
+    the two tables compare the same runs at two sizes."""
+    monkeypatch.chdir(ROOT)
+    small = load_sweep(ROOT / "sweeps" / f"{study}.toml")
+    big = load_sweep(ROOT / "sweeps" / f"{study}_w96.toml")
+    assert big.seeds >= 3
+    small_points = {p.name: p for p in small.points}
+    budgets = {}
+    for point in (p for p in big.points if p.seed_offset == 0):
+        assert point.name in small_points, point.name
+        cfg_big, budgets[point.name] = point_config(big, resolve_base(big), point, [])
+        cfg_small, budget = point_config(small, resolve_base(small), small_points[point.name], [])
+        assert budgets[point.name] == budget
+        assert (cfg_small.model.d_model, cfg_big.model.d_model) == (64, 96)
+        cfg_big.model.d_model = cfg_small.model.d_model
+        cfg_big.model.d_ff = cfg_small.model.d_ff
+        cfg_big.train.out = cfg_small.train.out
+        assert cfg_big == cfg_small, point.name
+    if study == "architecture":
+        rows = {r["point"]: r["params"] for r in dry_run(big.path, log=lambda *_: None).rows}
+        assert rows["silu-matched"] == rows["base"]
