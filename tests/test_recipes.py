@@ -24,3 +24,48 @@ def test_recipe_loads(path):
     assert cfg.prepare.out or cfg.data.path or cfg.phase or cfg.encdec.data, (
         "a recipe names its data (or its phases do)"
     )
+
+
+def test_recipes_folder_is_the_shipped_one():
+    """recipes/ at the root and the package's recipes are one set of files (a symlink), so
+    `lmlab run shakespeare-char` and `lmlab run recipes/shakespeare-char.toml` run the same."""
+    from lmlab.config import builtin_recipes
+
+    shipped = builtin_recipes()
+    assert {p.stem for p in RECIPES} == set(shipped)
+    for p in RECIPES:
+        assert p.read_bytes() == shipped[p.stem].read_bytes(), p.name
+
+
+def test_shakespeare_char_keeps_the_standard_split(tmp_path):
+    """The recipe's val split is the last 10% of the text (nanoGPT's and char-rnn's), whatever
+    its model or schedule: its figures are compared with nanoGPT's on that split."""
+    from lmlab.data.loader import TokenSplit
+    from lmlab.data.shards import read_meta
+    from lmlab.pipeline.stages import ensure_dataset, ensure_tokenizer
+    from lmlab.tokenizer import load_tokenizer
+
+    text = "".join(f"{chr(97 + i % 26) * (1 + i % 7)}\n" for i in range(400))
+    corpus = tmp_path / "input.txt"
+    corpus.write_text(text, encoding="utf-8")
+    cfg = load_config("shakespeare-char")
+    assert (cfg.prepare.split, cfg.prepare.val_fraction) == ("tail", 0.1)
+    cfg = load_config(
+        "shakespeare-char",
+        [
+            f"tokenizer.input={corpus}",
+            f"tokenizer.out={tmp_path / 'tok'}",
+            f"prepare.input={corpus}",
+            f"prepare.out={tmp_path / 'data'}",
+            "prepare.workers=1",
+            "log.progress=false",
+        ],
+    )
+    data = ensure_dataset(cfg, ensure_tokenizer(cfg, log=lambda _: None), log=lambda _: None)
+    meta = read_meta(data)
+    tok = load_tokenizer(tmp_path / "tok")
+    val = TokenSplit(data, "val", meta)
+    ids = [int(t) for t in val.read(0, val.n_tokens) if t != tok.eot_id]
+    n = len(text) + 1  # one char per token, plus the document's end-of-text
+    assert val.n_tokens == n - int(n * 0.9)
+    assert tok.decode(ids) == text[int(n * 0.9) :]
