@@ -85,6 +85,8 @@ def test_sft_recipe_counts_the_base_model(tmp_path, monkeypatch):
 
 
 def test_char_vocab_is_the_corpus_characters(tmp_path, monkeypatch):
+    # the recipe's relative data folder must not resolve to a real prepared run in the cwd
+    monkeypatch.chdir(tmp_path)
     corpus = tmp_path / "c.txt"
     corpus.write_text("abcabc\nxyz", encoding="utf-8")
     cfg = load_config(
