@@ -47,10 +47,16 @@ def test_attention_backward_has_no_slice_copies(position, n_kv_head):
 
 def _page_faults(retain: bool) -> int:
     """Minor page faults of a child that 20 times allocates (and touches) 1 MiB then 32 x
-    256 KiB, and frees them: a training step's pattern in miniature."""
+    256 KiB, and frees them: a training step's pattern in miniature.
+
+    The child first pins glibc's thresholds at 128 KiB: its defaults adapt to the process's
+    history (a freed mapped block raises them), so whether they fault varies from run to run;
+    pinned, every block is mapped afresh each round unless ``retain_freed_memory`` raises them."""
     code = f"""
-import resource, torch
+import ctypes, ctypes.util, resource, torch
 from lmlab.train.host_memory import retain_freed_memory
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+assert libc.mallopt(-3, 128 << 10) == 1 and libc.mallopt(-1, 128 << 10) == 1  # mmap, trim
 if {retain}:
     assert retain_freed_memory()
 def churn():
@@ -74,9 +80,8 @@ PAGES_PER_ROUND = (1 << 20) // 4096 + 32 * (1 << 18) // 4096  # 2304 pages of 4 
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc mallopt"
 )
 def test_retained_memory_is_reused_without_page_faults():
-    # glibc's defaults map the 1 MiB block afresh each round (it became the mmap threshold)
-    # and trim the freed 8 MiB off the heap (past 2x that threshold), so every round faults
-    # its pages in again; retained, later rounds reuse the first round's pages
+    # at 128 KiB thresholds every block is mapped afresh, so every round faults its pages in
+    # again; retained, later rounds reuse the first round's pages
     default, retained = _page_faults(False), _page_faults(True)
     assert default > 20 * PAGES_PER_ROUND // 2
     assert retained < 20 * PAGES_PER_ROUND // 20
