@@ -61,6 +61,7 @@ from lmlab.experiments.spec import (
     load_sweep,
     override_text,
     resolve_base,
+    seed_folder,
 )
 from lmlab.io import atomic_write_text, open_append, write_json
 from lmlab.outputs import check_output, refuse_links, write_marker
@@ -111,6 +112,33 @@ def point_config(
     except ConfigError as e:
         raise ConfigError(f"{spec.path}: point {point.name}: {e}") from None
     return cfg, budget
+
+
+def seed_precision(spec: SweepSpec, point: Point, cfg: Config) -> Config:
+    """Seed k > 0 of a point trains in the precision its seed 0 picked (``train.dtype = auto``).
+
+    On a CPU, auto times fp32 against bf16 once per process; a sweep resumed or given more
+    seeds later times them again, under another load, and near a tie would train one point's
+    seeds in different precisions (a 1.9M-parameter scaling point ended 0.025 nats apart in
+    the two, as much as the seeds' spread). So seed k > 0 takes the dtype seed 0 recorded in
+    its ``precision.json``; a seed whose folder already holds a run started with auto keeps it.
+    """
+    if point.seed_offset == 0 or cfg.train.dtype != "auto":
+        return cfg
+    from lmlab.io import read_json
+    from lmlab.runs.folder import saved_config
+
+    own = saved_config(Path(cfg.train.out))
+    if own is not None and own.train.dtype == "auto":
+        return cfg
+    ref = spec.out / "runs" / seed_folder(point.group or point.name, 0) / "precision.json"
+    try:
+        dtype = read_json(ref).get("dtype") if ref.is_file() else None
+    except (OSError, ValueError, LmlabError):
+        return cfg
+    if dtype not in ("float32", "bfloat16"):
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dtype=dtype))
 
 
 def _stage_settings(cfg: Config) -> str:
@@ -543,6 +571,8 @@ def run_sweep(
     for _, cfg, budget in built:
         finalize(cfg, budget)
 
+    configs = [(p, seed_precision(spec, p, c)) for p, c in configs]
+    point_of = {c.train.out: p for p, c in configs}
     jobs: list[tuple[Config, bool]] = []
     for point, cfg in configs:
         run_dir = Path(cfg.train.out)
@@ -558,6 +588,7 @@ def run_sweep(
             _run_parallel(jobs, devices, log)
         else:
             for i, (cfg, resume) in enumerate(jobs):
+                cfg = seed_precision(spec, point_of[cfg.train.out], cfg)  # seed 0 ran just now
                 log(
                     f"[sweep] {Path(cfg.train.out).name} ({i + 1}/{len(jobs)}): {'resuming' if resume else 'training'}"
                 )
