@@ -250,3 +250,24 @@ def test_the_default_budget_is_the_five_minutes_the_readme_promises():
     args = build_parser().parse_args(["demo"])
     assert args.minutes == demo.DEFAULT_MINUTES == 5.0
     assert inspect.signature(demo.run_demo).parameters["minutes"].default == 5.0
+
+
+def test_a_machine_too_slow_for_the_reserve_trains_one_step_and_says_a_positive_time(
+    monkeypatch, capsys
+):
+    from lmlab.config import load_config
+
+    cfg = load_config("demo-python")
+    clock = FakeClock()
+    budget = demo.Budget(300.0, clock)
+    # measuring takes 30 s, and at 50 s a step the finish keeps FINISH_MIN_STEPS x 50 s > what is left
+    monkeypatch.setattr(
+        demo,
+        "measure_step_seconds",
+        lambda *a, **k: setattr(clock, "now", clock.now + 30.0) or 50.0,
+    )
+    assert demo.finish_reserve(300.0, 50.0) > 270.0
+    demo._size_training(cfg, budget, 5.0)
+    out = capsys.readouterr().out
+    assert cfg.train.max_steps == 1
+    assert "steps in ~0.0 min" in out and "~-" not in out

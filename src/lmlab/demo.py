@@ -178,8 +178,8 @@ def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
     t.eval_every = max(1, steps // 5)
     # five evals of eval.batches forward passes (a third of a step each) stay within that 8%
     cfg.eval.batches = max(1, min(cfg.eval.batches, int(0.08 * steps * 3 / 5)))
-    # samples.md at each eval decodes without a KV cache (~1/100 step per token): one sample,
-    # and none in a short run, where 5 x sample_tokens of them would cost a good part of it
+    # samples.md at each eval costs decoding time: one sample, and none in a short run, where
+    # 5 x sample_tokens of them would cost a good part of it
     cfg.eval.samples = min(cfg.eval.samples, 1) if steps >= 100 else 0
     t.checkpoint_every = steps
     t.log_every = max(1, min(t.log_every, steps // 20))
@@ -328,7 +328,8 @@ def _size_training(cfg: Config, budget: Budget, minutes: float) -> float:
             f"--minutes: {minutes:g} leaves {max(left, 0):.0f}s to train after data preparation; give more"
         )
     step_s = measure_step_seconds(cfg, max_seconds=0.1 * left)
-    left = budget.left() - finish_reserve(minutes * 60.0, step_s)  # the measurement took some of it
+    # the measurement took some of it; a machine slow enough to leave nothing still trains a step
+    left = max(0.0, budget.left() - finish_reserve(minutes * 60.0, step_s))
     fit_steps(cfg, left, step_s)
     print(
         f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min",
