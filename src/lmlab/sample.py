@@ -27,6 +27,7 @@ import torch
 from lmlab.config import SampleConfig
 from lmlab.device import inference_device
 from lmlab.errors import LmlabError
+from lmlab.runs import load_model_for_inference
 
 StreamCallback = Callable[[int, str], None]
 
@@ -504,7 +505,6 @@ def sample_command(
     err: Any = None,
 ) -> list[Sample]:
     """`lmlab sample RUN ...`: print samples (the first streamed unless ``stream`` is off, or as JSON)."""
-    from lmlab.runs import load_model_for_inference
 
     out = out or sys.stdout
     err = err or sys.stderr
