@@ -72,9 +72,9 @@ def test_split_params_gives_hidden_matrices_to_muon():
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_one_step_matches_the_written_rule(monkeypatch, native_bf16):
     """Muon's matrices move by -lr*sqrt(max(1, rows/cols))*NS(nesterov momentum); the rest is AdamW."""
-    import lmlab.device
+    import lmlab.train.muon
 
-    monkeypatch.setattr(lmlab.device, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(lmlab.train.muon, "cpu_has_native_bf16", lambda: native_bf16)
     assert Muon.ns_dtype(torch.zeros(1)) is (torch.bfloat16 if native_bf16 else torch.float32)
     model = _model()
     ocfg = OptimConfig(name="muon", muon_lr=0.05, weight_decay=0.1)

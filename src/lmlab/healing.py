@@ -63,40 +63,20 @@ def healing_split(tokenizer: Any, ids: Sequence[int]) -> tuple[list[int], bytes,
     return ids[:-1], tail, sorted(allowed)
 
 
-def generate_healed(
+def _healed_firsts(
     model: torch.nn.Module,
-    tokenizer: Any,
-    prompt: str,
+    head: list[int],
+    allowed: list[int],
     *,
-    max_new_tokens: int,
     temperature: float,
-    top_k: int = 0,
-    num_samples: int = 1,
-    seed: int = 0,
-    stream_callback: StreamCallback | None = None,
-) -> list[Sample]:
-    """:func:`lmlab.sample.generate` with token healing; each sample's ``text`` is what follows
-    ``prompt`` itself (the re-chosen token's bytes past the tail come first).
-
-    The first token counts against ``max_new_tokens``. Same seed, same samples.
-    """
-    head, tail, allowed = healing_split(tokenizer, encode_prompt(tokenizer, prompt))
-    if not allowed or max_new_tokens < 1:
-        return generate(
-            model,
-            tokenizer,
-            head,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            num_samples=num_samples,
-            seed=seed,
-            stream_callback=stream_callback,
-        )
+    top_k: int,
+    num_samples: int,
+    seed: int,
+) -> list[int]:
+    """Each sample's first token, chosen among ``allowed`` (those that begin with the tail)."""
     device = next(model.parameters()).device
     # the first forward sees at most the model's context, as generate's window does
     ctx = int(getattr(getattr(model, "config", None), "context_length", 0) or len(head))
-    # 1) the first token, among those that begin with the tail's bytes
     was_training = model.training
     model.eval()
     try:
@@ -110,15 +90,30 @@ def generate_healed(
     masked[:, keep] = logits[:, keep]
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    firsts = choose_next(
+    return choose_next(
         masked.expand(num_samples, -1).contiguous(),
         temperature=temperature,
         top_k=top_k,
         generator=gen,
     ).tolist()
-    # 2) the rest, one batch per distinct first token
+
+
+def _continue_each_first(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    head: list[int],
+    tail: bytes,
+    firsts: list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    seed: int,
+    stream_callback: StreamCallback | None,
+) -> list[Sample]:
+    """The rest of each sample after its first token, one batch per distinct first token."""
     vocab = tokenizer.vocab
-    out: list[Sample | None] = [None] * num_samples
+    out: list[Sample | None] = [None] * len(firsts)
     groups: dict[int, list[int]] = {}
     for i, t in enumerate(firsts):
         groups.setdefault(int(t), []).append(i)
@@ -152,3 +147,56 @@ def generate_healed(
                 message=s.message,
             )
     return [s for s in out if s is not None]
+
+
+def generate_healed(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int = 0,
+    num_samples: int = 1,
+    seed: int = 0,
+    stream_callback: StreamCallback | None = None,
+) -> list[Sample]:
+    """:func:`lmlab.sample.generate` with token healing; each sample's ``text`` is what follows
+    ``prompt`` itself (the re-chosen token's bytes past the tail come first).
+
+    The first token counts against ``max_new_tokens``. Same seed, same samples.
+    """
+    head, tail, allowed = healing_split(tokenizer, encode_prompt(tokenizer, prompt))
+    if not allowed or max_new_tokens < 1:
+        return generate(
+            model,
+            tokenizer,
+            head,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            num_samples=num_samples,
+            seed=seed,
+            stream_callback=stream_callback,
+        )
+    firsts = _healed_firsts(
+        model,
+        head,
+        allowed,
+        temperature=temperature,
+        top_k=top_k,
+        num_samples=num_samples,
+        seed=seed,
+    )
+    return _continue_each_first(
+        model,
+        tokenizer,
+        head,
+        tail,
+        firsts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        stream_callback=stream_callback,
+    )

@@ -27,6 +27,7 @@ import torch
 from lmlab.config import SampleConfig
 from lmlab.device import inference_device
 from lmlab.errors import LmlabError
+from lmlab.runs import load_model_for_inference
 
 StreamCallback = Callable[[int, str], None]
 
@@ -300,6 +301,124 @@ def encode_prompt(tokenizer: Any, prompt: str | Sequence[int]) -> list[int]:
     return ids
 
 
+def _check_prompt(model: torch.nn.Module, prompt_ids: list[int], vocab: int) -> None:
+    """Refuse a prompt the model cannot read: an id past its vocabulary, or more tokens than a
+    learned-position model's context."""
+    if vocab and max(prompt_ids) >= vocab:
+        raise LmlabError(
+            f"prompt: token id {max(prompt_ids)} is outside the model's vocabulary ({vocab})"
+        )
+    ctx = _context_length(model)
+    if ctx is not None and not _can_slide(model) and len(prompt_ids) > ctx:
+        raise LmlabError(
+            f"prompt: {len(prompt_ids)} tokens exceed the context length {ctx} of a model with "
+            "learned positions (it cannot slide its window); shorten the prompt"
+        )
+
+
+class _Outputs:
+    """Each sample's text as it becomes final: decoding, stop strings, finish reasons."""
+
+    def __init__(
+        self, tokenizer: Any, stop: list[str], batch: int, callback: StreamCallback | None
+    ) -> None:
+        self.decoders = [StreamDecoder(tokenizer) for _ in range(batch)]
+        self.matchers = [StopMatcher(stop) for _ in range(batch)]
+        self.pieces: list[list[str]] = [[] for _ in range(batch)]
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.finish = ["length"] * batch
+        self.done = [False] * batch
+        self.message = ""
+        self.callback = callback
+
+    def emit(self, i: int, text: str) -> None:
+        if text:
+            self.pieces[i].append(text)
+            if self.callback is not None:
+                self.callback(i, text)
+
+    def take(self, nxt: list[int], eot: int | None) -> None:
+        """Append one chosen token to each sample still running."""
+        for i, t in enumerate(nxt):
+            if self.done[i]:
+                continue
+            if eot is not None and t == eot:
+                self.done[i], self.finish[i] = True, "eot"
+                continue
+            self.tokens[i].append(t)
+            self.emit(i, self.matchers[i].feed(self.decoders[i].push(t)))
+            if self.matchers[i].stopped:
+                self.done[i], self.finish[i] = True, "stop"
+
+    def stop_at_context(self, ctx: int | None) -> None:
+        self.message = (
+            f"stopped at the context length {ctx}: this model has learned positions, "
+            "which cannot slide past it"
+        )
+        for i in range(len(self.done)):
+            if not self.done[i]:
+                self.done[i], self.finish[i] = True, "context"
+
+    def samples(self, prompt_ids: list[int]) -> list[Sample]:
+        """Flush what each decoder and matcher still holds and build the samples."""
+        samples = []
+        for i in range(len(self.done)):
+            if self.finish[i] != "stop":
+                self.emit(i, self.matchers[i].feed(self.decoders[i].flush()))
+                self.emit(i, self.matchers[i].finish())
+                if self.matchers[i].stopped:
+                    self.finish[i] = "stop"
+            samples.append(
+                Sample(
+                    text="".join(self.pieces[i]),
+                    tokens=self.tokens[i],
+                    prompt_tokens=list(prompt_ids),
+                    finish_reason=self.finish[i],
+                    message=self.message if self.finish[i] == "context" else "",
+                )
+            )
+        return samples
+
+
+def _decode_loop(
+    model: torch.nn.Module,
+    seq: torch.Tensor,
+    out: _Outputs,
+    *,
+    max_new_tokens: int,
+    choose: Callable[[torch.Tensor], torch.Tensor],
+    seen: torch.Tensor | None,
+    repetition_penalty: float,
+    tok_vocab: int,
+    eot: int | None,
+    use_cache: bool,
+) -> None:
+    """Run the model step by step, feeding each chosen token to ``out``, until every sample is
+    done, the token limit, or (learned positions) the context length."""
+    B = seq.shape[0]
+    stepper = _Stepper(model, B, use_cache)
+    logits = stepper.first(seq) if max_new_tokens > 0 else None
+    for step in range(max_new_tokens):
+        assert logits is not None
+        if tok_vocab and logits.shape[-1] > tok_vocab:
+            # Padded embedding rows have no text: never pick them.
+            logits[:, tok_vocab:] = float("-inf")
+        if seen is not None:
+            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+        nxt = choose(logits)
+        if seen is not None:
+            seen[torch.arange(B, device=seq.device), nxt] = True
+        out.take(nxt.tolist(), eot)
+        if all(out.done) or step == max_new_tokens - 1:
+            break
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+        try:
+            logits = stepper.next(seq)
+        except ContextFull:
+            out.stop_at_context(_context_length(model))
+            break
+
+
 def generate(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -324,21 +443,11 @@ def generate(
     UTF-8 characters, never part of a stop string.
     """
     _check_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_samples)
-    stop = list(stop)
     prompt_ids = encode_prompt(tokenizer, prompt)
     device = next(model.parameters()).device
     vocab = int(getattr(_model_config(model), "vocab_size", 0) or 0)
     tok_vocab = int(getattr(tokenizer, "vocab_size", 0) or 0)
-    if vocab and max(prompt_ids) >= vocab:
-        raise LmlabError(
-            f"prompt: token id {max(prompt_ids)} is outside the model's vocabulary ({vocab})"
-        )
-    ctx = _context_length(model)
-    if ctx is not None and not _can_slide(model) and len(prompt_ids) > ctx:
-        raise LmlabError(
-            f"prompt: {len(prompt_ids)} tokens exceed the context length {ctx} of a model with "
-            "learned positions (it cannot slide its window); shorten the prompt"
-        )
+    _check_prompt(model, prompt_ids, vocab)
     eot = getattr(tokenizer, "eot_id", None) if stop_at_eot else None
 
     B = num_samples
@@ -350,82 +459,29 @@ def generate(
         seen = torch.zeros(B, vocab or tok_vocab, dtype=torch.bool, device=device)
         seen[:, torch.tensor(prompt_ids, device=device)] = True
 
-    decoders = [StreamDecoder(tokenizer) for _ in range(B)]
-    matchers = [StopMatcher(stop) for _ in range(B)]
-    pieces: list[list[str]] = [[] for _ in range(B)]
-    out_tokens: list[list[int]] = [[] for _ in range(B)]
-    finish = ["length"] * B
-    done = [False] * B
-    message = ""
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        return choose_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
 
-    def emit(i: int, text: str) -> None:
-        if text:
-            pieces[i].append(text)
-            if stream_callback is not None:
-                stream_callback(i, text)
-
+    out = _Outputs(tokenizer, list(stop), B, stream_callback)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            stepper = _Stepper(model, B, use_cache)
-            logits = stepper.first(seq) if max_new_tokens > 0 else None
-            for step in range(max_new_tokens):
-                assert logits is not None
-                if tok_vocab and logits.shape[-1] > tok_vocab:
-                    # Padded embedding rows have no text: never pick them.
-                    logits[:, tok_vocab:] = float("-inf")
-                if seen is not None:
-                    logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-                nxt = choose_next(
-                    logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen
-                )
-                if seen is not None:
-                    seen[torch.arange(B, device=device), nxt] = True
-                for i, t in enumerate(nxt.tolist()):
-                    if done[i]:
-                        continue
-                    if eot is not None and t == eot:
-                        done[i], finish[i] = True, "eot"
-                        continue
-                    out_tokens[i].append(t)
-                    emit(i, matchers[i].feed(decoders[i].push(t)))
-                    if matchers[i].stopped:
-                        done[i], finish[i] = True, "stop"
-                if all(done) or step == max_new_tokens - 1:
-                    break
-                seq = torch.cat([seq, nxt[:, None]], dim=1)
-                try:
-                    logits = stepper.next(seq)
-                except ContextFull:
-                    message = (
-                        f"stopped at the context length {ctx}: this model has learned positions, "
-                        "which cannot slide past it"
-                    )
-                    for i in range(B):
-                        if not done[i]:
-                            done[i], finish[i] = True, "context"
-                    break
+            _decode_loop(
+                model,
+                seq,
+                out,
+                max_new_tokens=max_new_tokens,
+                choose=choose,
+                seen=seen,
+                repetition_penalty=repetition_penalty,
+                tok_vocab=tok_vocab,
+                eot=eot,
+                use_cache=use_cache,
+            )
     finally:
         model.train(was_training)
-
-    samples = []
-    for i in range(B):
-        if finish[i] != "stop":
-            emit(i, matchers[i].feed(decoders[i].flush()))
-            emit(i, matchers[i].finish())
-            if matchers[i].stopped:
-                finish[i] = "stop"
-        samples.append(
-            Sample(
-                text="".join(pieces[i]),
-                tokens=out_tokens[i],
-                prompt_tokens=list(prompt_ids),
-                finish_reason=finish[i],
-                message=message if finish[i] == "context" else "",
-            )
-        )
-    return samples
+    return out.samples(prompt_ids)
 
 
 # --- command line --------------------------------------------------------------------------
@@ -449,7 +505,6 @@ def sample_command(
     err: Any = None,
 ) -> list[Sample]:
     """`lmlab sample RUN ...`: print samples (the first streamed unless ``stream`` is off, or as JSON)."""
-    from lmlab.runs import load_model_for_inference
 
     out = out or sys.stdout
     err = err or sys.stderr

@@ -15,6 +15,7 @@ inputs added: ``({"idx", "enc_ids", "enc_mask"}, y)``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,6 @@ def tokenize_pairs(
 
 def pairs_fingerprint(examples: Sequence[PairExample]) -> str:
     """sha256 over targets and sources (resume checks that the pairs did not change)."""
-    import hashlib
 
     h = hashlib.sha256(fingerprint(examples).encode())
     for e in examples:

@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 from lmlab.data.streams import StreamSource, check_available, parse_stream_input, stream_batches
 from lmlab.errors import DataError
 from lmlab.io import expand_inputs
+from lmlab.notices import utf8_reason  # the tokenizer stage words it the same way
 
 # An entry is one contiguous part of one file:
 #   (kind, path, first_line, at_file_start, payload)
@@ -97,7 +98,6 @@ def _open(path: Path) -> BinaryIO:
 
 
 def _utf8_error(e: UnicodeDecodeError, base: int = 0) -> str:
-    from lmlab.notices import utf8_reason  # the tokenizer stage words it the same way
 
     return utf8_reason(e, base)
 
@@ -180,7 +180,7 @@ def _parquet_entries(
     path: Path, settings: SourceSettings, rows: int
 ) -> Iterator[tuple[Entry, int]]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # noqa: PLC0415 (optional extra: lmlab[parquet])
     except ImportError:
         raise DataError(
             f"{path}: reading parquet needs pyarrow (pip install 'lmlab[parquet]')"

@@ -25,9 +25,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmlab.data.batches import bytes_per_token, val_windows
+from lmlab.data.loader import TokenSplit
+from lmlab.data.shards import read_meta
 from lmlab.device import autocast, inputs_to, resolve_device, resolve_dtype
 from lmlab.errors import DataError
 from lmlab.model import forward
+from lmlab.runs import load_model, read_state
 
 LN2 = math.log(2.0)
 
@@ -92,10 +96,6 @@ def evaluate_path(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a run (its latest checkpoint) or a checkpoint on a dataset's val split."""
-    from lmlab.data.batches import bytes_per_token, val_windows
-    from lmlab.data.loader import TokenSplit
-    from lmlab.data.shards import read_meta
-    from lmlab.runs import load_model, read_state
 
     dev = resolve_device(device)
     model, cfg, ckpt = load_model(run_or_ckpt, dev)

@@ -40,10 +40,20 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import PHASE_INHERITED, Config, PhaseConfig, resolve_vocab_size
+from lmlab.data.mine import mine_pairs
+from lmlab.data.prepare import format_report, prepare_dataset
+from lmlab.data.scramble import scramble_files
+from lmlab.data.sft import resolve_template
+from lmlab.data.shards import read_meta
 from lmlab.errors import ConfigError, DataError
+from lmlab.eval.metrics import evaluate_path
 from lmlab.io import atomic_write_text, read_json, write_json
+from lmlab.outputs import check_output, write_marker
 from lmlab.pipeline.stages import ensure_tokenizer, is_up_to_date, mark_done, stage_key
+from lmlab.report import markdown_table
 from lmlab.runs import plan_run
+from lmlab.tokenizer import load_tokenizer
+from lmlab.train.loop import train
 
 
 def phase_name(ph: PhaseConfig, k: int) -> str:
@@ -101,8 +111,6 @@ def instruction_documents(inputs: list[str], out_jsonl: Path, template: str = ""
     the function's source, one ``{"text": ...}`` JSONL row; nothing is masked, so it trains as
     ordinary LM data. Returns the mining report.
     """
-    from lmlab.data.mine import mine_pairs
-    from lmlab.data.sft import resolve_template
 
     tmpl = resolve_template(template)
     pairs_path = out_jsonl.with_name(out_jsonl.stem + ".pairs.jsonl")
@@ -133,7 +141,6 @@ def ensure_phase_data(
         raise ConfigError(
             f"phase.{k}.input: preparing data needs a tokenizer (tokenizer.out or tokenizer.path)"
         )
-    from lmlab.tokenizer import load_tokenizer
 
     fingerprint = load_tokenizer(tok_dir).fingerprint()
     prep = dataclasses.replace(cfg.prepare, input=list(ph.input), filter=ph.filter, out=str(out))
@@ -148,8 +155,6 @@ def ensure_phase_data(
         src = out.parent / f"{out.name}.{ph.transform}.jsonl"
         src.parent.mkdir(parents=True, exist_ok=True)
         if ph.transform == "scramble":
-            from lmlab.data.scramble import scramble_files
-
             rep = scramble_files(ph.input, src, seed=prep.seed)
             log(
                 f"{tag} scrambled {rep['scrambled']}/{rep['files']} files ({rep['statements']} statements) -> {src}"
@@ -160,7 +165,6 @@ def ensure_phase_data(
                 f"{tag} {rep['pairs']} instruction documents from {rep['files_used']} files -> {src}"
             )
         prep = dataclasses.replace(prep, input=[str(src)], format="jsonl", text_field="text")
-    from lmlab.data.prepare import format_report, prepare_dataset
 
     log(f"{tag} preparing data -> {out}")
     meta = prepare_dataset(prep, tokenizer_path=str(tok_dir), progress=cfg.log.progress)
@@ -171,7 +175,6 @@ def ensure_phase_data(
 
 def _check_same_tokenizer(datasets: list[Path]) -> dict[str, Any]:
     """Every phase must share one tokenizer (one model); returns the first dataset's meta."""
-    from lmlab.data.shards import read_meta
 
     metas = [read_meta(d) for d in datasets]
     first = metas[0].get("tokenizer_fingerprint")
@@ -209,7 +212,6 @@ def forgetting_table(names: list[str], losses: list[list[float | None]]) -> list
 
 def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any]:
     """Run every phase of ``cfg`` (see the module docstring); returns curriculum.json's content."""
-    from lmlab.report import markdown_table
 
     if not cfg.phase:
         raise ConfigError("phase: the recipe has no [[phase]] tables")
@@ -218,8 +220,6 @@ def run_curriculum(cfg: Config, force: bool = False, log=print) -> dict[str, Any
     names = [phase_name(ph, k) for k, ph in enumerate(cfg.phase, 1)]
     if len(set(names)) != len(names):
         raise ConfigError(f"phase.name: names must differ, got {names}")
-
-    from lmlab.outputs import check_output, write_marker
 
     check_output(root, "curriculum", whole=False)  # a folder of the user's is refused, not filled
     root.mkdir(parents=True, exist_ok=True)
@@ -265,7 +265,6 @@ def _train_phase(
 ) -> tuple[dict[str, Any], bool]:
     """Phase ``k``'s result.json content: kept when up to date (and ``retrain`` is off),
     else trained or resumed; and whether it trained."""
-    from lmlab.train.loop import train
 
     run_dir = Path(pcfg.train.out)
     plan = plan_run(run_dir, pcfg, force=retrain)
@@ -294,7 +293,6 @@ def _val_losses(
     cfg: Config, run_dir: Path, datasets: list[Path], tag: str, log
 ) -> list[float | None]:
     """The run's val loss on every phase's val split (None for a dataset without one)."""
-    from lmlab.eval.metrics import evaluate_path
 
     row: list[float | None] = []
     for j, ds in enumerate(datasets, 1):

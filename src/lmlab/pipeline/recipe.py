@@ -22,9 +22,13 @@ from typing import Any
 
 from lmlab.config import Config, load_config
 from lmlab.errors import CheckpointError
+from lmlab.eval.metrics import evaluate_path, format_metrics
 from lmlab.io import read_json, write_json
+from lmlab.pipeline.curriculum import run_curriculum
 from lmlab.pipeline.stages import ensure_tokenizer, resolve_training_inputs
 from lmlab.runs import config_differences, plan_run, resolve_checkpoint
+from lmlab.train.encdec import run_encdec
+from lmlab.train.loop import train
 
 
 def _train_stage(cfg: Config, train_fn: Any, force: bool, log) -> bool:
@@ -55,7 +59,6 @@ EVAL_FILE = "eval.json"
 
 def _eval_stage(run_dir: Path, batches: int | None, log) -> dict[str, Any]:
     """The final metrics of the run's latest checkpoint, reused from eval.json when they are of it."""
-    from lmlab.eval.metrics import evaluate_path, format_metrics
 
     ckpt = resolve_checkpoint(run_dir).name
     cached = run_dir / EVAL_FILE
@@ -80,12 +83,8 @@ def run_recipe(
     """Run every stage of a recipe; returns the final eval metrics."""
     cfg = load_config(path, overrides)
     if cfg.phase:  # a curriculum: its phases' data, runs and forgetting table
-        from lmlab.pipeline.curriculum import run_curriculum
-
         return run_curriculum(cfg, force, log)
     if cfg.model.arch == "encdec":  # pairs, not token shards: a tokenizer stage, then training
-        from lmlab.train.encdec import run_encdec
-
         if cfg.tokenizer.out or cfg.tokenizer.path:
             cfg.data.tokenizer = str(Path(ensure_tokenizer(cfg, force, log)).resolve())
         cfg.validate()
@@ -93,7 +92,6 @@ def run_recipe(
         return read_json(Path(cfg.train.out) / "encdec.json")
     cfg = resolve_training_inputs(cfg, force, log)
     cfg.validate()
-    from lmlab.train.loop import train
 
     run_dir = Path(cfg.train.out)
     _train_stage(cfg, train, force, log)

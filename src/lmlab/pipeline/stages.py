@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import Config
+from lmlab.data.prepare import format_report, prepare_dataset
+from lmlab.data.streams import HF_PREFIX, local_path
 from lmlab.errors import ConfigError
 from lmlab.io import atomic_write_text, expand_inputs
+from lmlab.tokenizer import load_tokenizer, train_tokenizer
 
 STAGE_FILE = "stage.json"
 
 
 def _inputs_signature(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[list[Any]]:
-    from lmlab.data.streams import HF_PREFIX, local_path
 
     # a hub dataset is known by its name only; a local dataset by its files, like any input
     hub = [i for i in inputs if i.startswith(HF_PREFIX) and local_path(i) is None]
@@ -77,7 +79,6 @@ def ensure_tokenizer(cfg: Config, force: bool = False, log=print) -> Path:
     if not force and is_up_to_date(out, key):
         log(f"[tokenizer] up to date: {out}")
         return out
-    from lmlab.tokenizer import train_tokenizer
 
     log(f"[tokenizer] training {t.kind} tokenizer, vocab {t.vocab_size} -> {out}")
     train_tokenizer(
@@ -101,7 +102,6 @@ def ensure_dataset(cfg: Config, tokenizer_dir: Path, force: bool = False, log=pr
             )
         return Path(cfg.data.path)
     out = Path(p.out)
-    from lmlab.tokenizer import load_tokenizer
 
     fingerprint = load_tokenizer(tokenizer_dir).fingerprint()
     settings = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("out", "workers")}
@@ -109,7 +109,6 @@ def ensure_dataset(cfg: Config, tokenizer_dir: Path, force: bool = False, log=pr
     if not force and is_up_to_date(out, key):
         log(f"[data] up to date: {out}")
         return out
-    from lmlab.data.prepare import format_report, prepare_dataset
 
     log(f"[data] preparing -> {out}")
     meta = prepare_dataset(p, tokenizer_path=str(tokenizer_dir), progress=cfg.log.progress)

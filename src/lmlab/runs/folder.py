@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import Config, load_config, resolve_vocab_size, to_dict
-from lmlab.errors import CheckpointError
+from lmlab.data.shards import read_meta
+from lmlab.errors import CheckpointError, LmlabError
+from lmlab.outputs import check_output, read_marker, refuse_links, write_marker
+from lmlab.tokenizer import load_tokenizer
 
 # what lmlab writes into a run folder (links there are refused; --force removes the first group)
 RUN_RESULTS = (
@@ -70,7 +73,6 @@ def _steps(run_dir: Path) -> str:
 def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> Path:
     """What :func:`open_run_dir` refuses, refused without touching anything: trainers call it
     before building a model or measuring, so a refusal comes first and costs nothing."""
-    from lmlab.outputs import check_output, refuse_links
 
     path = check_output(run_dir, "run", whole=False)
     refuse_links(path, RUN_FILES)
@@ -84,7 +86,6 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> Path:
 
 def open_run_dir(run_dir: Path, *, resume: bool, force: bool, log=print) -> Path:
     """Claim ``run_dir`` for a run (see the module docstring); return it, absolute."""
-    from lmlab.outputs import write_marker
 
     path = check_run_dir(run_dir, resume=resume, force=force)
     if holds_run(path) and not resume:
@@ -150,7 +151,6 @@ def resolve_run_config(cfg: Config, meta: dict[str, Any]) -> Config:
 
 
 def recorded_run_dir(run_dir: Path) -> str | None:
-    from lmlab.outputs import read_marker
 
     rec = read_marker(Path(run_dir)).get("run_dir")
     return rec if isinstance(rec, str) else None
@@ -194,8 +194,6 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Con
 
 def expected_config(cfg: Config) -> Config | None:
     """``cfg`` resolved as the trainer will save it, or None when its dataset cannot be read."""
-    from lmlab.data.shards import read_meta
-    from lmlab.errors import LmlabError
 
     out = copy.deepcopy(cfg)
     try:
@@ -204,8 +202,6 @@ def expected_config(cfg: Config) -> Config | None:
         elif (
             out.data.tokenizer and out.model.vocab_size == 0
         ):  # pairs: the decoder tokenizer's vocabulary
-            from lmlab.tokenizer import load_tokenizer
-
             meta = {"vocab_size": load_tokenizer(out.data.tokenizer).vocab_size}
         else:
             meta = {"vocab_size": out.model.vocab_size}
@@ -216,7 +212,6 @@ def expected_config(cfg: Config) -> Config | None:
 
 def saved_config(run_dir: Path) -> Config | None:
     """The run's config.toml (relocated), or None when absent or unreadable."""
-    from lmlab.errors import LmlabError
 
     p = Path(run_dir) / "config.toml"
     if not p.is_file():

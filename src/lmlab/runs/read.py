@@ -18,13 +18,17 @@ import re
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 
 from lmlab.config import Config, ModelConfig, load_config
 from lmlab.errors import CheckpointError, LmlabError
 from lmlab.io import read_json
+from lmlab.model import build_model
+from lmlab.model.layout import pick_decode_layout
 from lmlab.runs.folder import relocate, run_folder_of
 from lmlab.runs.state import TrainState
+from lmlab.tokenizer import load_tokenizer
 
 STEP_RE = re.compile(r"^step_(\d+)$")
 FILES = ("model.safetensors", "optimizer.pt", "state.json", "config.toml")
@@ -118,11 +122,11 @@ def read_config(ckpt: Path) -> Config:
 
 def load_weights(model: torch.nn.Module, ckpt: Path, device: str | torch.device = "cpu") -> None:
     """Load ``model.safetensors`` into ``model`` (CheckpointError naming the file if corrupt)."""
-    from safetensors.torch import load_model
-
     f = ckpt / "model.safetensors"
     try:
-        missing, unexpected = load_model(unwrap(model), str(f), strict=False, device=str(device))
+        missing, unexpected = safetensors.torch.load_model(
+            unwrap(model), str(f), strict=False, device=str(device)
+        )
     except Exception as e:  # safetensors raises its own error types for bad headers/truncation
         raise CheckpointError(f"{f}: cannot read weights ({type(e).__name__}: {e})") from None
     if missing or unexpected:
@@ -151,7 +155,6 @@ def load_model(
     An encoder-decoder run is refused unless ``encdec_ok``: eval, sample and chat feed token
     ids alone, and it needs source text for its encoder.
     """
-    from lmlab.model import build_model
 
     ckpt = resolve_checkpoint(path)
     cfg = read_config(ckpt)
@@ -194,12 +197,9 @@ def load_model_for_inference(
     here (:func:`lmlab.model.layout.pick_decode_layout`). Raises CheckpointError when files are
     missing or corrupt, or when no tokenizer can be found for the run.
     """
-    from lmlab.tokenizer import load_tokenizer
 
     model, cfg, ckpt = load_model(path, device)
     if decode_batch > 0:
-        from lmlab.model.layout import pick_decode_layout
-
         pick_decode_layout(model, decode_batch)
     tok_path = find_tokenizer(ckpt, cfg)
     if tok_path is None:

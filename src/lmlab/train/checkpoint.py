@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_model
 
 from lmlab.config import Config, save_config
 from lmlab.errors import CheckpointError
 from lmlab.io import atomic_write_text, write_json
-from lmlab.outputs import atomic_dir
+from lmlab.outputs import atomic_dir, remove_stale_temps
 from lmlab.runs.read import (
     FILES,
     complete_checkpoints,
@@ -133,8 +135,6 @@ def save_checkpoint(
     best_step: int | None = None,
 ) -> Path:
     """Write ``root/step_NNNNNN`` atomically, point ``latest`` at it, prune old ones."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_model
 
     name = checkpoint_name(step)
     final = root / name
@@ -176,7 +176,6 @@ def prune(root: Path, keep: int, best_step: int | None) -> None:
 def clean_partial(root: Path) -> None:
     """Remove temporary folders left by a checkpoint write that was killed (lmlab's naming
     ``.step_NNNNNN.tmp-PID-XXXX`` with PID gone; :func:`lmlab.outputs.remove_stale_temps`)."""
-    from lmlab.outputs import remove_stale_temps
 
     remove_stale_temps(root, r"step_\d+")
 

@@ -20,8 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import Config
+from lmlab.data import pairs as pair_data
+from lmlab.data import sft as sft_data
+from lmlab.data.pairs import generate_targets
+from lmlab.device import resolve_device
 from lmlab.errors import ConfigError, DataError
+from lmlab.eval.code import parse_rate as symbolic_parse_rate
+from lmlab.eval.code import parse_report
 from lmlab.io import read_json, write_json
+from lmlab.model.encdec import load_encoder_tokenizer
+from lmlab.report import markdown_table, write_report
+from lmlab.runs import open_run_dir
+from lmlab.tokenizer import load_tokenizer
+from lmlab.train import checkpoint as ck
+from lmlab.train import distributed as dd
+from lmlab.train.loop import train
 
 
 def _log(msg: str, main: bool) -> None:
@@ -33,8 +46,6 @@ def build_pair_data(
     cfg: Config, dec_tok: Any, enc_tok: Any, main: bool = True
 ) -> tuple[Any, dict[str, Any]]:
     """Read, tokenize and split ``cfg.encdec``'s pairs: (PairData, report for encdec.json)."""
-    from lmlab.data import pairs as pair_data
-    from lmlab.data import sft as sft_data
 
     e = cfg.encdec
     if not e.data:
@@ -82,9 +93,6 @@ def parse_rate(
 ) -> dict[str, Any]:
     """Greedy outputs for the first ``n`` held-out sources, and the share that compiles
     (:func:`lmlab.eval.code.parse_report`: an empty output does not pass)."""
-    from lmlab.data.pairs import generate_targets
-    from lmlab.eval.code import parse_rate as symbolic_parse_rate
-    from lmlab.eval.code import parse_report
 
     examples = (data.val or data.train)[:n]
     seqs = generate_targets(
@@ -102,10 +110,6 @@ def parse_rate(
 
 def run_encdec(cfg: Config, resume: bool = False, force: bool = False):
     """Train the decoder of ``cfg`` (``model.arch = "encdec"``) on ``cfg.encdec``'s pairs into ``train.out``."""
-    from lmlab.model.encdec import load_encoder_tokenizer
-    from lmlab.tokenizer import load_tokenizer
-    from lmlab.train import distributed as dd
-    from lmlab.train.loop import train
 
     main = dd.from_env().is_main
     if cfg.model.arch != "encdec":
@@ -137,8 +141,6 @@ def run_encdec(cfg: Config, resume: bool = False, force: bool = False):
                 f"{info_path}: the pairs changed since this run started; cannot resume exactly"
             )
     if main:
-        from lmlab.runs import open_run_dir
-
         open_run_dir(
             run_dir, resume=resume, force=force
         )  # before encdec.json: a folder of other files is refused
@@ -157,9 +159,6 @@ def run_encdec(cfg: Config, resume: bool = False, force: bool = False):
 
 def _report_parse_rate(cfg: Config, run_dir: Path, data: Any, dec_tok: Any, result: Any) -> dict:
     """The trained decoder's parse rate on held-out sources, logged and put into report.md."""
-    from lmlab.device import resolve_device
-    from lmlab.report import markdown_table, write_report
-    from lmlab.train import checkpoint as ck
 
     e = cfg.encdec
     device = resolve_device(cfg.train.device)

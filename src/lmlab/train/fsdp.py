@@ -20,14 +20,23 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed._composable import checkpoint
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from lmlab.config import Config
 from lmlab.errors import CheckpointError
+from lmlab.model import build_model
+from lmlab.train.optim import build_optimizer
 
 
 def mixed_precision(dtype: torch.dtype) -> Any:
     """bf16/fp16 compute weights with fp32 gradient reductions; fp32 runs get the default policy."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy
 
     if dtype is torch.float32:
         return MixedPrecisionPolicy()
@@ -43,7 +52,6 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
 
 def checkpoint_activations(model: nn.Module) -> None:
     """Recompute each block's activations in backward (composable API: parameter names stay)."""
-    from torch.distributed._composable import checkpoint
 
     for block in blocks_of(model):
         checkpoint(block)
@@ -51,7 +59,6 @@ def checkpoint_activations(model: nn.Module) -> None:
 
 def shard(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """``fully_shard`` every block, then the root; the model is changed in place and returned."""
-    from torch.distributed.fsdp import fully_shard
 
     policy = mixed_precision(dtype)
     for block in blocks_of(model):
@@ -61,7 +68,6 @@ def shard(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
 
@@ -152,14 +158,6 @@ def gather_for_checkpoint(
 
     Every rank must call it; ranks other than 0 get ``(None, None)``.
     """
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    from lmlab.model import build_model
-    from lmlab.train.optim import build_optimizer
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=opts)
@@ -177,9 +175,6 @@ def gather_model(
     model: nn.Module, cfg: Config, device: torch.device, is_main: bool
 ) -> nn.Module | None:
     """Collective: the full model on rank 0's ``device`` (for evaluation and samples), else None."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from lmlab.model import build_model
 
     weights = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -193,7 +188,6 @@ def gather_model(
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, ckpt: Path) -> None:
     """Collective: load a checkpoint's ``optimizer.pt`` (any process count wrote it) into shards."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     f = ckpt / "optimizer.pt"
     try:

@@ -22,9 +22,11 @@ from lmlab.config import Config, save_config
 from lmlab.errors import LmlabError
 from lmlab.eval.metrics import evaluate_batches, summarize
 from lmlab.io import atomic_write_text, open_append, write_json
+from lmlab.report import markdown_table, write_report
 from lmlab.runs import open_run_dir
 from lmlab.runs.state import TrainState
 from lmlab.sample import generate
+from lmlab.tokenizer import load_tokenizer
 from lmlab.train import checkpoint as ck
 from lmlab.train import distributed as dd
 from lmlab.train import fsdp
@@ -60,7 +62,6 @@ class TrainResult:
 
     def table(self) -> str:
         """report.md's "Result" section: a one-row Markdown table of the set fields."""
-        from lmlab.report import markdown_table
 
         return markdown_table(
             [{k: v for k, v in self.as_dict().items() if k != "run_dir" and v is not None}]
@@ -96,8 +97,6 @@ def load_samples_tokenizer(cfg: Config, meta: dict[str, Any]) -> Any:
     if not path or not Path(path).exists():
         return None
     try:
-        from lmlab.tokenizer import load_tokenizer
-
         return load_tokenizer(path)
     except (ImportError, LmlabError, OSError):
         return None
@@ -388,7 +387,6 @@ class AfterStep:
 
     def _report(self, result: TrainResult) -> None:
         """report.md and loss.png from what the run wrote (lmlab.report)."""
-        from lmlab.report import write_report
 
         try:
             write_report(self.s.run_dir, {"Result": result.table()})

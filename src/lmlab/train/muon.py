@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmlab.device import cpu_has_native_bf16
+
 # Quintic Newton-Schulz coefficients (modded-nanogpt): converge fast from a spectral norm <= 1.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
@@ -128,7 +130,6 @@ class Muon(torch.optim.Optimizer):
     def ns_dtype(p: torch.Tensor) -> torch.dtype:
         """bf16 where matmuls are native in it (CUDA, CPUs with AMX/AVX512-BF16: 3-4x faster
         than fp32 there, and the iteration is robust to it), else fp32."""
-        from lmlab.device import cpu_has_native_bf16
 
         native = p.device.type == "cuda" or (p.device.type == "cpu" and cpu_has_native_bf16())
         return torch.bfloat16 if native else torch.float32

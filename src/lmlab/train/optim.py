@@ -22,6 +22,8 @@ import math
 import torch
 
 from lmlab.config import OptimConfig, TrainConfig
+from lmlab.errors import ConfigError
+from lmlab.train.muon import Muon, split_params
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -62,12 +64,9 @@ def build_optimizer(
     (hidden matrices) with AdamW for the embeddings, head, norms and biases."""
     if ocfg.name != "muon":
         return _adamw(param_groups(model, ocfg.weight_decay), ocfg, lr, device)
-    from lmlab.train.muon import Muon, split_params
 
     muon, decay, no_decay = split_params(model)
     if any(type(p).__name__ == "DTensor" for p in muon):  # Newton-Schulz needs whole matrices
-        from lmlab.errors import ConfigError
-
         raise ConfigError(
             "optim.name: muon needs whole weight matrices on every rank (DDP), not FSDP shards"
         )

@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from lmlab.config import Config, to_dict
 from lmlab.errors import ConfigError
-from lmlab.io import open_append
+from lmlab.io import atomic_write_text, open_append
 from lmlab.notices import progress_on_terminal
 
 
@@ -77,8 +79,6 @@ class Logger:
         self.bar = None
         # a bar only on a terminal: in a log file its carriage-return frames are thousands of lines
         if cfg.log.progress and cfg.train.max_steps > start_step and progress_on_terminal():
-            from tqdm import tqdm
-
             self.bar = tqdm(
                 total=cfg.train.max_steps,
                 initial=start_step,
@@ -89,7 +89,7 @@ class Logger:
         self.tb = None
         if cfg.log.tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (optional extra: lmlab[logging])
             except ImportError:
                 raise ConfigError(
                     "log.tensorboard: the tensorboard package is not installed (pip install 'lmlab[logging]')"
@@ -98,7 +98,7 @@ class Logger:
         self.wandb = None
         if cfg.log.wandb_project:
             try:
-                import wandb
+                import wandb  # noqa: PLC0415 (optional: pip install wandb)
             except ImportError:
                 raise ConfigError(
                     "log.wandb_project: the wandb package is not installed (pip install wandb)"
@@ -164,6 +164,5 @@ def truncate_metrics(path: Path, step: int) -> None:
             continue  # a line cut short by a kill
         if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
             kept.append(line)
-    from lmlab.io import atomic_write_text
 
     atomic_write_text(path, "".join(k + "\n" for k in kept))

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlab.accounting import training_flops_per_token
 from lmlab.config import Config
 from lmlab.data.batches import Batch, BatchSource, ProcessBatch, TokenData, TrainingData
 from lmlab.device import peak_flops, resolve_dtype
 from lmlab.errors import CheckpointError, ConfigError
+from lmlab.export.hf_import import load_into, start_from_hf
 from lmlab.io import read_json
 from lmlab.memcheck import check_training_fits
 from lmlab.model import build_model
@@ -41,7 +43,6 @@ FUSED_LOSS_MIN_VOCAB = 1024
 
 def _flops_per_token(cfg: Config) -> float:
     """Training FLOPs per token (3 x forward, lmlab.accounting's convention), for MFU."""
-    from lmlab.accounting import training_flops_per_token
 
     if cfg.model.arch == "encdec":  # accounting counts decoder-only models; no MFU here
         return 0.0
@@ -90,8 +91,6 @@ class TrainSetup:
         # train.init_from = "hf:...": its config is the model (lmlab.export.hf_import)
         hf_init = None
         if cfg.train.init_from.startswith("hf:"):
-            from lmlab.export.hf_import import start_from_hf
-
             hf_init, changed = start_from_hf(cfg, self.meta)
             self.say(
                 f"model config taken from {cfg.train.init_from}"
@@ -136,8 +135,6 @@ class TrainSetup:
         check_training_fits(cfg, cfg.batch_shape(info.world)[1], device, self.dtype)
         model = build_model(cfg.model)
         if hf_init is not None and self.resume_from is None:
-            from lmlab.export.hf_import import load_into
-
             load_into(model, hf_init)
         elif t.init_from and self.resume_from is None:
             src = ck.resolve_checkpoint(t.init_from)

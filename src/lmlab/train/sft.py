@@ -18,13 +18,28 @@ template, example and skip counts, the data fingerprint, held-out loss before an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
 from lmlab.config import Config
+from lmlab.data import sft as sft_data
+from lmlab.data.loader import TokenSplit
+from lmlab.data.mine import format_report, mine_pairs
+from lmlab.data.sft import resolve_template
+from lmlab.data.shards import read_meta
+from lmlab.device import resolve_device
 from lmlab.errors import CheckpointError, ConfigError, DataError
+from lmlab.eval.metrics import evaluate_batches
+from lmlab.export.hf_import import PREFIX, apply_model_fields, load_hf_model, read_hf_model
 from lmlab.io import read_json, write_json
+from lmlab.runs import open_run_dir
+from lmlab.tokenizer import load_tokenizer
+from lmlab.train import checkpoint as ck
+from lmlab.train import distributed as dd
+from lmlab.train.checkpoint import model_differences
+from lmlab.train.loop import train
 
 
 def _log(msg: str, main: bool) -> None:
@@ -35,7 +50,6 @@ def _log(msg: str, main: bool) -> None:
 def _base_run(cfg: Config) -> tuple[Path | None, Config, Path]:
     """(checkpoint, its config, tokenizer folder) of ``train.init_from``; no checkpoint for
     ``hf:FOLDER`` (:mod:`lmlab.export.hf_import`), whose config.json is the base config."""
-    from lmlab.train import checkpoint as ck
 
     if not cfg.train.init_from:
         raise ConfigError(
@@ -44,8 +58,6 @@ def _base_run(cfg: Config) -> tuple[Path | None, Config, Path]:
     if cfg.train.init_from.startswith(
         "hf:"
     ):  # a transformers folder: no checkpoint, its own tokenizer
-        from lmlab.export.hf_import import PREFIX, apply_model_fields, read_hf_model
-
         hfm = read_hf_model(cfg.train.init_from)
         base = Config()
         apply_model_fields(base.model, hfm)
@@ -69,8 +81,6 @@ def _base_run(cfg: Config) -> tuple[Path | None, Config, Path]:
 
 def _replay_split(cfg: Config, tokenizer: Any):
     """The pretraining split replayed into SFT batches, checked against the tokenizer."""
-    from lmlab.data.loader import TokenSplit
-    from lmlab.data.shards import read_meta
 
     if not cfg.data.path:
         raise ConfigError(
@@ -94,7 +104,6 @@ def build_sft_data(
     reuse_mined: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Read, render, tokenize and split the instruction data: (SftData, report for sft.json)."""
-    from lmlab.data import sft as sft_data
 
     s = cfg.sft
     template = sft_data.resolve_template(s.template)
@@ -102,8 +111,6 @@ def build_sft_data(
     sources = list(s.data)
     mined: dict[str, Any] | None = None
     if s.mine:
-        from lmlab.data.mine import format_report, mine_pairs
-
         out = run_dir / "mined.jsonl"
         if reuse_mined and out.is_file():
             _log(f"sft: reusing {out}", main)
@@ -167,19 +174,12 @@ def build_sft_data(
 
 def held_out_loss(ckpt: Path | None, data: Any, cfg: Config) -> float | None:
     """Mean loss per learned token of the held-out examples under ``ckpt``'s weights."""
-    from lmlab.device import resolve_device
-    from lmlab.eval.metrics import evaluate_batches
-    from lmlab.train import checkpoint as ck
 
     batches = data.val_batches(cfg.eval_batch_size, cfg.eval.batches, cfg.train.seed)
     if not batches:
         return None
     device = resolve_device(cfg.train.device)
     if ckpt is None:  # hf:FOLDER
-        import dataclasses
-
-        from lmlab.export.hf_import import load_hf_model
-
         model = load_hf_model(cfg.train.init_from, dataclasses.replace(cfg.model))[0].to(device)
     else:
         model, _, _ = ck.load_model(ckpt, device)
@@ -190,7 +190,6 @@ def held_out_loss(ckpt: Path | None, data: Any, cfg: Config) -> float | None:
 def _adopt_base_run(cfg: Config, run_dir: Path, main: bool) -> tuple[Path | None, Config, Path]:
     """:func:`_base_run`, with its model config taken over (except ``model.dropout``) and its
     exact checkpoint recorded as ``train.init_from``."""
-    from lmlab.train.checkpoint import model_differences
 
     ckpt, base, tok_dir = _base_run(cfg)
     if ckpt is not None and run_dir.resolve() in (ckpt.resolve(), ckpt.parent.parent.resolve()):
@@ -218,9 +217,6 @@ def _adopt_base_run(cfg: Config, run_dir: Path, main: bool) -> tuple[Path | None
 
 def run_sft(cfg: Config, resume: bool = False, force: bool = False):
     """Fine-tune ``train.init_from`` on ``cfg.sft``'s instruction data into ``train.out``."""
-    from lmlab.tokenizer import load_tokenizer
-    from lmlab.train import distributed as dd
-    from lmlab.train.loop import train
 
     main = dd.from_env().is_main
     run_dir = Path(cfg.train.out)
@@ -232,13 +228,10 @@ def run_sft(cfg: Config, resume: bool = False, force: bool = False):
     cfg.data.tokenizer = str(Path(tok_dir).resolve())
     if not cfg.data.path and base.data.path and Path(base.data.path).is_dir():
         cfg.data.path = base.data.path  # replay source, and what `lmlab eval` scores (forgetting)
-    from lmlab.data.sft import resolve_template
 
     template = resolve_template(cfg.sft.template)
     cfg.sft.template = template.prompt if template.name == "custom" else template.name
     if main:  # claim the run folder before mined.jsonl, sft.json or template.json go into it
-        from lmlab.runs import open_run_dir
-
         open_run_dir(run_dir, resume=resume, force=force)
     # 2) instruction data
     data, report = build_sft_data(cfg, tokenizer, tok_dir, run_dir, main, reuse_mined=resume)

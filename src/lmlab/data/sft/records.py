@@ -158,7 +158,7 @@ def _json_rows(path: Path) -> Iterator[tuple[Any, str, str | None]]:
 def _hf_rows(name: str, split: str) -> Iterator[tuple[Any, str, str | None]]:
     """Rows of a Hugging Face hub dataset (lazy ``datasets`` import; clear error offline)."""
     try:
-        import datasets  # optional extra: pip install 'lmlab[datasets]'
+        import datasets  # noqa: PLC0415 (optional extra: pip install 'lmlab[datasets]')
     except ImportError:
         raise DataError(
             f"hf:{name}: hub datasets need the optional package 'datasets' (pip install 'lmlab[datasets]'); "
