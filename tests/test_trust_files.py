@@ -600,11 +600,12 @@ def test_another_tokenizer_for_a_dataset_is_refused(dataset, tmp_path):
 
 def test_a_run_folder_is_refused_before_any_model_is_built(dataset, finished_run, monkeypatch):
     """The refusal comes first: no model built, no precision probe measured, nothing printed."""
-    import lmlab.model
+    import lmlab.train.setup
 
     def no_model(*a, **k):
         raise AssertionError("a model was built before the run folder was checked")
 
-    monkeypatch.setattr(lmlab.model, "build_model", no_model)
+    # where the trainer looks it up (patching lmlab.model's name would not reach it)
+    monkeypatch.setattr(lmlab.train.setup, "build_model", no_model)
     with pytest.raises(CheckpointError, match="--resume.*--force"):
         train(tiny_config(dataset, finished_run, train__max_steps=4, eval__samples=0))
