@@ -63,10 +63,11 @@ from lmlab.experiments.spec import (
     resolve_base,
     seed_folder,
 )
-from lmlab.io import atomic_write_text, open_append, write_json
+from lmlab.io import atomic_write_text, open_append, read_json, write_json
 from lmlab.outputs import check_output, refuse_links, write_marker
 from lmlab.pipeline import resolve_training_inputs
 from lmlab.runs import plan_run
+from lmlab.runs.folder import saved_config
 from lmlab.train.loop import train
 
 POINT_CONFIG = "sweep_point.toml"
@@ -125,9 +126,6 @@ def seed_precision(spec: SweepSpec, point: Point, cfg: Config) -> Config:
     """
     if point.seed_offset == 0 or cfg.train.dtype != "auto":
         return cfg
-    from lmlab.io import read_json
-    from lmlab.runs.folder import saved_config
-
     own = saved_config(Path(cfg.train.out))
     if own is not None and own.train.dtype == "auto":
         return cfg
