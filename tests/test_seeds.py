@@ -211,7 +211,7 @@ def test_seeds_run_each_point_in_its_own_folder_and_tabulate_mean_and_range(fold
 def test_later_seeds_train_in_the_precision_seed_0_picked(folder, monkeypatch):
     # train.dtype = auto times fp32 against bf16 once per process: a sweep given more seeds
     # later must not let a timing under another load train the new seeds in another precision
-    from lmlab.train import precision
+    from lmlab.train import setup  # where the trainer looks the probe up
 
     picks: list[str] = []
 
@@ -227,20 +227,20 @@ def test_later_seeds_train_in_the_precision_seed_0_picked(folder, monkeypatch):
         '"train.checkpoint_every" = 0\n"train.dtype" = "auto"\n[[points]]\nname = "p"\n'
     )
     runs = folder / "out" / "runs"
-    monkeypatch.setattr(precision, "pick_cpu_train_dtype", timing_says("bfloat16"))
+    monkeypatch.setattr(setup, "pick_cpu_train_dtype", timing_says("bfloat16"))
     run_sweep(write_sweep(folder, body), seeds=2)
     assert picks == ["bfloat16"]  # seed 0 measured; seed 1, in the same sweep, took its pick
     assert load_config(runs / "p" / "config.toml").train.dtype == "auto"
     assert load_config(runs / "p__seed-1" / "config.toml").train.dtype == "bfloat16"
 
     picks.clear()
-    monkeypatch.setattr(precision, "pick_cpu_train_dtype", timing_says("float32"))
+    monkeypatch.setattr(setup, "pick_cpu_train_dtype", timing_says("float32"))
     run_sweep(write_sweep(folder, body), seeds=3)
     assert picks == []  # the new seed did not time again, nor train in another precision
     assert load_config(runs / "p__seed-2" / "config.toml").train.dtype == "bfloat16"
 
     calls = []
-    monkeypatch.setattr(loop, "train", lambda cfg, **kw: calls.append(cfg.train.out))
+    monkeypatch.setattr(sweep_module, "train", lambda cfg, **kw: calls.append(cfg.train.out))
     run_sweep(write_sweep(folder, body), seeds=3)
     assert calls == []  # pinned seeds count as finished runs of the same config
 
