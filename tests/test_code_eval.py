@@ -6,6 +6,7 @@ import ast
 import gzip
 import json
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -241,6 +242,9 @@ def test_extract_function_headers():
     with_doc = extract_function_headers(MODULE, require_docstring=True)
     assert not any("no_doc" in p for p in with_doc) and len(with_doc) == len(prompts) - 1
     assert extract_function_headers("def broken(:\n") == []
+    # top_level: the module's own functions only (no methods, none nested)
+    top = extract_function_headers(MODULE, require_docstring=True, top_level=True)
+    assert [re.search(r"def (\w+)", p).group(1) for p in top] == ["add", "cached"]
 
 
 def test_cut_completion():
