@@ -102,7 +102,41 @@ class Source:
     rows: int  # rows of each global batch drawn from this source
 
 
-class BatchLoader:
+class SeededSteps:
+    """The resumable position of a loader whose batches for step ``s`` are a function of
+    ``(seed, s)`` only: its state is ``(seed, step)``, and ``next()`` hands out the current
+    step's micro-batches. Subclasses set ``seed``, ``step``, ``per_rank``, ``micro_batch`` and
+    define ``get(step)``."""
+
+    seed: int
+    step: int
+    per_rank: int
+    micro_batch: int
+
+    def get(self, step: int) -> list[Any]:
+        raise NotImplementedError
+
+    @property
+    def accum_steps(self) -> int:
+        return self.per_rank // self.micro_batch
+
+    def next(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        batch = self.get(self.step)
+        self.step += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise DataError(
+                f"loader state was saved with seed {state['seed']}, this run uses {self.seed}"
+            )
+        self.step = int(state["step"])
+
+
+class BatchLoader(SeededSteps):
     """Random training windows for step ``s``, determined by ``(seed, s)`` only.
 
     ``global_batch`` sequences per optimizer step are drawn; rank ``r`` of ``world`` keeps rows
@@ -152,10 +186,6 @@ class BatchLoader:
                     f"fewer than context_length + 1 = {seq_len + 1}"
                 )
 
-    @property
-    def accum_steps(self) -> int:
-        return self.per_rank // self.micro_batch
-
     def global_windows(self, step: int) -> np.ndarray:
         """All ``global_batch`` windows of step ``step``, shape (B, seq_len + 1)."""
         rng = np.random.default_rng([self.seed, step])
@@ -186,21 +216,6 @@ class BatchLoader:
             _to_xy(w[i : i + self.micro_batch], self.device)
             for i in range(0, self.per_rank, self.micro_batch)
         ]
-
-    def next(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        batch = self.get(self.step)
-        self.step += 1
-        return batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "step": self.step}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if int(state["seed"]) != self.seed:
-            raise DataError(
-                f"loader state was saved with seed {state['seed']}, this run uses {self.seed}"
-            )
-        self.step = int(state["step"])
 
 
 def fixed_windows(

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lmlab.data.batches import ProcessBatch, micro_batches, rank_rows
+from lmlab.data.loader import SeededSteps
 from lmlab.data.sft.examples import IGNORE, Example
 from lmlab.errors import ConfigError, DataError
 
@@ -55,7 +56,7 @@ def _to_device(xy: tuple[torch.Tensor, torch.Tensor], device: torch.device | Non
     return x, y
 
 
-class SftLoader:
+class SftLoader(SeededSteps):
     """Instruction batches for step ``s``, a function of ``(seed, s)`` only (see module doc).
 
     A :class:`lmlab.data.batches.BatchSource`: ``counts(step)`` is the global batch's (real
@@ -109,10 +110,6 @@ class SftLoader:
         )
         # the mean real tokens per step, for the loop's throughput figure
         self.tokens_per_step = int(self._lengths.mean() * global_batch)
-
-    @property
-    def accum_steps(self) -> int:
-        return self.per_rank // self.micro_batch
 
     def epoch_plan(self, epoch: int) -> list[np.ndarray]:
         """The epoch's batches as arrays of example indices (length-bucketed, shuffled)."""
@@ -172,21 +169,6 @@ class SftLoader:
             self.micro_batch,
             lambda part: _to_device(collate(part, self.pad_id), self.device),
         )
-
-    def next(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        batch = self.get(self.step)
-        self.step += 1
-        return batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "step": self.step}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if int(state["seed"]) != self.seed:
-            raise DataError(
-                f"loader state was saved with seed {state['seed']}, this run uses {self.seed}"
-            )
-        self.step = int(state["step"])
 
 
 def val_batches(
