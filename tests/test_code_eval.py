@@ -297,6 +297,24 @@ def test_syntax_pass_rate_with_fake_generator():
         syntax_pass_rate(generate, [], n=5)
 
 
+def test_completions_left_undone_by_a_deadline_are_not_counted():
+    """A generate_fn returns None for prompts it did not run (its deadline passed): those are
+    left out of n and the rate, counted as not_run, and no further batch is asked for."""
+    prompt = 'def f(x):\n    """Return x."""\n'
+    calls = []
+
+    def generate(batch, max_new_tokens):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            return [("    return x\n", True)] * len(batch)
+        return [("    return x\n", True)] + [None] * (len(batch) - 1)  # ran out mid-batch
+
+    report = syntax_pass_rate(generate, [prompt], n=10, max_new_tokens=8, batch_size=4)
+    assert calls == [4, 4]  # the third batch is never asked for
+    assert report["n"] == 5 and report["not_run"] == 5
+    assert report["passed"] == 5 and report["pass_rate"] == 1.0
+
+
 def test_function_header_prompts_skips_bad_files(tmp_path):
     (tmp_path / "good.py").write_text(MODULE)
     (tmp_path / "latin1.py").write_bytes(b"def f():\n    '''caf\xe9'''\n    pass\n")

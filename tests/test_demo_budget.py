@@ -8,6 +8,8 @@ by stand-ins that advance the clock as a machine 1x or 3x slower than its measur
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -68,9 +70,20 @@ class SlowMachine:
     """Stand-ins for the demo's costly stages that advance a fake clock, on a machine
     ``slowdown`` times slower than its own measurement said (it got loaded after measuring)."""
 
-    def __init__(self, clock: FakeClock, step_s: float, slowdown: float, startup_s: float = 5.0):
+    def __init__(
+        self,
+        clock: FakeClock,
+        step_s: float,
+        slowdown: float,
+        startup_s: float = 5.0,
+        finish_slowdown: float = 1.0,
+    ):
         self.clock, self.step_s, self.slow, self.startup_s = clock, step_s, slowdown, startup_s
+        # how much slower still the machine gets after training (loaded after the demo sized
+        # its finish from the speeds it had just measured)
+        self.finish_slow = finish_slowdown
         self.eval_batches = "not called"
+        self.eval_done = 0
         self.completions = 0
         self.whole = 0  # val batches in the whole split
 
@@ -99,11 +112,19 @@ class SlowMachine:
             stop_reason="time_budget",
         )
 
-    def evaluate(self, run, batches=None, **kw):
+    def evaluate(self, run, batches=None, stop=None, **kw):
         self.eval_batches = batches
         n = batches if batches is not None else self.whole
-        self.clock.now += n * self.step_s * self.slow / 3.0
+        for i in range(n):  # as evaluate_batches: the deadline is asked between batches
+            if i and stop is not None and stop():
+                break
+            self.clock.now += self.step_s * self.slow * self.finish_slow / 3.0
+            self.eval_done = i + 1
+        stopped = self.eval_done < n
         return {
+            "whole_split": batches is None and not stopped,
+            "batches": self.eval_done,
+            "stopped": stopped,
             "val_loss": 3.0,
             "perplexity": 20.0,
             "accuracy": 0.1,
@@ -116,7 +137,7 @@ class SlowMachine:
 
         self.completions += num_samples
         for _ in range(max_new_tokens):
-            self.clock.now += self.step_s * self.slow / 20.0  # a decode step
+            self.clock.now += self.step_s * self.slow * self.finish_slow / 20.0  # a decode step
             if kw.get("stream_callback"):
                 kw["stream_callback"](0, "x")
         return [
@@ -127,37 +148,14 @@ class SlowMachine:
         ]
 
 
-@pytest.mark.parametrize("step_s", [0.5, 4.0])
-@pytest.mark.parametrize("slowdown", [1.0, 3.0])
-@pytest.mark.parametrize("minutes", [1.0, 4.0])
-def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_path, monkeypatch):
+def _demo_on(machine: SlowMachine, minutes: float, out: Path, monkeypatch) -> dict:
+    """run_demo on a prepared demo folder ``out`` with ``machine``'s stand-ins."""
     from lmlab.config import load_config
-    from lmlab.outputs import write_marker
-    from lmlab.pipeline import resolve_training_inputs
     from lmlab.tokenizer import load_tokenizer
 
-    overrides = [
-        "tokenizer.input=@stdlib/json",
-        "prepare.input=@stdlib/json",
-        "prepare.val_fraction=0.2",
-        "tokenizer.vocab_size=300",
-        "log.progress=false",
-    ]
-    out = tmp_path / "demo"
-    write_marker(out, "demo")  # as an earlier demo into this folder left it
-    # tokenizer and data for real (the demo then finds them up to date, on a frozen clock)
-    resolve_training_inputs(
-        load_config(
-            "demo-python",
-            [f"tokenizer.out={out / 'tokenizer'}", f"prepare.out={out / 'data'}", *overrides],
-        ),
-        log=lambda m: None,
-    )
-    clock = FakeClock()
-    machine = SlowMachine(clock, step_s=step_s, slowdown=slowdown)
     cfg = load_config("demo-python")
     val_tokens = json.loads((out / "data" / "meta.json").read_text())["splits"]["val"]["tokens"]
-    machine.whole = -(
+    machine.whole = machine.whole or -(
         -val_tokens // (cfg.train.batch_size * cfg.model.context_length)
     )  # as the demo counts
     tok = load_tokenizer(out / "tokenizer")
@@ -168,7 +166,65 @@ def test_demo_on_a_slow_machine_keeps_its_budget(minutes, slowdown, step_s, tmp_
     monkeypatch.setattr(demo, "generate", machine.generate)
     monkeypatch.setattr(demo, "load_model_for_inference", lambda *a, **k: (None, None, tok))
     monkeypatch.setattr(demo, "write_report", lambda run, **k: run / "report.md")
-    res = demo.run_demo(minutes=minutes, out=out, overrides=overrides, clock=clock)
+    return demo.run_demo(minutes=minutes, out=out, overrides=DEMO_OVERRIDES, clock=machine.clock)
+
+
+DEMO_OVERRIDES = [
+    "tokenizer.input=@stdlib/json",
+    "prepare.input=@stdlib/json",
+    "prepare.val_fraction=0.2",
+    "tokenizer.vocab_size=300",
+    "log.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def prepared_demo(tmp_path_factory) -> Path:
+    """A demo folder whose tokenizer and data are up to date (made for real, once)."""
+    from lmlab.config import load_config
+    from lmlab.outputs import write_marker
+    from lmlab.pipeline import resolve_training_inputs
+
+    out = tmp_path_factory.mktemp("prepared") / "demo"
+    write_marker(out, "demo")  # as an earlier demo into this folder left it
+    resolve_training_inputs(
+        load_config(
+            "demo-python",
+            [f"tokenizer.out={out / 'tokenizer'}", f"prepare.out={out / 'data'}", *DEMO_OVERRIDES],
+        ),
+        log=lambda m: None,
+    )
+    return out
+
+
+@pytest.mark.parametrize("finish_slowdown", [3.0, 10.0])
+def test_a_machine_that_slows_after_training_still_ends_in_its_budget(
+    finish_slowdown, prepared_demo, tmp_path, monkeypatch
+):
+    """The finish is sized from speeds measured just before it; a load that starts then makes
+    evaluation and decoding several times slower: both stop at their deadlines, and the
+    report says what was left out."""
+    out = tmp_path / "demo"
+    shutil.copytree(prepared_demo, out)
+    machine = SlowMachine(FakeClock(), step_s=0.5, slowdown=1.0, finish_slowdown=finish_slowdown)
+    machine.whole = 10_000  # the val batches the time allows are a sample of a large split
+    res = _demo_on(machine, 4.0, out, monkeypatch)
+    assert res["wall_time_s"] <= 4.0 * 60.0 * 1.05, res
+    planned = machine.eval_batches if machine.eval_batches is not None else machine.whole
+    assert res["eval_stopped"] and machine.eval_done < planned  # stopped at its deadline
+
+
+@pytest.mark.parametrize("step_s", [0.5, 4.0])
+@pytest.mark.parametrize("slowdown", [1.0, 3.0])
+@pytest.mark.parametrize("minutes", [1.0, 4.0])
+def test_demo_on_a_slow_machine_keeps_its_budget(
+    minutes, slowdown, step_s, prepared_demo, tmp_path, monkeypatch
+):
+    out = tmp_path / "demo"
+    shutil.copytree(prepared_demo, out)  # the demo finds its tokenizer and data up to date
+    clock = FakeClock()
+    machine = SlowMachine(clock, step_s=step_s, slowdown=slowdown)
+    res = _demo_on(machine, minutes, out, monkeypatch)
     assert res["wall_time_s"] <= minutes * 60.0 * 1.15, res
     assert res["wall_time_s"] == pytest.approx(clock.now - FakeClock().now)
     assert machine.eval_batches != "not called"
@@ -271,3 +327,23 @@ def test_a_machine_too_slow_for_the_reserve_trains_one_step_and_says_a_positive_
     out = capsys.readouterr().out
     assert cfg.train.max_steps == 1
     assert "steps in ~0.0 min" in out and "~-" not in out
+
+
+def test_the_syntax_check_stops_between_prompts_at_its_deadline(monkeypatch):
+    """make_generate_fn asks ``stop`` before each prompt's batch after the first; the prompts
+    it did not reach come back as None, which syntax_pass_rate leaves out."""
+    from types import SimpleNamespace
+
+    decoded = []
+
+    def fake_generate(model, tok, prompt, num_samples=1, **kw):
+        decoded.append((prompt, num_samples))
+        return [SimpleNamespace(text=" x", finish_reason="eot")] * num_samples
+
+    monkeypatch.setattr(demo, "generate", fake_generate)
+    asked = []
+    fn = demo.make_generate_fn(None, None, stop=lambda: asked.append(1) or len(asked) >= 2)
+    out = fn(["a", "b", "a", "c", "b"], 4)
+    assert decoded == [("a", 2), ("b", 2)]  # a's and b's batches; then the deadline
+    assert out == [(" x", True), (" x", True), (" x", True), None, (" x", True)]
+    assert demo.make_generate_fn(None, None)(["a", "c"], 4) == [(" x", True)] * 2

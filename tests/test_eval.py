@@ -55,6 +55,34 @@ def test_whole_split_metrics_by_hand(uniform_run):
     assert "bits per byte" in text and "whole val split" in text
 
 
+def test_a_deadline_stops_the_whole_split_between_batches(uniform_run):
+    """``stop`` is asked before every batch after the first: True after two batches leaves a
+    prefix of the split, reported as such, its bytes estimated from the split's ratio."""
+    run, data = uniform_run
+    meta = json.loads((data / "meta.json").read_text())
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 2  # the second question: after the second batch
+
+    m = evaluate_path(run, stop=stop)
+    whole = evaluate_path(run)
+    assert whole["batches"] > 2  # the split has more batches than the deadline allows
+    assert m["stopped"] and not m["whole_split"] and m["batches"] == 2 and len(asked) == 2
+    assert m["tokens"] == 2 * 4 * 16
+    val = meta["splits"]["val"]
+    want = (
+        m["tokens"]
+        * math.log(meta["vocab_size"])
+        / (math.log(2) * m["tokens"] * val["bytes"] / val["tokens"])
+    )
+    assert m["bits_per_byte"] == pytest.approx(want, rel=65 * 2.0**-24)  # as above
+    assert "stopped at the deadline" in format_metrics(m)
+    never = evaluate_path(run, stop=lambda: False)
+    assert never["whole_split"] and not never["stopped"] and never["tokens"] == whole["tokens"]
+
+
 def test_sampled_batches_scale_bytes_by_the_split_ratio(uniform_run):
     run, data = uniform_run
     meta = json.loads((data / "meta.json").read_text())

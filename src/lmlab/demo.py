@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from lmlab.data.loader import TokenSplit
 from lmlab.data.shards import read_meta
 from lmlab.device import autocast, resolve_device, resolve_dtype
 from lmlab.errors import ConfigError
-from lmlab.eval.code import extract_function_headers, syntax_pass_rate
+from lmlab.eval.code import GenerateFn, extract_function_headers, syntax_pass_rate
 from lmlab.eval.metrics import evaluate_path, format_metrics
 from lmlab.healing import generate_healed as generate
 from lmlab.model import build_model
@@ -212,19 +213,28 @@ def held_out_prompts(data_dir: Path, tokenizer: Any, limit: int = 40) -> list[st
 
 
 def make_generate_fn(
-    model: Any, tokenizer: Any, temperature: float = 0.8, top_k: int = 50, seed: int = 0
-):
+    model: Any,
+    tokenizer: Any,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    seed: int = 0,
+    stop: Callable[[], bool] | None = None,
+) -> GenerateFn:
     """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate; batches equal prompts.
 
     Token healing (lmlab.healing): a prompt ends in a newline, a token the model saw only
-    before column-0 code, so without it most completions start the next top-level statement."""
+    before column-0 code, so without it most completions start the next top-level statement.
+    ``stop`` (the deadline) is asked before each prompt's batch after the first; the prompts
+    left when it says True come back as None (not run)."""
 
-    def generate_fn(prompts: list[str], max_new_tokens: int) -> list[tuple[str, bool]]:
+    def generate_fn(prompts: list[str], max_new_tokens: int) -> list[tuple[str, bool] | None]:
         out: list[tuple[str, bool] | None] = [None] * len(prompts)
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
             groups.setdefault(p, []).append(i)
         for k, (prompt, where) in enumerate(groups.items()):
+            if k and stop is not None and stop():
+                break
             samples = generate(
                 model,
                 tokenizer,
@@ -237,13 +247,13 @@ def make_generate_fn(
             )
             for i, s in zip(where, samples):
                 out[i] = (s.text, s.finish_reason == "eot")
-        return [o for o in out if o is not None]
+        return out
 
     return generate_fn
 
 
 def _syntax_section(report: dict[str, Any]) -> str:
-    rate = report["pass_rate"]
+    rate = report["pass_rate"] or 0.0
     completed = report.get("pass_rate_completed")
     lines = [
         f"{report['n']} completions of held-out function headers (temperature {SYNTAX_TEMPERATURE:g}, "
@@ -251,7 +261,12 @@ def _syntax_section(report: dict[str, Any]) -> str:
         "each cut at the next top-level statement or end-of-text, checked with `compile()`; "
         f"one that adds no code (only `pass`, comments or a docstring) fails ({report.get('no_code', 0)} did).",
         "",
-        f"- pass rate: **{100 * rate:.1f}%** ({report['passed']}/{report['n']})",
+        f"- pass rate: **{100 * rate:.1f}%** ({report['passed']}/{report['n']})"
+        + (
+            f"; {report['not_run']} more planned were not run (the time budget ran out)"
+            if report.get("not_run")
+            else ""
+        ),
         f"- completed before the token limit: {report['completed']}, of which "
         + (f"{100 * completed:.1f}% compile" if completed is not None else "none"),
         f"- cut by the token limit: {report['cut_by_length']} ({report['passed_cut_by_length']} compile)",
@@ -368,7 +383,13 @@ def _samples_and_syntax(
     syntax = None
     if n_syntax:
         syntax = syntax_pass_rate(
-            make_generate_fn(model, tokenizer, temperature=SYNTAX_TEMPERATURE, top_k=SYNTAX_TOP_K),
+            make_generate_fn(
+                model,
+                tokenizer,
+                temperature=SYNTAX_TEMPERATURE,
+                top_k=SYNTAX_TOP_K,
+                stop=lambda: budget.left() < report_s,  # the machine got slower than measured
+            ),
             prompts,
             n=n_syntax,
             max_new_tokens=SYNTAX_TOKENS,
@@ -384,12 +405,23 @@ def _samples_and_syntax(
     return shown, syntax, n_syntax
 
 
+def _metrics_heading(metrics: dict[str, Any]) -> str:
+    """The final metrics' heading: the whole split, or which batches the time allowed."""
+    if metrics.get("whole_split", True):
+        return "Final metrics (whole val split)"
+    if metrics.get("stopped"):
+        return (
+            f"Final metrics (the first {metrics['batches']} val batches: the time budget ran out)"
+        )
+    return f"Final metrics ({metrics['batches']} val batches: the time left)"
+
+
 def _demo_report(
     run_dir: Path,
     meta: dict[str, Any],
     final: dict[str, Any],
     result: Any,
-    eval_batches: int | None,
+    metrics: dict[str, Any],
     syntax: dict[str, Any] | None,
     shown: list[str],
 ) -> Path:
@@ -417,11 +449,7 @@ def _demo_report(
         sections={
             "Data": "\n".join(data_lines),
             "Training": markdown_table([train_summary]),
-            (
-                "Final metrics (whole val split)"
-                if eval_batches is None
-                else f"Final metrics ({eval_batches} val batches: the time left)"
-            ): markdown_table([final]),
+            _metrics_heading(metrics): markdown_table([final]),
             "Syntax pass rate": _syntax_section(syntax)
             if syntax
             else "Skipped: no time left in the budget.",
@@ -464,8 +492,13 @@ def run_demo(
     # The step time is what training really took, if slower than measured (a loaded machine)
     step_s = max(step_s, result.wall_time_s / max(result.steps, 1))
     report_s = REPORT_S + step_s  # the report and plot, slower on a slower machine
-    eval_batches = eval_batches_for(EVAL_SHARE * (budget.left() - report_s), step_s / 3.0, whole)
-    metrics = evaluate_path(str(run_dir), batches=eval_batches)
+    eval_s = EVAL_SHARE * (budget.left() - report_s)
+    eval_batches = eval_batches_for(eval_s, step_s / 3.0, whole)
+    # sized from speeds just measured; a machine that slows down now stops at the deadline
+    eval_end = budget.left() - eval_s
+    metrics = evaluate_path(
+        str(run_dir), batches=eval_batches, stop=lambda: budget.left() < eval_end
+    )
     print("[eval]\n" + format_metrics(metrics), flush=True)
 
     # 5) samples and syntax pass rate from held-out function headers
@@ -477,7 +510,7 @@ def run_demo(
         for k in ("val_loss", "perplexity", "accuracy", "bits_per_byte", "tokens")
         if k in metrics
     }
-    report = _demo_report(run_dir, meta, final, result, eval_batches, syntax, shown)
+    report = _demo_report(run_dir, meta, final, result, metrics, syntax, shown)
     total = budget.elapsed()
     print(f"lmlab demo: done in {total / 60:.1f} min; report: {report}", flush=True)
     return {
@@ -486,5 +519,6 @@ def run_demo(
         "report": str(report),
         "wall_time_s": total,
         "eval_batches": eval_batches,
+        "eval_stopped": bool(metrics.get("stopped")),
         "syntax_samples": n_syntax,
     }

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
 EOT_MARKER = "<|endoftext|>"
 
-GenerateFn = Callable[[list[str], int], list[tuple[str, bool]]]
+# A generate_fn returns one (completion, hit_eot) per prompt, or None for a prompt it left
+# undone (a deadline passed): those are not counted.
+GenerateFn = Callable[[list[str], int], list[tuple[str, bool] | None]]
 
 
 # --- pass@k ---------------------------------------------------------------------------------
@@ -387,6 +389,9 @@ def syntax_pass_rate(
     pass rate over all completions, over the completed ones (stopped by a top-level statement
     or end-of-text) and over those cut by the token limit, the commonest errors (``"adds no
     code"`` among them) and a few failing examples.
+
+    A ``None`` from ``generate_fn`` is a completion it did not run (its deadline passed):
+    ``n`` counts only those that ran, ``not_run`` the others, and no later batch is asked for.
     """
     if n < 1:
         raise LmlabError(f"syntax pass rate: n must be >= 1, got {n}")
@@ -407,7 +412,11 @@ def syntax_pass_rate(
             raise LmlabError(
                 f"generate_fn returned {len(outputs)} completions for {len(batch)} prompts"
             )
-        for prompt, (text, hit_eot) in zip(batch, outputs):
+        for prompt, output in zip(batch, outputs):
+            if output is None:
+                stats["not_run"] += 1
+                continue
+            text, hit_eot = output
             kept, reason = cut_completion(prompt, text, hit_eot=bool(hit_eot))
             ok, err = compiles(prompt + kept)
             if ok and not adds_code(prompt, kept):
@@ -421,12 +430,17 @@ def syntax_pass_rate(
                     failing.append(
                         {"prompt": prompt[-200:], "completion": kept[:400], "error": err}
                     )
+        if stats["not_run"]:
+            stats["not_run"] += n - lo - len(batch)  # the batches never asked for
+            break
     completed, length = stats["stop"], stats["length"]
     passed = stats["passed_stop"] + stats["passed_length"]
+    ran = n - stats["not_run"]
     return {
-        "n": n,
+        "n": ran,
+        "not_run": stats["not_run"],
         "passed": passed,
-        "pass_rate": passed / n,
+        "pass_rate": passed / ran if ran else None,
         "completed": completed,
         "passed_completed": stats["passed_stop"],
         "pass_rate_completed": stats["passed_stop"] / completed if completed else None,

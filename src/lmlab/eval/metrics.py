@@ -18,7 +18,7 @@ Over a set of windows the model predicts every token after the first of each win
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,23 @@ def evaluate_batches(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
-    """Sums over ``batches``: ``nats`` (summed loss), ``tokens`` (predicted), ``correct``, ``batches``."""
+    """Sums over ``batches``: ``nats`` (summed loss), ``tokens`` (predicted), ``correct``, ``batches``.
+
+    ``stop`` (a deadline) is asked before every batch after the first: once it says True the
+    remaining batches are left out and ``stopped`` is True."""
     was_training = model.training
     model.eval()
     nats = torch.zeros((), dtype=torch.float64, device=device)
     tokens = torch.zeros((), dtype=torch.int64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
+    stopped = False
     for x, y in batches:
+        if n and stop is not None and stop():
+            stopped = True
+            break
         x, y = inputs_to(x, device), y.to(device)
         with autocast(device, dtype):
             logits = forward(model, x)
@@ -67,6 +75,7 @@ def evaluate_batches(
         "tokens": int(tokens.item()),
         "correct": int(correct.item()),
         "batches": n,
+        "stopped": stopped,
     }
 
 
@@ -94,8 +103,13 @@ def evaluate_path(
     data: str | None = None,
     batches: int | None = None,
     device: str = "auto",
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run (its latest checkpoint) or a checkpoint on a dataset's val split."""
+    """Evaluate a run (its latest checkpoint) or a checkpoint on a dataset's val split.
+
+    With ``stop`` (a deadline, asked between batches) the evaluation may end early; the result
+    then says so (``stopped``, ``whole_split`` False, the batches done) and its bits per byte
+    use the split's average bytes per token, as for sampled batches."""
 
     dev = resolve_device(device)
     model, cfg, ckpt = load_model(run_or_ckpt, dev)
@@ -114,8 +128,9 @@ def evaluate_path(
     dtype = resolve_dtype(t.dtype if dev.type != "cpu" else "float32", dev)
     # the windows training evaluates on (fixed batches), or the whole split
     windows = val_windows(split, seq_len, bsz, batches or 0, t.seed, device=dev)
-    sums = evaluate_batches(model, windows, dev, dtype)
-    if batches:  # sampled windows: the split's average bytes per token
+    sums = evaluate_batches(model, windows, dev, dtype, stop=stop)
+    whole = not batches and not sums["stopped"]
+    if not whole:  # sampled windows, or a prefix of the split: its average bytes per token
         ratio = bytes_per_token(split)
         n_bytes = sums["tokens"] * ratio if ratio else None
     else:
@@ -127,8 +142,9 @@ def evaluate_path(
             "step": read_state(ckpt).get("step"),
             "data": str(data_path),
             "split": "val",
-            "whole_split": not batches,
+            "whole_split": whole,
             "batches": sums["batches"],
+            "stopped": sums["stopped"],
         }
     )
     return result
@@ -137,7 +153,12 @@ def evaluate_path(
 def format_metrics(m: dict[str, Any]) -> str:
     """A short human-readable table of :func:`evaluate_path`'s result."""
     bpb = m.get("bits_per_byte")
-    scope = "whole val split" if m.get("whole_split") else f"{m.get('batches')} sampled batches"
+    if m.get("whole_split"):
+        scope = "whole val split"
+    elif m.get("stopped"):
+        scope = f"{m.get('batches')} batches: stopped at the deadline"
+    else:
+        scope = f"{m.get('batches')} sampled batches"
     lines = [
         f"checkpoint     {m.get('checkpoint')} (step {m.get('step')})",
         f"data           {m.get('data')} ({scope})",
