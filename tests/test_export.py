@@ -71,13 +71,14 @@ PARITY_CASES = [
     ("llama", {}),
     ("llama", {"n_kv_head": 2, "bias": True, "tie_embeddings": True}),
     ("gpt2", {"bias": False, "tie_embeddings": False, "mlp": "relu", "position": "none"}),
+    ("gpt2", {"mlp": "gelu_erf"}),  # HF's activation_function "gelu"
 ]
 
 
 @pytest.mark.parametrize(
     "preset,kw",
     PARITY_CASES,
-    ids=["gpt2", "llama", "llama-gqa-bias-tied", "gpt2-nobias-untied-relu-nope"],
+    ids=["gpt2", "llama", "llama-gqa-bias-tied", "gpt2-nobias-untied-relu-nope", "gpt2-gelu-erf"],
 )
 def test_export_parity(tmp_path, tok, preset, kw):
     model = tiny_model(preset, tok, **kw)

@@ -246,6 +246,7 @@ def test_embedded_tokenizer(tmp_path, tok):
         ("llama", {"position": "none"}, "model.position=none"),
         ("gpt2", {"position": "rope"}, "model.position=rope"),
         ("gpt2", {"mlp": "relu"}, "model.mlp=relu"),
+        ("gpt2", {"mlp": "gelu_erf"}, "model.mlp=gelu_erf"),  # llama.cpp's GPT-2 GELU is tanh
         ("gpt2", {"n_kv_head": 2}, "model.n_kv_head=2"),
         ("llama", {"mlp": "gelu"}, "model.mlp=gelu"),
         ("llama", {"arch": "bigram"}, "model.arch=bigram"),

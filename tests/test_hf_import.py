@@ -41,13 +41,13 @@ def tok(tmp_path_factory):
 
 def hf_config(kind: str, vocab: int, **kw):
     if kind == "gpt2":
+        kw.setdefault("activation_function", "gelu_new")
         return transformers.GPT2Config(
             vocab_size=vocab,
             n_positions=64,
             n_embd=32,
             n_layer=2,
             n_head=4,
-            activation_function="gelu_new",
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,
@@ -101,8 +101,10 @@ CASES = [
     ("llama", {}),
     ("llama", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
     ("gpt2", {"tie_word_embeddings": False, "n_inner": 48}),
+    ("gpt2", {"activation_function": "gelu"}),  # the exact erf GELU
 ]
-IDS = ["gpt2", "llama-gqa", "llama-bias-tied", "gpt2-untied-ff48"]
+IDS = ["gpt2", "llama-gqa", "llama-bias-tied", "gpt2-untied-ff48", "gpt2-gelu-erf"]
+MLP_OF_ACT = {"gelu_new": "gelu", "gelu": "gelu_erf"}
 
 
 @pytest.mark.parametrize("kind,kw", CASES, ids=IDS)
@@ -114,6 +116,8 @@ def test_import_matches_transformers(tmp_path, tok, kind, kw):
         ("layernorm", "learned") if kind == "gpt2" else ("rmsnorm", "rope")
     )
     assert mcfg.tie_embeddings == hf.config.tie_word_embeddings
+    if kind == "gpt2":
+        assert mcfg.mlp == MLP_OF_ACT[hf.config.activation_function]
 
     # 1. logits agree within fp32's rounding of the same function, and to float64 precision in float64
     idx = torch.randint(0, tok.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
@@ -175,7 +179,7 @@ def _config_json(tmp_path, tok, kind="llama", **edits):
         ("llama", {"hidden_act": "gelu"}, "hidden_act=gelu"),
         ("llama", {"attention_bias": True}, "attention_bias=True with mlp_bias=False"),
         ("llama", {"head_dim": 16}, "head_dim=16"),
-        ("gpt2", {"activation_function": "gelu"}, "activation_function=gelu"),
+        ("gpt2", {"activation_function": "quick_gelu"}, "activation_function=quick_gelu"),
         ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
     ],
 )

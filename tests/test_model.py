@@ -68,6 +68,7 @@ SWITCHES = [
     {"position": "learned"},
     {"position": "none"},
     {"mlp": "gelu"},
+    {"mlp": "gelu_erf"},
     {"mlp": "silu"},
     {"mlp": "relu"},
     {"mlp": "swiglu", "d_ff": 48},
@@ -93,6 +94,31 @@ def test_every_switch_builds_runs_and_learns(switch):
     assert torch.isfinite(logits).all()
     first, last = train_steps(model)
     assert last < first - 0.5, (first, last)
+
+
+def test_the_two_gelu_forms():
+    """``gelu`` is GPT-2's tanh approximation, ``gelu_erf`` the exact 0.5 x (1 + erf(x / sqrt 2)):
+    checked in float64 against the formulas, and the two differ (by up to ~5e-4 near |x| = 2)."""
+    import math
+
+    x = torch.linspace(-4, 4, 801, dtype=torch.float64)
+    exact = 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    tanh = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    outs = {}
+    for kind in ("gelu", "gelu_erf"):
+        mlp = build_model(tiny(mlp=kind)).double().blocks[0].mlp
+        with torch.no_grad():  # fc = identity on the first d_model rows, proj reads them back
+            mlp.fc.weight.zero_(), mlp.proj.weight.zero_()
+            mlp.fc.weight[:1, :1] = 1.0
+            mlp.proj.weight[:1, :1] = 1.0
+            h = torch.zeros(len(x), 1, mlp.fc.in_features, dtype=torch.float64)
+            h[:, 0, 0] = x
+            outs[kind] = mlp(h)[:, 0, 0]
+    # float64 kernels against float64 formulas: 1e-12 is thousands of float64 ulps at |x| <= 4,
+    # and far below the forms' own gap
+    assert torch.allclose(outs["gelu"], tanh, rtol=0, atol=1e-12)
+    assert torch.allclose(outs["gelu_erf"], exact, rtol=0, atol=1e-12)
+    assert (outs["gelu"] - outs["gelu_erf"]).abs().max() > 1e-4
 
 
 def test_d_ff_defaults():

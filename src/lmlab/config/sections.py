@@ -64,8 +64,8 @@ class ModelConfig:
     rope_theta: float = opt(10000.0, "RoPE base frequency", minimum=1.0)
     mlp: str = opt(
         "swiglu",
-        "MLP type (gelu is GPT-2's tanh approximation)",
-        choices=("swiglu", "gelu", "silu", "relu"),
+        "MLP type (gelu is GPT-2's tanh approximation, gelu_erf the exact form nanoGPT uses)",
+        choices=("swiglu", "gelu", "gelu_erf", "silu", "relu"),
     )
     bias: bool = opt(False, "biases in linear layers and norms")
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")

@@ -4,7 +4,7 @@ Which HF class a run becomes is decided by its norm:
 
 - ``layernorm`` -> ``GPT2LMHeadModel``: pre-norm, learned positions (``none`` is exported as
   an all-zero position table, which is exactly NoPE), an MLP of ``gelu`` (tanh, GPT-2's
-  ``gelu_new``), ``relu`` or ``silu``, no grouped-query attention. Without ``model.bias`` the
+  ``gelu_new``), ``gelu_erf`` (HF's ``gelu``), ``relu`` or ``silu``, no grouped-query attention. Without ``model.bias`` the
   HF biases are written as zeros, which computes the same function.
 - ``rmsnorm`` -> ``LlamaForCausalLM``: pre-norm, RoPE, SwiGLU, GQA via
   ``num_key_value_heads``; ``model.bias`` maps to ``attention_bias`` + ``mlp_bias``.

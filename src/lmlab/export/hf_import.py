@@ -38,6 +38,7 @@ GPT2_ACTS = {
     "gelu_new": "gelu",
     "gelu_pytorch_tanh": "gelu",
     "gelu_fast": "gelu",
+    "gelu": "gelu_erf",  # transformers' "gelu" is the exact erf form
     "relu": "relu",
     "silu": "silu",
     "swish": "silu",
@@ -99,7 +100,7 @@ def _gpt2_fields(hf: dict[str, Any], where: str, archs: list[str]) -> dict[str, 
     act = hf.get("activation_function", "gelu_new")
     if act not in GPT2_ACTS:
         raise ConfigError(
-            f"{where}: activation_function={act}: lmlab's MLPs are gelu (tanh), relu or silu"
+            f"{where}: activation_function={act}: lmlab's MLPs are gelu (tanh), gelu (erf), relu or silu"
         )
     if hf.get("scale_attn_by_inverse_layer_idx"):
         raise ConfigError(

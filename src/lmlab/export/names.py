@@ -25,7 +25,8 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.model.transformer import resolve_d_ff
 
-GPT2_ACT = {"gelu": "gelu_new", "relu": "relu", "silu": "silu"}
+# lmlab's model.mlp -> GPT2Config.activation_function ("gelu" there is the exact erf form)
+GPT2_ACT = {"gelu": "gelu_new", "gelu_erf": "gelu", "relu": "relu", "silu": "silu"}
 _WHO = {
     "hf": ("transformers' GPT-2", "transformers' Llama"),
     "gguf": ("llama.cpp's gpt2", "llama.cpp's llama"),
@@ -75,7 +76,11 @@ def family(mcfg: Any, target: str = "hf") -> str:
         if mcfg.mlp not in allowed:
             raise LmlabError(
                 f"model.mlp={mcfg.mlp} with model.norm=layernorm: {gpt2}'s MLP is "
-                + ("GELU (tanh)" if target == "gguf" else "not gated (use gelu, relu or silu)")
+                + (
+                    "GELU (tanh: llama.cpp's GPT-2 graph has no erf form)"
+                    if target == "gguf"
+                    else "not gated (use gelu, gelu_erf, relu or silu)"
+                )
                 + ", or use rmsnorm + swiglu for the llama family"
             )
         n_kv = mcfg.n_kv_head or mcfg.n_head
