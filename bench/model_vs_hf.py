@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from lmlab.config import ModelConfig
 from lmlab.model import build_model
+from lmlab.model.loss import run_eagerly_under_compile
 from lmlab.model.presets import PRESETS
 from lmlab.model.transformer import resolve_d_ff
 
@@ -133,6 +134,8 @@ def main() -> None:
             model.train()
         n_params = {k: sum(p.numel() for p in v.parameters()) for k, v in models.items()}
         steps = {}
+        if args.compile:
+            run_eagerly_under_compile()  # as the trainer does before compiling
         for name, model in models.items():
             target = torch.compile(model) if args.compile else model
             steps[name] = make_step(target, name == "hf", dev, dtype)

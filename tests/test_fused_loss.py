@@ -124,3 +124,50 @@ def test_bfloat16_autocast_is_close_to_float32():
         p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
         for p in model.parameters()
     )
+
+
+def test_compile_runs_the_chunked_loss_eagerly_once_asked(monkeypatch):
+    """The trainer calls run_eagerly_under_compile before torch.compile: dynamo then skips the
+    chunked loss (left to eager mode, as the old import-time decorator did), and the
+    compiled model's loss and gradients equal the eager model's."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    monkeypatch.setattr(fused, "_eager_under_compile", None)  # as a fresh process has it
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(n_layer=1, n_head=2, d_model=32, context_length=16, vocab_size=300)
+    )
+    x, y = torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16))
+    want = model(x, targets=y)
+    want.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    dynamo.reset()
+
+    def skipped() -> list[str]:  # why dynamo left calls out of its graph
+        dynamo.reset()
+        return [r.reason for r in dynamo.explain(model)(x, targets=y).break_reasons]
+
+    assert skipped() == []  # traced through
+    fused.run_eagerly_under_compile()
+    assert any("torch.compiler.disable" in r for r in skipped())  # left to eager mode
+    dynamo.reset()
+    got = torch.compile(model, backend="eager")(x, targets=y)
+    got.backward()
+    assert torch.equal(got, want)  # the same eager kernels run in the same order
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+
+
+def test_importing_the_trainer_leaves_dynamo_and_fsdp_unloaded():
+    """Every command imports the trainer's modules; torch._dynamo (torch.compiler.disable at
+    import), torch.distributed.fsdp and its checkpoint API (about 2 s together) load only when a
+    run compiles or shards."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lmlab.cli, lmlab.train.loop, lmlab.demo, lmlab.sample\n"
+        "heavy = ('torch._dynamo', 'torch.distributed.fsdp', 'torch.distributed.checkpoint')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

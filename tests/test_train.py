@@ -248,3 +248,26 @@ def test_fused_loss_trains_like_the_plain_loss(dataset, tmp_path, monkeypatch):
     for step in la:
         assert la[step] == pytest.approx(lb[step], rel=1e-10, abs=0)
     assert a.final_val_loss == pytest.approx(b.final_val_loss, rel=1e-10, abs=0)
+
+
+def test_train_compile_prepares_the_loss_and_trains_the_same(dataset, tmp_path, monkeypatch):
+    """``train.compile = true`` makes the chunked loss run eagerly under dynamo (set up before
+    compiling, no longer at import) and, with dynamo's eager backend standing in for inductor
+    (minutes of C++ compilation), trains to the eager run's losses."""
+    from lmlab.model import loss as fused
+
+    monkeypatch.setattr(fused, "_eager_under_compile", None)  # as a fresh process has it
+    real_compile = torch.compile
+    compiled = []
+
+    def eager_backend(model, mode=None, **kw):
+        compiled.append(mode)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_backend)
+    want = losses(Path(train(tiny_config(dataset, tmp_path / "eager")).run_dir))
+    got = losses(
+        Path(train(tiny_config(dataset, tmp_path / "compiled", train__compile=True)).run_dir)
+    )
+    assert compiled == [None] and fused._eager_under_compile is not None
+    assert got == want

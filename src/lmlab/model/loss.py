@@ -17,6 +17,8 @@ gradient are accumulated in float32 (float64 for a float64 model: tests compare 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 IGNORE_INDEX = -100
@@ -92,14 +94,34 @@ def _loss_only(
     return total
 
 
-@torch.compiler.disable  # a Python loop over chunks with in-place updates: run it eagerly
 def linear_cross_entropy(
     h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
     """Summed cross-entropy of ``h @ weight.T`` against ``targets`` (-100 ignored), float32.
 
-    h (N, d), weight (V, d), targets (N,). Gradients flow to ``h`` and ``weight``.
+    h (N, d), weight (V, d), targets (N,). Gradients flow to ``h`` and ``weight``. Under
+    ``torch.compile`` it runs eagerly once :func:`run_eagerly_under_compile` was called.
     """
+    return (_eager_under_compile or _linear_cross_entropy)(h, weight, targets)
+
+
+# torch.compiler.disable(linear_cross_entropy), made by run_eagerly_under_compile: decorating
+# at import would import torch._dynamo, about 0.9 s of every command's start-up.
+_eager_under_compile: Any = None
+
+
+def run_eagerly_under_compile() -> None:
+    """Make torch.compile leave the chunked loss (a Python loop over chunks with in-place
+    updates) to eager mode, a graph break; the trainer calls it before compiling. Without it
+    dynamo traces the loop, which computes the same loss, only compiles longer."""
+    global _eager_under_compile
+    if _eager_under_compile is None:
+        _eager_under_compile = torch.compiler.disable(_linear_cross_entropy)
+
+
+def _linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     dtype = _compute_dtype(h)
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         with torch.autocast(h.device.type, enabled=False):

@@ -15,33 +15,44 @@ weights into the model before it is sharded and the optimizer state with
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed._composable import checkpoint
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from lmlab.config import Config
 from lmlab.errors import CheckpointError
 from lmlab.model import build_model
 from lmlab.train.optim import build_optimizer
 
+# torch.distributed.fsdp and torch.distributed.checkpoint.state_dict are imported when an FSDP
+# run first needs them: together about 1 s that every `lmlab` command paid at start-up.
+_FSDP = "torch.distributed.fsdp"
+
+
+def _fsdp_api() -> Any:
+    import torch.distributed.fsdp as api  # noqa: PLC0415 (0.5 s of start-up; FSDP runs only)
+
+    return api
+
+
+def _state_dict_api() -> Any:
+    from torch.distributed.checkpoint import state_dict  # noqa: PLC0415 (0.5 s of start-up; FSDP only)
+
+    return state_dict
+
 
 def mixed_precision(dtype: torch.dtype) -> Any:
     """bf16/fp16 compute weights with fp32 gradient reductions; fp32 runs get the default policy."""
 
+    policy = _fsdp_api().MixedPrecisionPolicy
     if dtype is torch.float32:
-        return MixedPrecisionPolicy()
+        return policy()
     # reduce in fp32: averaging bf16 gradients over ranks would lose the low bits of each
-    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    return policy(param_dtype=dtype, reduce_dtype=torch.float32)
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
@@ -61,6 +72,7 @@ def shard(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """``fully_shard`` every block, then the root; the model is changed in place and returned."""
 
     policy = mixed_precision(dtype)
+    fully_shard = _fsdp_api().fully_shard
     for block in blocks_of(model):
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
@@ -68,8 +80,9 @@ def shard(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
-
-    return isinstance(model, FSDPModule)
+    """True for a model ``fully_shard`` wrapped (which imported torch.distributed.fsdp)."""
+    api = sys.modules.get(_FSDP)
+    return api is not None and isinstance(model, api.FSDPModule)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -159,9 +172,10 @@ def gather_for_checkpoint(
     Every rank must call it; ranks other than 0 get ``(None, None)``.
     """
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=opts)
-    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
+    api = _state_dict_api()
+    opts = api.StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = api.get_model_state_dict(model, options=opts)
+    optim_sd = api.get_optimizer_state_dict(model, optimizer, options=opts)
     if not is_main:
         return None, None
     plain = build_model(cfg.model)
@@ -176,8 +190,9 @@ def gather_model(
 ) -> nn.Module | None:
     """Collective: the full model on rank 0's ``device`` (for evaluation and samples), else None."""
 
-    weights = get_model_state_dict(
-        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    api = _state_dict_api()
+    weights = api.get_model_state_dict(
+        model, options=api.StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if not is_main:
         return None
@@ -193,8 +208,9 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, ckp
     try:
         blob = torch.load(f, map_location="cpu", weights_only=True)
         sd = _to_fqn_keys(model, optimizer, blob["optimizer"])
-        set_optimizer_state_dict(
-            model, optimizer, sd, options=StateDictOptions(full_state_dict=True)
+        api = _state_dict_api()
+        api.set_optimizer_state_dict(
+            model, optimizer, sd, options=api.StateDictOptions(full_state_dict=True)
         )
     except CheckpointError:
         raise

@@ -27,6 +27,7 @@ from lmlab.export.hf_import import load_into, start_from_hf
 from lmlab.io import read_json
 from lmlab.memcheck import check_training_fits
 from lmlab.model import build_model
+from lmlab.model.loss import run_eagerly_under_compile
 from lmlab.runs import check_run_dir, resolve_run_config
 from lmlab.runs.state import TrainState
 from lmlab.train import checkpoint as ck
@@ -223,6 +224,7 @@ class TrainSetup:
         if t.micro_batch_size == 0 and mf.can_probe(device) and self.data.fixed_windows:
             self._fit_micro_batch(model)
         if t.compile:
+            run_eagerly_under_compile()
             model = torch.compile(
                 model, mode=None if t.compile_mode == "default" else t.compile_mode
             )
