@@ -323,3 +323,33 @@ def test_tail_split_is_the_end_of_the_stream(tok_dir, tmp_path, shard_tokens):
     split_doc = int(everything[cut - 1] != tok.eot_id)
     assert sp["val"]["documents"] == ends_in_val >= 1
     assert sp["train"]["documents"] == len(docs) - ends_in_val + split_doc
+
+
+def test_exclude_leaves_out_matching_files(tok_dir, tmp_path, capsys):
+    """`--exclude GLOB ...` (prepare.exclude) drops files by path before reading them: a test
+    folder and test_*.py files are left out, meta.json counts them, and a pattern that leaves
+    an input empty is a one-line error that writes nothing."""
+    src = tmp_path / "src"
+    write_corpus(src, CODE[:4])
+    (src / "tests").mkdir()
+    (src / "tests" / "check.py").write_text("def test_a():\n    assert 1 + 1 == 2\n")
+    (src / "test_b.py").write_text("def test_b():\n    assert True\n")
+    out = tmp_path / "ds"
+    args = ["data", "prepare", "--input", str(src), "--tokenizer", str(tok_dir)]
+    rc = cli_main(
+        [*args, "--out", str(out), "--filter", "code", "--workers", "1", "--no-progress"]
+        + ["--exclude", "*/tests/*", "*/test_*.py"]
+    )
+    assert rc == 0
+    assert "filter code: kept 4 of 4 documents" in capsys.readouterr().out
+    meta = read_meta(out)
+    assert meta["sources"][0]["files"] == 4 and meta["sources"][0]["excluded"] == 2
+    everything = tmp_path / "all"
+    assert cli_main([*args, "--out", str(everything), "--workers", "1", "--no-progress"]) == 0
+    assert read_meta(everything)["sources"][0]["files"] == 6  # without --exclude: all of them
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    rc = cli_main([*args, "--out", str(refused), "--no-progress", "--exclude", "*.py"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "all 6 files match an exclude pattern (*.py)" in err
+    assert err.count("\n") == 1 and not refused.exists()

@@ -149,3 +149,25 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(DataError, match=r"d\.parquet: reading parquet needs pyarrow"):
         read_docs([f])
+
+
+def test_exclude_patterns_match_below_the_input_folder_only(tmp_path):
+    """A folder above the input (here one named test_x) never matches: patterns see the path
+    below the input's folder, or below a glob's part before its first wildcard."""
+    from lmlab.data.sources import excluded, expand_sources, input_root
+    from lmlab.io import STDLIB_ALIAS, stdlib_path
+
+    root = tmp_path / "test_x" / "src"
+    (root / "tests").mkdir(parents=True)
+    for rel in ("a.py", "tests/t.py", "test_b.py", "pkg/tests/u.py"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x = 1\n")
+    pats = ("*/tests/*", "*/test_*.py")
+    assert input_root(str(root)) == root and input_root(str(root / "a.py")) == root
+    assert input_root(str(root / "**" / "*.py")) == root
+    assert input_root(STDLIB_ALIAS) == stdlib_path()
+    assert not excluded(root / "a.py", root, pats)
+    assert excluded(root / "tests" / "t.py", root, pats)
+    for item in (str(root), str(root / "**" / "*.py")):
+        files, records = expand_sources([item], (".py",), pats)
+        assert [f.name for f in files] == ["a.py"] and records[0]["excluded"] == 3

@@ -85,6 +85,7 @@ PREPARE_FLAGS = (
     "workers",
     "seed",
     "errors",
+    "exclude",
     "max_docs",
     "max_bytes",
 )

@@ -274,6 +274,10 @@ class PrepareConfig:
     suffixes: list[str] = opt(
         [], "when a folder is given, only files ending in these (empty: .py for code, else all)"
     )
+    exclude: list[str] = opt(
+        [],
+        "leave out input files matching one of these globs, matched on the path below the input folder with a leading / ('*' crosses folders): '*/tests/*', '*/test_*.py'",
+    )
     max_docs: int = opt(
         0, "use only the first N documents of the input (before filtering); 0: all", minimum=0
     )

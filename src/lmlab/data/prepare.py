@@ -107,7 +107,7 @@ def _expand_inputs(pcfg: PrepareConfig, piece_bytes: int) -> _Inputs:
     suffixes = tuple(pcfg.suffixes) or ((".py",) if pcfg.filter == "code" else ())
     if pcfg.max_docs < 0 or pcfg.max_bytes < 0:
         raise ConfigError("prepare.max_docs / prepare.max_bytes: must be >= 0 (0: no limit)")
-    sources, records = expand_sources(list(pcfg.input), suffixes)
+    sources, records = expand_sources(list(pcfg.input), suffixes, tuple(pcfg.exclude))
     files = [s for s in sources if isinstance(s, Path)]
     streams = len(sources) - len(files)
     total_bytes: int | None = None if streams else sum(f.stat().st_size for f in files)
