@@ -347,3 +347,41 @@ def test_the_syntax_check_stops_between_prompts_at_its_deadline(monkeypatch):
     assert decoded == [("a", 2), ("b", 2)]  # a's and b's batches; then the deadline
     assert out == [(" x", True), (" x", True), (" x", True), None, (" x", True)]
     assert demo.make_generate_fn(None, None)(["a", "c"], 4) == [(" x", True)] * 2
+
+
+@pytest.mark.parametrize("vocab,fused", [(64, False), (2048, True)])
+def test_step_is_measured_as_training_runs_it(vocab, fused, monkeypatch):
+    """The timed step uses the trainer's loss path (the fused head from FUSED_LOSS_MIN_VOCAB
+    on) and its allocator settings: without them a demo step measured 385 ms where training
+    ran at 305, and the demo ended a minute early."""
+    from lmlab.config import load_config
+
+    cfg = load_config(
+        "demo-python",
+        [
+            "model.n_layer=1",
+            "model.d_model=32",
+            "model.n_head=2",
+            "model.context_length=16",
+            f"model.vocab_size={vocab}",
+            "train.batch_size=2",
+            "train.device=cpu",
+            "train.dtype=float32",
+        ],
+    )
+    retained, targets = [], []
+    monkeypatch.setattr(demo, "retain_freed_memory", lambda: retained.append(1))
+    import lmlab.model
+
+    real_build = lmlab.model.build_model
+
+    def build(mcfg):
+        model = real_build(mcfg)
+        model.register_forward_pre_hook(
+            lambda m, a, kw: targets.append(kw.get("targets") is not None), with_kwargs=True
+        )
+        return model
+
+    monkeypatch.setattr(demo, "build_model", build)
+    demo.measure_step_seconds(cfg)
+    assert retained and targets and all(t == fused for t in targets)

@@ -42,6 +42,7 @@ from lmlab.outputs import check_output, write_marker
 from lmlab.pipeline import resolve_training_inputs
 from lmlab.report import markdown_table, write_report
 from lmlab.runs import load_model_for_inference
+from lmlab.train.host_memory import retain_freed_memory
 from lmlab.train.loop import FUSED_LOSS_MIN_VOCAB, train
 from lmlab.train.optim import build_optimizer
 from lmlab.train.precision import pick_cpu_train_dtype
@@ -69,16 +70,21 @@ DEFAULT_MINUTES = 5.0
 PROMPTS_PER_FILE = 2
 
 
+def _uses_fused_loss(cfg: Config, model: Any) -> bool:
+    """Whether the trainer will compute ``cfg``'s loss with the fused head (train.setup's rule)."""
+    return bool(
+        cfg.train.fused_loss
+        and getattr(model, "supports_fused_loss", False)
+        and cfg.model.vocab_size >= FUSED_LOSS_MIN_VOCAB
+    )
+
+
 def _training_dtype(cfg: Config, model: Any, device: Any) -> Any:
     """The dtype the trainer will pick for ``cfg`` on ``device`` (lmlab.train.precision on a CPU)."""
     t, m = cfg.train, cfg.model
     if t.dtype != "auto" or device.type != "cpu" or m.arch != "transformer":
         return resolve_dtype(t.dtype, device)
-    fused = bool(
-        t.fused_loss
-        and getattr(model, "supports_fused_loss", False)
-        and m.vocab_size >= FUSED_LOSS_MIN_VOCAB
-    )
+    fused = _uses_fused_loss(cfg, model)
     micro = t.micro_batch_size or t.batch_size  # the demo trains in one process
     pick = pick_cpu_train_dtype(model, micro, m.context_length, m.vocab_size, fused)
     return torch.bfloat16 if pick["dtype"] == "bfloat16" else torch.float32
@@ -91,22 +97,31 @@ TIMING_STEPS = 3
 def measure_step_seconds(cfg: Config, max_seconds: float = float("inf")) -> float:
     """Wall seconds of one optimizer step of ``cfg`` on random tokens (forward, backward, AdamW),
     in the precision training will use (``train.dtype = auto`` on a CPU picks it by measuring:
-    the same cached pick the trainer then reuses), so a bf16 run is not sized at fp32's speed.
+    the same cached pick the trainer then reuses), so a bf16 run is not sized at fp32's speed,
+    with the loss path (fused head or logits) and the allocator settings training has: timed
+    without them, a step measured ~25% slower than training ran and the demo left a fifth of
+    its budget unused.
 
     The median of TIMING_STEPS steps after a warm-up one, or of fewer once ``max_seconds`` are
     spent (a slow machine should not give its training time to the measurement)."""
     device = resolve_device(cfg.train.device)
+    if device.type == "cpu":
+        retain_freed_memory()  # as train() does (once per process)
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device)
     opt = build_optimizer(model, cfg.optim, cfg.train.lr, device)
     B, T, V = cfg.train.batch_size, cfg.model.context_length, cfg.model.vocab_size
     dtype = _training_dtype(cfg, model, device)
+    fused = _uses_fused_loss(cfg, model)
     x = torch.randint(0, V, (B, T), device=device)
     times = []
     for _ in range(TIMING_STEPS + 1):
         t0 = time.perf_counter()
         with autocast(device, dtype):
-            loss = F.cross_entropy(model(x).flatten(0, 1).float(), x.flatten())
+            if fused:
+                loss = model(x, targets=x) / x.numel()
+            else:
+                loss = F.cross_entropy(model(x).flatten(0, 1).float(), x.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
