@@ -63,3 +63,19 @@ def test_module_entry_point_runs():
         [sys.executable, "-m", "lmlab", "--help"], capture_output=True, text=True, check=True
     )
     assert "lmlab" in out.stdout and "demo" in out.stdout
+
+
+def test_a_closed_output_pipe_is_not_reported_as_an_error():
+    """`lmlab config-keys | head -1`: the reader closes the pipe early; lmlab stops quietly
+    (status 141, as a process stopped by SIGPIPE) instead of printing "error: Broken pipe".
+    The read end is closed before lmlab writes anything, so its first write fails, every time."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the writer starts
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmlab", "config-keys"], stdout=write_end, stderr=subprocess.PIPE
+    )
+    os.close(write_end)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -304,6 +305,13 @@ def _output_of(args: argparse.Namespace, overrides: list[str]) -> str:
     return str(getattr(args, "out", "") or "")
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush into the closed pipe does
+    not print a second error at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = split_overrides(argv)
@@ -315,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     except LmlabError as e:
         print(f"lmlab: error: {e}", file=sys.stderr)
         return 2
+    except (
+        BrokenPipeError
+    ):  # the reader went away (`lmlab config-keys | head`): not an error to report
+        _silence_stdout()
+        return 128 + 13  # as a process stopped by SIGPIPE
     except OSError as e:  # full disk, read-only or unwritable folder, ...: one line naming the path
         print(f"lmlab: error: {os_error_message(e, _output_of(args, overrides))}", file=sys.stderr)
         return 2
