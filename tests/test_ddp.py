@@ -82,3 +82,52 @@ def test_two_processes_match_one(tmp_path):
     )
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert "2 process(es)" in proc.stdout
+
+
+def test_a_refused_run_folder_stops_every_rank(tmp_path):
+    """Rank 0 refuses a folder that holds a run (no --resume/--force): every rank stops with
+    one line and status 2. Launched without torchrun (RANK/WORLD_SIZE set by hand, as a cluster
+    launcher does): rank 1 used to go on to its first collective and die there with gloo's
+    traceback and status 1 when rank 0 left (or wait, where the peer's exit goes unnoticed)."""
+    import socket
+
+    data = write_dataset(tmp_path / "ds", make_text(40))
+    cfg = tiny_config(data, tmp_path / "run", train__max_steps=2, eval__samples=0)
+    toml = tmp_path / "cfg.toml"
+    toml.write_text(to_toml(cfg))
+    first = subprocess.run(
+        [sys.executable, "-m", "lmlab", "train", str(toml)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lmlab", "train", str(toml)],
+            env={
+                **os.environ,
+                "OMP_NUM_THREADS": "1",
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [2, 2], outs
+    assert "holds a run" in outs[0][1] and "refused by rank 0" in outs[1][1]

@@ -22,7 +22,7 @@ from lmlab.accounting import training_flops_per_token
 from lmlab.config import Config
 from lmlab.data.batches import Batch, BatchSource, ProcessBatch, TokenData, TrainingData
 from lmlab.device import peak_flops, resolve_dtype
-from lmlab.errors import CheckpointError, ConfigError
+from lmlab.errors import CheckpointError, ConfigError, LmlabError
 from lmlab.export.hf_import import load_into, start_from_hf
 from lmlab.io import read_json
 from lmlab.memcheck import check_training_fits
@@ -74,8 +74,7 @@ class TrainSetup:
         self.data: TrainingData = data if data is not None else TokenData(cfg)
         self.meta = self.data.meta
         hf_init = self._resolve_config()
-        if info.is_main:  # a refusal before any model is built or measured
-            check_run_dir(self.run_dir, resume=resume, force=force)
+        self._check_run_dir(resume, force)  # a refusal before any model is built or measured
         self.resume_from = self._start_point(resume)
         self._build_model(hf_init)
         self._open_data()
@@ -105,6 +104,22 @@ class TrainSetup:
         self.data.check(cfg)
         resolve_run_config(cfg, self.meta)  # vocab size filled in, paths absolute
         return hf_init
+
+    def _check_run_dir(self, resume: bool, force: bool) -> None:
+        """Rank 0 checks the run folder and every rank learns its verdict, so a refusal stops
+        all processes at once with one line each: the others would otherwise go on to their
+        first collective and crash there (gloo's traceback) or wait for rank 0."""
+        refusal: LmlabError | None = None
+        if self.info.is_main:
+            try:
+                check_run_dir(self.run_dir, resume=resume, force=force)
+            except LmlabError as e:
+                refusal = e
+        refused = dd.gather_objects(refusal is not None, self.info)[0]
+        if refusal is not None:
+            raise refusal
+        if refused:
+            raise CheckpointError(f"{self.run_dir}: refused by rank 0, whose message says why")
 
     def _start_point(self, resume: bool) -> Path | None:
         """The checkpoint of this run to resume from, or None (fresh)."""
