@@ -45,3 +45,28 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert 0.8 <= probe["ratio_probe_over_account"] <= 1.2 and 64 % probe["micro_batch"] == 0
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     assert "memory probe: up to" in log and "-m lmlab train" in log
+
+
+def test_the_gpu_benchmarks_train_the_shipped_tinystories_shape():
+    """bench/gpu/check.py and bench/fsdp_memory.py each spell out the TinyStories model (the
+    GPU check runs where lmlab's recipes may not be on the path); both must stay the recipe's."""
+    import importlib.util
+
+    from lmlab.config import load_config
+
+    def module(path: Path):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    bench = SCRIPT.parents[1]
+    recipe = load_config("tinystories")
+    for shape in (
+        module(bench / "gpu" / "check.py").TINYSTORIES,
+        module(bench / "fsdp_memory.py").MODEL,
+    ):
+        assert shape["vocab_size"] == recipe.tokenizer.vocab_size
+        for key, value in shape.items():
+            if key not in ("vocab_size", "dropout"):
+                assert getattr(recipe.model, key) == value, key
