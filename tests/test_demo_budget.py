@@ -232,22 +232,29 @@ def test_demo_on_a_slow_machine_keeps_its_budget(
         assert res["syntax_samples"] > 0  # time was left for the syntax check
 
 
-def test_step_measurement_stops_early_on_a_slow_machine(monkeypatch):
-    """Past max_seconds the measurement ends after the warm-up and one timed step."""
+def tiny_demo_config(*extra: str, vocab: int = 64):
+    """The demo-python recipe shrunk to a 1-layer width-32 model on the CPU (for timing tests)."""
     from lmlab.config import load_config
 
-    cfg = load_config(
+    return load_config(
         "demo-python",
         [
             "model.n_layer=1",
             "model.d_model=32",
             "model.n_head=2",
             "model.context_length=16",
-            "model.vocab_size=64",
+            f"model.vocab_size={vocab}",
             "train.batch_size=2",
             "train.device=cpu",
-            "train.dtype=float32",  # no precision probe: every clock read here is a timed step's
+            *extra,
         ],
+    )
+
+
+def test_step_measurement_stops_early_on_a_slow_machine(monkeypatch):
+    """Past max_seconds the measurement ends after the warm-up and one timed step."""
+    cfg = tiny_demo_config(
+        "train.dtype=float32"  # no precision probe: every clock read here is a timed step's
     )
     ticks = iter(range(0, 1000, 10))  # every perf_counter() call: 10 s later
     monkeypatch.setattr(demo.time, "perf_counter", lambda: float(next(ticks)))
@@ -261,21 +268,8 @@ def test_step_is_measured_in_the_precision_training_picks(picked, monkeypatch):
     will pick (bf16 steps were measured in fp32 before, and a run sized for 655 ms/step took 330)."""
     import torch
 
-    from lmlab.config import load_config
-
     monkeypatch.setattr(demo, "pick_cpu_train_dtype", lambda *a, **k: {"dtype": picked})
-    cfg = load_config(
-        "demo-python",
-        [
-            "model.n_layer=1",
-            "model.d_model=32",
-            "model.n_head=2",
-            "model.context_length=16",
-            "model.vocab_size=64",
-            "train.batch_size=2",
-            "train.device=cpu",
-        ],
-    )
+    cfg = tiny_demo_config()
     assert cfg.train.dtype == "auto"
     seen = []
     import lmlab.model
@@ -354,21 +348,7 @@ def test_step_is_measured_as_training_runs_it(vocab, fused, monkeypatch):
     """The timed step uses the trainer's loss path (the fused head from FUSED_LOSS_MIN_VOCAB
     on) and its allocator settings: without them a demo step measured 385 ms where training
     ran at 305, and the demo ended a minute early."""
-    from lmlab.config import load_config
-
-    cfg = load_config(
-        "demo-python",
-        [
-            "model.n_layer=1",
-            "model.d_model=32",
-            "model.n_head=2",
-            "model.context_length=16",
-            f"model.vocab_size={vocab}",
-            "train.batch_size=2",
-            "train.device=cpu",
-            "train.dtype=float32",
-        ],
-    )
+    cfg = tiny_demo_config("train.dtype=float32", vocab=vocab)
     retained, targets = [], []
     monkeypatch.setattr(demo, "retain_freed_memory", lambda: retained.append(1))
     import lmlab.model
