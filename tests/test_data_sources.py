@@ -154,8 +154,8 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
 def test_exclude_patterns_match_below_the_input_folder_only(tmp_path):
     """A folder above the input (here one named test_x) never matches: patterns see the path
     below the input's folder, or below a glob's part before its first wildcard."""
-    from lmlab.data.sources import excluded, expand_sources, input_root
-    from lmlab.io import STDLIB_ALIAS, stdlib_path
+    from lmlab.data.sources import expand_sources
+    from lmlab.io import STDLIB_ALIAS, excluded, input_root, stdlib_path
 
     root = tmp_path / "test_x" / "src"
     (root / "tests").mkdir(parents=True)

@@ -482,3 +482,19 @@ def test_cli_train_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str])
                 "wordlevel",
             ]
         )
+
+
+def test_exclude_leaves_files_out_of_the_tokenizer(tmp_path):
+    """tokenizer.exclude / --exclude: the excluded files' text is not trained on (a char
+    tokenizer has exactly the kept files' characters) and meta.json lists only the kept files."""
+    src = tmp_path / "src"
+    (src / "tests").mkdir(parents=True)
+    (src / "a.py").write_text("abc\n")
+    (src / "tests" / "t.py").write_text("xyz\n")
+    tok = train_tokenizer(
+        [str(src)], vocab_size=50, out=tmp_path / "tok", kind="char", exclude=["*/tests/*"]
+    )
+    assert set(tok.chars) == {"a", "b", "c", "\n"}
+    assert [Path(i["path"]).name for i in tok.meta["inputs"]] == ["a.py"]
+    everything = train_tokenizer([str(src)], vocab_size=50, out=tmp_path / "all", kind="char")
+    assert {"x", "y", "z"} <= set(everything.chars)

@@ -94,6 +94,7 @@ def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
         out=_own_folder(args.out),
         kind=args.kind,
         special_tokens=args.special_token or [],
+        exclude=args.exclude,
     )
     print(f"tokenizer: {args.kind}, vocab {len(tok.vocab)} -> {args.out}")
     return 0

@@ -169,6 +169,13 @@ def add_tokenizer_train(tsub: Any) -> argparse.ArgumentParser:
     tt.add_argument("--vocab-size", type=int, required=True, help="target vocabulary size")
     tt.add_argument("--special-token", action="append", help="a special token (repeatable)")
     tt.add_argument("--kind", choices=("bpe", "char", "symbolic"), default="bpe")
+    tt.add_argument(
+        "--exclude",
+        nargs="+",
+        default=[],
+        metavar="GLOB",
+        help="leave out files whose path below the input folder matches, e.g. '*/tests/*'",
+    )
     tt.add_argument("--out", required=True, help="tokenizer folder to write")
     return tt
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import hashlib
+import itertools
 import json
 import os
 import sysconfig
@@ -115,13 +117,84 @@ def folder_files(folder: Path, suffixes: tuple[str, ...] = ()) -> list[Path]:
     return sorted(out)
 
 
-def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Path]:
+def input_root(item: str) -> Path:
+    """The folder an input's files are named below: the folder itself, a file's folder, the
+    part of a glob before its first wildcard, the standard library's folder for ``@stdlib``."""
+    if item == STDLIB_ALIAS or item.startswith(STDLIB_ALIAS + "/"):
+        item = str(stdlib_path() / item[len(STDLIB_ALIAS) + 1 :])
+    p = Path(item)
+    if p.is_dir():
+        return p
+    if p.is_file():
+        return p.parent
+    plain = list(itertools.takewhile(lambda s: not glob.has_magic(s), p.parts))
+    return Path(*plain) if plain else Path(".")
+
+
+def excluded(path: Path, root: Path, patterns: tuple[str, ...]) -> bool:
+    """True when ``path`` matches one of the globs ``patterns``.
+
+    Matched (fnmatch) against the path below the input's ``root`` with a leading ``/``, so
+    ``*`` crosses folders and nothing above the input folder counts: ``*/tests/*`` is any file
+    in a folder named tests, ``*/test_*.py`` any file named test_*.py."""
+    if not patterns:
+        return False
+    try:
+        name = "/" + path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:  # not below the root (a symbolic link out of it): its own path
+        name = path.as_posix()
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _item_files(item: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """One input's files, in order: a file, a folder's (:func:`folder_files`), a glob's matches,
+    ``@stdlib`` or a part of it."""
+    if item == STDLIB_ALIAS:
+        return stdlib_files()
+    if item.startswith(STDLIB_ALIAS + "/"):  # @stdlib/json, @stdlib/email/*.py: a part of it
+        item = str(stdlib_path() / item[len(STDLIB_ALIAS) + 1 :])
+    p = Path(item)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        return folder_files(p, suffixes)
+    matches = sorted(glob.glob(item, recursive=True))
+    if not matches:
+        raise DataError(f"{item}: no such file, folder or glob match")
+    files: list[Path] = []
+    for m in matches:
+        mp = Path(m)
+        if mp.is_file():
+            files.append(mp)
+        elif mp.is_dir():
+            files.extend(folder_files(mp, suffixes))
+    return files
+
+
+def drop_excluded(files: list[Path], item: str, patterns: tuple[str, ...]) -> list[Path]:
+    """``files`` (expanded from the input ``item``) less those :func:`excluded` by ``patterns``;
+    an input whose every file is excluded is a DataError naming it."""
+    if not patterns:
+        return files
+    root = input_root(item)
+    kept = [f for f in files if not excluded(f, root, patterns)]
+    if files and not kept:
+        raise DataError(
+            f"{item}: all {len(files)} files match an exclude pattern ({', '.join(patterns)})"
+        )
+    return kept
+
+
+def expand_inputs(
+    inputs: list[str], suffixes: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+) -> list[Path]:
     """Files, folders (recursive) and globs to a sorted, de-duplicated list of files.
 
     A folder contributes files ending in one of ``suffixes`` (all files when empty), without
     hidden, cache and package folders (:func:`folder_files`). The
     input ``@stdlib`` names this interpreter's standard library (its ``.py`` files, without
     site-packages); ``@stdlib/SUBPATH`` a file, folder or glob inside it. An input that matches nothing raises DataError naming it.
+    Files matching an ``exclude`` glob are left out (:func:`excluded`).
     """
     if not inputs:
         raise DataError("no input given: pass files, folders or globs")
@@ -135,27 +208,6 @@ def expand_inputs(inputs: list[str], suffixes: tuple[str, ...] = ()) -> list[Pat
             files.append(p)
 
     for item in inputs:
-        if item == STDLIB_ALIAS:
-            for f in stdlib_files():
-                add(f)
-            continue
-        if item.startswith(STDLIB_ALIAS + "/"):  # @stdlib/json, @stdlib/email/*.py: a part of it
-            item = str(stdlib_path() / item[len(STDLIB_ALIAS) + 1 :])
-        p = Path(item)
-        if p.is_file():
-            add(p)
-        elif p.is_dir():
-            for q in folder_files(p, suffixes):
-                add(q)
-        else:
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                raise DataError(f"{item}: no such file, folder or glob match")
-            for m in matches:
-                mp = Path(m)
-                if mp.is_file():
-                    add(mp)
-                elif mp.is_dir():
-                    for q in folder_files(mp, suffixes):
-                        add(q)
+        for f in drop_excluded(_item_files(item, suffixes), item, exclude):
+            add(f)
     return files

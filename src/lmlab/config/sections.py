@@ -235,6 +235,9 @@ class TokenizerConfig:
     input: list[str] = opt(
         [], "files, folders or globs to train on (@stdlib: this Python's standard library)"
     )
+    exclude: list[str] = opt(
+        [], "leave out input files matching one of these globs (as prepare.exclude)"
+    )
     vocab_size: int = opt(8192, "target vocabulary size", minimum=1)
     special_tokens: list[str] = opt(["<|endoftext|>"], "special tokens, never split or merged")
     out: str = opt("", "tokenizer folder; empty skips this stage")

@@ -30,10 +30,7 @@ U+FFFD replacement characters (``errors="replace"``); they never crash the run.
 from __future__ import annotations
 
 import codecs
-import fnmatch
-import glob
 import gzip
-import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -43,7 +40,7 @@ from typing import Any, BinaryIO
 
 from lmlab.data.streams import StreamSource, check_available, parse_stream_input, stream_batches
 from lmlab.errors import DataError
-from lmlab.io import STDLIB_ALIAS, expand_inputs, stdlib_path
+from lmlab.io import drop_excluded, expand_inputs
 from lmlab.notices import utf8_reason  # the tokenizer stage words it the same way
 
 # An entry is one contiguous part of one file:
@@ -206,43 +203,14 @@ def _parquet_entries(
 Source = Path | StreamSource
 
 
-def input_root(item: str) -> Path:
-    """The folder an input's files are named below: the folder itself, a file's folder, the
-    part of a glob before its first wildcard, the standard library's folder for ``@stdlib``."""
-    if item == STDLIB_ALIAS or item.startswith(STDLIB_ALIAS + "/"):
-        item = str(stdlib_path() / item[len(STDLIB_ALIAS) + 1 :])
-    p = Path(item)
-    if p.is_dir():
-        return p
-    if p.is_file():
-        return p.parent
-    plain = [part for part in itertools.takewhile(lambda s: not glob.has_magic(s), p.parts)]
-    return Path(*plain) if plain else Path(".")
-
-
-def excluded(path: Path, root: Path, patterns: tuple[str, ...]) -> bool:
-    """True when ``path`` matches one of the globs ``patterns``.
-
-    Matched (fnmatch) against the path below the input's ``root`` with a leading ``/``, so
-    ``*`` crosses folders and nothing above the input folder counts: ``*/tests/*`` is any file
-    in a folder named tests, ``*/test_*.py`` any file named test_*.py."""
-    if not patterns:
-        return False
-    try:
-        name = "/" + path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:  # not below the root (a symbolic link out of it): its own path
-        name = path.as_posix()
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def expand_sources(
     inputs: list[str], suffixes: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
 ) -> tuple[list[Source], list[dict[str, Any]]]:
     """Inputs in order as files and streams, and one meta.json record per input.
 
     Files, folders and globs expand as :func:`lmlab.io.expand_inputs` does (a file named twice
-    is read once), less the files matching an ``exclude`` glob (:func:`excluded`; the record
-    counts them); a dataset input stays one stream.
+    is read once), less the files matching an ``exclude`` glob (:func:`lmlab.io.excluded`; the
+    record counts them); a dataset input stays one stream.
     """
     if not inputs:
         raise DataError("no input given: pass files, folders, globs or hf:NAME")
@@ -258,12 +226,7 @@ def expand_sources(
             continue
         new = [f for f in expand_inputs([item], suffixes) if f.resolve() not in seen]
         seen.update(f.resolve() for f in new)
-        root = input_root(item)
-        kept = [f for f in new if not excluded(f, root, exclude)]
-        if new and not kept:
-            raise DataError(
-                f"{item}: all {len(new)} files match an exclude pattern ({', '.join(exclude)})"
-            )
+        kept = drop_excluded(new, item, exclude)
         sources.extend(kept)
         record = {"input": item, "kind": "paths", "files": len(kept)}
         if exclude:

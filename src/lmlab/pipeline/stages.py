@@ -87,6 +87,7 @@ def ensure_tokenizer(cfg: Config, force: bool = False, log=print) -> Path:
         out=out,
         kind=t.kind,
         special_tokens=t.special_tokens,
+        exclude=t.exclude,
     )
     mark_done(out, key, "tokenizer")
     return out

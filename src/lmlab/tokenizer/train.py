@@ -46,13 +46,15 @@ def train_tokenizer(
     out: Path | str,
     kind: str = "bpe",
     special_tokens: Iterable[str] = (),
+    exclude: Iterable[str] = (),
 ) -> Tokenizer:
     """Train a tokenizer of ``kind`` on the files/folders/globs ``inputs`` and save it to ``out``.
 
     bpe: ``vocab_size`` counts the 256 byte tokens, the merges and the special tokens (which take
     ids 0..k-1). char: the vocabulary is the corpus's characters plus the special tokens, and
     ``vocab_size`` is an upper bound. Files that are not UTF-8 are skipped with a warning and
-    listed in meta.json. The folder is written atomically.
+    listed in meta.json; files matching an ``exclude`` glob are left out
+    (:func:`lmlab.io.excluded`). The folder is written atomically.
     """
     specials = check_special_tokens(special_tokens)
     if kind not in KINDS:
@@ -69,7 +71,9 @@ def train_tokenizer(
     check_output(out, "tokenizer")  # refuse before training, not after minutes of it
     suffixes = (".py",) if kind == "symbolic" else ()  # a folder gives its Python files only
     files = expand_inputs(
-        [inputs] if isinstance(inputs, str | Path) else [str(i) for i in inputs], suffixes
+        [inputs] if isinstance(inputs, str | Path) else [str(i) for i in inputs],
+        suffixes,
+        tuple(exclude),
     )
     if not files:
         raise DataError(f"{' '.join(map(str, inputs))}: no input files found")
