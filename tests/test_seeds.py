@@ -379,3 +379,36 @@ def test_sweep_cli_takes_seeds_and_dry_run(folder):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "lmlab: error: --seeds: seeds must be a whole number >= 1, got 0"
+
+
+def test_parallel_workers_start_a_later_seed_once_seed_0_has_picked_its_precision(folder):
+    """With two workers, seed 1 of a point used to start beside seed 0 and time fp32 against
+    bf16 itself: one point's seeds then trained in different precisions (layernorm at width 128:
+    bf16, fp32, bf16). Now a worker takes seed 1 only once seed 0 has recorded its pick (or
+    has stopped without one), and takes another point's job meanwhile."""
+    from lmlab.experiments.parallel import _ready_job
+    from lmlab.experiments.spec import load_sweep
+    from lmlab.experiments.sweep import pin_or_wait, point_config
+
+    body = '[overrides]\n"train.dtype" = "auto"\n"train.min_lr" = 0.0\n[grid]\n"train.lr" = [1e-4, 1e-2]\n'
+    spec = load_sweep(write_sweep(folder, body), seeds=2)
+    configs = [(p, point_config(spec, folder / "base.toml", p, [])[0]) for p in spec.points]
+    point_of = {c.train.out: p for p, c in configs}
+    by_name = {Path(c.train.out).name: c for _, c in configs}
+    p0, p1, q0 = by_name["lr-0.0001"], by_name["lr-0.0001__seed-1"], by_name["lr-0.01"]
+    running = {Path(p0.train.out).resolve()}  # seed 0 of the first point is training
+
+    def prepare(cfg):
+        return pin_or_wait(spec, point_of[cfg.train.out], cfg, running)
+
+    pending = [(p1, False), (q0, False)]
+    job = _ready_job(pending, prepare)
+    assert job is not None and job[0] is q0 and pending == [(p1, False)]  # seed 1 waits
+    assert _ready_job(pending, prepare) is None  # nothing else is ready
+    (Path(p0.train.out)).mkdir(parents=True, exist_ok=True)
+    (Path(p0.train.out) / "precision.json").write_text('{"dtype": "bfloat16"}')
+    job = _ready_job(pending, prepare)
+    assert job is not None and job[0].train.dtype == "bfloat16" and pending == []
+    # a seed 0 that stopped without recording a pick (not busy) does not hold seed 1 back
+    (Path(p0.train.out) / "precision.json").unlink()
+    assert pin_or_wait(spec, point_of[p1.train.out], p1, set()) is p1

@@ -20,19 +20,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import subprocess
-import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from lmlab.accounting import training_flops_per_token
 from lmlab.config import (
@@ -40,12 +33,17 @@ from lmlab.config import (
     apply_overrides,
     load_config,
     resolve_vocab_size,
-    save_config,
 )
 from lmlab.data.shards import read_meta
 from lmlab.errors import ConfigError, LmlabError
 from lmlab.experiments import plots
 from lmlab.experiments import seeds as seed_stats
+from lmlab.experiments.parallel import (
+    ERROR_FILE,
+    record_failure,
+    resolve_devices,
+    run_parallel,
+)
 from lmlab.experiments.results import (
     METRIC_COLUMNS,
     is_finished,
@@ -63,15 +61,12 @@ from lmlab.experiments.spec import (
     resolve_base,
     seed_folder,
 )
-from lmlab.io import atomic_write_text, open_append, read_json, write_json
-from lmlab.outputs import check_output, refuse_links, write_marker
+from lmlab.io import atomic_write_text, read_json, write_json
+from lmlab.outputs import check_output, write_marker
 from lmlab.pipeline import resolve_training_inputs
 from lmlab.runs import plan_run
 from lmlab.runs.folder import saved_config
 from lmlab.train.loop import train
-
-POINT_CONFIG = "sweep_point.toml"
-ERROR_FILE = "error.txt"
 
 
 @dataclass
@@ -137,6 +132,20 @@ def seed_precision(spec: SweepSpec, point: Point, cfg: Config) -> Config:
     if dtype not in ("float32", "bfloat16"):
         return cfg
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dtype=dtype))
+
+
+def pin_or_wait(spec: SweepSpec, point: Point, cfg: Config, busy: set[Path]) -> Config | None:
+    """:func:`seed_precision` for a worker about to start ``cfg``; None to wait while seed 0 of
+    its point is pending or running (``busy``: resolved run folders) and has not recorded its
+    pick yet. Without the wait, parallel workers started a point's seeds 0 and 1 together, each
+    timing fp32 against bf16 itself, and one point's seeds trained in different precisions."""
+    pinned = seed_precision(spec, point, cfg)
+    if pinned is not cfg or point.seed_offset == 0 or cfg.train.dtype != "auto":
+        return pinned
+    seed0 = spec.out / "runs" / seed_folder(point.group or point.name, 0)
+    if (seed0 / "precision.json").is_file() or seed0.resolve() not in busy:
+        return cfg  # its pick is known (and does not apply here), or it will never record one
+    return None
 
 
 def _stage_settings(cfg: Config) -> str:
@@ -214,19 +223,6 @@ def plan(run_dir: Path, cfg: Config) -> str:
 # --- running points -------------------------------------------------------------------------
 
 
-def _record_failure(run_dir: Path, message: str) -> None:
-    atomic_write_text(run_dir / ERROR_FILE, message.rstrip() + "\n")
-
-
-def claim_run_dir(run_dir: Path) -> None:
-    """Check a point's run folder is absent, empty or a run, and mark it, before the sweep
-    writes its point config and log there (the worker's trainer checks it again)."""
-    path = check_output(run_dir, "run", whole=False)
-    refuse_links(path, (POINT_CONFIG, "train.log"))
-    path.mkdir(parents=True, exist_ok=True)
-    write_marker(path, "run", run_dir=str(path))
-
-
 def _run_inline(cfg: Config, resume: bool, log=print) -> None:
     """Train one point in this process; exceptions other than Ctrl-C become a failure record."""
     run_dir = Path(cfg.train.out)
@@ -235,96 +231,11 @@ def _run_inline(cfg: Config, resume: bool, log=print) -> None:
     except KeyboardInterrupt:
         raise
     except LmlabError as e:
-        _record_failure(run_dir, f"{type(e).__name__}: {e}")
+        record_failure(run_dir, f"{type(e).__name__}: {e}")
         log(f"[sweep] {run_dir.name}: failed: {e}")
     except Exception as e:  # noqa: BLE001 - a crash in one point must not end the sweep
-        _record_failure(run_dir, "".join(traceback.format_exception(e)))
+        record_failure(run_dir, "".join(traceback.format_exception(e)))
         log(f"[sweep] {run_dir.name}: failed: {type(e).__name__}: {e}")
-
-
-def resolve_devices(spec: SweepSpec, cfg: Config) -> list[str]:
-    """Worker slots: [] means in-process; else one entry per worker ("cpu" or a GPU id)."""
-    if spec.devices != "auto":
-        return [d.removeprefix("cuda:") for d in spec.devices]
-    if cfg.train.device not in ("auto", "cuda"):
-        return []
-
-    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = (
-        [v.strip() for v in visible.split(",") if v.strip()]
-        if visible
-        else [str(i) for i in range(torch.cuda.device_count())]
-    )
-    return ids[: torch.cuda.device_count()]
-
-
-def _worker_env(device: str, n_cpu_workers: int) -> tuple[dict[str, str], str]:
-    env = dict(os.environ)
-    if device == "cpu":
-        # share the cores among the CPU workers instead of each grabbing all of them
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(n_cpu_workers, 1)))
-        return env, "cpu"
-    env["CUDA_VISIBLE_DEVICES"] = device
-    return env, "cuda"
-
-
-def _run_parallel(jobs: list[tuple[Config, bool]], devices: list[str], log=print) -> None:
-    """One worker subprocess per device; each takes the next pending point when it is free."""
-    pending = list(jobs)
-    running: dict[str, tuple[subprocess.Popen, Config, Any]] = {}
-    n_cpu = sum(d == "cpu" for d in devices)
-    slots = [f"{d}#{i}" for i, d in enumerate(devices)]
-    try:
-        while pending or running:
-            for slot in slots:
-                if slot in running or not pending:
-                    continue
-                cfg, resume = pending.pop(0)
-                device = slot.split("#")[0]
-                env, dev = _worker_env(device, n_cpu)
-                cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=dev))
-                run_dir = Path(cfg.train.out)
-                claim_run_dir(run_dir)
-                save_config(cfg, run_dir / POINT_CONFIG)
-                logf = open_append(run_dir / "train.log")  # closed on exit
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "lmlab.experiments.worker",
-                    str(run_dir / POINT_CONFIG),
-                ]
-                if resume:
-                    cmd.append("--resume")
-                log(
-                    f"[sweep] {run_dir.name}: {'resuming' if resume else 'starting'} on {device} (log: {run_dir / 'train.log'})"
-                )
-                proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
-                running[slot] = (proc, cfg, logf)
-            for slot, (proc, cfg, logf) in list(running.items()):
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                logf.close()
-                del running[slot]
-                name = Path(cfg.train.out).name
-                if rc != 0 and not (Path(cfg.train.out) / ERROR_FILE).exists():
-                    _record_failure(
-                        Path(cfg.train.out), f"worker exited with status {rc}; see train.log"
-                    )
-                log(f"[sweep] {name}: {'done' if rc == 0 else f'failed (exit {rc})'}")
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        # the workers checkpoint on SIGTERM (the training loop's stop signal), then exit
-        for proc, _, _ in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-        for proc, _, logf in running.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=120)
-            logf.close()
-        raise
 
 
 # --- the sweep ----------------------------------------------------------------------------------
@@ -583,7 +494,12 @@ def run_sweep(
     devices = resolve_devices(spec, configs[0][1])
     try:
         if devices and jobs:
-            _run_parallel(jobs, devices, log)
+            run_parallel(
+                jobs,
+                devices,
+                log,
+                prepare=lambda c, busy: pin_or_wait(spec, point_of[c.train.out], c, busy),
+            )
         else:
             for i, (cfg, resume) in enumerate(jobs):
                 cfg = seed_precision(spec, point_of[cfg.train.out], cfg)  # seed 0 ran just now
