@@ -72,14 +72,15 @@ def test_gpu_tier_runs_at_the_write_ups_scale(monkeypatch):
             assert abs(r["train_flops"] / budget - 1) < 0.01
 
 
+@pytest.mark.parametrize("width", [96, 128])
 @pytest.mark.parametrize("study", ["lr", "batch_size", "architecture"])
-def test_width_96_study_is_its_width_64_file_one_size_up(study, monkeypatch):
-    """sweeps/<study>_w96.toml reruns points of sweeps/<study>.toml with only the width
-    changed (and the SiLU MLP's d_ff, to keep it at SwiGLU's parameters), 3 seeds each: so
-    the two tables compare the same runs at two sizes."""
+def test_wider_study_is_its_width_64_file_one_size_up(study, width, monkeypatch):
+    """sweeps/<study>_w96.toml and _w128.toml rerun points of sweeps/<study>.toml with only the
+    width changed (and the SiLU MLP's d_ff, to keep it at SwiGLU's parameters; width 128 pins
+    fp32), 3 seeds each: so the tables compare the same runs at three sizes."""
     monkeypatch.chdir(ROOT)
     small = load_sweep(ROOT / "sweeps" / f"{study}.toml")
-    big = load_sweep(ROOT / "sweeps" / f"{study}_w96.toml")
+    big = load_sweep(ROOT / "sweeps" / f"{study}_w{width}.toml")
     assert big.seeds >= 3
     small_points = {p.name: p for p in small.points}
     budgets = {}
@@ -88,7 +89,10 @@ def test_width_96_study_is_its_width_64_file_one_size_up(study, monkeypatch):
         cfg_big, budgets[point.name] = point_config(big, resolve_base(big), point, [])
         cfg_small, budget = point_config(small, resolve_base(small), small_points[point.name], [])
         assert budgets[point.name] == budget
-        assert (cfg_small.model.d_model, cfg_big.model.d_model) == (64, 96)
+        assert (cfg_small.model.d_model, cfg_big.model.d_model) == (64, width)
+        if width == 128:  # auto picked bf16 for some runs at this width: one precision for all
+            assert cfg_big.train.dtype == "float32"
+            cfg_big.train.dtype = cfg_small.train.dtype
         cfg_big.model.d_model = cfg_small.model.d_model
         cfg_big.model.d_ff = cfg_small.model.d_ff
         cfg_big.train.out = cfg_small.train.out
