@@ -43,9 +43,10 @@ from lmlab.pipeline import resolve_training_inputs
 from lmlab.report import markdown_table, write_report
 from lmlab.runs import load_model_for_inference
 from lmlab.train.host_memory import retain_freed_memory
-from lmlab.train.loop import FUSED_LOSS_MIN_VOCAB, train
+from lmlab.train.loop import train
 from lmlab.train.optim import build_optimizer
 from lmlab.train.precision import pick_cpu_train_dtype
+from lmlab.train.setup import uses_fused_loss
 
 # Seconds kept back for evaluation, sampling, the syntax check and the report (at most this
 # share of the budget, so a short budget still trains).
@@ -70,21 +71,12 @@ DEFAULT_MINUTES = 5.0
 PROMPTS_PER_FILE = 2
 
 
-def _uses_fused_loss(cfg: Config, model: Any) -> bool:
-    """Whether the trainer will compute ``cfg``'s loss with the fused head (train.setup's rule)."""
-    return bool(
-        cfg.train.fused_loss
-        and getattr(model, "supports_fused_loss", False)
-        and cfg.model.vocab_size >= FUSED_LOSS_MIN_VOCAB
-    )
-
-
 def _training_dtype(cfg: Config, model: Any, device: Any) -> Any:
     """The dtype the trainer will pick for ``cfg`` on ``device`` (lmlab.train.precision on a CPU)."""
     t, m = cfg.train, cfg.model
     if t.dtype != "auto" or device.type != "cpu" or m.arch != "transformer":
         return resolve_dtype(t.dtype, device)
-    fused = _uses_fused_loss(cfg, model)
+    fused = uses_fused_loss(cfg, model)
     micro = t.micro_batch_size or t.batch_size  # the demo trains in one process
     pick = pick_cpu_train_dtype(model, micro, m.context_length, m.vocab_size, fused)
     return torch.bfloat16 if pick["dtype"] == "bfloat16" else torch.float32
@@ -112,7 +104,7 @@ def measure_step_seconds(cfg: Config, max_seconds: float = float("inf")) -> floa
     opt = build_optimizer(model, cfg.optim, cfg.train.lr, device)
     B, T, V = cfg.train.batch_size, cfg.model.context_length, cfg.model.vocab_size
     dtype = _training_dtype(cfg, model, device)
-    fused = _uses_fused_loss(cfg, model)
+    fused = uses_fused_loss(cfg, model)
     x = torch.randint(0, V, (B, T), device=device)
     times = []
     for _ in range(TIMING_STEPS + 1):
