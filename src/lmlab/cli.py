@@ -324,9 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     except LmlabError as e:
         print(f"lmlab: error: {e}", file=sys.stderr)
         return 2
-    except (
-        BrokenPipeError
-    ):  # the reader went away (`lmlab config-keys | head`): not an error to report
+    except BrokenPipeError:
+        # the reader went away (`lmlab config-keys | head`): not an error to report
         _silence_stdout()
         return 128 + 13  # as a process stopped by SIGPIPE
     except OSError as e:  # full disk, read-only or unwritable folder, ...: one line naming the path
