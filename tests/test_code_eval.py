@@ -272,6 +272,7 @@ def test_syntax_pass_rate_with_fake_generator():
         ("    return [x,", False),  # cut by length, does not compile
         ("    return x\n", True),  # hit end-of-text, compiles
         ("    if x:\n        return 1\n    else", False),  # cut by length, syntax error
+        ("    return None, None, None, None,", False),  # a loop the limit cut where it compiles
     ]
     calls = []
 
@@ -280,13 +281,14 @@ def test_syntax_pass_rate_with_fake_generator():
         start = sum(c[0] for c in calls[:-1])
         return [outputs[(start + i) % len(outputs)] for i in range(len(batch))]
 
-    report = syntax_pass_rate(generate, [prompt], n=10, max_new_tokens=32, batch_size=4)
-    assert calls == [(4, 32), (4, 32), (2, 32)]
-    assert report["n"] == 10 and report["passed"] == 4 and report["pass_rate"] == pytest.approx(0.4)
+    report = syntax_pass_rate(generate, [prompt], n=12, max_new_tokens=32, batch_size=5)
+    assert calls == [(5, 32), (5, 32), (2, 32)]
+    assert report["n"] == 12 and report["passed"] == 4 and report["pass_rate"] == pytest.approx(4 / 12)
     assert report["completed"] == 6 and report["passed_completed"] == 4
     assert report["pass_rate_completed"] == pytest.approx(4 / 6)
-    assert report["cut_by_length"] == 4 and report["passed_cut_by_length"] == 0
-    assert report["top_errors"] and report["top_errors"][0][0].startswith("SyntaxError")
+    # the looping one compiles where the limit cut it, and still fails: it never finished
+    assert report["cut_by_length"] == 6 and report["compiled_cut_by_length"] == 2
+    assert dict(report["top_errors"])["not finished within 32 tokens"] == 2
     assert len(report["examples"]) == 3
 
     with pytest.raises(LmlabError, match="returned 1 completions"):

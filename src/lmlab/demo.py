@@ -265,7 +265,8 @@ def _syntax_section(report: dict[str, Any]) -> str:
     lines = [
         f"{report['n']} completions of held-out function headers (temperature {SYNTAX_TEMPERATURE:g}, "
         f"top-k {SYNTAX_TOP_K}, at most {SYNTAX_TOKENS} tokens, token healing at the prompt's end), "
-        "each cut at the next top-level statement or end-of-text, checked with `compile()`; "
+        "each cut at the next top-level statement or end-of-text (one the token limit cut fails), "
+        "checked with `compile()`; "
         f"one that adds no code (only `pass`, comments or a docstring) fails ({report.get('no_code', 0)} did).",
         "",
         f"- pass rate: **{100 * rate:.1f}%** ({report['passed']}/{report['n']})"
@@ -276,7 +277,8 @@ def _syntax_section(report: dict[str, Any]) -> str:
         ),
         f"- completed before the token limit: {report['completed']}, of which "
         + (f"{100 * completed:.1f}% compile" if completed is not None else "none"),
-        f"- cut by the token limit: {report['cut_by_length']} ({report['passed_cut_by_length']} compile)",
+        f"- cut by the token limit (a failure): {report['cut_by_length']} "
+        f"({report['compiled_cut_by_length']} of them compile as cut)",
     ]
     if report.get("top_errors"):
         lines.append(

@@ -296,6 +296,11 @@ def cut_completion(
 NO_CODE = "adds no code"
 
 
+def unfinished(max_new_tokens: int) -> str:
+    """The failure message of a completion that the token limit cut."""
+    return f"not finished within {max_new_tokens} tokens"
+
+
 def adds_code(prompt: str, completion: str) -> bool:
     """Whether ``completion`` adds a statement to ``prompt`` other than ``pass``, ``...`` or a
     lone constant (a docstring): whitespace and comments alone add nothing.
@@ -383,12 +388,15 @@ def syntax_pass_rate(
     """Sample ``n`` completions (cycling through ``prompts``) and count those that compile.
 
     ``generate_fn(prompts, max_new_tokens)`` returns one ``(text, hit_eot)`` per prompt, the
-    text being the completion only. A completion passes when prompt + completion compiles and
-    the completion adds code (:func:`adds_code`: not only whitespace, comments, ``pass``,
-    ``...`` or a docstring); ``no_code`` counts those that added nothing. The report has the
-    pass rate over all completions, over the completed ones (stopped by a top-level statement
-    or end-of-text) and over those cut by the token limit, the commonest errors (``"adds no
-    code"`` among them) and a few failing examples.
+    text being the completion only. A completion passes when it finished (a top-level
+    statement or end-of-text followed it), prompt + completion compiles and the completion
+    adds code (:func:`adds_code`: not only whitespace, comments, ``pass``, ``...`` or a
+    docstring); ``no_code`` counts those that added nothing. A completion cut by the token
+    limit fails even when the text so far compiles: a model caught in a loop
+    (``return None, None, None, ...``) is cut wherever the limit falls, often at a point that
+    compiles. The report has the pass rate over all completions and over the completed ones,
+    how many were cut by the token limit (and how many of those compiled as cut), the commonest
+    errors (``"adds no code"`` among them) and a few failing examples.
 
     A ``None`` from ``generate_fn`` is a completion it did not run (its deadline passed):
     ``n`` counts only those that ran, ``not_run`` the others, and no later batch is asked for.
@@ -423,6 +431,9 @@ def syntax_pass_rate(
                 ok, err = False, NO_CODE
                 stats["no_code"] += 1
             stats[reason] += 1
+            if reason == "length" and ok:  # compiles as cut, but the function never ended
+                stats["compiled_length"] += 1
+                ok, err = False, unfinished(max_new_tokens)
             stats[f"passed_{reason}"] += int(ok)
             if not ok:
                 errors[err] += 1
@@ -434,7 +445,7 @@ def syntax_pass_rate(
             stats["not_run"] += n - lo - len(batch)  # the batches never asked for
             break
     completed, length = stats["stop"], stats["length"]
-    passed = stats["passed_stop"] + stats["passed_length"]
+    passed = stats["passed_stop"]
     ran = n - stats["not_run"]
     return {
         "n": ran,
@@ -445,7 +456,7 @@ def syntax_pass_rate(
         "passed_completed": stats["passed_stop"],
         "pass_rate_completed": stats["passed_stop"] / completed if completed else None,
         "cut_by_length": length,
-        "passed_cut_by_length": stats["passed_length"],
+        "compiled_cut_by_length": stats["compiled_length"],
         "no_code": stats["no_code"],
         "top_errors": errors.most_common(5),
         "examples": failing,
