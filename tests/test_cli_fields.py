@@ -61,6 +61,9 @@ def test_add_field_flags_takes_type_default_choices_and_help_from_the_field(caps
     got = p.parse_args(["--count", "7", "--rate", "2", "--kind", "y", "--items", "q", "r"])
     assert (got.count, got.rate, got.kind, got.items) == (7, 2.0, "y", ["q", "r"])
     assert isinstance(got.rate, float)
+    # a repeated list flag adds to the list; the default is replaced, not extended
+    assert p.parse_args(["--items", "q", "--items", "r", "s"]).items == ["q", "r", "s"]
+    assert p.parse_args([]).items == ["p"] and _Toy().items == ["p"]
     with pytest.raises(SystemExit):
         p.parse_args(["--kind", "z"])
     with pytest.raises(SystemExit):
@@ -79,3 +82,21 @@ def test_sample_flags_are_checked_like_the_config_section(capsys):
     assert "--num-samples: must be >= 1" in capsys.readouterr().err
     assert main(["chat", "no-such-run", "--temperature", "-1"]) == 2
     assert "--temperature: must be >= 0.0" in capsys.readouterr().err
+
+
+def test_repeated_input_and_exclude_flags_all_count():
+    """`--exclude A --exclude B` kept only B (argparse's store), so A's files went into the
+    data; every repeatable list flag of prepare and tokenizer train now accumulates."""
+    p = build_parser()
+    got = p.parse_args(
+        ["data", "prepare", "--input", "a", "--input", "b", "c", "--tokenizer", "t", "--out", "o"]
+        + ["--exclude", "*/test/*", "--exclude", "*/tests/*"]
+    )
+    assert got.input == ["a", "b", "c"] and got.exclude == ["*/test/*", "*/tests/*"]
+    got = p.parse_args(
+        ["tokenizer", "train", "--input", "a", "--input", "b", "--vocab-size", "300"]
+        + ["--exclude", "x", "--exclude", "y", "z", "--out", "o"]
+    )
+    assert got.input == ["a", "b"] and got.exclude == ["x", "y", "z"]
+    got = p.parse_args(["tokenizer", "stats", "--tokenizer", "t", "--input", "a", "--input", "b"])
+    assert got.input == ["a", "b"]

@@ -47,6 +47,23 @@ def command_parser(sub: Any, name: str, help: str, **kw: Any) -> argparse.Argume
     return p
 
 
+class ListFlag(argparse.Action):
+    """A ``nargs="+"`` flag that may be repeated: ``--exclude A --exclude B`` is ``[A, B]``
+    (argparse's plain store keeps only the last, silently dropping A). The first use replaces
+    the default list; later uses add to it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        kept = [] if current is None or current is self.default else list(current)
+        setattr(namespace, self.dest, kept + list(values))
+
+
 def add_field_flags(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -63,7 +80,7 @@ def add_field_flags(
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         kw: dict[str, Any] = {"default": default, "help": f.metadata["help"].replace("%", "%%")}
         if typing.get_origin(types[name]) is list:
-            kw.update(nargs="+", type=typing.get_args(types[name])[0])
+            kw.update(nargs="+", action=ListFlag, type=typing.get_args(types[name])[0])
         else:
             kw["type"] = types[name]
             kw["help"] += f" (default {default!r})" if default != "" else ""
@@ -165,13 +182,16 @@ def tokenizer_group(sub: Any) -> Any:
 
 def add_tokenizer_train(tsub: Any) -> argparse.ArgumentParser:
     tt = command_parser(tsub, "tokenizer train", "train a byte-level BPE or char-level tokenizer")
-    tt.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
+    tt.add_argument(
+        "--input", nargs="+", action=ListFlag, required=True, help="files, folders or globs"
+    )
     tt.add_argument("--vocab-size", type=int, required=True, help="target vocabulary size")
     tt.add_argument("--special-token", action="append", help="a special token (repeatable)")
     tt.add_argument("--kind", choices=("bpe", "char", "symbolic"), default="bpe")
     tt.add_argument(
         "--exclude",
         nargs="+",
+        action=ListFlag,
         default=[],
         metavar="GLOB",
         help="leave out files whose path below the input folder matches, e.g. '*/tests/*'",
@@ -185,7 +205,9 @@ def add_tokenizer_stats(tsub: Any) -> argparse.ArgumentParser:
     ts.add_argument(
         "--tokenizer", required=True, help="tokenizer folder, tokenizer.json or GPT-2 files folder"
     )
-    ts.add_argument("--input", nargs="+", required=True, help="files, folders or globs")
+    ts.add_argument(
+        "--input", nargs="+", action=ListFlag, required=True, help="files, folders or globs"
+    )
     ts.add_argument("--json", action="store_true", help="print JSON")
     return ts
 
