@@ -55,10 +55,10 @@ CANDIDATES: dict[str, list[str]] = {
 
 
 class Setup:
-    def __init__(self, overrides: list[str], dtype: torch.dtype):
+    def __init__(self, overrides: list[str], dtype: torch.dtype, matmul_precision: str = "highest"):
         cfg = load_config("shakespeare-char")
         apply_overrides(cfg, [*overrides, "model.vocab_size=66"])
-        self.cfg, self.dtype = cfg, dtype
+        self.cfg, self.dtype, self.matmul_precision = cfg, dtype, matmul_precision
         torch.manual_seed(0)
         self.model = build_model(cfg.model).train()
         self.opt = build_optimizer(self.model, cfg.optim, cfg.train.lr, torch.device("cpu"))
@@ -69,6 +69,8 @@ class Setup:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def step(self) -> tuple[float, float]:
+        # "medium": fp32 tensors, matmuls in bf16 inside oneDNN (AMX), CPU's counterpart of TF32
+        torch.set_float32_matmul_precision(self.matmul_precision)
         t0, c0 = time.perf_counter(), time.process_time()
         with autocast(torch.device("cpu"), self.dtype):
             logits = self.model(self.x)
@@ -88,14 +90,21 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated substrings of candidate names")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--optim", default="adamw", choices=("adamw", "muon"))
+    ap.add_argument(
+        "--bf32",
+        action="store_true",
+        help="also time fp32 with torch.set_float32_matmul_precision('medium') (bf16 matmuls inside oneDNN)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for n in CANDIDATES if not args.only or any(s in n for s in args.only.split(","))]
+    modes = [("fp32", torch.float32, "highest"), ("bf16", torch.bfloat16, "highest")]
+    modes += [("bf32", torch.float32, "medium")] if args.bf32 else []
     setups = {
-        (n, d): Setup([*CANDIDATES[n], f"optim.name={args.optim}"], dt)
+        (n, d): Setup([*CANDIDATES[n], f"optim.name={args.optim}"], dt, mp)
         for n in names
-        for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+        for d, dt, mp in modes
     }
     times: dict[tuple, list[tuple[float, float]]] = {k: [] for k in setups}
     print(
@@ -108,6 +117,7 @@ def main() -> None:
         for k in setups if r % 2 == 0 else reversed(list(setups)):
             times[k] += [setups[k].step() for _ in range(args.steps)]
         table(names, setups, times, f"after round {r + 1}, load average {os.getloadavg()[0]:.1f}")
+    torch.set_float32_matmul_precision("highest")
 
 
 def table(names: list[str], setups: dict, times: dict, title: str) -> None:
@@ -127,6 +137,13 @@ def table(names: list[str], setups: dict, times: dict, title: str) -> None:
             f"{min(b):.1f} / {statistics.median(b):.1f} | {min(f) / min(b):.2f}x | {s.tokens / best:.1f} |",
             flush=True,
         )
+        if (n, "bf32") in times:
+            c = [1000 * w for w, _ in times[(n, "bf32")]]
+            print(
+                f"|   {n}, fp32 with bf16 matmuls (bf32) | | | {min(c):.1f} / {statistics.median(c):.1f} | "
+                f"| {min(f) / min(c):.2f}x fp32 | {s.tokens / min(c):.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -283,7 +283,9 @@ def test_syntax_pass_rate_with_fake_generator():
 
     report = syntax_pass_rate(generate, [prompt], n=12, max_new_tokens=32, batch_size=5)
     assert calls == [(5, 32), (5, 32), (2, 32)]
-    assert report["n"] == 12 and report["passed"] == 4 and report["pass_rate"] == pytest.approx(4 / 12)
+    assert (
+        report["n"] == 12 and report["passed"] == 4 and report["pass_rate"] == pytest.approx(4 / 12)
+    )
     assert report["completed"] == 6 and report["passed_completed"] == 4
     assert report["pass_rate_completed"] == pytest.approx(4 / 6)
     # the looping one compiles where the limit cut it, and still fails: it never finished
