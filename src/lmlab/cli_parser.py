@@ -55,7 +55,7 @@ class ListFlag(argparse.Action):
     def __call__(
         self,
         parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
+        namespace: Any,
         values: Any,
         option_string: str | None = None,
     ) -> None:

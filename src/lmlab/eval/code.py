@@ -377,6 +377,21 @@ def parse_rate(sequences: Iterable[Sequence[int]], tokenizer: SymbolicTokenizer)
     return parse_report(tokenizer.restore_sample(seq) for seq in sequences)
 
 
+def judge_completion(
+    prompt: str, text: str, hit_eot: bool, max_new_tokens: int
+) -> tuple[str, str, bool, str]:
+    """One completion of the syntax check: (kept text, ``"stop"`` or ``"length"``, passed,
+    error). It fails when prompt + kept does not compile, when it adds no code (``NO_CODE``),
+    or when the token limit cut it, even where the text so far compiles (``unfinished``)."""
+    kept, reason = cut_completion(prompt, text, hit_eot=bool(hit_eot))
+    ok, err = compiles(prompt + kept)
+    if ok and not adds_code(prompt, kept):
+        ok, err = False, NO_CODE
+    if ok and reason == "length":  # compiles as cut, but the function never ended
+        ok, err = False, unfinished(max_new_tokens)
+    return kept, reason, ok, err
+
+
 def syntax_pass_rate(
     generate_fn: GenerateFn,
     prompts: Sequence[str],
@@ -424,16 +439,10 @@ def syntax_pass_rate(
             if output is None:
                 stats["not_run"] += 1
                 continue
-            text, hit_eot = output
-            kept, reason = cut_completion(prompt, text, hit_eot=bool(hit_eot))
-            ok, err = compiles(prompt + kept)
-            if ok and not adds_code(prompt, kept):
-                ok, err = False, NO_CODE
-                stats["no_code"] += 1
+            kept, reason, ok, err = judge_completion(prompt, *output, max_new_tokens)
             stats[reason] += 1
-            if reason == "length" and ok:  # compiles as cut, but the function never ended
-                stats["compiled_length"] += 1
-                ok, err = False, unfinished(max_new_tokens)
+            stats["no_code"] += err == NO_CODE
+            stats["compiled_length"] += err == unfinished(max_new_tokens)
             stats[f"passed_{reason}"] += int(ok)
             if not ok:
                 errors[err] += 1
