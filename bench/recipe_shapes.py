@@ -117,7 +117,6 @@ def main() -> None:
         for k in setups if r % 2 == 0 else reversed(list(setups)):
             times[k] += [setups[k].step() for _ in range(args.steps)]
         table(names, setups, times, f"after round {r + 1}, load average {os.getloadavg()[0]:.1f}")
-    torch.set_float32_matmul_precision("highest")
 
 
 def table(names: list[str], setups: dict, times: dict, title: str) -> None:

@@ -428,6 +428,7 @@ def syntax_pass_rate(
     stats = Counter()
     errors: Counter[str] = Counter()
     failing: list[dict[str, str]] = []
+    cut_but_compiled = unfinished(max_new_tokens)  # judge_completion's error for that case
     for lo in range(0, n, batch_size):
         batch = todo[lo : lo + batch_size]
         outputs = generate_fn(list(batch), max_new_tokens)
@@ -442,7 +443,7 @@ def syntax_pass_rate(
             kept, reason, ok, err = judge_completion(prompt, *output, max_new_tokens)
             stats[reason] += 1
             stats["no_code"] += err == NO_CODE
-            stats["compiled_length"] += err == unfinished(max_new_tokens)
+            stats["compiled_length"] += err == cut_but_compiled
             stats[f"passed_{reason}"] += int(ok)
             if not ok:
                 errors[err] += 1
