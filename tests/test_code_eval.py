@@ -19,6 +19,7 @@ from lmlab.eval.code import (
     compiles,
     cut_completion,
     extract_function_headers,
+    function_ended,
     function_header_prompts,
     humaneval_program,
     mbpp_program,
@@ -362,6 +363,38 @@ def test_cut_completion_recovers_real_functions(module):
             assert reason == "stop" and end <= offset[first - 1]  # and nothing of the next
         checked += 1
     assert checked >= 3
+
+
+@pytest.mark.parametrize("module", ["textwrap.py", "shlex.py", "json/decoder.py"])
+def test_function_ended_stops_where_the_whole_completion_is_cut(module):
+    # Decoding may stop at the first prefix function_ended accepts only if cutting that prefix
+    # keeps what cutting the whole completion keeps. Growing a real file's rest piece by piece
+    # (pieces of 1 to 7 characters, as tokens come), the first accepted prefix must cut to the
+    # same body, and no prefix before the whole function is accepted.
+    import random
+    import sysconfig
+
+    source = (Path(sysconfig.get_paths()["stdlib"]) / module).read_text(encoding="utf-8")
+    rng = random.Random(0)
+    checked = 0
+    for prompt in extract_function_headers(source, top_level=True):
+        rest = source[source.index(prompt) + len(prompt) :]
+        whole, reason = cut_completion(prompt, rest)
+        end = 0
+        while end < len(rest):
+            end += rng.randint(1, 7)
+            if function_ended(prompt, rest[:end]):
+                break
+        if reason == "length":
+            assert end >= len(rest), prompt  # the file's last function never ends early
+            continue
+        assert len(whole) < end <= len(rest), prompt
+        assert cut_completion(prompt, rest[:end]) == (whole, "stop"), prompt
+        checked += 1
+    assert checked >= 3
+    assert not function_ended("", "x = 1\ny = 2\n")  # no prompt: only end-of-text ends it
+    assert not function_ended("def f():\n", "    return 1\n    ")  # still in the body
+    assert not function_ended("def f():\n", '    s = """\nx = 1\n')  # a string's line
 
 
 def test_parse_report_counts_empty_outputs_apart_and_as_failures():

@@ -89,6 +89,26 @@ def test_healed_text_is_exactly_what_follows_the_prompt(tmp_path):
     assert [s.text for s in again] == [s.text for s in samples]
 
 
+def test_stop_when_sees_the_healed_text_and_ends_the_body(tmp_path):
+    # The demo's syntax check stops a sample once its function has ended; asked with the text
+    # after the prompt (the re-chosen token's lead included), it keeps the verdict and text
+    # that cutting the whole sample gives.
+    from lmlab.eval.code import function_ended
+
+    tok, model = _setup(tmp_path)
+    kw = dict(max_new_tokens=40, temperature=1.0, num_samples=4, seed=1)
+    free = generate_healed(model, tok, PROMPT, **kw)
+    held = generate_healed(
+        model, tok, PROMPT, stop_when=lambda _i, t: function_ended(PROMPT, t), **kw
+    )
+    stopped = 0
+    for f, h in zip(free, held):
+        assert f.text.startswith(h.text)
+        assert cut_completion(PROMPT, h.text)[0] == cut_completion(PROMPT, f.text)[0]
+        stopped += h.finish_reason == "stop" and len(h.text) < len(f.text)
+    assert stopped >= 1
+
+
 def test_what_is_not_healed(tmp_path):
     tok, _ = _setup(tmp_path)
     one = tok.encode("def")

@@ -195,6 +195,26 @@ def test_stop_strings_cut_and_streaming_matches_text():
     assert tok.decode(s.tokens).startswith(cut + stop)  # tokens run up to the stop's last byte
 
 
+def test_stop_when_ends_one_sample_and_changes_no_other():
+    model = tiny("llama")
+    tok = ByteTok()
+    kwargs = dict(max_new_tokens=14, temperature=1.0, num_samples=3, seed=2, stop_at_eot=False)
+    free = generate(model, tok, "ab", **kwargs)
+    asked: list[tuple[int, str]] = []
+
+    def stop_when(i: int, text: str) -> bool:
+        asked.append((i, text))
+        return i == 1 and len(text) >= 5  # sample 1 ends after five characters
+
+    held = generate(model, tok, "ab", stop_when=stop_when, **kwargs)
+    assert held[1].finish_reason == "stop" and held[1].text == free[1].text[: len(held[1].text)]
+    assert 5 <= len(held[1].text) < len(free[1].text)
+    assert max(len(t) for i, t in asked if i == 1) == len(held[1].text)  # never asked again
+    for i in (0, 2):  # the other rows drew the same tokens: the generator's stream is shared
+        assert (held[i].tokens, held[i].finish_reason) == (free[i].tokens, free[i].finish_reason)
+        assert [t for j, t in asked if j == i][-1] == free[i].text  # asked with the whole text
+
+
 def test_eot_ends_sample_and_empty_prompt_starts_from_eot():
     model = tiny("llama")
     free = generate(model, ByteTok(), "hi", max_new_tokens=10, temperature=0.0, stop_at_eot=False)[

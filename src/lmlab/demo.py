@@ -34,7 +34,12 @@ from lmlab.data.loader import TokenSplit
 from lmlab.data.shards import read_meta
 from lmlab.device import autocast, resolve_device, resolve_dtype
 from lmlab.errors import ConfigError
-from lmlab.eval.code import GenerateFn, extract_function_headers, syntax_pass_rate
+from lmlab.eval.code import (
+    GenerateFn,
+    extract_function_headers,
+    function_ended,
+    syntax_pass_rate,
+)
 from lmlab.eval.metrics import evaluate_path, format_metrics
 from lmlab.healing import generate_healed as generate
 from lmlab.model import build_model
@@ -233,6 +238,8 @@ def make_generate_fn(
 
     Token healing (lmlab.healing): a prompt ends in a newline, a token the model saw only
     before column-0 code, so without it most completions start the next top-level statement.
+    A sample stops once its function has ended (:func:`lmlab.eval.code.function_ended`: the
+    verdict is the one the whole completion would get, and no other sample changes).
     ``stop`` (the deadline) is asked before each prompt's batch after the first; the prompts
     left when it says True come back as None (not run)."""
 
@@ -253,6 +260,7 @@ def make_generate_fn(
                 top_k=top_k,
                 num_samples=len(where),
                 seed=seed + k,
+                stop_when=lambda _i, text, prompt=prompt: function_ended(prompt, text),
             )
             for i, s in zip(where, samples):
                 out[i] = (s.text, s.finish_reason == "eot")

@@ -22,6 +22,7 @@ import torch
 
 from lmlab.sample import (
     Sample,
+    StopWhen,
     StreamCallback,
     choose_next,
     encode_prompt,
@@ -110,6 +111,7 @@ def _continue_each_first(
     top_k: int,
     seed: int,
     stream_callback: StreamCallback | None,
+    stop_when: StopWhen | None = None,
 ) -> list[Sample]:
     """The rest of each sample after its first token, one batch per distinct first token."""
     vocab = tokenizer.vocab
@@ -124,6 +126,10 @@ def _continue_each_first(
             assert stream_callback is not None
             stream_callback(where[j], text)
 
+        def ended(j: int, text: str, where: list[int] = where, lead: str = lead) -> bool:
+            assert stop_when is not None
+            return stop_when(where[j], lead + text)  # the sample's whole text, lead included
+
         if stream_callback is not None and lead:
             for i in where:
                 stream_callback(i, lead)
@@ -137,6 +143,7 @@ def _continue_each_first(
             num_samples=len(where),
             seed=seed + 1 + k,
             stream_callback=relay if stream_callback is not None else None,
+            stop_when=ended if stop_when is not None else None,
         )
         for i, s in zip(where, rest):
             out[i] = Sample(
@@ -160,9 +167,11 @@ def generate_healed(
     num_samples: int = 1,
     seed: int = 0,
     stream_callback: StreamCallback | None = None,
+    stop_when: StopWhen | None = None,
 ) -> list[Sample]:
     """:func:`lmlab.sample.generate` with token healing; each sample's ``text`` is what follows
-    ``prompt`` itself (the re-chosen token's bytes past the tail come first).
+    ``prompt`` itself (the re-chosen token's bytes past the tail come first), and that is the
+    text ``stop_when(i, text)`` is asked with.
 
     The first token counts against ``max_new_tokens``. Same seed, same samples.
     """
@@ -178,6 +187,7 @@ def generate_healed(
             num_samples=num_samples,
             seed=seed,
             stream_callback=stream_callback,
+            stop_when=stop_when,
         )
     firsts = _healed_firsts(
         model,
@@ -199,4 +209,5 @@ def generate_healed(
         top_k=top_k,
         seed=seed,
         stream_callback=stream_callback,
+        stop_when=stop_when,
     )

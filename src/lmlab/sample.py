@@ -30,6 +30,8 @@ from lmlab.errors import LmlabError
 from lmlab.runs import load_model_for_inference
 
 StreamCallback = Callable[[int, str], None]
+# stop_when(i, text): asked with sample i's whole text so far each time it grows; True ends it.
+StopWhen = Callable[[int, str], bool]
 
 
 @dataclass
@@ -320,7 +322,12 @@ class _Outputs:
     """Each sample's text as it becomes final: decoding, stop strings, finish reasons."""
 
     def __init__(
-        self, tokenizer: Any, stop: list[str], batch: int, callback: StreamCallback | None
+        self,
+        tokenizer: Any,
+        stop: list[str],
+        batch: int,
+        callback: StreamCallback | None,
+        stop_when: StopWhen | None = None,
     ) -> None:
         self.decoders = [StreamDecoder(tokenizer) for _ in range(batch)]
         self.matchers = [StopMatcher(stop) for _ in range(batch)]
@@ -330,12 +337,16 @@ class _Outputs:
         self.done = [False] * batch
         self.message = ""
         self.callback = callback
+        self.stop_when = stop_when
 
     def emit(self, i: int, text: str) -> None:
         if text:
             self.pieces[i].append(text)
             if self.callback is not None:
                 self.callback(i, text)
+            if self.stop_when is not None and not self.done[i]:
+                if self.stop_when(i, "".join(self.pieces[i])):
+                    self.done[i], self.finish[i] = True, "stop"
 
     def take(self, nxt: list[int], eot: int | None) -> None:
         """Append one chosen token to each sample still running."""
@@ -435,12 +446,16 @@ def generate(
     stream_callback: StreamCallback | None = None,
     use_cache: bool = True,
     stop_at_eot: bool = True,
+    stop_when: StopWhen | None = None,
 ) -> list[Sample]:
     """Generate ``num_samples`` continuations of ``prompt`` in one batch.
 
     ``temperature=0`` is greedy. The same ``seed`` (and arguments) gives the same samples.
     ``stream_callback(i, text)`` receives sample ``i``'s text as it becomes final: complete
-    UTF-8 characters, never part of a stop string.
+    UTF-8 characters, never part of a stop string. ``stop_when(i, text)``, asked with sample
+    ``i``'s whole text each time it grows, ends that sample (``finish_reason="stop"``) when it
+    says True: for an end no stop string can name (a function's body ended). Every row still
+    draws a token each step until all are done, so stopping one changes no other sample.
     """
     _check_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_samples)
     prompt_ids = encode_prompt(tokenizer, prompt)
@@ -462,7 +477,7 @@ def generate(
     def choose(logits: torch.Tensor) -> torch.Tensor:
         return choose_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
 
-    out = _Outputs(tokenizer, list(stop), B, stream_callback)
+    out = _Outputs(tokenizer, list(stop), B, stream_callback, stop_when)
     was_training = model.training
     model.eval()
     try:

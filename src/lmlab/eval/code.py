@@ -272,6 +272,25 @@ def _top_level_boundary(prompt: str, completion: str) -> int | None:
     return None
 
 
+def function_ended(prompt: str, completion: str) -> bool:
+    """Whether a growing ``completion`` of ``prompt`` already holds the top-level statement that
+    :func:`cut_completion` would cut it at: decoding can stop there, with the same verdict.
+
+    Cheap on most calls: the tokenizer runs only while the completion's last line starts at
+    column 0 with something other than whitespace (where such a statement must begin). The text
+    before a boundary tokenizes as it does in any longer text, so the boundary found here is the
+    one the whole completion would give."""
+    if not prompt.strip():
+        return False
+    line_start = completion.rfind("\n") + 1
+    if line_start == 0 and not prompt.endswith("\n"):
+        return False  # still on the prompt's last line
+    last = completion[line_start:]
+    if not last or last[0].isspace():
+        return False
+    return _top_level_boundary(prompt, completion) is not None
+
+
 def cut_completion(
     prompt: str, completion_text: str, hit_eot: bool = False, eot_marker: str = EOT_MARKER
 ) -> tuple[str, str]:
@@ -494,6 +513,7 @@ __all__ = [
     "compiles",
     "cut_completion",
     "extract_function_headers",
+    "function_ended",
     "function_header_prompts",
     "humaneval_program",
     "mbpp_program",
