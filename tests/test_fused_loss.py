@@ -22,10 +22,11 @@ def reference(h, w, y):
 
 
 @pytest.mark.parametrize(
-    "chunk_elements", [1 << 22, 97 * 16]
-)  # one chunk; many, with a ragged last one
-def test_loss_and_gradients_match_the_plain_path(chunk_elements, monkeypatch):
+    "chunk_elements,block_elements", [(1 << 22, 1 << 22), (97 * 16, 97 * 48), (97 * 16, 1 << 22)]
+)  # one chunk; many in several blocks, ragged last ones; many in one block
+def test_loss_and_gradients_match_the_plain_path(chunk_elements, block_elements, monkeypatch):
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
     torch.manual_seed(0)
     h = torch.randn(150, 24, requires_grad=True)
     w = torch.randn(97, 24, requires_grad=True)
@@ -105,6 +106,45 @@ def test_model_targets_path_matches_logits_path(preset):
             float(err_fused),
             float(err_plain),
         )
+
+
+U_BF16 = 2.0**-8  # bfloat16 unit roundoff
+
+
+@pytest.mark.parametrize("chunk_elements,block_elements", [(1 << 22, 1 << 22), (97 * 16, 97 * 48)])
+def test_bfloat16_loss_and_gradients_are_those_of_its_bfloat16_logits(
+    chunk_elements, block_elements, monkeypatch
+):
+    # Under bf16 autocast the logits are bf16(h) @ bf16(w) in bf16, as the plain autocast path
+    # has them; from there the loss is float32 work, so it must equal the float64 loss of those
+    # same logits within float32 rounding. The gradients round twice to bf16 (the softmax's
+    # gradient before its matmul, the matmul's result), so each is within 2 bf16 roundings plus
+    # the float32 sums' K roundings of |P - Y| @ |W| (for h) or |P - Y|^T @ |H| (for w).
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
+    torch.manual_seed(3)
+    h = torch.randn(150, 24, requires_grad=True)
+    w = torch.randn(97, 24, requires_grad=True)
+    y = torch.randint(0, 97, (150,))
+    y[::7] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused.linear_cross_entropy(h, w, y)
+    (got * 0.37).backward()
+    hb, wb = h.detach().bfloat16().double(), w.detach().bfloat16().double()
+    logits = (h.detach().bfloat16() @ w.detach().bfloat16().t()).double()  # bf16 logits
+    keep = y != -100
+    ref = F.cross_entropy(logits, y, ignore_index=-100, reduction="sum")
+    K = 24 + 97 + int(keep.sum())
+    terms = torch.logsumexp(logits[keep], -1).abs() + logits[keep].gather(1, y[keep, None]).abs()
+    assert got.dtype == torch.float32
+    assert abs(got.item() - ref.item()) <= K * U32 * float(terms.sum())
+    resid = torch.softmax(logits, -1) - F.one_hot(y.clamp(min=0), 97).double()
+    resid[~keep] = 0
+    tol = 0.37 * (2 * U_BF16 + K * U32)
+    want_h, want_w = 0.37 * resid @ wb, 0.37 * resid.t() @ hb
+    assert ((h.grad.double() - want_h).abs() <= tol * (resid.abs() @ wb.abs()) + 1e-30).all()
+    assert ((w.grad.double() - want_w).abs() <= tol * (resid.abs().t() @ hb.abs()) + 1e-30).all()
+    assert (h.grad[~keep] == 0).all()  # ignored rows give nothing
 
 
 def test_bfloat16_autocast_is_close_to_float32():

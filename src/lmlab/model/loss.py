@@ -22,11 +22,16 @@ from typing import Any
 import torch
 
 IGNORE_INDEX = -100
-CHUNK_ELEMENTS = 1 << 22  # logits per chunk (16 MiB in float32)
+# Logits per chunk of the softmax work: 4 MiB in float32, which stays in a core's cache (at
+# 16 MiB every pass over them went to memory: the loss took 1.6x as long on a 2-core CPU).
+CHUNK_ELEMENTS = 1 << 20
+# Logits' gradients per weight-gradient matmul: its float32 sum over blocks, not over chunks
+# (each sum converts and adds a whole vocab x d matrix).
+BLOCK_ELEMENTS = 1 << 22
 
 
-def _chunk_rows(vocab: int) -> int:
-    return max(16, CHUNK_ELEMENTS // max(vocab, 1))
+def _rows(vocab: int, elements: int) -> int:
+    return max(16, elements // max(vocab, 1))
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -41,6 +46,33 @@ def _compute_dtype(h: torch.Tensor) -> torch.dtype:
     return h.dtype
 
 
+def _chunk_loss_and_grad(
+    low: torch.Tensor, targets: torch.Tensor, work: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """Summed loss of one chunk of logits ``low`` (the matmul's dtype); ``out`` (rows, V) gets
+    d(sum loss)/d(logits) = softmax - one_hot, zero on ignored rows, computed in ``work``'s
+    dtype (float32, or float64 for a float64 model) in ``work`` itself, which may be ``out``
+    (then ``low`` is too: the matmul wrote into it).
+
+    Six passes over the chunk: the row max, the shift (into ``work``, converting), exp, the row
+    sum, the division (whose divisor is inf on an ignored row, zeroing it) and the copy to
+    ``out``. ``torch.logsumexp`` then ``exp(logits - lse)`` took two exp passes and an
+    out-of-place subtraction that, on a CPU, was 70% of this loss's time (bench/RESULTS.md)."""
+    acc = work.dtype
+    valid = targets != IGNORE_INDEX
+    safe = targets.clamp(min=0)
+    target = low.gather(1, safe[:, None]).squeeze(1).to(acc)
+    top = low.amax(dim=-1, keepdim=True).to(acc)  # exact: the max of ``low``'s own values
+    p = torch.sub(low, top, out=work).exp_()
+    total = p.sum(dim=-1, keepdim=True)
+    lse = (top + total.log()).squeeze(1)
+    p.div_(torch.where(valid[:, None], total, float("inf")))
+    p[torch.arange(len(targets), device=p.device), safe] -= valid.to(acc)
+    if work is not out:
+        out.copy_(p)
+    return torch.where(valid, lse - target, 0.0).sum()
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -51,24 +83,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         total = torch.zeros((), dtype=acc, device=h.device)
-        step = _chunk_rows(weight.shape[0])
-        for lo in range(0, h.shape[0], step):
-            hs, ys = h[lo : lo + step].to(dtype), targets[lo : lo + step]
-            logits = (hs @ w.t()).to(acc)  # (chunk, V)
-            lse = torch.logsumexp(logits, dim=-1)
-            valid = ys != IGNORE_INDEX
-            safe = ys.clamp(min=0)
-            total += torch.where(valid, lse - logits.gather(1, safe[:, None]).squeeze(1), 0.0).sum()
-            # d(sum loss)/d(logits) = softmax - one_hot, zero on ignored rows (in place)
-            p = logits.sub_(lse[:, None]).exp_()
-            p[torch.arange(len(ys), device=p.device), safe] -= 1.0
-            p.mul_(valid[:, None])
-            pc = p.to(dtype)
-            grad_h[lo : lo + step] = pc @ w
+        vocab = weight.shape[0]
+        block, step = _rows(vocab, BLOCK_ELEMENTS), _rows(vocab, CHUNK_ELEMENTS)
+        # the logits' gradients of one block, in the matmul dtype; small chunks of it for the
+        # softmax work (which then stays in cache), the whole block for the weight gradient
+        grads = torch.empty(min(block, h.shape[0]), vocab, dtype=dtype, device=h.device)
+        # float32 work space for a chunk (the gradients' own block when they are float32)
+        work = None if dtype == acc else torch.empty(step, vocab, dtype=acc, device=h.device)
+        for lo in range(0, h.shape[0], block):
+            hb = h[lo : lo + block].to(dtype)
+            gb = grads[: len(hb)]
+            for c in range(0, len(hb), step):
+                hc, out = hb[c : c + step], gb[c : c + step]
+                if work is None:
+                    low = space = torch.mm(hc, w.t(), out=out)
+                else:
+                    low, space = hc @ w.t(), work[: len(hc)]
+                total += _chunk_loss_and_grad(low, targets[lo + c : lo + c + step], space, out)
+            grad_h[lo : lo + len(hb)] = gb @ w
             if dtype == acc:
-                grad_w.addmm_(pc.t(), hs)
+                grad_w.addmm_(gb.t(), hb)
             else:  # as autocast's backward: the matmul in the low precision, summed in float32
-                grad_w += (pc.t() @ hs).float()
+                grad_w += (gb.t() @ hb).float()
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return total
 
@@ -85,7 +121,7 @@ def _loss_only(
     w = weight.to(dtype)
     acc = _acc_dtype(dtype)
     total = torch.zeros((), dtype=acc, device=h.device)
-    step = _chunk_rows(weight.shape[0])
+    step = _rows(weight.shape[0], CHUNK_ELEMENTS)
     for lo in range(0, h.shape[0], step):
         logits = (h[lo : lo + step].to(dtype) @ w.t()).to(acc)
         total += torch.nn.functional.cross_entropy(
