@@ -271,3 +271,38 @@ def test_train_compile_prepares_the_loss_and_trains_the_same(dataset, tmp_path, 
     )
     assert compiled == [None] and fused._eager_under_compile is not None
     assert got == want
+
+
+def test_fit_to_time_refits_the_steps_to_the_pace_once_and_resumes_with_them(
+    dataset, tmp_path, monkeypatch
+):
+    """At the first eval the run has taken 0.5 s a step (a fake clock); 6.2 s of budget fit 12
+    steps, so max_steps goes from 30 to 12, the cosine ends at min_lr on step 12, and the
+    run's config.toml and checkpoint say 12: a resume continues the fitted schedule."""
+    from lmlab.config import load_config
+    from lmlab.runs import read_state
+    from lmlab.train.optim import lr_at
+    from lmlab.train.setup import TrainSetup
+
+    monkeypatch.setattr(TrainSetup, "elapsed", lambda self: 0.5 * self.state.step)
+    run = tmp_path / "run"
+    kw = dict(
+        train__max_steps=30,
+        train__eval_every=4,
+        train__checkpoint_every=0,
+        train__max_minutes=6.2 / 60,
+        train__fit_to_time=True,
+        eval__samples=0,
+    )
+    result = train(tiny_config(dataset, run, **kw))
+    assert (result.steps, result.stop_reason) == (12, "max_steps")
+    fitted = load_config(run / "config.toml")
+    assert fitted.train.max_steps == 12
+    lrs = losses(run, "lr")  # the schedule of a 12-step run from the refit on
+    assert max(lrs) == 12 and lrs[12] == pytest.approx(lr_at(11, fitted.train), rel=1e-6)
+    assert read_state(resolve_checkpoint(run))["fitted_max_steps"] == 12
+    # asked for more on resume, the fitted run is still 12 steps long: nothing left to do
+    again = train(tiny_config(dataset, run, **{**kw, "train__max_steps": 40}), resume=True)
+    assert again.steps == 12
+    with pytest.raises(ConfigError, match=r"train\.fit_to_time: needs train\.max_minutes"):
+        tiny_config(dataset, run, train__fit_to_time=True)

@@ -158,6 +158,10 @@ class TrainConfig:
     max_minutes: float = opt(
         0.0, "stop (and checkpoint) after this much wall time; 0 disables", minimum=0.0
     )
+    fit_to_time: bool = opt(
+        False,
+        "with max_minutes: after the first eval, refit max_steps to the pace so far, so the schedule ends when the time does",
+    )
     seed: int = opt(1337, "seed for init, batches and dropout")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: str = opt(
@@ -442,6 +446,8 @@ class Config:
         t = self.train
         if t.min_lr > t.lr:
             raise ConfigError(f"train.min_lr: {t.min_lr} is above train.lr={t.lr}")
+        if t.fit_to_time and not t.max_minutes:
+            raise ConfigError("train.fit_to_time: needs train.max_minutes, the time to fit to")
         if t.micro_batch_size and t.batch_tokens == 0 and t.batch_size % t.micro_batch_size:
             raise ConfigError(
                 f"train.micro_batch_size: {t.micro_batch_size} does not divide train.batch_size={t.batch_size}"

@@ -39,6 +39,7 @@ class TrainState:
     elapsed_s: float = 0.0  # wall time of the run so far, over every resume
     world_size: int = 1
     global_batch: int = 0
+    fitted_max_steps: int | None = None  # train.fit_to_time's refit, kept over a resume
 
     def state_dict(self) -> dict[str, Any]:
         """state.json's content (its historical key names; ``step`` last)."""
@@ -56,12 +57,15 @@ class TrainState:
             "elapsed_s": self.elapsed_s,
             "world_size": self.world_size,
             "global_batch": self.global_batch,
+            # only a refitted run has it, so an older state.json round-trips unchanged
+            **({"fitted_max_steps": self.fitted_max_steps} if self.fitted_max_steps else {}),
             "step": self.step,
         }
 
     def load_state_dict(self, state: dict[str, Any], where: Path | str = "state.json") -> None:
         """Take a state.json's values; CheckpointError naming ``where`` if one is missing or bad.
-        ``world_size`` and ``global_batch`` were added later: absent, they keep their values."""
+        ``world_size``, ``global_batch`` and ``fitted_max_steps`` were added later: absent, they keep
+        their values."""
         try:
             best = state["best_val_loss"]
             new = dataclasses.replace(
@@ -80,6 +84,7 @@ class TrainState:
                 elapsed_s=float(state["elapsed_s"]),
                 world_size=int(state.get("world_size", self.world_size)),
                 global_batch=int(state.get("global_batch", self.global_batch)),
+                fitted_max_steps=state.get("fitted_max_steps") or None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: incomplete training state ({e})") from None

@@ -195,10 +195,32 @@ class AfterStep:
         if (is_eval or stop == "time_budget") and self.s.val_batches is not None:
             if self.evaluate(done) and not stop:
                 stop = "early_stop"
+        if t.fit_to_time and self.state.fitted_max_steps is None and not stop:
+            if done >= (t.eval_every or max(1, t.max_steps // 5)):
+                self._fit_to_time(done)
         if is_ckpt or stop:
             self.checkpoint(done)
             self.last_saved = done
         return stop
+
+    def _fit_to_time(self, done: int) -> None:
+        """``train.fit_to_time``: set max_steps to what the pace so far (the first eval's cost
+        included, as later evals will cost) fits in the time budget, once. The step time measured
+        before a run is a few steps' worth: on a shared machine it was off by up to 16% either
+        way, leaving time unused or the schedule cut short by the time budget."""
+        s, t = self.s, self.s.cfg.train
+        (elapsed,) = dd.all_reduce_sum([s.elapsed()], s.info, s.device)  # the ranks agree
+        pace = elapsed / s.info.world / max(done, 1)
+        fitted = max(done + 1, int(self.budget_s / pace))
+        self.say(
+            f"train.fit_to_time: {pace * 1000:.0f} ms/step so far -> max_steps "
+            f"{t.max_steps} -> {fitted}"
+        )
+        t.max_steps = self.state.fitted_max_steps = fitted
+        if self.logger is not None:
+            self.logger.max_steps = fitted
+        if s.info.is_main:
+            save_config(s.cfg, s.run_dir / "config.toml")  # what the run really does
 
     def _checks(self, loss: torch.Tensor, sig: StopSignal) -> str | None:
         """The stop checks that need the loss value, agreed over ranks in one collective."""

@@ -217,6 +217,8 @@ class TrainSetup:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: incomplete training state ({e})") from None
         self.elapsed_before = self.state.elapsed_s
+        if self.state.fitted_max_steps:  # train.fit_to_time refitted the run before the stop
+            self.cfg.train.max_steps = self.state.fitted_max_steps
         rngs = self.state.rng
         if len(rngs) == self.info.world:
             ck.set_rng_state(rngs[self.info.rank])
