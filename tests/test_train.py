@@ -273,18 +273,24 @@ def test_train_compile_prepares_the_loss_and_trains_the_same(dataset, tmp_path, 
     assert got == want
 
 
-def test_fit_to_time_refits_the_steps_to_the_pace_once_and_resumes_with_them(
+def test_fit_to_time_refits_the_steps_to_the_pace_at_each_eval_and_resumes_with_them(
     dataset, tmp_path, monkeypatch
 ):
-    """At the first eval the run has taken 0.5 s a step (a fake clock); 6.2 s of budget fit 12
-    steps, so max_steps goes from 30 to 12, the cosine ends at min_lr on step 12, and the
-    run's config.toml and checkpoint say 12: a resume continues the fitted schedule."""
+    """A fake clock: 0.5 s a step up to step 4, then 0.25 s. At the step-4 eval, 4.2 s of the
+    6.2 s budget are left: 8 more steps at 0.5 s, max_steps 30 -> 12. At step 8 the pace since
+    is 0.25 s and 3.2 s are left: 12 more, max_steps -> 20, where the later evals leave it. The
+    cosine ends on step 20, and the run's config.toml and checkpoint say 20: a resume continues
+    the fitted schedule."""
     from lmlab.config import load_config
     from lmlab.runs import read_state
     from lmlab.train.optim import lr_at
     from lmlab.train.setup import TrainSetup
 
-    monkeypatch.setattr(TrainSetup, "elapsed", lambda self: 0.5 * self.state.step)
+    def fake_elapsed(self):
+        n = self.state.step
+        return 0.5 * min(n, 4) + 0.25 * max(n - 4, 0)
+
+    monkeypatch.setattr(TrainSetup, "elapsed", fake_elapsed)
     run = tmp_path / "run"
     kw = dict(
         train__max_steps=30,
@@ -295,14 +301,14 @@ def test_fit_to_time_refits_the_steps_to_the_pace_once_and_resumes_with_them(
         eval__samples=0,
     )
     result = train(tiny_config(dataset, run, **kw))
-    assert (result.steps, result.stop_reason) == (12, "max_steps")
+    assert (result.steps, result.stop_reason) == (20, "max_steps")
     fitted = load_config(run / "config.toml")
-    assert fitted.train.max_steps == 12
-    lrs = losses(run, "lr")  # the schedule of a 12-step run from the refit on
-    assert max(lrs) == 12 and lrs[12] == pytest.approx(lr_at(11, fitted.train), rel=1e-6)
-    assert read_state(resolve_checkpoint(run))["fitted_max_steps"] == 12
-    # asked for more on resume, the fitted run is still 12 steps long: nothing left to do
+    assert fitted.train.max_steps == 20
+    lrs = losses(run, "lr")  # the last step's lr is that of a 20-step schedule
+    assert max(lrs) == 20 and lrs[20] == pytest.approx(lr_at(19, fitted.train), rel=1e-6)
+    assert read_state(resolve_checkpoint(run))["fitted_max_steps"] == 20
+    # asked for more on resume, the fitted run is still 20 steps long: nothing left to do
     again = train(tiny_config(dataset, run, **{**kw, "train__max_steps": 40}), resume=True)
-    assert again.steps == 12
+    assert again.steps == 20
     with pytest.raises(ConfigError, match=r"train\.fit_to_time: needs train\.max_minutes"):
         tiny_config(dataset, run, train__fit_to_time=True)

@@ -201,8 +201,8 @@ def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
     # a hard stop in case the machine is slower than measured (or slows down): training never
     # takes more than its share, so the finish keeps its reserve
     t.max_minutes = max(seconds, step_s) / 60.0
-    # and the steps refitted at the first eval to the pace training really has (a few timed
-    # steps were off by up to 16% either way on a shared machine)
+    # and the steps refitted at each eval to the pace training really has (a few timed steps
+    # were off by up to 16% either way on a shared machine, whose pace also drifts)
     t.fit_to_time = True
 
 

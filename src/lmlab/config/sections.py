@@ -160,7 +160,7 @@ class TrainConfig:
     )
     fit_to_time: bool = opt(
         False,
-        "with max_minutes: after the first eval, refit max_steps to the pace so far, so the schedule ends when the time does",
+        "with max_minutes: at each eval, refit max_steps to the pace since the last one, so the schedule ends when the time does",
     )
     seed: int = opt(1337, "seed for init, batches and dropout")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")

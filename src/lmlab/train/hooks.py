@@ -134,6 +134,7 @@ class AfterStep:
         # cheap to look at the loss every step
         self.local_checks = not s.info.enabled and s.device.type == "cpu"
         self.budget_s = t.max_minutes * 60.0
+        self.fit_from = (state.step, state.elapsed_s)  # fit_to_time's pace: since this point
         self.last_loss: float | None = None
         self.diverged = False
         self.last_saved = state.step
@@ -195,25 +196,30 @@ class AfterStep:
         if (is_eval or stop == "time_budget") and self.s.val_batches is not None:
             if self.evaluate(done) and not stop:
                 stop = "early_stop"
-        if t.fit_to_time and self.state.fitted_max_steps is None and not stop:
-            if done >= (t.eval_every or max(1, t.max_steps // 5)):
-                self._fit_to_time(done)
+        if t.fit_to_time and is_eval and not last and not stop:
+            self._fit_to_time(done)
         if is_ckpt or stop:
             self.checkpoint(done)
             self.last_saved = done
         return stop
 
     def _fit_to_time(self, done: int) -> None:
-        """``train.fit_to_time``: set max_steps to what the pace so far (the first eval's cost
-        included, as later evals will cost) fits in the time budget, once. The step time measured
-        before a run is a few steps' worth: on a shared machine it was off by up to 16% either
-        way, leaving time unused or the schedule cut short by the time budget."""
+        """``train.fit_to_time``, at each eval before the last step: set max_steps to what the
+        pace since the previous eval (that eval's cost included, as each later one will cost)
+        fits in the time left. A step time measured before the run is a few steps' worth, and a
+        shared machine's pace drifts: the demo's plan was off by up to 16% either way, leaving
+        time unused or its schedule cut short by the time budget."""
         s, t = self.s, self.s.cfg.train
-        (elapsed,) = dd.all_reduce_sum([s.elapsed()], s.info, s.device)  # the ranks agree
-        pace = elapsed / s.info.world / max(done, 1)
-        fitted = max(done + 1, int(self.budget_s / pace))
+        (elapsed,) = dd.all_reduce_sum([s.elapsed()], s.info, s.device)
+        elapsed /= s.info.world  # the ranks agree on one value
+        since_step, since_s = self.fit_from
+        pace = (elapsed - since_s) / max(done - since_step, 1)
+        fitted = done + max(1, int((self.budget_s - elapsed) / max(pace, 1e-9)))
+        self.fit_from = (done, elapsed)
+        if fitted == t.max_steps:
+            return
         self.say(
-            f"train.fit_to_time: {pace * 1000:.0f} ms/step so far -> max_steps "
+            f"train.fit_to_time: {pace * 1000:.0f} ms/step since step {since_step} -> max_steps "
             f"{t.max_steps} -> {fitted}"
         )
         t.max_steps = self.state.fitted_max_steps = fitted
