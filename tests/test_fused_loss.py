@@ -21,17 +21,24 @@ def reference(h, w, y):
     return F.cross_entropy(h @ w.t(), y, ignore_index=-100, reduction="sum")
 
 
-@pytest.mark.parametrize(
-    "chunk_elements,block_elements", [(1 << 22, 1 << 22), (97 * 16, 97 * 48), (97 * 16, 1 << 22)]
-)  # one chunk; many in several blocks, ragged last ones; many in one block
-def test_loss_and_gradients_match_the_plain_path(chunk_elements, block_elements, monkeypatch):
+def _chunked_problem(monkeypatch, chunk_elements: int, block_elements: int, seed: int):
+    """h (150, 24), w (97, 24) and targets with every 7th ignored, the loss's chunk and block
+    sizes set."""
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk_elements)
     monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     h = torch.randn(150, 24, requires_grad=True)
     w = torch.randn(97, 24, requires_grad=True)
     y = torch.randint(0, 97, (150,))
     y[::7] = -100  # ignored targets
+    return h, w, y
+
+
+@pytest.mark.parametrize(
+    "chunk_elements,block_elements", [(1 << 22, 1 << 22), (97 * 16, 97 * 48), (97 * 16, 1 << 22)]
+)  # one chunk; many in several blocks, ragged last ones; many in one block
+def test_loss_and_gradients_match_the_plain_path(chunk_elements, block_elements, monkeypatch):
+    h, w, y = _chunked_problem(monkeypatch, chunk_elements, block_elements, seed=0)
     got = fused.linear_cross_entropy(h, w, y)
     (got * 0.37).backward()
     gh, gw = h.grad.clone(), w.grad.clone()
@@ -120,13 +127,7 @@ def test_bfloat16_loss_and_gradients_are_those_of_its_bfloat16_logits(
     # same logits within float32 rounding. The gradients round twice to bf16 (the softmax's
     # gradient before its matmul, the matmul's result), so each is within 2 bf16 roundings plus
     # the float32 sums' K roundings of |P - Y| @ |W| (for h) or |P - Y|^T @ |H| (for w).
-    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk_elements)
-    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", block_elements)
-    torch.manual_seed(3)
-    h = torch.randn(150, 24, requires_grad=True)
-    w = torch.randn(97, 24, requires_grad=True)
-    y = torch.randint(0, 97, (150,))
-    y[::7] = -100
+    h, w, y = _chunked_problem(monkeypatch, chunk_elements, block_elements, seed=3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = fused.linear_cross_entropy(h, w, y)
     (got * 0.37).backward()

@@ -84,7 +84,9 @@ class TrainState:
                 elapsed_s=float(state["elapsed_s"]),
                 world_size=int(state.get("world_size", self.world_size)),
                 global_batch=int(state.get("global_batch", self.global_batch)),
-                fitted_max_steps=state.get("fitted_max_steps") or None,
+                fitted_max_steps=int(state["fitted_max_steps"])
+                if state.get("fitted_max_steps")
+                else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: incomplete training state ({e})") from None
