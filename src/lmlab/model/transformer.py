@@ -13,7 +13,9 @@ Architecture choices (all from :class:`lmlab.config.ModelConfig`):
   the init above; with ``norm = "none"`` it takes the ``no_residual`` baseline's
   (:func:`init_without_residuals`) and is that baseline;
 - attention: one fused q/k/v projection, ``n_head`` query heads and ``n_kv_head`` key/value
-  heads (grouped-query when fewer), ``F.scaled_dot_product_attention`` with a causal mask;
+  heads (grouped-query when fewer), ``F.scaled_dot_product_attention`` with a causal mask
+  (training in bf16 on a CPU: :mod:`lmlab.model.cpu_attention`, the same forward with a
+  faster backward);
 - MLP: ``swiglu`` (fused gate/up projection, ``silu(gate) * up``), ``gelu`` (GPT-2's tanh
   approximation), ``gelu_erf`` (the exact erf form: nanoGPT's ``nn.GELU()``, and on a CPU
   2-3x faster than the tanh form's kernel), ``silu`` or ``relu``; hidden width ``d_ff`` (0: 8/3*d_model rounded up to a
@@ -72,6 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import lmlab.model.cpu_attention as cpu_attention
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.model.loss import linear_cross_entropy
@@ -222,15 +225,19 @@ class CausalSelfAttention(nn.Module):
                     mask = (
                         torch.arange(start + T, device=x.device)[None, :] <= q_pos
                     )  # (T, start+T)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal,
-            enable_gqa=KV != H,
-        )  # (B, H, T, hd)
+        dropout = self.dropout if self.training else 0.0
+        if causal and cpu_attention.applies(q, k, dropout):  # bf16 training on a CPU
+            y = cpu_attention.causal_attention(q, k, v)  # (B, H, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=causal,
+                enable_gqa=KV != H,
+            )  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, H * hd)  # (B, T, H * hd)
         return self.resid_drop(self.proj(y))
 
