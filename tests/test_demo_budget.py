@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlab import demo
+from lmlab import demo, demo_budget
 
 
 class FakeClock:
@@ -26,42 +26,51 @@ class FakeClock:
 
 def test_budget_counts_down_on_its_clock():
     clock = FakeClock()
-    b = demo.Budget(60.0, clock)
+    b = demo_budget.Budget(60.0, clock)
     clock.now += 45.0
     assert b.left() == pytest.approx(15.0) and b.elapsed() == pytest.approx(45.0)
 
 
 def test_finish_reserve_is_bounded_by_the_budget():
-    assert demo.finish_reserve(300.0) == demo.FINISH_RESERVE_S
-    assert demo.finish_reserve(60.0) == pytest.approx(15.0)
-    assert demo.finish_reserve(300.0, step_s=14.0) == pytest.approx(
-        demo.FINISH_MIN_STEPS * 14.0
+    assert demo_budget.finish_reserve(300.0) == demo_budget.FINISH_RESERVE_S
+    assert demo_budget.finish_reserve(60.0) == pytest.approx(15.0)
+    assert demo_budget.finish_reserve(300.0, step_s=14.0) == pytest.approx(
+        demo_budget.FINISH_MIN_STEPS * 14.0
     )  # a slow machine
+    # the final evaluation's estimate on top of the samples' and syntax check's share
+    assert demo_budget.finish_reserve(300.0, eval_s=40.0) == pytest.approx(
+        demo_budget.SYNTAX_RESERVE_S + 40.0
+    )
+    assert demo_budget.finish_reserve(300.0, eval_s=90.0) == pytest.approx(
+        75.0
+    )  # a quarter at most
 
 
 def test_eval_and_syntax_are_sized_to_the_time_left():
-    assert demo.eval_batches_for(10.0, 0.5, whole=100) == 20
-    assert demo.eval_batches_for(100.0, 0.5, whole=100) is None  # the whole split fits
-    assert demo.eval_batches_for(0.0, 0.5, whole=100) == 1  # always at least one batch
-    assert demo.syntax_samples_for(30.0, 0.5, wanted=100) == 60
-    assert demo.syntax_samples_for(300.0, 0.5, wanted=100) == 100
-    assert demo.syntax_samples_for(-5.0, 0.5, wanted=100) == 0
+    assert demo_budget.eval_batches_for(10.0, 0.5, whole=100) == 20
+    assert demo_budget.eval_batches_for(100.0, 0.5, whole=100) is None  # the whole split fits
+    assert demo_budget.eval_batches_for(0.0, 0.5, whole=100) == 1  # always at least one batch
+    assert demo_budget.syntax_samples_for(30.0, 0.5, wanted=100) == 60
+    assert demo_budget.syntax_samples_for(300.0, 0.5, wanted=100) == 100
+    assert demo_budget.syntax_samples_for(-5.0, 0.5, wanted=100) == 0
     # 40 prompts cycled: their samples decode in one batch each, an extra sample costing a quarter
-    assert demo.BATCH_EXTRA == 0.25
-    assert demo.syntax_samples_for(30.0, 0.5, wanted=100, prompts=40) == 100  # 20 + 60/4 * 0.5
-    assert demo.syntax_samples_for(21.0, 0.5, wanted=100, prompts=40) == 48  # 20 + 8 * 0.125
-    assert demo.syntax_samples_for(10.0, 0.5, wanted=100, prompts=40) == 20  # one per prompt
+    assert demo_budget.BATCH_EXTRA == 0.25
+    assert (
+        demo_budget.syntax_samples_for(30.0, 0.5, wanted=100, prompts=40) == 100
+    )  # 20 + 60/4 * 0.5
+    assert demo_budget.syntax_samples_for(21.0, 0.5, wanted=100, prompts=40) == 48  # 20 + 8 * 0.125
+    assert demo_budget.syntax_samples_for(10.0, 0.5, wanted=100, prompts=40) == 20  # one per prompt
 
 
 def test_training_share_is_a_hard_stop():
     from lmlab.config import load_config
 
     cfg = load_config("demo-python")
-    demo.fit_steps(cfg, 120.0, 0.5)
+    demo_budget.fit_steps(cfg, 120.0, 0.5)
     assert cfg.train.max_minutes * 60.0 == pytest.approx(120.0)  # no slack past its share
     assert cfg.train.max_steps == int(120.0 / (0.5 * 1.08))
     assert cfg.eval.batches == 10  # the recipe's: 5 evals x 10 batches x 1/3 step < 8% of 222 steps
-    demo.fit_steps(cfg, 10.0, 0.5)
+    demo_budget.fit_steps(cfg, 10.0, 0.5)
     assert cfg.train.max_steps == 18 and cfg.eval.batches == 1  # a short run evaluates less
     assert cfg.eval.samples == 0  # and writes no samples while training
 
@@ -160,6 +169,7 @@ def _demo_on(machine: SlowMachine, minutes: float, out: Path, monkeypatch) -> di
     )  # as the demo counts
     tok = load_tokenizer(out / "tokenizer")
     monkeypatch.setattr(demo, "measure_step_seconds", machine.measure)
+    monkeypatch.setattr(demo, "final_eval_batch_seconds", lambda cfg, step_s: step_s / 3.0)
     # the demo's collaborators, replaced where the demo looks them up
     monkeypatch.setattr(demo, "train", machine.train)
     monkeypatch.setattr(demo, "evaluate_path", machine.evaluate)
@@ -251,6 +261,22 @@ def tiny_demo_config(*extra: str, vocab: int = 64):
     )
 
 
+def test_the_final_eval_is_sized_at_float32_speed_when_training_runs_in_bf16(monkeypatch):
+    """On a CPU the final evaluation runs in float32 whatever training used; a batch is a
+    third of the step scaled by the measured float32 / bf16 pass times."""
+    import torch
+
+    cfg = tiny_demo_config()
+    times = {"float32": 0.3, "bfloat16": 0.2}
+    monkeypatch.setattr(
+        demo, "pick_cpu_train_dtype", lambda *a: {"dtype": "bfloat16", "seconds_per_pass": times}
+    )
+    monkeypatch.setattr(demo, "_training_dtype", lambda *a: torch.bfloat16)
+    assert demo.final_eval_batch_seconds(cfg, 0.6) == pytest.approx(0.2 * 1.5)
+    monkeypatch.setattr(demo, "_training_dtype", lambda *a: torch.float32)
+    assert demo.final_eval_batch_seconds(cfg, 0.6) == pytest.approx(0.2)
+
+
 def test_step_measurement_stops_early_on_a_slow_machine(monkeypatch):
     """Past max_seconds the measurement ends after the warm-up and one timed step."""
     cfg = tiny_demo_config(
@@ -309,15 +335,16 @@ def test_a_machine_too_slow_for_the_reserve_trains_one_step_and_says_a_positive_
 
     cfg = load_config("demo-python")
     clock = FakeClock()
-    budget = demo.Budget(300.0, clock)
+    budget = demo_budget.Budget(300.0, clock)
     # measuring takes 30 s, and at 50 s a step the finish keeps FINISH_MIN_STEPS x 50 s > what is left
     monkeypatch.setattr(
         demo,
         "measure_step_seconds",
         lambda *a, **k: setattr(clock, "now", clock.now + 30.0) or 50.0,
     )
-    assert demo.finish_reserve(300.0, 50.0) > 270.0
-    demo._size_training(cfg, budget, 5.0)
+    monkeypatch.setattr(demo, "final_eval_batch_seconds", lambda cfg, step_s: step_s / 3.0)
+    assert demo_budget.finish_reserve(300.0, 50.0) > 270.0
+    demo._size_training(cfg, budget, 5.0, whole=10)
     out = capsys.readouterr().out
     assert cfg.train.max_steps == 1
     assert "steps in ~0.0 min" in out and "~-" not in out

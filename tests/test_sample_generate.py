@@ -98,6 +98,37 @@ def test_cached_equals_uncached_greedy(kw):
     assert len(cached.tokens) == n and cached.finish_reason == "length"
 
 
+def reference_strided(model, prompt: list[int], n: int, every: int) -> list[int]:
+    """Uncached greedy whose window start moves ``every`` tokens at a time past the context."""
+    ctx = model.config.context_length
+    seq, out = list(prompt), []
+    with torch.no_grad():
+        for _ in range(n):
+            start = 0 if len(seq) <= ctx else -(-(len(seq) - ctx) // every) * every
+            assert ctx - every < len(seq) - start <= ctx or start == 0
+            logits = model(torch.tensor([seq[start:]]))[:, -1, :]
+            logits[:, 257:] = float("-inf")
+            t = int(logits.argmax(-1))
+            seq.append(t)
+            out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("every", [1, 4, 16])
+def test_slide_every_moves_the_window_k_tokens_at_a_time(every):
+    model = tiny(preset="llama")  # context 16: 40 tokens slide it several times
+    tok = ByteTok()
+    kwargs = dict(max_new_tokens=40, temperature=0.0, stop_at_eot=False, slide_every=every)
+    cached = generate(model, tok, "hello", use_cache=True, **kwargs)[0]
+    uncached = generate(model, tok, "hello", use_cache=False, **kwargs)[0]
+    assert cached.tokens == uncached.tokens
+    assert cached.tokens == reference_strided(model, tok.encode("hello"), 40, every)
+    if every > 1:  # a window of fewer tokens than the context: another continuation
+        assert cached.tokens != reference_greedy(model, tok.encode("hello"), 40)
+    with pytest.raises(LmlabError, match="slide_every"):
+        generate(model, tok, "hello", max_new_tokens=2, slide_every=0)
+
+
 def test_learned_positions_stop_at_context_with_message():
     model = tiny("gpt2")
     tok = ByteTok()

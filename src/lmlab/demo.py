@@ -32,6 +32,17 @@ import torch.nn.functional as F
 from lmlab.config import Config, load_config, resolve_vocab_size
 from lmlab.data.loader import TokenSplit
 from lmlab.data.shards import read_meta
+from lmlab.demo_budget import (
+    EVAL_MARGIN,
+    EVAL_SHARE,
+    REPORT_S,
+    SYNTAX_RESERVE_S,
+    Budget,
+    eval_batches_for,
+    finish_reserve,
+    fit_steps,
+    syntax_samples_for,
+)
 from lmlab.device import autocast, resolve_device, resolve_dtype
 from lmlab.errors import ConfigError
 from lmlab.eval.code import (
@@ -53,14 +64,6 @@ from lmlab.train.optim import build_optimizer
 from lmlab.train.precision import pick_cpu_train_dtype
 from lmlab.train.setup import uses_fused_loss
 
-# Seconds kept back for evaluation, sampling, the syntax check and the report (at most this
-# share of the budget, so a short budget still trains).
-FINISH_RESERVE_S = 65.0
-FINISH_RESERVE_SHARE = 0.25
-# Of the time left after training: the share the final evaluation may take (then samples and
-# the syntax check share what remains, keeping REPORT_S for the report and plot).
-EVAL_SHARE = 0.4
-REPORT_S = 3.0
 # Tokens per completion of the syntax check: the held-out functions' own bodies are 140
 # tokens at the median, and only 42% of them fit in 96 (75% in 256), so at 96 even the
 # original code would mostly be cut by the limit (then it compiles only by luck).
@@ -70,8 +73,12 @@ SYNTAX_TOKENS = 256
 # HumanEval); 0.8 is pass@100's. Not tuned on this model: bench/RESULTS.md gives both.
 SYNTAX_TEMPERATURE = 0.2
 SYNTAX_TOP_K = 50
-# A batch of k samples of one prompt decodes in about (1 + BATCH_EXTRA * (k - 1)) times one's.
-BATCH_EXTRA = 0.25
+# Past the model's context a completion's window moves this many tokens at a time (lmlab.sample:
+# one prefill per 64 tokens instead of one per token, each token still seeing at least
+# context - 63 of the tokens before it). On stop 14's demo model 100 completions took 36.3 s
+# sliding by one and 12.7 s by 64, with the same 49 passes (bench/RESULTS.md): the windows
+# slide mostly in repetition loops, which the token limit fails either way.
+SYNTAX_SLIDE_EVERY = 64
 # The whole command's budget, `lmlab demo`'s default --minutes (README: "about 5 minutes").
 DEFAULT_MINUTES = 5.0
 # Held-out prompts taken from one file at most: spread over files, not one file's methods.
@@ -133,77 +140,34 @@ def measure_step_seconds(cfg: Config, max_seconds: float = float("inf")) -> floa
     return measured[len(measured) // 2]
 
 
-class Budget:
-    """A deadline on a clock (injectable for tests): ``left()`` seconds until it."""
-
-    def __init__(self, seconds: float, clock: Any = None):
-        self.clock = clock or time.monotonic
-        self.start = clock()
-        self.end = self.start + seconds
-
-    def left(self) -> float:
-        return self.end - self.clock()
-
-    def elapsed(self) -> float:
-        return self.clock() - self.start
-
-
-# The finish's fixed costs (loading the model, one eval batch, a sample, the plot) grow with
-# the machine's slowness: at least this many measured training steps are kept for them.
-FINISH_MIN_STEPS = 6
-
-
-def finish_reserve(budget_s: float, step_s: float = 0.0) -> float:
-    """Seconds kept for the finish out of a budget of ``budget_s``, on a machine at ``step_s``."""
-    return max(min(FINISH_RESERVE_S, FINISH_RESERVE_SHARE * budget_s), FINISH_MIN_STEPS * step_s)
-
-
-def eval_batches_for(seconds: float, batch_s: float, whole: int) -> int | None:
-    """Val batches that fit ``seconds`` at ``batch_s`` each: None (the whole split) if all ``whole`` fit."""
-    n = max(1, int(seconds / max(batch_s, 1e-9)))
-    return None if n >= whole else n
+def final_eval_batch_seconds(cfg: Config, step_s: float) -> float:
+    """Seconds per batch of the final evaluation: a forward pass, a third of a training step,
+    at float32's speed on a CPU (where :func:`lmlab.eval.metrics.evaluate_path` evaluates in
+    float32) when training runs in bf16, scaled by the measured float32 / bf16 pass times.
+    A third of the bf16 step alone was 85 ms against the 150 ms a batch really took on a
+    2-core Xeon."""
+    third = step_s / 3.0
+    device = resolve_device(cfg.train.device)
+    if device.type != "cpu":
+        return third
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    if _training_dtype(cfg, model, device) != torch.bfloat16:
+        return third
+    micro = cfg.train.micro_batch_size or cfg.train.batch_size
+    pick = pick_cpu_train_dtype(  # cached: the pick measure_step_seconds made
+        model, micro, cfg.model.context_length, cfg.model.vocab_size, uses_fused_loss(cfg, model)
+    )
+    wall = pick.get("seconds_per_pass") or {}
+    if not wall.get("bfloat16"):
+        return third
+    return third * max(1.0, wall["float32"] / wall["bfloat16"])
 
 
-def syntax_samples_for(seconds: float, completion_s: float, wanted: int, prompts: int = 0) -> int:
-    """Completions of the syntax check that fit ``seconds``, at most ``wanted``.
-
-    ``completion_s`` is one completion decoded alone. With ``prompts`` (the distinct prompts,
-    cycled) the samples of one prompt decode in one batch, each extra one costing BATCH_EXTRA
-    of a completion; without, every completion is decoded alone."""
-
-    def cost(n: int) -> float:
-        if not prompts:
-            return n * completion_s
-        calls = min(n, prompts)
-        return (calls + BATCH_EXTRA * (n - calls)) * completion_s
-
-    n = max(0, wanted)
-    while n and cost(n) > seconds:
-        n -= 1
-    return n
-
-
-def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
-    """Size max_steps, warmup, eval and checkpoint intervals to a training time budget."""
-    t = cfg.train
-    # evals and checkpoints cost time too: count them as ~8% extra
-    steps = max(1, int(seconds / (step_s * 1.08)))
-    t.max_steps = steps
-    t.warmup_steps = max(1, min(t.warmup_steps, steps // 10))
-    t.eval_every = max(1, steps // 5)
-    # five evals of eval.batches forward passes (a third of a step each) stay within that 8%
-    cfg.eval.batches = max(1, min(cfg.eval.batches, int(0.08 * steps * 3 / 5)))
-    # samples.md at each eval costs decoding time: one sample, and none in a short run, where
-    # 5 x sample_tokens of them would cost a good part of it
-    cfg.eval.samples = min(cfg.eval.samples, 1) if steps >= 100 else 0
-    t.checkpoint_every = 0  # the last step's checkpoint only
-    t.log_every = max(1, min(t.log_every, steps // 20))
-    # a hard stop in case the machine is slower than measured (or slows down): training never
-    # takes more than its share, so the finish keeps its reserve
-    t.max_minutes = max(seconds, step_s) / 60.0
-    # and the steps refitted at each eval to the pace training really has (a few timed steps
-    # were off by up to 16% either way on a shared machine, whose pace also drifts)
-    t.fit_to_time = True
+def val_batches(cfg: Config, meta: dict[str, Any]) -> int:
+    """Batches of the whole val split at the final evaluation's batch size."""
+    val_tokens = int(meta["splits"].get("val", {}).get("tokens", 0))
+    return max(1, -(-val_tokens // (cfg.eval_batch_size * cfg.model.context_length)))
 
 
 def held_out_prompts(data_dir: Path, tokenizer: Any, limit: int = 40) -> list[str]:
@@ -236,6 +200,7 @@ def make_generate_fn(
     top_k: int = 50,
     seed: int = 0,
     stop: Callable[[], bool] | None = None,
+    slide_every: int = 1,
 ) -> GenerateFn:
     """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate; batches equal prompts.
 
@@ -264,6 +229,7 @@ def make_generate_fn(
                 num_samples=len(where),
                 seed=seed + k,
                 stop_when=lambda _i, text, prompt=prompt: function_ended(prompt, text),
+                slide_every=slide_every,
             )
             for i, s in zip(where, samples):
                 out[i] = (s.text, s.finish_reason == "eot")
@@ -277,7 +243,8 @@ def _syntax_section(report: dict[str, Any]) -> str:
     completed = report.get("pass_rate_completed")
     lines = [
         f"{report['n']} completions of held-out function headers (temperature {SYNTAX_TEMPERATURE:g}, "
-        f"top-k {SYNTAX_TOP_K}, at most {SYNTAX_TOKENS} tokens, token healing at the prompt's end), "
+        f"top-k {SYNTAX_TOP_K}, at most {SYNTAX_TOKENS} tokens, token healing at the prompt's end, "
+        f"past the model's context the window sliding {SYNTAX_SLIDE_EVERY} tokens at a time), "
         "each cut at the next top-level statement or end-of-text (one the token limit cut fails), "
         "checked with `compile()`; "
         f"one that adds no code (only `pass`, comments or a docstring) fails ({report.get('no_code', 0)} did).",
@@ -357,22 +324,26 @@ def _demo_config(out: Path, overrides: list[str] | None) -> Config:
     )
 
 
-def _size_training(cfg: Config, budget: Budget, minutes: float) -> float:
-    """Step 3a: set train.max_steps to the time left after the finish's reserve; the step time."""
+def _size_training(cfg: Config, budget: Budget, minutes: float, whole: int) -> tuple[float, float]:
+    """Step 3a: set train.max_steps to the time left after the finish's reserve (for ``whole``
+    val batches and the syntax check); the step and final-eval batch times measured."""
     left = budget.left() - finish_reserve(minutes * 60.0)
     if left < 20:
         raise ConfigError(
             f"--minutes: {minutes:g} leaves {max(left, 0):.0f}s to train after data preparation; give more"
         )
     step_s = measure_step_seconds(cfg, max_seconds=0.1 * left)
+    eval_batch_s = final_eval_batch_seconds(cfg, step_s)
     # the measurement took some of it; a machine slow enough to leave nothing still trains a step
-    left = max(0.0, budget.left() - finish_reserve(minutes * 60.0, step_s))
+    reserve = finish_reserve(minutes * 60.0, step_s, EVAL_MARGIN * whole * eval_batch_s)
+    left = max(0.0, budget.left() - reserve)
     fit_steps(cfg, left, step_s)
     print(
-        f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min",
+        f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min "
+        f"({reserve:.0f} s kept for the finish)",
         flush=True,
     )
-    return step_s
+    return step_s, eval_batch_s
 
 
 def _samples_and_syntax(
@@ -404,6 +375,11 @@ def _samples_and_syntax(
     )
     syntax = None
     if n_syntax:
+        print(
+            f"[syntax] {n_syntax} completions planned in {budget.left() - report_s:.0f} s "
+            f"({1000 * token_s:.1f} ms a token measured)",
+            flush=True,
+        )
         syntax = syntax_pass_rate(
             make_generate_fn(
                 model,
@@ -411,6 +387,7 @@ def _samples_and_syntax(
                 temperature=SYNTAX_TEMPERATURE,
                 top_k=SYNTAX_TOP_K,
                 stop=lambda: budget.left() < report_s,  # the machine got slower than measured
+                slide_every=SYNTAX_SLIDE_EVERY,
             ),
             prompts,
             n=n_syntax,
@@ -501,23 +478,24 @@ def run_demo(
     cfg.validate()
 
     # 3) train for the time that is left
-    step_s = _size_training(cfg, budget, minutes)
+    whole = val_batches(cfg, meta)
+    step_s, eval_batch_s = _size_training(cfg, budget, minutes, whole)
     result = train(
         cfg, resume=False, force=True
     )  # the demo's own run folder: a rerun starts it over
 
     # 4) eval on the whole val split, or on as many batches as the time left allows
     run_dir = Path(cfg.train.out)
-    val_tokens = int(meta["splits"].get("val", {}).get("tokens", 0))
-    whole = max(1, -(-val_tokens // (cfg.eval_batch_size * cfg.model.context_length)))
-    # a forward pass is about a third of a training step (forward + backward); the same batch.
-    # The step time is what training really took, if slower than measured (a loaded machine)
-    step_s = max(step_s, result.wall_time_s / max(result.steps, 1))
+    # the speeds as training really had them, if slower than measured (a loaded machine)
+    slower = max(1.0, result.wall_time_s / max(result.steps, 1) / max(step_s, 1e-9))
+    step_s, eval_batch_s = step_s * slower, eval_batch_s * slower
     report_s = REPORT_S + step_s  # the report and plot, slower on a slower machine
-    eval_s = EVAL_SHARE * (budget.left() - report_s)
-    eval_batches = eval_batches_for(eval_s, step_s / 3.0, whole)
-    # sized from speeds just measured; a machine that slows down now stops at the deadline
-    eval_end = budget.left() - eval_s
+    left = budget.left() - report_s
+    eval_s = max(EVAL_SHARE * left, left - (SYNTAX_RESERVE_S - REPORT_S))
+    eval_batches = eval_batches_for(eval_s, eval_batch_s, whole)
+    # sized from speeds just measured; a machine that slows down now stops at a deadline that
+    # gives it half of what was planned for the samples and the syntax check on top
+    eval_end = budget.left() - eval_s - 0.5 * (left - eval_s)
     metrics = evaluate_path(
         str(run_dir), batches=eval_batches, stop=lambda: budget.left() < eval_end
     )

@@ -112,6 +112,7 @@ def _continue_each_first(
     seed: int,
     stream_callback: StreamCallback | None,
     stop_when: StopWhen | None = None,
+    slide_every: int = 1,
 ) -> list[Sample]:
     """The rest of each sample after its first token, one batch per distinct first token."""
     vocab = tokenizer.vocab
@@ -144,6 +145,7 @@ def _continue_each_first(
             seed=seed + 1 + k,
             stream_callback=relay if stream_callback is not None else None,
             stop_when=ended if stop_when is not None else None,
+            slide_every=slide_every,
         )
         for i, s in zip(where, rest):
             out[i] = Sample(
@@ -168,6 +170,7 @@ def generate_healed(
     seed: int = 0,
     stream_callback: StreamCallback | None = None,
     stop_when: StopWhen | None = None,
+    slide_every: int = 1,
 ) -> list[Sample]:
     """:func:`lmlab.sample.generate` with token healing; each sample's ``text`` is what follows
     ``prompt`` itself (the re-chosen token's bytes past the tail come first), and that is the
@@ -188,6 +191,7 @@ def generate_healed(
             seed=seed,
             stream_callback=stream_callback,
             stop_when=stop_when,
+            slide_every=slide_every,
         )
     firsts = _healed_firsts(
         model,
@@ -210,4 +214,5 @@ def generate_healed(
         seed=seed,
         stream_callback=stream_callback,
         stop_when=stop_when,
+        slide_every=slide_every,
     )

@@ -7,6 +7,9 @@ token per step through the model's KV cache. Past the context length:
 - RoPE and no-position models slide the window: the cache is dropped and the last
   ``context_length`` tokens are prefilled again, so every step sees exactly what an uncached
   model cropped to its last ``context_length`` tokens sees (cached == uncached, always).
+  With ``slide_every = k`` the window moves k tokens at a time instead of one: a step sees
+  the last ctx - k + 1 to ctx tokens, and past the context one prefill serves k tokens
+  instead of one (the rest come from the cache), about k times less work per token there.
 - learned-position models stop with ``finish_reason="context"`` and a message saying why,
   because their position table has no row past ``context_length - 1``.
 
@@ -228,20 +231,27 @@ class _Stepper:
     ``context_length`` tokens, positions counted from the start of that window.
     """
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, use_cache: bool) -> None:
+    def __init__(
+        self, model: torch.nn.Module, batch_size: int, use_cache: bool, slide_every: int = 1
+    ) -> None:
         self.model = model
         self.ctx = _context_length(model)
         self.slide = _can_slide(model)
         self.use_cache = use_cache and _supports_cache(model)
         self.batch_size = batch_size
+        self.slide_every = max(1, min(slide_every, self.ctx or 1))
         self.cache: Any = None
 
     def _window(self, seq: torch.Tensor) -> torch.Tensor:
+        """The tokens a step sees: all of ``seq``, or past ``ctx`` the window's start moved on
+        by whole multiples of ``slide_every`` (the same for the cached path, which prefills
+        exactly when the start moves)."""
         if self.ctx is None or seq.shape[1] <= self.ctx:
             return seq
         if not self.slide:
             raise ContextFull
-        return seq[:, -self.ctx :]
+        over, k = seq.shape[1] - self.ctx, self.slide_every
+        return seq[:, -(-over // k) * k :]
 
     def _prefill(self, seq: torch.Tensor) -> torch.Tensor:
         window = self._window(seq)
@@ -403,11 +413,12 @@ def _decode_loop(
     tok_vocab: int,
     eot: int | None,
     use_cache: bool,
+    slide_every: int = 1,
 ) -> None:
     """Run the model step by step, feeding each chosen token to ``out``, until every sample is
     done, the token limit, or (learned positions) the context length."""
     B = seq.shape[0]
-    stepper = _Stepper(model, B, use_cache)
+    stepper = _Stepper(model, B, use_cache, slide_every)
     logits = stepper.first(seq) if max_new_tokens > 0 else None
     for step in range(max_new_tokens):
         assert logits is not None
@@ -447,6 +458,7 @@ def generate(
     use_cache: bool = True,
     stop_at_eot: bool = True,
     stop_when: StopWhen | None = None,
+    slide_every: int = 1,
 ) -> list[Sample]:
     """Generate ``num_samples`` continuations of ``prompt`` in one batch.
 
@@ -456,8 +468,12 @@ def generate(
     ``i``'s whole text each time it grows, ends that sample (``finish_reason="stop"``) when it
     says True: for an end no stop string can name (a function's body ended). Every row still
     draws a token each step until all are done, so stopping one changes no other sample.
+    ``slide_every`` (RoPE and no-position models, past the context length): how many tokens
+    the window moves at a time (the module's docstring).
     """
     _check_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_samples)
+    if slide_every < 1:
+        raise LmlabError(f"slide_every: must be >= 1, got {slide_every}")
     prompt_ids = encode_prompt(tokenizer, prompt)
     device = next(model.parameters()).device
     vocab = int(getattr(_model_config(model), "vocab_size", 0) or 0)
@@ -493,6 +509,7 @@ def generate(
                 tok_vocab=tok_vocab,
                 eot=eot,
                 use_cache=use_cache,
+                slide_every=slide_every,
             )
     finally:
         model.train(was_training)

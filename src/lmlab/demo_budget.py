@@ -1,0 +1,105 @@
+"""The demo's time budget: what training, the final evaluation and the syntax check each get.
+
+Pure arithmetic on measured speeds (lmlab.demo measures them), kept apart so the sizing can be
+read, and tested on a fake clock, on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lmlab.config import Config
+
+# Seconds kept back after training for the samples, the syntax check and the report; the final
+# evaluation's estimated time comes on top, and the whole reserve is at least FINISH_RESERVE_S
+# and at most FINISH_RESERVE_SHARE of the budget (so a short budget still trains). Stop 14's
+# 65 s left 15-20 s unused once the syntax check slid its window 64 tokens at a time: on 2
+# Xeon cores the whole val split then took 14 s, samples 1 s, 100 completions 13 s.
+SYNTAX_RESERVE_S = 22.0
+FINISH_RESERVE_S = 35.0
+FINISH_RESERVE_SHARE = 0.25
+# The final evaluation's estimate, with this margin for a machine's pace drifting.
+EVAL_MARGIN = 1.25
+# Of the time left after training: the final evaluation may take this share, or all but
+# SYNTAX_RESERVE_S if that is more (then samples and the syntax check share what remains,
+# keeping REPORT_S for the report and plot).
+EVAL_SHARE = 0.4
+REPORT_S = 3.0
+# A batch of k samples of one prompt decodes in about (1 + BATCH_EXTRA * (k - 1)) times one's.
+BATCH_EXTRA = 0.25
+
+
+class Budget:
+    """A deadline on a clock (injectable for tests): ``left()`` seconds until it."""
+
+    def __init__(self, seconds: float, clock: Any = None):
+        self.clock = clock or time.monotonic
+        self.start = clock()
+        self.end = self.start + seconds
+
+    def left(self) -> float:
+        return self.end - self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+
+# The finish's fixed costs (loading the model, one eval batch, a sample, the plot) grow with
+# the machine's slowness: at least this many measured training steps are kept for them.
+FINISH_MIN_STEPS = 6
+
+
+def finish_reserve(budget_s: float, step_s: float = 0.0, eval_s: float = 0.0) -> float:
+    """Seconds kept for the finish out of a budget of ``budget_s``, on a machine at ``step_s``
+    whose final evaluation is estimated at ``eval_s``."""
+    wanted = max(FINISH_RESERVE_S, SYNTAX_RESERVE_S + eval_s)
+    return max(min(wanted, FINISH_RESERVE_SHARE * budget_s), FINISH_MIN_STEPS * step_s)
+
+
+def eval_batches_for(seconds: float, batch_s: float, whole: int) -> int | None:
+    """Val batches that fit ``seconds`` at ``batch_s`` each: None (the whole split) if all ``whole`` fit."""
+    n = max(1, int(seconds / max(batch_s, 1e-9)))
+    return None if n >= whole else n
+
+
+def syntax_samples_for(seconds: float, completion_s: float, wanted: int, prompts: int = 0) -> int:
+    """Completions of the syntax check that fit ``seconds``, at most ``wanted``.
+
+    ``completion_s`` is one completion decoded alone. With ``prompts`` (the distinct prompts,
+    cycled) the samples of one prompt decode in one batch, each extra one costing BATCH_EXTRA
+    of a completion; without, every completion is decoded alone."""
+
+    def cost(n: int) -> float:
+        if not prompts:
+            return n * completion_s
+        calls = min(n, prompts)
+        return (calls + BATCH_EXTRA * (n - calls)) * completion_s
+
+    n = max(0, wanted)
+    while n and cost(n) > seconds:
+        n -= 1
+    return n
+
+
+def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
+    """Size max_steps, warmup, eval and checkpoint intervals to a training time budget."""
+    t = cfg.train
+    # evals and checkpoints cost time too: count them as ~8% extra
+    steps = max(1, int(seconds / (step_s * 1.08)))
+    t.max_steps = steps
+    t.warmup_steps = max(1, min(t.warmup_steps, steps // 10))
+    t.eval_every = max(1, steps // 5)
+    # five evals of eval.batches forward passes (a third of a step each) stay within that 8%
+    cfg.eval.batches = max(1, min(cfg.eval.batches, int(0.08 * steps * 3 / 5)))
+    # samples.md at each eval costs decoding time: one sample, and none in a short run, where
+    # 5 x sample_tokens of them would cost a good part of it
+    cfg.eval.samples = min(cfg.eval.samples, 1) if steps >= 100 else 0
+    t.checkpoint_every = 0  # the last step's checkpoint only
+    t.log_every = max(1, min(t.log_every, steps // 20))
+    # a hard stop in case the machine is slower than measured (or slows down): training never
+    # takes more than its share, so the finish keeps its reserve
+    t.max_minutes = max(seconds, step_s) / 60.0
+    # and the steps refitted at each eval to the pace training really has (a few timed steps
+    # were off by up to 16% either way on a shared machine, whose pace also drifts)
+    t.fit_to_time = True
