@@ -113,3 +113,27 @@ def test_cli_eval_json(uniform_run, capsys):
     assert {"val_loss", "perplexity", "accuracy", "bits_per_byte"} <= set(out)
     assert main(["eval", str(run.parent / "missing")]) == 2
     assert "no such run" in capsys.readouterr().err
+
+
+def test_eval_context_length_sets_the_val_windows(tmp_path):
+    """eval.context_length scores a model on shorter windows than its context (to compare
+    models of different contexts on the same windows), in training's evals and in
+    evaluate_path; above the model's context it is a ConfigError naming the key."""
+    from lmlab.data.batches import TokenData
+    from lmlab.errors import ConfigError
+
+    data = write_dataset(tmp_path / "ds", make_text(30))
+    cfg = tiny_config(data, tmp_path / "run")
+    cfg.model.vocab_size = json.loads((data / "meta.json").read_text())["vocab_size"]
+    cfg.eval.context_length = 8  # the model's is 16
+    cfg.validate()
+    save_checkpoint(
+        tmp_path / "run" / "checkpoints", 1, build_model(cfg.model), None, None, {"rng": []}, cfg
+    )
+    m = evaluate_path(tmp_path / "run", batches=2)
+    assert m["tokens"] == 2 * cfg.eval_batch_size * 8
+    x, y = next(iter(TokenData(cfg).val_batches(cfg.eval_batch_size, 2, cfg.train.seed)))
+    assert x.shape == y.shape == (cfg.eval_batch_size, 8)
+    cfg.eval.context_length = 32
+    with pytest.raises(ConfigError, match="eval.context_length"):
+        cfg.validate()

@@ -167,7 +167,7 @@ def final_eval_batch_seconds(cfg: Config, step_s: float) -> float:
 def val_batches(cfg: Config, meta: dict[str, Any]) -> int:
     """Batches of the whole val split at the final evaluation's batch size."""
     val_tokens = int(meta["splits"].get("val", {}).get("tokens", 0))
-    return max(1, -(-val_tokens // (cfg.eval_batch_size * cfg.model.context_length)))
+    return max(1, -(-val_tokens // (cfg.eval_batch_size * cfg.eval_context_length)))
 
 
 def held_out_prompts(data_dir: Path, tokenizer: Any, limit: int = 40) -> list[str]:

@@ -199,6 +199,12 @@ class EvalConfig:
     batch_size: int = opt(
         0, "sequences per eval batch; 0 means train.micro_batch_size or train.batch_size", minimum=0
     )
+    context_length: int = opt(
+        0,
+        "tokens per val window; 0 means model.context_length (a shorter one scores models of "
+        "different contexts on the same windows)",
+        minimum=0,
+    )
     samples: int = opt(2, "samples written to samples.md at each eval", minimum=0)
     sample_tokens: int = opt(128, "tokens per sample written at each eval", minimum=1)
     syntax_samples: int = opt(
@@ -452,6 +458,10 @@ class Config:
             raise ConfigError(
                 f"train.micro_batch_size: {t.micro_batch_size} does not divide train.batch_size={t.batch_size}"
             )
+        if self.eval.context_length > self.model.context_length:
+            raise ConfigError(
+                f"eval.context_length: {self.eval.context_length} is above model.context_length={self.model.context_length}"
+            )
         if not 0.0 <= self.sample.top_p <= 1.0:
             raise ConfigError(f"sample.top_p: must be in [0, 1], got {self.sample.top_p}")
         if not 0.0 <= self.prepare.val_fraction < 1.0:
@@ -496,6 +506,11 @@ class Config:
         It does not depend on the process count, so val windows (and losses) are comparable.
         """
         return self.eval.batch_size or self.train.micro_batch_size or self.batch_shape(1)[0]
+
+    @property
+    def eval_context_length(self) -> int:
+        """Tokens per val window: eval.context_length, else the model's context."""
+        return self.eval.context_length or self.model.context_length
 
 
 def check_model(m: ModelConfig) -> None:

@@ -216,7 +216,7 @@ class TokenData:
         split = self.val_split()
         if split is None:
             return None
-        T = self.cfg.model.context_length
+        T = self.cfg.eval_context_length
         return val_windows(split, T, batch_size, max_batches, seed, rank, world)
 
     def val_bytes_per_token(self) -> float | None:

@@ -123,7 +123,7 @@ def evaluate_path(
         )
     split = TokenSplit(data_path, "val", meta)
     t = cfg.train
-    seq_len = cfg.model.context_length
+    seq_len = cfg.eval_context_length
     bsz = cfg.eval_batch_size
     dtype = resolve_dtype(t.dtype if dev.type != "cpu" else "float32", dev)
     # the windows training evaluates on (fixed batches), or the whole split
