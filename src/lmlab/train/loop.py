@@ -28,6 +28,7 @@ one :class:`lmlab.runs.state.TrainState`. This module is the loop that ties them
 from __future__ import annotations
 
 import copy
+import gc
 from typing import Any
 
 import torch
@@ -77,6 +78,12 @@ def train(
         dd.barrier(info)
         return result
     finally:
+        if info.enabled:
+            # free the trainer's reference cycles (the DDP reducer holds the process group)
+            # while the group is alive: a gloo group whose last reference goes only at
+            # interpreter exit stops its threads there, which aborts now and then with the
+            # same message (rare; seen in tests/test_muon.py's DDP run)
+            gc.collect()
         dd.teardown()
 
 
