@@ -62,6 +62,16 @@ def test_eval_and_syntax_are_sized_to_the_time_left():
     assert demo_budget.syntax_samples_for(10.0, 0.5, wanted=100, prompts=40) == 20  # one per prompt
 
 
+def test_the_syntax_reserve_plans_every_wanted_completion_at_a_measured_pace():
+    """Stop 15's 2 Xeon cores decoded the demo model at 1.8 ms a token: the syntax check's
+    share of the reserve (all but the report and two samples of 160 tokens) plans all 100
+    completions of the 40 prompts, which 22 s did not (45 of 100)."""
+    token_s = 1.8e-3
+    samples_s = 2 * 160 * token_s
+    share = demo_budget.SYNTAX_RESERVE_S - demo_budget.REPORT_S - samples_s
+    assert demo_budget.syntax_samples_for(share, 256 * token_s, wanted=100, prompts=40) == 100
+
+
 def test_training_share_is_a_hard_stop():
     from lmlab.config import load_config
 

@@ -15,8 +15,10 @@ from lmlab.config import Config
 # evaluation's estimated time comes on top, and the whole reserve is at least FINISH_RESERVE_S
 # and at most FINISH_RESERVE_SHARE of the budget (so a short budget still trains). Stop 14's
 # 65 s left 15-20 s unused once the syntax check slid its window 64 tokens at a time: on 2
-# Xeon cores the whole val split then took 14 s, samples 1 s, 100 completions 13 s.
-SYNTAX_RESERVE_S = 22.0
+# Xeon cores the whole val split then took 14 s, samples 1 s, 100 completions 13 s. But 22 s
+# planned only 45 of the 100 there (the plan is the worst case, every batch running all
+# SYNTAX_TOKENS at 1.8 ms a token); 30 s plans all 100 at that pace (bench/RESULTS.md, stop 16).
+SYNTAX_RESERVE_S = 30.0
 FINISH_RESERVE_S = 35.0
 FINISH_RESERVE_SHARE = 0.25
 # The final evaluation's estimate, with this margin for a machine's pace drifting.
@@ -27,6 +29,9 @@ EVAL_MARGIN = 1.25
 EVAL_SHARE = 0.4
 REPORT_S = 3.0
 # A batch of k samples of one prompt decodes in about (1 + BATCH_EXTRA * (k - 1)) times one's.
+# Measured on 2 AMD EPYC cores (stop 16): 0.59, 0.87, 1.08 s for 1, 2, 3 rows to 256 tokens,
+# extra rows at 0.36-0.47; 100 completions of the 40 prompts took 30.1 s where this plan says
+# 32.7 (every batch to 256 tokens; most did, looping): the early stops make up the difference.
 BATCH_EXTRA = 0.25
 
 
