@@ -265,6 +265,30 @@ def test_cut_completion():
     assert cut_completion("", "import os\n<|endoftext|>junk") == ("import os\n", "stop")
 
 
+def test_syntax_pass_rate_sizes_each_batch_by_a_callable():
+    """``batch_size`` as a function of the completions done: batches take the cycle in
+    order, and a 0 leaves the rest not run."""
+    prompts = ["def a():\n", "def b():\n", "def c():\n"]
+    seen, sizes = [], iter([2, 4, 0])
+    asked = []
+
+    def next_size(done: int) -> int:
+        asked.append(done)
+        return next(sizes)
+
+    def generate(batch, max_new_tokens):
+        seen.extend(batch)
+        return [("    return 1\n", True)] * len(batch)
+
+    report = syntax_pass_rate(generate, prompts, n=10, batch_size=next_size)
+    assert asked == [0, 2, 6]
+    assert seen == [prompts[i % 3] for i in range(6)]  # the cycle's first 6
+    assert report["n"] == 6 and report["passed"] == 6 and report["not_run"] == 4
+    # a size past what is left is cut to it
+    report = syntax_pass_rate(generate, prompts, n=3, batch_size=lambda done: 50)
+    assert report["n"] == 3 and report["not_run"] == 0
+
+
 def test_syntax_pass_rate_with_fake_generator():
     prompt = "def f(x):\n"
     outputs = [

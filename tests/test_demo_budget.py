@@ -72,6 +72,40 @@ def test_the_syntax_reserve_plans_every_wanted_completion_at_a_measured_pace():
     assert demo_budget.syntax_samples_for(share, 256 * token_s, wanted=100, prompts=40) == 100
 
 
+def test_syntax_waves_make_up_a_pessimistic_first_plan():
+    """The first wave is planned at the worst case measured from the samples (here 4x what the
+    completions really take: they end early); the next waves go at the pace seen, so the
+    check runs all it wants within the time instead of a quarter of it."""
+    from lmlab.eval.code import syntax_pass_rate
+
+    clock = FakeClock()
+    budget = demo_budget.Budget(30.0, clock)
+    real_s = 0.25  # one completion, decoded alone; extra rows of a prompt cost BATCH_EXTRA of it
+    waves = demo_budget.SyntaxWaves(budget, 3.0, 1.0, wanted=100, prompts=40)
+
+    def generate(batch, max_new_tokens):
+        calls = len(set(batch))
+        clock.now += real_s * (calls + demo_budget.BATCH_EXTRA * (len(batch) - calls))
+        return [("    return 1\n", True)] * len(batch)
+
+    report = syntax_pass_rate(
+        generate, [f"def f{i}():\n" for i in range(40)], n=100, batch_size=waves
+    )
+    first = demo_budget.syntax_samples_for(27.0, 1.0, 100, prompts=40)
+    assert waves.waves[0] == first == 27  # alone, the first plan runs about a quarter
+    assert report["n"] == 100 and report["not_run"] == 0 and len(waves.waves) > 1
+    assert budget.left() >= 3.0  # within the time, the report's share kept
+
+
+def test_syntax_waves_stop_when_no_time_is_left():
+    clock = FakeClock()
+    budget = demo_budget.Budget(10.0, clock)
+    waves = demo_budget.SyntaxWaves(budget, 3.0, 1.0, wanted=100, prompts=10)
+    assert waves(0) == 7  # 7 prompts alone fit the 7 s
+    clock.now += 7.0  # the wave took what was planned
+    assert waves(7) == 0 and waves.waves == [7]
+
+
 def test_training_share_is_a_hard_stop():
     from lmlab.config import load_config
 
@@ -378,6 +412,24 @@ def test_the_syntax_check_stops_between_prompts_at_its_deadline(monkeypatch):
     assert decoded == [("a", 2), ("b", 2)]  # a's and b's batches; then the deadline
     assert out == [(" x", True), (" x", True), (" x", True), None, (" x", True)]
     assert demo.make_generate_fn(None, None)(["a", "c"], 4) == [(" x", True)] * 2
+
+
+def test_a_prompt_met_again_in_a_later_call_gets_new_samples(monkeypatch):
+    """The syntax check's waves call make_generate_fn's function again on the same prompts:
+    each batch of a prompt draws with its own seed, so a wave repeats no earlier completion."""
+    from types import SimpleNamespace
+
+    seeds = []
+
+    def fake_generate(model, tok, prompt, num_samples=1, seed=0, **kw):
+        seeds.append((prompt, seed))
+        return [SimpleNamespace(text=" x", finish_reason="eot")] * num_samples
+
+    monkeypatch.setattr(demo, "generate", fake_generate)
+    fn = demo.make_generate_fn(None, None, seed=5)
+    fn(["a", "b"], 4)
+    fn(["a", "b"], 4)
+    assert seeds == [("a", 5), ("b", 6), ("a", 7), ("b", 8)]
 
 
 @pytest.mark.parametrize("vocab,fused", [(64, False), (2048, True)])

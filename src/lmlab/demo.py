@@ -38,10 +38,10 @@ from lmlab.demo_budget import (
     REPORT_S,
     SYNTAX_RESERVE_S,
     Budget,
+    SyntaxWaves,
     eval_batches_for,
     finish_reserve,
     fit_steps,
-    syntax_samples_for,
 )
 from lmlab.device import autocast, resolve_device, resolve_dtype
 from lmlab.errors import ConfigError
@@ -211,7 +211,10 @@ def make_generate_fn(
     ``stop`` (the deadline) is asked before each prompt's batch after the first; the prompts
     left when it says True come back as None (not run)."""
 
+    batches = 0  # over all calls: a prompt met again in a later call gets a new seed
+
     def generate_fn(prompts: list[str], max_new_tokens: int) -> list[tuple[str, bool] | None]:
+        nonlocal batches
         out: list[tuple[str, bool] | None] = [None] * len(prompts)
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
@@ -227,10 +230,11 @@ def make_generate_fn(
                 temperature=temperature,
                 top_k=top_k,
                 num_samples=len(where),
-                seed=seed + k,
+                seed=seed + batches,
                 stop_when=lambda _i, text, prompt=prompt: function_ended(prompt, text),
                 slide_every=slide_every,
             )
+            batches += 1
             for i, s in zip(where, samples):
                 out[i] = (s.text, s.finish_reason == "eot")
         return out
@@ -251,7 +255,7 @@ def _syntax_section(report: dict[str, Any]) -> str:
         "",
         f"- pass rate: **{100 * rate:.1f}%** ({report['passed']}/{report['n']})"
         + (
-            f"; {report['not_run']} more planned were not run (the time budget ran out)"
+            f"; {report['not_run']} more of the {report['n'] + report['not_run']} wanted were not run (the time budget ran out)"
             if report.get("not_run")
             else ""
         ),
@@ -365,19 +369,23 @@ def _samples_and_syntax(
         shown.append(f"```python\n{prompt}{text}\n```")
         print(f"[sample {i + 1}]\n{prompt}{text}\n", flush=True)
     # one completion of the syntax check costs at most SYNTAX_TOKENS tokens at the speed just
-    # measured one sample at a time; the samples of one prompt decode together (one batch)
+    # measured one sample at a time (the samples of one prompt decode together, one batch);
+    # later waves go at the pace the check really has
     token_s = (clock() - t_gen) / n_gen
-    n_syntax = syntax_samples_for(
-        budget.left() - report_s,
+    waves = SyntaxWaves(
+        budget,
+        report_s,
         SYNTAX_TOKENS * token_s,
         max(1, cfg.eval.syntax_samples),
         prompts=len(prompts),
+        clock=clock,
     )
+    first = waves(0)
     syntax = None
-    if n_syntax:
+    if first:
         print(
-            f"[syntax] {n_syntax} completions planned in {budget.left() - report_s:.0f} s "
-            f"({1000 * token_s:.1f} ms a token measured)",
+            f"[syntax] {first} completions planned in {budget.left() - report_s:.0f} s "
+            f"({1000 * token_s:.1f} ms a token measured), more if they go faster",
             flush=True,
         )
         syntax = syntax_pass_rate(
@@ -390,18 +398,18 @@ def _samples_and_syntax(
                 slide_every=SYNTAX_SLIDE_EVERY,
             ),
             prompts,
-            n=n_syntax,
+            n=waves.wanted,
             max_new_tokens=SYNTAX_TOKENS,
-            batch_size=n_syntax,  # all at once: make_generate_fn batches each prompt's samples
+            batch_size=lambda done: first if done == 0 else waves(done),
         )
         print(
             f"[syntax] {100 * syntax['pass_rate']:.1f}% of {syntax['n']} completions compile "
-            f"({syntax['cut_by_length']} cut by the token limit)",
+            f"({syntax['cut_by_length']} cut by the token limit; waves {waves.waves})",
             flush=True,
         )
     else:
         print("[syntax] skipped: no time left in the budget", flush=True)
-    return shown, syntax, n_syntax
+    return shown, syntax, sum(waves.waves)
 
 
 def _metrics_heading(metrics: dict[str, Any]) -> str:

@@ -68,23 +68,66 @@ def eval_batches_for(seconds: float, batch_s: float, whole: int) -> int | None:
     return None if n >= whole else n
 
 
+def _completion_units(n: int, prompts: int) -> float:
+    """What ``n`` completions of ``prompts`` cycled cost, in completions decoded alone."""
+    if not prompts:
+        return float(n)
+    calls = min(n, prompts)
+    return calls + BATCH_EXTRA * (n - calls)
+
+
 def syntax_samples_for(seconds: float, completion_s: float, wanted: int, prompts: int = 0) -> int:
     """Completions of the syntax check that fit ``seconds``, at most ``wanted``.
 
     ``completion_s`` is one completion decoded alone. With ``prompts`` (the distinct prompts,
     cycled) the samples of one prompt decode in one batch, each extra one costing BATCH_EXTRA
     of a completion; without, every completion is decoded alone."""
-
-    def cost(n: int) -> float:
-        if not prompts:
-            return n * completion_s
-        calls = min(n, prompts)
-        return (calls + BATCH_EXTRA * (n - calls)) * completion_s
-
     n = max(0, wanted)
-    while n and cost(n) > seconds:
+    while n and _completion_units(n, prompts) * completion_s > seconds:
         n -= 1
     return n
+
+
+# A later wave's plan uses the pace of the wave before it, with this margin: its prompts may
+# loop where the last wave's ended early (the deadline stops it if it overruns anyway).
+WAVE_MARGIN = 1.25
+
+
+class SyntaxWaves:
+    """The syntax check's batch sizes (``syntax_pass_rate``'s ``batch_size`` callable): each
+    wave as many completions as fit the time left (``budget`` less ``keep_s``), the first at
+    ``completion_s`` a completion (the worst case: every one to the token limit), each later
+    one at the pace the previous wave really had. A first plan that was pessimistic (a
+    machine slower while it was measured, completions that end early) is made up by the next
+    waves instead of leaving the time unused."""
+
+    def __init__(
+        self,
+        budget: Budget,
+        keep_s: float,
+        completion_s: float,
+        wanted: int,
+        prompts: int,
+        clock: Any = None,
+    ):
+        self.budget, self.keep_s, self.completion_s = budget, keep_s, completion_s
+        self.wanted, self.prompts = wanted, prompts
+        self.clock = clock or budget.clock
+        self.waves: list[int] = []
+        self._last: tuple[float, float] | None = None  # (start, cost units) of the last wave
+
+    def __call__(self, done: int) -> int:
+        now = self.clock()
+        if self._last is not None and self._last[1] > 0:
+            start, units = self._last
+            self.completion_s = WAVE_MARGIN * (now - start) / units
+        n = syntax_samples_for(
+            self.budget.left() - self.keep_s, self.completion_s, self.wanted - done, self.prompts
+        )
+        self._last = (now, _completion_units(n, self.prompts))
+        if n:
+            self.waves.append(n)
+        return n
 
 
 def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:

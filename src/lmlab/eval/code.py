@@ -416,7 +416,7 @@ def syntax_pass_rate(
     prompts: Sequence[str],
     n: int = 100,
     max_new_tokens: int = 256,
-    batch_size: int = 16,
+    batch_size: int | Callable[[int], int] = 16,
     examples: int = 3,
 ) -> dict[str, Any]:
     """Sample ``n`` completions (cycling through ``prompts``) and count those that compile.
@@ -434,6 +434,9 @@ def syntax_pass_rate(
 
     A ``None`` from ``generate_fn`` is a completion it did not run (its deadline passed):
     ``n`` counts only those that ran, ``not_run`` the others, and no later batch is asked for.
+    ``batch_size`` may be a function of the completions done so far giving the next batch's
+    size (sized to the time left at the pace seen so far); 0 asks for no more, and the rest
+    count as not run. Batches take the cycle in order, so what ran is always its first ``n``.
     """
     if n < 1:
         raise LmlabError(f"syntax pass rate: n must be >= 1, got {n}")
@@ -441,15 +444,22 @@ def syntax_pass_rate(
         raise LmlabError(
             "syntax pass rate: no prompts (give function headers or [''] for unconditional)"
         )
-    if batch_size < 1 or max_new_tokens < 1:
+    if (not callable(batch_size) and batch_size < 1) or max_new_tokens < 1:
         raise LmlabError("syntax pass rate: batch_size and max_new_tokens must be >= 1")
+    next_size = batch_size if callable(batch_size) else lambda _done: batch_size
     todo = [prompts[i % len(prompts)] for i in range(n)]
     stats = Counter()
     errors: Counter[str] = Counter()
     failing: list[dict[str, str]] = []
     cut_but_compiled = unfinished(max_new_tokens)  # judge_completion's error for that case
-    for lo in range(0, n, batch_size):
-        batch = todo[lo : lo + batch_size]
+    lo = 0
+    while lo < n:
+        size = min(n - lo, next_size(lo))
+        if size < 1:
+            stats["not_run"] += n - lo
+            break
+        batch = todo[lo : lo + size]
+        lo += size
         outputs = generate_fn(list(batch), max_new_tokens)
         if len(outputs) != len(batch):
             raise LmlabError(
@@ -471,8 +481,15 @@ def syntax_pass_rate(
                         {"prompt": prompt[-200:], "completion": kept[:400], "error": err}
                     )
         if stats["not_run"]:
-            stats["not_run"] += n - lo - len(batch)  # the batches never asked for
+            stats["not_run"] += n - lo  # the batches never asked for
             break
+    return _syntax_report(n, stats, errors, failing)
+
+
+def _syntax_report(
+    n: int, stats: Counter, errors: Counter[str], failing: list[dict[str, str]]
+) -> dict[str, Any]:
+    """syntax_pass_rate's report from its tallies."""
     completed, length = stats["stop"], stats["length"]
     passed = stats["passed_stop"]
     ran = n - stats["not_run"]
