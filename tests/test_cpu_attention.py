@@ -1,4 +1,4 @@
-"""lmlab.model.cpu_attention: bf16 causal attention on a CPU, chunked bf16 matmuls.
+"""lmlab.model.cpu_attention: bf16 causal attention on a CPU, batched matmuls over chunks of heads.
 
 Outputs and gradients are checked against float64 ones computed from the same bf16 inputs,
 within a bound that follows from the roundings (U = 2^-8, bf16's unit roundoff): P rounded to

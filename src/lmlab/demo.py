@@ -378,7 +378,6 @@ def _samples_and_syntax(
         SYNTAX_TOKENS * token_s,
         max(1, cfg.eval.syntax_samples),
         prompts=len(prompts),
-        clock=clock,
     )
     first = waves(0)
     syntax = None

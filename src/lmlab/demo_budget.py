@@ -108,11 +108,10 @@ class SyntaxWaves:
         completion_s: float,
         wanted: int,
         prompts: int,
-        clock: Any = None,
     ):
         self.budget, self.keep_s, self.completion_s = budget, keep_s, completion_s
         self.wanted, self.prompts = wanted, prompts
-        self.clock = clock or budget.clock
+        self.clock = budget.clock  # the waves' pace on the deadline's own clock
         self.waves: list[int] = []
         self._last: tuple[float, float] | None = None  # (start, cost units) of the last wave
 

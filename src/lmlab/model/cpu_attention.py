@@ -141,6 +141,7 @@ def applies(q: torch.Tensor, k: torch.Tensor, dropout: float) -> bool:
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention of (B, H, T, hd) bf16 tensors on a CPU for training: what eager
-    attention under bf16 autocast computes, chunked, with the backward above."""
+    """``F.scaled_dot_product_attention(q, k, v, is_causal=True)`` for (B, H, T, hd) bf16
+    tensors on a CPU in training: float32 scores, P and O rounded to bf16 as flash's are,
+    chunked, with the backward above."""
     return _CausalAttention.apply(q, k, v)
