@@ -119,14 +119,20 @@ def test_one_step_matches_the_written_rule(monkeypatch, native_bf16):
             d = 0.05 * g + 0.95 * (
                 0.05 * g
             )  # buffer starts at zero: M = (1-m) G, D = (1-m) G + m M
-            ns = Muon.ns_dtype(
-                p
-            )  # bf16 on a CPU with native bf16: one rounding of O (2^-8 relative)
-            o = newton_schulz(d, 5, ns)
-            expect = before[id(p)] - 0.025 * max(1.0, p.shape[0] / p.shape[1]) ** 0.5 * o.float()
-            torch.testing.assert_close(
-                p.detach(), expect, rtol=0, atol=1e-6 if ns is torch.float32 else 2e-4
-            )
+            step = 0.025 * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+            if Muon.ns_dtype(p) is torch.bfloat16:
+                # bf16 on a CPU with native bf16: the same bf16 iteration, one rounding of O
+                # (2^-8 relative) apart
+                o = newton_schulz(d, 5, torch.bfloat16).double()
+                atol = 2e-4
+            else:
+                # float32 (the Gram form for wide matrices) against the exact iteration
+                # (float64): within a quarter of a bf16 rounding of O, the precision
+                # test_gram_form_in_float32_is_as_precise_as_muon_needs asks for
+                o = newton_schulz(d.double(), 5, torch.float64)
+                atol = step * 2**-8 * o.abs().max().item() / 4
+            expect = before[id(p)].double() - step * o
+            torch.testing.assert_close(p.detach().double(), expect, rtol=0, atol=atol)
         else:
             torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-6)
 
@@ -250,7 +256,7 @@ def test_newton_schulz_is_three_kernels_per_iteration():
 
     g = torch.randn(3, 16, 48, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with Count() as count:
-        o = newton_schulz(g, 5, torch.float64)
+        o = newton_schulz(g, 5, torch.float64, form="standard")
     heavy = {k: v for k, v in count.ops.items() if k in ("bmm", "baddbmm", "mul", "add", "matmul")}
     assert heavy == {"bmm": 5, "baddbmm": 10, "add": 1}, count.ops  # add: the norm's epsilon
     a, b, c = 3.4445, -4.7750, 2.0315  # the plain quintic iteration
@@ -260,3 +266,72 @@ def test_newton_schulz_is_three_kernels_per_iteration():
         x = a * x + (b * A + c * (A @ A)) @ x
     # float64, |entries| <= ~1, sums of <= 48 products per step, 5 steps: far below 1e-12
     torch.testing.assert_close(o, x, rtol=0, atol=1e-12)
+
+
+def _spectrum(rows: int, cols: int, smallest: float, seed: int) -> torch.Tensor:
+    """A float64 matrix with singular values from 1 down to ``smallest`` (geometric), the
+    badly conditioned kind a momentum of gradients is."""
+    gen = torch.Generator().manual_seed(seed)
+    k = min(rows, cols)
+    u, _ = torch.linalg.qr(torch.randn(rows, k, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(cols, k, generator=gen, dtype=torch.float64))
+    return (u * torch.logspace(0, torch.tensor(smallest).log10().item(), k)) @ v.T
+
+
+def _rounding_bound(rows: int, cols: int, steps: int, dtype: torch.dtype) -> float:
+    """Worst-case elementwise rounding of either form: every product sums <= rows + cols terms
+    of entries <= 1 (spectral norm <= 1.2 throughout), about 4 products a step, and an error
+    made early grows by at most |P| <= a = 3.4445 a step (max of |a + b s^2 + c s^4| on [0, 1.2])."""
+    return 3.4445**steps * steps * 4 * (rows + cols) * torch.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("shape", [(16, 48), (48, 16), (3, 8, 40)])
+def test_gram_form_is_the_standard_iteration(shape):
+    """The Gram form computes the same polynomial of x: in float64 both agree to rounding,
+    which a wrong product order or a dropped P would miss by orders of magnitude."""
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    g[..., 0, :] *= 30  # badly conditioned: one large singular value
+    gram = newton_schulz(g, 5, torch.float64, form="gram")
+    standard = newton_schulz(g, 5, torch.float64, form="standard")
+    bound = _rounding_bound(shape[-2], shape[-1], 5, torch.float64)
+    assert (gram - standard).abs().max().item() < bound < 1e-9
+    assert newton_schulz(g, 0, torch.float64, form="gram").shape == g.shape
+
+
+@pytest.mark.parametrize("smallest", [1e-3, 1e-8])
+def test_gram_form_in_float32_is_as_precise_as_muon_needs(smallest):
+    """In float32 the Gram form rounds more than the standard one (it multiplies m x m
+    matrices whose small eigenvalues are squares of x's singular values); Muon runs the
+    standard form in bf16 on GPUs, whose every product is rounded to 2^-8 of its size, so the
+    float32 Gram form must stay well inside that, against float64, on a badly conditioned
+    input."""
+    g = _spectrum(64, 256, smallest, seed=3)
+    exact = newton_schulz(g, 5, torch.float64, form="standard")
+    got = newton_schulz(g.float(), 5, torch.float32, form="gram").double()
+    scale = exact.abs().max().item()
+    assert (got - exact).abs().max().item() < 2**-8 * scale / 4
+
+
+def test_auto_takes_the_gram_form_for_wide_float32_matrices_only():
+    """Counted flops (torch's FlopCounterMode: 2 per multiply-add): for an m x n matrix the
+    Gram form costs 4 m^2 n + 34 m^3 over 5 steps, the standard 20 m^2 n + 10 m^3, so 'auto'
+    takes it in float32/float64 once n > 1.5 m (Muon's fp32 path on CPUs without native bf16:
+    the recipe's 768 x 128 MLP matrix 121 against 273 MFLOP), never in bf16."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(shape: tuple[int, int], dtype: torch.dtype) -> int:
+        g = torch.randn(2, *shape)
+        with FlopCounterMode(display=False) as counter:
+            newton_schulz(g, 5, dtype)
+        return counter.get_total_flops()
+
+    def expected(m: int, n: int, form: str) -> int:
+        per_matrix = 4 * m * m * n + 34 * m**3 if form == "gram" else 20 * m * m * n + 10 * m**3
+        return 2 * per_matrix
+
+    assert flops((32, 96), torch.float32) == expected(32, 96, "gram")
+    assert flops((96, 32), torch.float32) == expected(32, 96, "gram")  # tall: transposed first
+    assert flops((32, 40), torch.float32) == expected(32, 40, "standard")  # 1.25 < 1.5
+    assert flops((32, 96), torch.bfloat16) == expected(32, 96, "standard")
+    with pytest.raises(ValueError, match="form"):
+        newton_schulz(torch.randn(4, 8), 5, torch.float32, form="fast")
