@@ -89,6 +89,9 @@ def test_params_match_built_model_over_grid():
                 model = build_model(cfg)
                 actual = sum(p.numel() for p in model.parameters())
                 assert count_params(cfg)["total"] == actual, (arch, switches, extra)
+    for extra in ({"qk_norm": True}, {"qk_norm": True, "n_kv_head": 2, "bias": True}):
+        cfg = tiny(**extra)
+        assert count_params(cfg)["total"] == sum(p.numel() for p in build_model(cfg).parameters())
     for preset in PRESETS.values():
         cfg = tiny(**preset)
         assert count_params(cfg)["total"] == build_model(cfg).num_params()

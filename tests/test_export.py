@@ -72,13 +72,25 @@ PARITY_CASES = [
     ("llama", {"n_kv_head": 2, "bias": True, "tie_embeddings": True}),
     ("gpt2", {"bias": False, "tie_embeddings": False, "mlp": "relu", "position": "none"}),
     ("gpt2", {"mlp": "gelu_erf"}),  # HF's activation_function "gelu"
+    ("gpt2", {"mlp": "relu2"}),  # HF's "relu2"
+    ("llama", {"qk_norm": True, "n_kv_head": 2}),  # Qwen3ForCausalLM
+    ("llama", {"qk_norm": True, "tie_embeddings": True}),
 ]
 
 
 @pytest.mark.parametrize(
     "preset,kw",
     PARITY_CASES,
-    ids=["gpt2", "llama", "llama-gqa-bias-tied", "gpt2-nobias-untied-relu-nope", "gpt2-gelu-erf"],
+    ids=[
+        "gpt2",
+        "llama",
+        "llama-gqa-bias-tied",
+        "gpt2-nobias-untied-relu-nope",
+        "gpt2-gelu-erf",
+        "gpt2-relu2",
+        "qwen3-gqa",
+        "qwen3-tied",
+    ],
 )
 def test_export_parity(tmp_path, tok, preset, kw):
     model = tiny_model(preset, tok, **kw)
@@ -93,7 +105,9 @@ def test_export_parity(tmp_path, tok, preset, kw):
         "special_tokens_map.json",
     } <= files
     hf, hf_tok = hf_load(out)
-    assert type(hf).__name__ == ("GPT2LMHeadModel" if preset == "gpt2" else "LlamaForCausalLM")
+    expected = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+    assert type(hf).__name__ == expected[hf_family(model.config)]
+    assert hf_family(model.config) == ("qwen3" if kw.get("qk_norm") else preset)
 
     # 1. logits agree in fp32
     idx = torch.randint(0, tok.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
@@ -161,6 +175,8 @@ def test_char_tokenizer_exports(tmp_path):
         ("llama", {"position": "learned"}, "model.position=learned"),
         ("llama", {"mlp": "gelu"}, "model.mlp=gelu"),
         ("llama", {"arch": "bigram"}, "model.arch=bigram"),
+        ("llama", {"qk_norm": True, "bias": True}, "model.bias=true with model.qk_norm=true"),
+        ("gpt2", {"qk_norm": True}, "model.qk_norm=true"),
     ],
 )
 def test_inexpressible_switches_are_named(tmp_path, preset, kw, switch):

@@ -95,10 +95,14 @@ def expected_tensors(model) -> dict[str, np.ndarray]:
             b, g = f"blocks.{i}.", f"blk.{i}."
             out[g + "attn_norm.weight"] = sd[b + "norm1.weight"]
             out[g + "ffn_norm.weight"] = sd[b + "norm2.weight"]
+            if c.qk_norm:  # qwen3: the norms, and q/k rows as they are (NeoX-order RoPE)
+                out[g + "attn_q_norm.weight"] = sd[b + "attn.q_norm.weight"]
+                out[g + "attn_k_norm.weight"] = sd[b + "attn.k_norm.weight"]
+            reorder = (lambda w, n: w) if c.qk_norm else interleave_rows
             for n in ["weight", "bias"] if c.bias else ["weight"]:
                 qkv = sd[f"{b}attn.qkv.{n}"]
-                out[f"{g}attn_q.{n}"] = interleave_rows(qkv[: H * hd], H)
-                out[f"{g}attn_k.{n}"] = interleave_rows(qkv[H * hd : (H + KV) * hd], KV)
+                out[f"{g}attn_q.{n}"] = reorder(qkv[: H * hd], H)
+                out[f"{g}attn_k.{n}"] = reorder(qkv[H * hd : (H + KV) * hd], KV)
                 out[f"{g}attn_v.{n}"] = qkv[(H + KV) * hd :]
                 out[f"{g}attn_output.{n}"] = sd[f"{b}attn.proj.{n}"]
                 out[f"{g}ffn_gate.{n}"] = sd[f"{b}mlp.fc.{n}"][:ff]
@@ -158,8 +162,9 @@ CASES = [
     ("llama", {"bias": True, "tie_embeddings": True}),
     ("gpt2", {}),
     ("gpt2", {"bias": False, "position": "none", "tie_embeddings": False, "d_ff": 80}),
+    ("llama", {"qk_norm": True, "n_kv_head": 2}),
 ]
-IDS = ["llama-gqa", "llama-bias-tied", "gpt2", "gpt2-nobias-nope-untied-ff80"]
+IDS = ["llama-gqa", "llama-bias-tied", "gpt2", "gpt2-nobias-nope-untied-ff80", "qwen3-gqa"]
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
@@ -194,7 +199,7 @@ def test_every_tensor_reads_back(tmp_path, tok, preset, kw, dtype):
         assert err.max() > 0, name  # the format really rounded (this is not an f32 copy)
 
     c = model.config
-    arch = "llama" if preset == "llama" else "gpt2"
+    arch = ("qwen3" if c.qk_norm else "llama") if preset == "llama" else "gpt2"
     assert fields["general.architecture"] == arch
     assert fields[f"{arch}.context_length"] == c.context_length
     assert fields[f"{arch}.embedding_length"] == c.d_model
@@ -202,10 +207,10 @@ def test_every_tensor_reads_back(tmp_path, tok, preset, kw, dtype):
     assert fields[f"{arch}.feed_forward_length"] == resolve_d_ff(c)
     assert fields[f"{arch}.attention.head_count"] == c.n_head
     assert fields[f"{arch}.attention.head_count_kv"] == (c.n_kv_head or c.n_head)
-    if arch == "llama":
-        assert fields["llama.rope.freq_base"] == pytest.approx(c.rope_theta, rel=2**-24)
-        assert fields["llama.rope.dimension_count"] == c.d_model // c.n_head
-        assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(
+    if arch != "gpt2":
+        assert fields[f"{arch}.rope.freq_base"] == pytest.approx(c.rope_theta, rel=2**-24)
+        assert fields[f"{arch}.rope.dimension_count"] == c.d_model // c.n_head
+        assert fields[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(
             c.norm_eps, rel=2**-24
         )
     else:
@@ -251,6 +256,9 @@ def test_embedded_tokenizer(tmp_path, tok):
         ("llama", {"mlp": "gelu"}, "model.mlp=gelu"),
         ("llama", {"arch": "bigram"}, "model.arch=bigram"),
         ("llama", {"arch": "encdec"}, "model.arch=encdec"),
+        ("llama", {"qk_norm": True, "bias": True}, "model.bias=true with model.qk_norm=true"),
+        ("gpt2", {"qk_norm": True}, "model.qk_norm=true"),
+        ("gpt2", {"mlp": "relu2"}, "model.mlp=relu2"),
     ],
 )
 def test_inexpressible_settings_are_named(tok, preset, kw, switch):

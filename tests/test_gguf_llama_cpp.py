@@ -35,7 +35,7 @@ TRAIN_TEXT = (
     "def add(x, y):\n    return x + y\n\nHello world! The quick brown fox jumps over the lazy dog.\n"
     "def mul(a, b):\n    return a * b  # ünïcödé 😀\nOnce upon a time there was a tab\tand 12345.\n"
 ) * 40
-CASES = [("llama", {"n_kv_head": 2}), ("gpt2", {})]
+CASES = [("llama", {"n_kv_head": 2}), ("gpt2", {}), ("llama", {"qk_norm": True, "n_kv_head": 2})]
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,8 @@ def runs(tok, tmp_path_factory):
     made = {}
 
     def get(preset: str, kw: dict):
-        if preset not in made:
+        key = preset + "".join(f"-{k}={v}" for k, v in sorted(kw.items()))
+        if key not in made:
             cfg = from_dict(
                 {
                     "model": {
@@ -170,21 +171,21 @@ def runs(tok, tmp_path_factory):
                         "checkpoint_every": 0,
                         "device": "cpu",
                         "seed": 0,
-                        "out": str(root / preset),
+                        "out": str(root / key),
                     },
                     "eval": {"batches": 1, "samples": 0},
                     "log": {"progress": False},
                 }
             ).validate()
             train(cfg)
-            made[preset] = root / preset
-        return made[preset]
+            made[key] = root / key
+        return made[key]
 
     return get
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
-@pytest.mark.parametrize("preset,kw", CASES, ids=["llama-gqa", "gpt2"])
+@pytest.mark.parametrize("preset,kw", CASES, ids=["llama-gqa", "gpt2", "qwen3-gqa"])
 def test_llama_cpp_matches_lmlab_sample(tmp_path, tok, runs, preset, kw, dtype):
     from lmlab.cli import main
     from lmlab.train.checkpoint import load_model_for_inference

@@ -55,7 +55,10 @@ def hf_config(kind: str, vocab: int, **kw):
             eos_token_id=0,
             **kw,
         )
-    return transformers.LlamaConfig(
+    cls = transformers.Qwen3Config if kind == "qwen3" else transformers.LlamaConfig
+    if kind == "qwen3":
+        kw.setdefault("head_dim", 8)  # Qwen3Config's default is 128, not hidden/heads
+    return cls(
         vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
@@ -78,7 +81,11 @@ def save_hf(folder, kind: str, tok, **kw):
     from lmlab.export.hf import write_tokenizer_files
 
     torch.manual_seed(0)
-    cls = transformers.GPT2LMHeadModel if kind == "gpt2" else transformers.LlamaForCausalLM
+    cls = {
+        "gpt2": transformers.GPT2LMHeadModel,
+        "llama": transformers.LlamaForCausalLM,
+        "qwen3": transformers.Qwen3ForCausalLM,
+    }[kind]
     model = cls(hf_config(kind, tok.vocab_size + 4, **kw)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -102,9 +109,21 @@ CASES = [
     ("llama", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
     ("gpt2", {"tie_word_embeddings": False, "n_inner": 48}),
     ("gpt2", {"activation_function": "gelu"}),  # the exact erf GELU
+    ("gpt2", {"activation_function": "relu2"}),
+    ("qwen3", {}),
+    ("qwen3", {"tie_word_embeddings": True}),
 ]
-IDS = ["gpt2", "llama-gqa", "llama-bias-tied", "gpt2-untied-ff48", "gpt2-gelu-erf"]
-MLP_OF_ACT = {"gelu_new": "gelu", "gelu": "gelu_erf"}
+IDS = [
+    "gpt2",
+    "llama-gqa",
+    "llama-bias-tied",
+    "gpt2-untied-ff48",
+    "gpt2-gelu-erf",
+    "gpt2-relu2",
+    "qwen3-gqa",
+    "qwen3-tied",
+]
+MLP_OF_ACT = {"gelu_new": "gelu", "gelu": "gelu_erf", "relu2": "relu2"}
 
 
 @pytest.mark.parametrize("kind,kw", CASES, ids=IDS)
@@ -116,6 +135,7 @@ def test_import_matches_transformers(tmp_path, tok, kind, kw):
         ("layernorm", "learned") if kind == "gpt2" else ("rmsnorm", "rope")
     )
     assert mcfg.tie_embeddings == hf.config.tie_word_embeddings
+    assert mcfg.qk_norm == (kind == "qwen3")
     if kind == "gpt2":
         assert mcfg.mlp == MLP_OF_ACT[hf.config.activation_function]
 
@@ -179,6 +199,9 @@ def _config_json(tmp_path, tok, kind="llama", **edits):
         ("llama", {"hidden_act": "gelu"}, "hidden_act=gelu"),
         ("llama", {"attention_bias": True}, "attention_bias=True with mlp_bias=False"),
         ("llama", {"head_dim": 16}, "head_dim=16"),
+        ("qwen3", {"attention_bias": True}, "attention_bias=true: Qwen3's MLP has none"),
+        ("qwen3", {"use_sliding_window": True}, "use_sliding_window=true"),
+        ("qwen3", {"architectures": ["Qwen3MoeForCausalLM"]}, "architectures=Qwen3MoeForCausalLM"),
         ("gpt2", {"activation_function": "quick_gelu"}, "activation_function=quick_gelu"),
         ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
     ],

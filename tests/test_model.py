@@ -71,7 +71,11 @@ SWITCHES = [
     {"mlp": "gelu_erf"},
     {"mlp": "silu"},
     {"mlp": "relu"},
+    {"mlp": "relu2"},
     {"mlp": "swiglu", "d_ff": 48},
+    {"qk_norm": True},
+    {"qk_norm": True, "position": "none", "n_kv_head": 2},
+    {"zero_init_out": True},
     {"bias": True},
     {"tie_embeddings": False},
     {"n_kv_head": 2},
@@ -119,6 +123,44 @@ def test_the_two_gelu_forms():
     assert torch.allclose(outs["gelu"], tanh, rtol=0, atol=1e-12)
     assert torch.allclose(outs["gelu_erf"], exact, rtol=0, atol=1e-12)
     assert (outs["gelu"] - outs["gelu_erf"]).abs().max() > 1e-4
+
+
+def test_relu2_is_relu_squared(f64):
+    mlp = build_model(tiny(mlp="relu2")).blocks[0].mlp
+    h = torch.randn(3, 5, mlp.fc.in_features)
+    with torch.no_grad():  # the same float64 ops in the same order: equal to the last bit
+        assert torch.equal(mlp(h), mlp.proj(F.relu(mlp.fc(h)) ** 2))
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys(f64):
+    """Each head's q and k are RMS-normalised before RoPE, so scaling their projection rows
+    leaves the output unchanged; without qk_norm it changes it."""
+    idx = torch.randint(0, V, (2, 16))
+    for qk_norm in (True, False):
+        torch.manual_seed(0)
+        # eps 0: the norm is exactly scale-free, so only float64 rounding remains
+        model = build_model(tiny(qk_norm=qk_norm, n_kv_head=2, norm_eps=0.0))
+        attn = model.blocks[0].attn
+        assert hasattr(attn, "q_norm") == hasattr(attn, "k_norm") == qk_norm
+        n_qk = (attn.n_head + attn.n_kv_head) * attn.head_dim
+        with torch.no_grad():
+            before = model(idx)
+            attn.qkv.weight[:n_qk] *= 7.0
+            after = model(idx)
+        changed = (after - before).abs().max().item() / before.abs().max().item()
+        # float64 through two blocks: ~1e-15 relative; unnormed, scores grow 49x
+        assert (changed < 1e-12) if qk_norm else (changed > 1e-2), (qk_norm, changed)
+
+
+def test_zero_init_out_starts_every_block_as_the_identity():
+    torch.manual_seed(0)
+    model = build_model(tiny(zero_init_out=True))
+    for block in model.blocks:
+        assert torch.all(block.attn.proj.weight == 0) and torch.all(block.mlp.proj.weight == 0)
+        assert block.attn.qkv.weight.std() > 0  # only the output projections start at zero
+    idx = torch.randint(0, V, (2, 16))
+    with torch.no_grad():  # every residual branch adds exact zeros: embedding -> norm -> head
+        assert torch.equal(model(idx), model.head(model.norm_f(model.tok_emb(idx))))
 
 
 def test_d_ff_defaults():
@@ -273,7 +315,9 @@ def greedy(model, prompt, steps: int, cached: bool):
 
 
 @pytest.mark.parametrize("position", ["rope", "learned", "none"])
-@pytest.mark.parametrize("extra", [{}, {"n_kv_head": 2, "norm_position": "post"}, PRESETS["gpt2"]])
+@pytest.mark.parametrize(
+    "extra", [{}, {"n_kv_head": 2, "norm_position": "post"}, {"qk_norm": True}, PRESETS["gpt2"]]
+)
 def test_kv_cache_greedy_equals_uncached(position, extra, f64):
     torch.manual_seed(0)
     model = build_model(tiny(**{**extra, "position": position}, context_length=24)).eval()

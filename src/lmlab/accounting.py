@@ -54,6 +54,8 @@ def _attn_params(m: ModelConfig, n_head: int, n_kv_head: int) -> int:
     n = m.d_model * qkv_out + n_head * hd * m.d_model
     if m.bias:
         n += qkv_out + m.d_model
+    if m.qk_norm:  # one RMSNorm gain over head_dim for queries, one for keys
+        n += 2 * hd
     return n
 
 
@@ -236,7 +238,9 @@ def activation_bytes_per_token(mcfg: ModelConfig, compute_dtype: str = "bfloat16
       and its contiguous copy fed to the projection a*H*hd; no T x T matrix (flash /
       memory-efficient SDPA; the CPU math backend also keeps a*H*T); with RoPE the rotated
       q and k a*(H + KV)*hd besides the unrotated projection output;
-    - MLP: fc output and activation output, a*2f (swiglu: a*4f: gate|up, silu(gate), product);
+    - MLP: fc output and activation output, a*2f (swiglu: a*4f: gate|up, silu(gate), product;
+      relu2: relu's output and its square);
+    - qk_norm: the normed q and k, a*(H + KV)*hd;
     - dropout masks 1 byte * 3d when dropout > 0.
 
     For GPT-2 shapes (a=2, f=4d, H*hd=d) this is Korthikanti et al.'s 34*d bytes per layer.
@@ -252,7 +256,8 @@ def activation_bytes_per_token(mcfg: ModelConfig, compute_dtype: str = "bfloat16
     def attn_act(H: int, KV: int) -> float:
         hd = d // H
         rope = a * (H + KV) * hd if m.position == "rope" else 0
-        return a * (H + 2 * KV) * hd + 2 * a * H * hd + 4 * H + rope
+        qk_norm = a * (H + KV) * hd if m.qk_norm else 0  # the normed q and k
+        return a * (H + 2 * KV) * hd + 2 * a * H * hd + 4 * H + rope + qk_norm
 
     H, KV = _heads(m)
     has_norm = m.norm != "none"

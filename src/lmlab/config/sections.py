@@ -64,13 +64,19 @@ class ModelConfig:
     rope_theta: float = opt(10000.0, "RoPE base frequency", minimum=1.0)
     mlp: str = opt(
         "swiglu",
-        "MLP type (gelu is GPT-2's tanh approximation, gelu_erf the exact form nanoGPT uses)",
-        choices=("swiglu", "gelu", "gelu_erf", "silu", "relu"),
+        "MLP type (gelu is GPT-2's tanh approximation, gelu_erf the exact form nanoGPT uses, relu2 is relu squared)",
+        choices=("swiglu", "gelu", "gelu_erf", "silu", "relu", "relu2"),
+    )
+    qk_norm: bool = opt(
+        False, "RMS-normalise each head's queries and keys (a learned gain per dim) before RoPE"
     )
     bias: bool = opt(False, "biases in linear layers and norms")
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
     dropout: float = opt(0.0, "dropout probability on attention, MLP and embeddings", minimum=0.0)
     init_std: float = opt(0.02, "standard deviation of the normal weight init", minimum=0.0)
+    zero_init_out: bool = opt(
+        False, "start each block's output projections (attn.proj, mlp.proj) at zero"
+    )
     encoder: str = opt(
         "answerdotai/ModernBERT-base",
         "model.arch=encdec: the frozen encoder, a local Hugging Face folder or (online) a hub name",

@@ -6,8 +6,10 @@ Written with the ``gguf`` package that llama.cpp publishes, following its
 - architecture ``llama`` for the rmsnorm + RoPE + SwiGLU family (GQA through
   ``head_count_kv``, optional biases), ``gpt2`` for the layernorm + learned positions + GELU
   family (a NoPE run gets an all-zero position table, a bias-free one zero biases: the same
-  function); tensor names from :mod:`lmlab.export.names`, q/k rows of the ``llama`` family
-  reordered for llama.cpp's adjacent-pair RoPE;
+  function), ``qwen3`` for the llama family with ``model.qk_norm`` (``attn_q_norm`` and
+  ``attn_k_norm`` per block); tensor names from :mod:`lmlab.export.names`, q/k rows of the
+  ``llama`` family reordered for llama.cpp's adjacent-pair RoPE (``qwen3``'s rotates halves,
+  as lmlab does);
 - metadata: context length, embedding and feed-forward widths, block and head counts, RoPE
   theta and dimension, norm epsilon, vocabulary size, file type;
 - the tokenizer embedded as ``tokenizer.ggml.model = "gpt2"`` (byte-level BPE): every token in
@@ -80,7 +82,8 @@ def pre_tokenizer_type(tokenizer: Any) -> str:
 
 
 def check_exportable(mcfg: Any, tokenizer: Any) -> str:
-    """The family (``gpt2``/``llama``) of an exportable run; LmlabError naming the setting if not."""
+    """The family (``gpt2``/``llama``/``qwen3``) of an exportable run; LmlabError naming the
+    setting if not."""
     fam = family(mcfg, "gguf")
     pre_tokenizer_type(tokenizer)
     if tokenizer.vocab_size > mcfg.vocab_size:
@@ -166,7 +169,7 @@ def _write_metadata(
     w.add_head_count(H)
     w.add_head_count_kv(mcfg.n_kv_head or H)
     w.add_vocab_size(mcfg.vocab_size)
-    if fam == "llama":
+    if fam in ("llama", "qwen3"):
         w.add_rope_freq_base(float(mcfg.rope_theta))
         w.add_rope_dimension_count(mcfg.d_model // H)
         w.add_layer_norm_rms_eps(float(mcfg.norm_eps))

@@ -4,10 +4,13 @@ Which HF class a run becomes is decided by its norm:
 
 - ``layernorm`` -> ``GPT2LMHeadModel``: pre-norm, learned positions (``none`` is exported as
   an all-zero position table, which is exactly NoPE), an MLP of ``gelu`` (tanh, GPT-2's
-  ``gelu_new``), ``gelu_erf`` (HF's ``gelu``), ``relu`` or ``silu``, no grouped-query attention. Without ``model.bias`` the
-  HF biases are written as zeros, which computes the same function.
+  ``gelu_new``), ``gelu_erf`` (HF's ``gelu``), ``relu``, ``relu2`` or ``silu``, no
+  grouped-query attention. Without ``model.bias`` the HF biases are written as zeros, which computes the same function.
 - ``rmsnorm`` -> ``LlamaForCausalLM``: pre-norm, RoPE, SwiGLU, GQA via
-  ``num_key_value_heads``; ``model.bias`` maps to ``attention_bias`` + ``mlp_bias``.
+  ``num_key_value_heads``; ``model.bias`` maps to ``attention_bias`` + ``mlp_bias``;
+- ``rmsnorm`` with ``model.qk_norm`` -> ``Qwen3ForCausalLM``: the same, plus Qwen3's
+  ``q_norm``/``k_norm`` (RMSNorm over head_dim before RoPE, eps ``rms_norm_eps``); Qwen3's MLP
+  has no biases, so ``model.bias`` must be false.
 
 Anything else (post-norm, no norm, RoPE with LayerNorm, learned positions with RMSNorm, a
 non-gated MLP for Llama, a baseline arch) raises :class:`LmlabError` naming the switch.
@@ -41,7 +44,8 @@ from lmlab.runs import load_model_for_inference
 
 
 def hf_family(mcfg: Any) -> str:
-    """``"gpt2"`` or ``"llama"`` for an exportable config; LmlabError naming the switch if not."""
+    """``"gpt2"``, ``"llama"`` or ``"qwen3"`` for an exportable config; LmlabError naming the
+    switch if not."""
     return family_of(mcfg, "hf")
 
 
@@ -72,7 +76,7 @@ def hf_config(mcfg: Any, family: str, eot_id: int | None) -> dict[str, Any]:
             "attn_pdrop": 0.0,
             **common,
         }
-    return {
+    llama_like = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": mcfg.d_model,
@@ -90,6 +94,15 @@ def hf_config(mcfg: Any, family: str, eot_id: int | None) -> dict[str, Any]:
         "attention_dropout": 0.0,
         **common,
     }
+    if family == "qwen3":  # Llama's keys plus q/k norms (built in); its MLP has no bias switch
+        del llama_like["mlp_bias"]
+        return {
+            **llama_like,
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "use_sliding_window": False,
+        }
+    return llama_like
 
 
 def hf_state_dict(model: torch.nn.Module, family: str) -> dict[str, torch.Tensor]:

@@ -40,6 +40,7 @@ GPT2_ACTS = {
     "gelu_fast": "gelu",
     "gelu": "gelu_erf",  # transformers' "gelu" is the exact erf form
     "relu": "relu",
+    "relu2": "relu2",
     "silu": "silu",
     "swish": "silu",
 }
@@ -132,11 +133,22 @@ def _gpt2_fields(hf: dict[str, Any], where: str, archs: list[str]) -> dict[str, 
     }
 
 
-def _llama_fields(hf: dict[str, Any], where: str, archs: list[str]) -> dict[str, Any]:
-    """LlamaForCausalLM: RoPE (no scaling), RMSNorm, SwiGLU, grouped heads."""
-    if archs and archs[0] != "LlamaForCausalLM":
+_HF_CLASS = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def _llama_fields(
+    hf: dict[str, Any], where: str, archs: list[str], fam: str = "llama"
+) -> dict[str, Any]:
+    """LlamaForCausalLM: RoPE (no scaling), RMSNorm, SwiGLU, grouped heads; Qwen3ForCausalLM
+    (``fam="qwen3"``): the same with q/k norms and no MLP biases."""
+    if archs and archs[0] != _HF_CLASS[fam]:
         raise ConfigError(
-            f"{where}: architectures={archs[0]}: lmlab imports GPT2LMHeadModel and LlamaForCausalLM"
+            f"{where}: architectures={archs[0]}: lmlab imports GPT2LMHeadModel, "
+            "LlamaForCausalLM and Qwen3ForCausalLM"
+        )
+    if fam == "qwen3" and hf.get("use_sliding_window"):
+        raise ConfigError(
+            f"{where}: use_sliding_window=true: lmlab's attention sees the whole context"
         )
     act = hf.get("hidden_act", "silu")
     if act != "silu":
@@ -152,6 +164,11 @@ def _llama_fields(hf: dict[str, Any], where: str, archs: list[str]) -> dict[str,
             f"{where}: head_dim={hf['head_dim']}: lmlab's head size is hidden_size/num_attention_heads = {d // H}"
         )
     attn_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
+    if fam == "qwen3" and attn_bias:
+        raise ConfigError(
+            f"{where}: attention_bias=true: Qwen3's MLP has none, and lmlab's model.bias "
+            "switches both"
+        )
     if attn_bias != mlp_bias:
         raise ConfigError(
             f"{where}: attention_bias={attn_bias} with mlp_bias={mlp_bias}: lmlab's model.bias "
@@ -172,6 +189,7 @@ def _llama_fields(hf: dict[str, Any], where: str, archs: list[str]) -> dict[str,
         "position": "rope",
         "rope_theta": theta,
         "mlp": "swiglu",
+        "qk_norm": fam == "qwen3",
         "bias": attn_bias,
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
     }
@@ -183,10 +201,11 @@ def model_fields(hf: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     archs = hf.get("architectures") or []
     if mtype == "gpt2":
         return "gpt2", _gpt2_fields(hf, where, archs)
-    if mtype == "llama":
-        return "llama", _llama_fields(hf, where, archs)
+    if mtype in ("llama", "qwen3"):
+        return mtype, _llama_fields(hf, where, archs, mtype)
     raise ConfigError(
-        f"{where}: model_type={mtype}: lmlab imports GPT2LMHeadModel (gpt2) and LlamaForCausalLM (llama)"
+        f"{where}: model_type={mtype}: lmlab imports GPT2LMHeadModel (gpt2), LlamaForCausalLM "
+        "(llama) and Qwen3ForCausalLM (qwen3)"
     )
 
 

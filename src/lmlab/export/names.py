@@ -1,7 +1,9 @@
 """The one table between lmlab's parameters and the tensors of Hugging Face and GGUF files.
 
-lmlab exports two families (:func:`family`): ``gpt2`` (transformers' ``GPT2LMHeadModel``,
-llama.cpp's ``gpt2``) and ``llama`` (``LlamaForCausalLM``, llama.cpp's ``llama``). Each
+lmlab exports three families (:func:`family`): ``gpt2`` (transformers' ``GPT2LMHeadModel``,
+llama.cpp's ``gpt2``), ``llama`` (``LlamaForCausalLM``, llama.cpp's ``llama``) and, for the
+llama family with ``model.qk_norm``, ``qwen3`` (``Qwen3ForCausalLM``, llama.cpp's ``qwen3``:
+Llama's tensors plus an RMSNorm over head_dim on q and k before RoPE, no MLP biases). Each
 :class:`Entry` names one tensor in every format: the lmlab parameter (and which block of its
 rows: lmlab fuses q/k/v and SwiGLU's gate/up), its Hugging Face name and its GGUF name (the
 names of llama.cpp's ``convert_hf_to_gguf.py``). Two layouts differ:
@@ -10,6 +12,7 @@ names of llama.cpp's ``convert_hf_to_gguf.py``). Two layouts differ:
 - llama.cpp's ``llama`` RoPE rotates adjacent pairs (2j, 2j+1), lmlab and HF Llama rotate
   dim j with j + head_dim/2, so GGUF q/k rows are reordered within each head (the permutation
   ``convert_hf_to_gguf.py`` applies to HF Llama weights; q.k products are unchanged).
+  llama.cpp's ``qwen3`` rotates halves (NeoX order), as lmlab does: its rows copy as they are.
 
 Export (:func:`to_format`) and import (:func:`from_format`) both read this table, so a round
 trip gives back the same tensors.
@@ -26,10 +29,16 @@ from lmlab.errors import LmlabError
 from lmlab.model.transformer import resolve_d_ff
 
 # lmlab's model.mlp -> GPT2Config.activation_function ("gelu" there is the exact erf form)
-GPT2_ACT = {"gelu": "gelu_new", "gelu_erf": "gelu", "relu": "relu", "silu": "silu"}
+GPT2_ACT = {
+    "gelu": "gelu_new",
+    "gelu_erf": "gelu",
+    "relu": "relu",
+    "relu2": "relu2",
+    "silu": "silu",
+}
 _WHO = {
-    "hf": ("transformers' GPT-2", "transformers' Llama"),
-    "gguf": ("llama.cpp's gpt2", "llama.cpp's llama"),
+    "hf": ("transformers' GPT-2", "transformers' Llama", "transformers' Qwen3"),
+    "gguf": ("llama.cpp's gpt2", "llama.cpp's llama", "llama.cpp's qwen3"),
 }
 
 
@@ -47,12 +56,13 @@ class Entry:
 
 
 def family(mcfg: Any, target: str = "hf") -> str:
-    """``"gpt2"`` or ``"llama"`` for an exportable config; LmlabError naming the switch if not.
+    """``"gpt2"``, ``"llama"`` or ``"qwen3"`` for an exportable config; LmlabError naming the
+    switch if not.
 
     ``target`` ("hf" or "gguf") only changes whose limits the message names, except that
     llama.cpp's gpt2 MLP is GELU alone.
     """
-    gpt2, llama = _WHO[target]
+    gpt2, llama, qwen3 = _WHO[target]
     if mcfg.arch != "transformer":
         raise LmlabError(
             f"model.arch={mcfg.arch}: only the decoder-only transformer can be exported "
@@ -66,7 +76,13 @@ def family(mcfg: Any, target: str = "hf") -> str:
         raise LmlabError(
             f"model.norm_position={mcfg.norm_position}: {gpt2} and {llama} are pre-norm only"
         )
+    qk_norm = bool(getattr(mcfg, "qk_norm", False))
     if mcfg.norm == "layernorm":
+        if qk_norm:
+            raise LmlabError(
+                f"model.qk_norm=true with model.norm=layernorm: {gpt2} has no norm on queries "
+                f"and keys ({qwen3}, with rmsnorm + swiglu, has)"
+            )
         if mcfg.position == "rope":
             raise LmlabError(
                 f"model.position=rope with model.norm=layernorm: {gpt2} has learned positions and "
@@ -79,7 +95,7 @@ def family(mcfg: Any, target: str = "hf") -> str:
                 + (
                     "GELU (tanh: llama.cpp's GPT-2 graph has no erf form)"
                     if target == "gguf"
-                    else "not gated (use gelu, gelu_erf, relu or silu)"
+                    else "not gated (use gelu, gelu_erf, relu, relu2 or silu)"
                 )
                 + ", or use rmsnorm + swiglu for the llama family"
             )
@@ -99,7 +115,11 @@ def family(mcfg: Any, target: str = "hf") -> str:
             raise LmlabError(
                 f"model.mlp={mcfg.mlp} with model.norm=rmsnorm: {llama}'s MLP is gated (swiglu)"
             )
-        return "llama"
+        if qk_norm and mcfg.bias:
+            raise LmlabError(
+                f"model.bias=true with model.qk_norm=true: {qwen3}'s MLP has no biases"
+            )
+        return "qwen3" if qk_norm else "llama"
     raise LmlabError(f"model.norm={mcfg.norm}: {gpt2} and {llama} both need a norm layer")
 
 
@@ -130,7 +150,8 @@ def entries(mcfg: Any, fam: str) -> list[Entry]:
             E("norm_f.weight", "transformer.ln_f.weight", "output_norm.weight"),
             E("norm_f.bias", "transformer.ln_f.bias", "output_norm.bias", zeros=True),
         ]
-    elif fam == "llama":
+    elif fam in ("llama", "qwen3"):
+        interleave = fam == "llama"  # llama.cpp's llama RoPE pairs adjacent dims, qwen3 halves
         out.append(E("tok_emb.weight", "model.embed_tokens.weight", "token_embd.weight"))
         kinds = ["weight", "bias"] if mcfg.bias else ["weight"]
         for i in range(mcfg.n_layer):
@@ -143,16 +164,25 @@ def entries(mcfg: Any, fam: str) -> list[Entry]:
                         f"{h}self_attn.q_proj.{n}",
                         f"{g}attn_q.{n}",
                         part="q",
-                        rope=True,
+                        rope=interleave,
                     ),
                     E(
                         f"{p}attn.qkv.{n}",
                         f"{h}self_attn.k_proj.{n}",
                         f"{g}attn_k.{n}",
                         part="k",
-                        rope=True,
+                        rope=interleave,
                     ),
                     E(f"{p}attn.qkv.{n}", f"{h}self_attn.v_proj.{n}", f"{g}attn_v.{n}", part="v"),
+                ]
+            if fam == "qwen3":
+                out += [
+                    E(
+                        f"{p}attn.{x}_norm.weight",
+                        f"{h}self_attn.{x}_norm.weight",
+                        f"{g}attn_{x}_norm.weight",
+                    )
+                    for x in ("q", "k")
                 ]
             for n in kinds:
                 out.append(

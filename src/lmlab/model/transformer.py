@@ -13,18 +13,21 @@ Architecture choices (all from :class:`lmlab.config.ModelConfig`):
   the init above; with ``norm = "none"`` it takes the ``no_residual`` baseline's
   (:func:`init_without_residuals`) and is that baseline;
 - attention: one fused q/k/v projection, ``n_head`` query heads and ``n_kv_head`` key/value
-  heads (grouped-query when fewer), ``F.scaled_dot_product_attention`` with a causal mask
-  (training in bf16 on a CPU: :mod:`lmlab.model.cpu_attention`, the same forward with a
+  heads (grouped-query when fewer), with ``qk_norm`` each head's q and k RMS-normalised (a
+  learned gain over head_dim each, ``attn.q_norm`` / ``attn.k_norm``) before RoPE,
+  ``F.scaled_dot_product_attention`` with a causal mask (training in bf16 on a CPU: :mod:`lmlab.model.cpu_attention`, the same forward with a
   faster backward);
 - MLP: ``swiglu`` (fused gate/up projection, ``silu(gate) * up``), ``gelu`` (GPT-2's tanh
   approximation), ``gelu_erf`` (the exact erf form: nanoGPT's ``nn.GELU()``, and on a CPU
-  2-3x faster than the tanh form's kernel), ``silu`` or ``relu``; hidden width ``d_ff`` (0: 8/3*d_model rounded up to a
+  2-3x faster than the tanh form's kernel), ``silu``, ``relu`` or ``relu2`` (relu squared,
+  modded-nanogpt's); hidden width ``d_ff`` (0: 8/3*d_model rounded up to a
   multiple of 64 for swiglu, else 4*d_model);
 - ``bias`` on every linear layer and layernorm (RMSNorm and the head never have one);
 - ``dropout`` on embeddings, attention probabilities and both residual branches;
 - ``tie_embeddings``: the head's weight IS the token embedding (one Parameter);
 - init: normal(0, init_std) for every matrix and embedding, residual output projections
-  (``attn.proj``, ``mlp.proj``) scaled by 1/sqrt(2*n_layer), biases zero, norm weights one.
+  (``attn.proj``, ``mlp.proj``) scaled by 1/sqrt(2*n_layer) (zero with ``zero_init_out``:
+  every block starts as the identity), biases zero, norm weights one.
 
 Parameter names (what export maps to other formats)::
 
@@ -34,6 +37,7 @@ Parameter names (what export maps to other formats)::
     blocks.{i}.attn.qkv.weight        ((n_head + 2*n_kv_head)*head_dim, d_model)
                                       rows are [q heads | k heads | v heads], head-major
     blocks.{i}.attn.qkv.bias          same rows                        bias=True
+    blocks.{i}.attn.q_norm.weight     (head_dim,)                      qk_norm (k_norm alike)
     blocks.{i}.attn.proj.weight/.bias (d_model, n_head*head_dim) / (d_model,)
     blocks.{i}.norm2.weight / .bias   (d_model,)
     blocks.{i}.mlp.fc.weight/.bias    (d_ff, d_model); swiglu: (2*d_ff, d_model), rows [gate | up]
@@ -190,6 +194,10 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(self.n_head * self.head_dim, cfg.d_model, bias=cfg.bias)
         self.proj.is_residual_out = True  # init scales it by 1/sqrt(2*n_layer)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
 
     def forward(
         self,
@@ -205,7 +213,12 @@ class CausalSelfAttention(nn.Module):
         )  # (B, T, H + 2*KV, hd): q heads, k heads, v heads
         # split, not slicing: its backward is one cat, where each slice's backward zero-fills
         # a full-size gradient and copies into it (4 per layer; ~6% of a small CPU step)
-        if rope is not None:
+        if self.qk_norm:
+            q, k, v = qkv.split([H, KV, KV], dim=2)
+            q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        elif rope is not None:
             qk, v = qkv.split([H + KV, KV], dim=2)  # (B, T, H + KV, hd), (B, T, KV, hd)
             qk = apply_rope(qk, *rope)  # q and k rotated in one pass
             q, k = qk.split([H, KV], dim=2)  # (B, T, H, hd), (B, T, KV, hd)
@@ -266,6 +279,8 @@ class MLP(nn.Module):
             h = F.gelu(h)
         elif self.kind == "silu":
             h = F.silu(h)
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
         else:
             h = F.relu(h)
         return self.drop(self.proj(h))  # (B, T, d_model)
@@ -304,7 +319,7 @@ def init_weights(model: nn.Module, cfg: ModelConfig, n_layer: int) -> None:
         if isinstance(module, nn.Linear):
             std = cfg.init_std
             if getattr(module, "is_residual_out", False):
-                std = cfg.init_std / math.sqrt(2 * n_layer)
+                std = 0.0 if cfg.zero_init_out else cfg.init_std / math.sqrt(2 * n_layer)
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
