@@ -145,6 +145,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def _rms_norm_as(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` with its gain in x's dtype: under autocast q and k are bf16, and a float32
+    gain would send torch to its slower unfused kernel (with a warning)."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
+
+
 @dataclass
 class KVCache:
     """Keys and values of every layer for incremental decoding.
@@ -215,7 +221,7 @@ class CausalSelfAttention(nn.Module):
         # a full-size gradient and copies into it (4 per layer; ~6% of a small CPU step)
         if self.qk_norm:
             q, k, v = qkv.split([H, KV, KV], dim=2)
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = _rms_norm_as(self.q_norm, q), _rms_norm_as(self.k_norm, k)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         elif rope is not None:
