@@ -68,7 +68,9 @@ class ModelConfig:
         choices=("swiglu", "gelu", "gelu_erf", "silu", "relu", "relu2"),
     )
     qk_norm: bool = opt(
-        False, "RMS-normalise each head's queries and keys (a learned gain per dim) before RoPE"
+        False,
+        "RMS-normalise each head's queries and keys (a learned gain per dim) before RoPE; "
+        "exports as Qwen3",
     )
     bias: bool = opt(False, "biases in linear layers and norms")
     tie_embeddings: bool = opt(True, "share the token embedding with the output head")
