@@ -5,7 +5,8 @@ Which HF class a run becomes is decided by its norm:
 - ``layernorm`` -> ``GPT2LMHeadModel``: pre-norm, learned positions (``none`` is exported as
   an all-zero position table, which is exactly NoPE), an MLP of ``gelu`` (tanh, GPT-2's
   ``gelu_new``), ``gelu_erf`` (HF's ``gelu``), ``relu``, ``relu2`` or ``silu``, no
-  grouped-query attention. Without ``model.bias`` the HF biases are written as zeros, which computes the same function.
+  grouped-query attention. Without ``model.bias`` the HF biases are written as zeros, which
+  computes the same function.
 - ``rmsnorm`` -> ``LlamaForCausalLM``: pre-norm, RoPE, SwiGLU, GQA via
   ``num_key_value_heads``; ``model.bias`` maps to ``attention_bias`` + ``mlp_bias``;
 - ``rmsnorm`` with ``model.qk_norm`` -> ``Qwen3ForCausalLM``: the same, plus Qwen3's

@@ -15,8 +15,8 @@ Architecture choices (all from :class:`lmlab.config.ModelConfig`):
 - attention: one fused q/k/v projection, ``n_head`` query heads and ``n_kv_head`` key/value
   heads (grouped-query when fewer), with ``qk_norm`` each head's q and k RMS-normalised (a
   learned gain over head_dim each, ``attn.q_norm`` / ``attn.k_norm``) before RoPE,
-  ``F.scaled_dot_product_attention`` with a causal mask (training in bf16 on a CPU: :mod:`lmlab.model.cpu_attention`, the same forward with a
-  faster backward);
+  ``F.scaled_dot_product_attention`` with a causal mask (training in bf16 on a CPU:
+  :mod:`lmlab.model.cpu_attention`, the same forward with a faster backward);
 - MLP: ``swiglu`` (fused gate/up projection, ``silu(gate) * up``), ``gelu`` (GPT-2's tanh
   approximation), ``gelu_erf`` (the exact erf form: nanoGPT's ``nn.GELU()``, and on a CPU
   2-3x faster than the tanh form's kernel), ``silu``, ``relu`` or ``relu2`` (relu squared,
