@@ -62,7 +62,7 @@ def test_gpu_tier_runs_at_the_write_ups_scale(monkeypatch):
     assert {r["batch"] for r in rows["batch_size"]} == {32, 128, 512}
     # the ablations' SiLU point matches SwiGLU's parameters, as on the CPU tier
     params = {r["point"]: r["params"] for r in rows["architecture"]}
-    assert params["silu-matched"] == params["base"]
+    assert params["silu-matched"] == params["base"] == params["relu2-matched"]
     # scaling: the 8x512 model is on both lines and the fixed-compute line spends its FLOPs
     scaling = {r["point"]: r for r in rows["scaling"] if "__seed" not in r["point"]}
     assert scaling["tokens-8x512"]["tokens"] == TOKENS_5000_AT_128
@@ -100,3 +100,16 @@ def test_wider_study_is_its_width_64_file_one_size_up(study, width, monkeypatch)
     if study == "architecture":
         rows = {r["point"]: r["params"] for r in dry_run(big.path, log=lambda *_: None).rows}
         assert rows["silu-matched"] == rows["base"]
+
+
+def test_levers_sweep_compares_each_width_with_its_own_base(monkeypatch):
+    """sweeps/architecture_levers.toml: at each width relu2 has SwiGLU's parameters (its d_ff
+    1.5x SwiGLU's) and QK-norm adds only its two gains per block, so a gap is the lever's."""
+    monkeypatch.chdir(ROOT)
+    rows = dry_run(ROOT / "sweeps" / "architecture_levers.toml", log=lambda *_: None).rows
+    params = {r["point"]: r["params"] for r in rows if "__seed" not in r["point"]}
+    for width in (64, 96, 128):
+        head_dim = width // 4
+        base = params[f"base-w{width}"]
+        assert params[f"relu2-matched-w{width}"] == params[f"zero-init-out-w{width}"] == base
+        assert params[f"qk-norm-w{width}"] == base + 2 * 2 * head_dim  # 2 blocks, q and k gains
