@@ -201,8 +201,11 @@ class SlowMachine:
         ]
 
 
-def _demo_on(machine: SlowMachine, minutes: float, out: Path, monkeypatch) -> dict:
-    """run_demo on a prepared demo folder ``out`` with ``machine``'s stand-ins."""
+def _demo_on(
+    machine: SlowMachine, minutes: float, out: Path, monkeypatch, extra: tuple[str, ...] = ()
+) -> dict:
+    """run_demo on a prepared demo folder ``out`` with ``machine``'s stand-ins (and the
+    overrides ``extra`` after DEMO_OVERRIDES)."""
     from lmlab.config import load_config
     from lmlab.tokenizer import load_tokenizer
 
@@ -220,7 +223,9 @@ def _demo_on(machine: SlowMachine, minutes: float, out: Path, monkeypatch) -> di
     monkeypatch.setattr(demo, "generate", machine.generate)
     monkeypatch.setattr(demo, "load_model_for_inference", lambda *a, **k: (None, None, tok))
     monkeypatch.setattr(demo, "write_report", lambda run, **k: run / "report.md")
-    return demo.run_demo(minutes=minutes, out=out, overrides=DEMO_OVERRIDES, clock=machine.clock)
+    return demo.run_demo(
+        minutes=minutes, out=out, overrides=[*DEMO_OVERRIDES, *extra], clock=machine.clock
+    )
 
 
 DEMO_OVERRIDES = [
@@ -454,3 +459,107 @@ def test_step_is_measured_as_training_runs_it(vocab, fused, monkeypatch):
     monkeypatch.setattr(demo, "build_model", build)
     demo.measure_step_seconds(cfg)
     assert retained and targets and all(t == fused for t in targets)
+
+
+@pytest.mark.parametrize(
+    ("d_model", "n_head", "steps", "expected"),
+    [
+        (192, 4, 999, 128),  # a short budget: the narrower width
+        (192, 4, 1000, None),  # the largest budget measured: the recipe's width kept
+        (128, 4, 10, None),  # already that narrow
+        (96, 4, 10, None),  # narrower still: never widened
+        (192, 6, 10, None),  # 128 does not split into 6 heads
+        (256, 32, 10, 128),  # 32 heads of 4
+        (256, 128, 10, None),  # heads of 1: rotary positions need an even head dimension
+    ],
+)
+def test_width_for_budget(d_model, n_head, steps, expected):
+    from lmlab.config import load_config
+
+    cfg = load_config("demo-python", [f"model.d_model={d_model}", f"model.n_head={n_head}"])
+    assert demo_budget.width_for_budget(cfg, steps) == expected
+
+
+def _width_priced(clock: FakeClock, seconds_by_width: dict[int, float]):
+    """measure_step_seconds on a fake machine whose step time depends on the model's width."""
+    measured: list[int] = []
+
+    def measure(cfg, max_seconds=float("inf")):
+        step_s = seconds_by_width[cfg.model.d_model]
+        measured.append(cfg.model.d_model)
+        clock.now += (demo.TIMING_STEPS + 1) * step_s
+        return step_s
+
+    return measure, measured
+
+
+@pytest.mark.parametrize(
+    ("choose_width", "narrow_s", "width"), [(True, 0.57, 128), (True, 0.8, 192), (False, 0.57, 192)]
+)
+def test_a_short_budget_trains_the_narrower_width_when_its_step_pays(
+    choose_width, narrow_s, width, monkeypatch, capsys
+):
+    """Width 192 at 1.0 s a step fits ~240 steps of 300 s. Width 128 measured at 0.57 s (at
+    most SHORT_BUDGET_STEP_RATIO of it) is trained instead, its steps fitted to its own step
+    (~1.75x as many); at 0.8 s it does not pay, and width 192 is refitted for the time its
+    measurement took. With choose_width False (a model.* override) width 128 is not tried."""
+    from lmlab.config import load_config
+
+    cfg = load_config("demo-python")
+    warmup = cfg.train.warmup_steps
+    clock = FakeClock()
+    measure, measured = _width_priced(clock, {192: 1.0, 128: narrow_s})
+    monkeypatch.setattr(demo, "measure_step_seconds", measure)
+    monkeypatch.setattr(demo, "final_eval_batch_seconds", lambda cfg, step_s: step_s / 3.0)
+    step_s, _ = demo._size_training(
+        cfg, demo_budget.Budget(300.0, clock), 5.0, whole=10, choose_width=choose_width
+    )
+    wide_steps = int((300.0 - 35.0 - 4.0) / 1.08)  # as fit_steps counts, after the reserve
+    assert measured == ([192, 128] if choose_width else [192])
+    assert cfg.model.d_model == width and step_s == (narrow_s if width == 128 else 1.0)
+    if width == 128:
+        assert cfg.train.max_steps > 1.6 * wide_steps
+        # fitted from the recipe's values, not from width 192's fit (warmup 10% of its steps)
+        assert cfg.train.warmup_steps == min(warmup, cfg.train.max_steps // 10)
+    elif choose_width:  # the narrow measurement's 4 x 0.8 s came out of training's time
+        assert cfg.train.max_steps == pytest.approx(wide_steps - 3.2 / 1.08, abs=2)
+    else:
+        assert cfg.train.max_steps == pytest.approx(wide_steps, abs=2)
+    if choose_width:
+        assert (
+            "training it" if width == 128 else "keeping the recipe's"
+        ) in capsys.readouterr().out
+
+
+def test_a_long_budget_keeps_the_recipes_width(monkeypatch):
+    from lmlab.config import load_config
+
+    cfg = load_config("demo-python")
+    clock = FakeClock()
+    measure, measured = _width_priced(clock, {192: 0.1, 128: 0.057})
+    monkeypatch.setattr(demo, "measure_step_seconds", measure)
+    monkeypatch.setattr(demo, "final_eval_batch_seconds", lambda cfg, step_s: step_s / 3.0)
+    demo._size_training(cfg, demo_budget.Budget(300.0, clock), 5.0, whole=10)
+    assert measured == [192] and cfg.model.d_model == 192
+    assert cfg.train.max_steps >= demo_budget.SHORT_BUDGET_STEPS
+
+
+@pytest.mark.parametrize(
+    ("overrides", "width"), [([], 128), (["--model.d_model=160"], 160), (["model.n_layer=3"], 192)]
+)
+def test_the_demo_keeps_a_model_the_user_shaped(
+    overrides, width, prepared_demo, tmp_path, monkeypatch
+):
+    """Any model.* override is the user's model: the demo trains it as given, however short
+    its budget; without one a short budget trains the narrower width."""
+    out = tmp_path / "demo"
+    shutil.copytree(prepared_demo, out)
+    machine = SlowMachine(FakeClock(), step_s=1.0, slowdown=1.0)
+    machine.measure, _ = _width_priced(machine.clock, {192: 1.0, 160: 0.8, 128: 0.57})
+    trained: list[int] = []
+    real_train = machine.train
+    monkeypatch.setattr(
+        machine, "train", lambda cfg, **k: trained.append(cfg.model.d_model) or real_train(cfg, **k)
+    )
+    _demo_on(machine, 5.0, out, monkeypatch, extra=tuple(overrides))
+    assert trained == [width]

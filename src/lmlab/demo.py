@@ -19,6 +19,7 @@ demo ends within ``--minutes`` plus a few percent on any machine.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -36,12 +37,15 @@ from lmlab.demo_budget import (
     EVAL_MARGIN,
     EVAL_SHARE,
     REPORT_S,
+    SHORT_BUDGET_STEPS,
     SYNTAX_RESERVE_S,
     Budget,
     SyntaxWaves,
     eval_batches_for,
     finish_reserve,
     fit_steps,
+    narrow_pays,
+    width_for_budget,
 )
 from lmlab.device import autocast, resolve_device, resolve_dtype
 from lmlab.errors import ConfigError
@@ -328,26 +332,65 @@ def _demo_config(out: Path, overrides: list[str] | None) -> Config:
     )
 
 
-def _size_training(cfg: Config, budget: Budget, minutes: float, whole: int) -> tuple[float, float]:
+def _size_training(
+    cfg: Config, budget: Budget, minutes: float, whole: int, choose_width: bool = True
+) -> tuple[float, float]:
     """Step 3a: set train.max_steps to the time left after the finish's reserve (for ``whole``
-    val batches and the syntax check); the step and final-eval batch times measured."""
+    val batches and the syntax check); the step and final-eval batch times measured. With
+    ``choose_width``, a budget too short for the recipe's width trains a narrower model
+    (lmlab.demo_budget.width_for_budget) if its step, measured, is cheap enough to pay."""
     left = budget.left() - finish_reserve(minutes * 60.0)
     if left < 20:
         raise ConfigError(
             f"--minutes: {minutes:g} leaves {max(left, 0):.0f}s to train after data preparation; give more"
         )
-    step_s = measure_step_seconds(cfg, max_seconds=0.1 * left)
-    eval_batch_s = final_eval_batch_seconds(cfg, step_s)
-    # the measurement took some of it; a machine slow enough to leave nothing still trains a step
-    reserve = finish_reserve(minutes * 60.0, step_s, EVAL_MARGIN * whole * eval_batch_s)
+    chosen, step_s, eval_batch_s, reserve = _fit_to_budget(cfg, budget, minutes, whole, left)
+    narrow = width_for_budget(chosen, chosen.train.max_steps) if choose_width else None
+    if narrow is not None:
+        trial = copy.deepcopy(cfg)
+        trial.model.d_model = narrow
+        trial.validate()
+        fitted = _fit_to_budget(trial, budget, minutes, whole, left)
+        ratio = fitted[1] / step_s
+        verdict = "training it" if narrow_pays(ratio) else "keeping the recipe's"
+        print(
+            f"[train] width {cfg.model.d_model} fits only {chosen.train.max_steps} steps "
+            f"(< {SHORT_BUDGET_STEPS}); width {narrow} steps in {ratio:.2f}x its time: {verdict}",
+            flush=True,
+        )
+        if narrow_pays(ratio):
+            chosen, step_s, eval_batch_s, reserve = fitted
+        else:  # refit: the narrow one's measurement took some of the time
+            chosen, _, _, reserve = _fit_to_budget(cfg, budget, minutes, whole, left, step_s)
+    vars(cfg).update(vars(chosen))  # the caller's config, sized
     left = max(0.0, budget.left() - reserve)
-    fit_steps(cfg, left, step_s)
     print(
         f"[train] {step_s * 1000:.0f} ms/step measured -> {cfg.train.max_steps} steps in ~{left / 60:.1f} min "
         f"({reserve:.0f} s kept for the finish)",
         flush=True,
     )
     return step_s, eval_batch_s
+
+
+def _fit_to_budget(
+    cfg: Config,
+    budget: Budget,
+    minutes: float,
+    whole: int,
+    left: float,
+    step_s: float | None = None,
+) -> tuple[Config, float, float, float]:
+    """A copy of ``cfg`` with its steps fitted to the time left after the finish's reserve, its
+    step measured (in at most a tenth of ``left``) unless ``step_s`` is given; (copy, step s,
+    eval batch s, reserve s)."""
+    cfg = copy.deepcopy(cfg)  # fit_steps narrows intervals from their current values
+    if step_s is None:
+        step_s = measure_step_seconds(cfg, max_seconds=0.1 * left)
+    eval_batch_s = final_eval_batch_seconds(cfg, step_s)
+    # the measurement took some of it; a machine slow enough to leave nothing still trains a step
+    reserve = finish_reserve(minutes * 60.0, step_s, EVAL_MARGIN * whole * eval_batch_s)
+    fit_steps(cfg, max(0.0, budget.left() - reserve), step_s)
+    return cfg, step_s, eval_batch_s, reserve
 
 
 def _samples_and_syntax(
@@ -430,6 +473,7 @@ def _demo_report(
     metrics: dict[str, Any],
     syntax: dict[str, Any] | None,
     shown: list[str],
+    width: int,
 ) -> Path:
     """Step 6: report.md with the data, training, final metrics, syntax rate and samples."""
     filt = meta.get("filter") or {}
@@ -446,6 +490,7 @@ def _demo_report(
         "steps": result.steps,
         "tokens seen": result.tokens,
         "params": result.params,
+        "width": width,
         "wall time (s)": round(result.wall_time_s, 1),
         "stopped by": result.stop_reason,
     }
@@ -486,7 +531,8 @@ def run_demo(
 
     # 3) train for the time that is left
     whole = val_batches(cfg, meta)
-    step_s, eval_batch_s = _size_training(cfg, budget, minutes, whole)
+    own_model = any(o.lstrip("-").startswith("model.") for o in overrides or [])
+    step_s, eval_batch_s = _size_training(cfg, budget, minutes, whole, choose_width=not own_model)
     result = train(
         cfg, resume=False, force=True
     )  # the demo's own run folder: a rerun starts it over
@@ -517,7 +563,7 @@ def run_demo(
         for k in ("val_loss", "perplexity", "accuracy", "bits_per_byte", "tokens")
         if k in metrics
     }
-    report = _demo_report(run_dir, meta, final, result, metrics, syntax, shown)
+    report = _demo_report(run_dir, meta, final, result, metrics, syntax, shown, cfg.model.d_model)
     total = budget.elapsed()
     print(f"lmlab demo: done in {total / 60:.1f} min; report: {report}", flush=True)
     return {

@@ -129,6 +129,36 @@ class SyntaxWaves:
         return n
 
 
+# A budget that fits fewer than SHORT_BUDGET_STEPS steps of the recipe's model trains it at
+# SHORT_BUDGET_WIDTH instead, when that width's step takes at most SHORT_BUDGET_STEP_RATIO of
+# the recipe's (measured on the machine at hand): more, cheaper steps beat fewer wide ones that
+# far from convergence. On 2 AVX2 cores width 128 steps in 0.571x width 192's time and is
+# ahead at budgets of 190, 350 and 1000 steps of 192, and ahead already after 1.58x the wide
+# model's steps (bench/RESULTS.md "Issue 12, stop 30"); past the largest budget measured, or
+# where the narrow step saves less (a machine whose matmuls are not most of the step), the
+# recipe's width is kept.
+SHORT_BUDGET_STEPS = 1000
+SHORT_BUDGET_WIDTH = 128
+SHORT_BUDGET_STEP_RATIO = 0.65
+
+
+def narrow_pays(step_ratio: float) -> bool:
+    """Whether a narrow step at ``step_ratio`` of the wide one's time is cheap enough to train."""
+    return step_ratio <= SHORT_BUDGET_STEP_RATIO
+
+
+def width_for_budget(cfg: Config, steps: int) -> int | None:
+    """The narrower width to train ``cfg`` at when its budget fits only ``steps`` steps of it,
+    or None to keep the recipe's (a long budget, a model no wider, or a width the heads do not
+    divide into even head dimensions, which rotary positions need)."""
+    m = cfg.model
+    if steps >= SHORT_BUDGET_STEPS or m.d_model <= SHORT_BUDGET_WIDTH:
+        return None
+    if SHORT_BUDGET_WIDTH % m.n_head or (SHORT_BUDGET_WIDTH // m.n_head) % 2:
+        return None
+    return SHORT_BUDGET_WIDTH
+
+
 def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
     """Size max_steps, warmup, eval and checkpoint intervals to a training time budget."""
     t = cfg.train
