@@ -494,14 +494,15 @@ def _width_priced(clock: FakeClock, seconds_by_width: dict[int, float]):
 
 
 @pytest.mark.parametrize(
-    ("choose_width", "narrow_s", "width"), [(True, 0.57, 128), (True, 0.8, 192), (False, 0.57, 192)]
+    ("choose_width", "narrow_s", "width"),
+    [(True, 0.57, 128), (True, 0.8, 128), (True, 0.9, 192), (False, 0.57, 192)],
 )
 def test_a_short_budget_trains_the_narrower_width_when_its_step_pays(
     choose_width, narrow_s, width, monkeypatch, capsys
 ):
     """Width 192 at 1.0 s a step fits ~240 steps of 300 s. Width 128 measured at 0.57 s (at
     most SHORT_BUDGET_STEP_RATIO of it) is trained instead, its steps fitted to its own step
-    (~1.75x as many); at 0.8 s it does not pay, and width 192 is refitted for the time its
+    (~1.75x as many); at 0.9 s it does not pay, and width 192 is refitted for the time its
     measurement took. With choose_width False (a model.* override) width 128 is not tried."""
     from lmlab.config import load_config
 
@@ -518,11 +519,14 @@ def test_a_short_budget_trains_the_narrower_width_when_its_step_pays(
     assert measured == ([192, 128] if choose_width else [192])
     assert cfg.model.d_model == width and step_s == (narrow_s if width == 128 else 1.0)
     if width == 128:
-        assert cfg.train.max_steps > 1.6 * wide_steps
+        # its own step's count, less the time the second measurement took
+        assert cfg.train.max_steps == pytest.approx(
+            (wide_steps - 4 * narrow_s / 1.08) / narrow_s, abs=2
+        )
         # fitted from the recipe's values, not from width 192's fit (warmup 10% of its steps)
         assert cfg.train.warmup_steps == min(warmup, cfg.train.max_steps // 10)
-    elif choose_width:  # the narrow measurement's 4 x 0.8 s came out of training's time
-        assert cfg.train.max_steps == pytest.approx(wide_steps - 3.2 / 1.08, abs=2)
+    elif choose_width:  # the narrow measurement's 4 x 0.9 s came out of training's time
+        assert cfg.train.max_steps == pytest.approx(wide_steps - 3.6 / 1.08, abs=2)
     else:
         assert cfg.train.max_steps == pytest.approx(wide_steps, abs=2)
     if choose_width:

@@ -132,14 +132,15 @@ class SyntaxWaves:
 # A budget that fits fewer than SHORT_BUDGET_STEPS steps of the recipe's model trains it at
 # SHORT_BUDGET_WIDTH instead, when that width's step takes at most SHORT_BUDGET_STEP_RATIO of
 # the recipe's (measured on the machine at hand): more, cheaper steps beat fewer wide ones that
-# far from convergence. On 2 AVX2 cores width 128 steps in 0.571x width 192's time and is
-# ahead at budgets of 190, 350 and 1000 steps of 192, and ahead already after 1.58x the wide
-# model's steps (bench/RESULTS.md "Issue 12, stop 30"); past the largest budget measured, or
-# where the narrow step saves less (a machine whose matmuls are not most of the step), the
-# recipe's width is kept.
+# far from convergence. On 2 AVX2 cores width 128 steps in 0.57-0.65x width 192's time; at
+# budgets of 190, 350 and 1000 steps of width 192 it drew level after 1.08x, 1.15x and 1.0x
+# its steps (on a schedule still far from its end) and ended 0.16-0.31 lower in the same time
+# (bench/RESULTS.md "Issue 12, stop 30"), so at 1.25x the steps (0.8x the step time) it is
+# ahead with a margin. Past the largest budget measured, or where the narrow step saves less
+# (a machine whose step is not mostly matmuls), the recipe's width is kept.
 SHORT_BUDGET_STEPS = 1000
 SHORT_BUDGET_WIDTH = 128
-SHORT_BUDGET_STEP_RATIO = 0.65
+SHORT_BUDGET_STEP_RATIO = 0.8
 
 
 def narrow_pays(step_ratio: float) -> bool:
