@@ -462,21 +462,28 @@ def test_step_is_measured_as_training_runs_it(vocab, fused, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("d_model", "n_head", "steps", "expected"),
+    ("d_model", "n_head", "tokens", "expected"),
     [
-        (192, 4, 999, 128),  # a short budget: the narrower width
-        (192, 4, 1000, None),  # the largest budget measured: the recipe's width kept
-        (128, 4, 10, None),  # already that narrow
-        (96, 4, 10, None),  # narrower still: never widened
-        (192, 6, 10, None),  # 128 does not split into 6 heads
-        (256, 32, 10, 128),  # 32 heads of 4
-        (256, 128, 10, None),  # heads of 1: rotary positions need an even head dimension
+        (192, 4, "short", 128),  # a short budget: the narrower width
+        (192, 4, "limit", None),  # the largest budget measured: the recipe's width kept
+        (128, 4, "short", None),  # already that narrow
+        (96, 4, "short", None),  # narrower still: never widened
+        (192, 6, "short", None),  # 128 does not split into 6 heads
+        (256, 32, "short", 128),  # 32 heads of 4
+        (256, 128, "short", None),  # heads of 1: rotary positions need an even head dimension
     ],
 )
-def test_width_for_budget(d_model, n_head, steps, expected):
+@pytest.mark.parametrize("batch", [8, 16])
+def test_width_for_budget(d_model, n_head, tokens, expected, batch):
+    """The limit is in tokens: a batch half as large fits twice the steps under it."""
     from lmlab.config import load_config
 
-    cfg = load_config("demo-python", [f"model.d_model={d_model}", f"model.n_head={n_head}"])
+    cfg = load_config(
+        "demo-python",
+        [f"model.d_model={d_model}", f"model.n_head={n_head}", f"train.batch_size={batch}"],
+    )
+    limit = demo_budget.SHORT_BUDGET_TOKENS // (batch * cfg.model.context_length)
+    steps = limit - 1 if tokens == "short" else limit
     assert demo_budget.width_for_budget(cfg, steps) == expected
 
 
@@ -545,7 +552,8 @@ def test_a_long_budget_keeps_the_recipes_width(monkeypatch):
     monkeypatch.setattr(demo, "final_eval_batch_seconds", lambda cfg, step_s: step_s / 3.0)
     demo._size_training(cfg, demo_budget.Budget(300.0, clock), 5.0, whole=10)
     assert measured == [192] and cfg.model.d_model == 192
-    assert cfg.train.max_steps >= demo_budget.SHORT_BUDGET_STEPS
+    tokens = cfg.train.max_steps * cfg.train.batch_size * cfg.model.context_length
+    assert tokens >= demo_budget.SHORT_BUDGET_TOKENS
 
 
 @pytest.mark.parametrize(

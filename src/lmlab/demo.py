@@ -37,7 +37,7 @@ from lmlab.demo_budget import (
     EVAL_MARGIN,
     EVAL_SHARE,
     REPORT_S,
-    SHORT_BUDGET_STEPS,
+    SHORT_BUDGET_TOKENS,
     SYNTAX_RESERVE_S,
     Budget,
     SyntaxWaves,
@@ -355,7 +355,8 @@ def _size_training(
         verdict = "training it" if narrow_pays(ratio) else "keeping the recipe's"
         print(
             f"[train] width {cfg.model.d_model} fits only {chosen.train.max_steps} steps "
-            f"(< {SHORT_BUDGET_STEPS}); width {narrow} steps in {ratio:.2f}x its time: {verdict}",
+            f"(< {SHORT_BUDGET_TOKENS:,} tokens); width {narrow} steps in {ratio:.2f}x its time: "
+            f"{verdict}",
             flush=True,
         )
         if narrow_pays(ratio):

@@ -129,16 +129,17 @@ class SyntaxWaves:
         return n
 
 
-# A budget that fits fewer than SHORT_BUDGET_STEPS steps of the recipe's model trains it at
-# SHORT_BUDGET_WIDTH instead, when that width's step takes at most SHORT_BUDGET_STEP_RATIO of
-# the recipe's (measured on the machine at hand): more, cheaper steps beat fewer wide ones that
-# far from convergence. On 2 AVX2 cores width 128 steps in 0.57-0.65x width 192's time; at
-# budgets of 190, 350 and 1000 steps of width 192 it drew level after 1.08x, 1.15x and 1.0x
-# its steps (on a schedule still far from its end) and ended 0.16-0.31 lower in the same time
-# (bench/RESULTS.md "Issue 12, stop 30"), so at 1.25x the steps (0.8x the step time) it is
-# ahead with a margin. Past the largest budget measured, or where the narrow step saves less
-# (a machine whose step is not mostly matmuls), the recipe's width is kept.
-SHORT_BUDGET_STEPS = 1000
+# A budget that fits fewer than SHORT_BUDGET_TOKENS training tokens at the recipe's width
+# trains it at SHORT_BUDGET_WIDTH instead, when that width's step takes at most
+# SHORT_BUDGET_STEP_RATIO of the recipe's (measured on the machine at hand): more, cheaper steps
+# beat fewer wide ones that far from convergence. On 2 AVX2 cores (batches of 16 x 256) width
+# 128 steps in 0.57-0.65x width 192's time; at budgets of 190, 350 and 1000 steps of width 192
+# it drew level after 1.08x, 1.15x and 1.0x its steps (on a schedule still far from its end)
+# and ended 0.16-0.31 lower in the same time (bench/RESULTS.md "Issue 12, stop 30"), so at
+# 1.25x the steps (0.8x the step time) it is ahead with a margin. The limit is 1000 of those
+# steps' tokens, the largest budget measured; past it, or where the narrow step saves less (a
+# machine whose step is not mostly matmuls), the recipe's width is kept.
+SHORT_BUDGET_TOKENS = 1000 * 16 * 256
 SHORT_BUDGET_WIDTH = 128
 SHORT_BUDGET_STEP_RATIO = 0.8
 
@@ -149,11 +150,13 @@ def narrow_pays(step_ratio: float) -> bool:
 
 
 def width_for_budget(cfg: Config, steps: int) -> int | None:
-    """The narrower width to train ``cfg`` at when its budget fits only ``steps`` steps of it,
-    or None to keep the recipe's (a long budget, a model no wider, or a width the heads do not
-    divide into even head dimensions, which rotary positions need)."""
+    """The narrower width to train ``cfg`` at when its budget fits only ``steps`` steps of it
+    (fewer than SHORT_BUDGET_TOKENS tokens), or None to keep the recipe's (a long budget, a
+    model no wider, or a width the heads do not divide into even head dimensions, which rotary
+    positions need)."""
     m = cfg.model
-    if steps >= SHORT_BUDGET_STEPS or m.d_model <= SHORT_BUDGET_WIDTH:
+    tokens = steps * cfg.train.batch_size * m.context_length
+    if tokens >= SHORT_BUDGET_TOKENS or m.d_model <= SHORT_BUDGET_WIDTH:
         return None
     if SHORT_BUDGET_WIDTH % m.n_head or (SHORT_BUDGET_WIDTH // m.n_head) % 2:
         return None
