@@ -304,6 +304,7 @@ def tiny_demo_config(*extra: str, vocab: int = 64):
             "model.context_length=16",
             f"model.vocab_size={vocab}",
             "train.batch_size=2",
+            "eval.batch_size=2",
             "train.device=cpu",
             *extra,
         ],
@@ -323,6 +324,20 @@ def test_the_final_eval_is_sized_at_float32_speed_when_training_runs_in_bf16(mon
     monkeypatch.setattr(demo, "_training_dtype", lambda *a: torch.bfloat16)
     assert demo.final_eval_batch_seconds(cfg, 0.6) == pytest.approx(0.2 * 1.5)
     monkeypatch.setattr(demo, "_training_dtype", lambda *a: torch.float32)
+    assert demo.final_eval_batch_seconds(cfg, 0.6) == pytest.approx(0.2)
+
+
+def test_the_final_eval_batch_is_sized_by_its_own_tokens():
+    """The recipe evaluates batches of 16 and trains on 8: an eval batch is two thirds of a
+    step, not one (sized at a third, the demo's syntax check got 6 s of its 30)."""
+    from lmlab.config import load_config
+
+    cfg = load_config(
+        "demo-python", ["train.device=cpu", "train.dtype=float32", "model.vocab_size=64"]
+    )
+    assert (cfg.train.batch_size, cfg.eval_batch_size) == (8, 16)
+    assert demo.final_eval_batch_seconds(cfg, 0.6) == pytest.approx(0.4)
+    cfg.eval.batch_size = 8
     assert demo.final_eval_batch_seconds(cfg, 0.6) == pytest.approx(0.2)
 
 

@@ -149,8 +149,10 @@ def final_eval_batch_seconds(cfg: Config, step_s: float) -> float:
     at float32's speed on a CPU (where :func:`lmlab.eval.metrics.evaluate_path` evaluates in
     float32) when training runs in bf16, scaled by the measured float32 / bf16 pass times.
     A third of the bf16 step alone was 85 ms against the 150 ms a batch really took on a
-    2-core Xeon."""
-    third = step_s / 3.0
+    2-core Xeon. An eval batch of more tokens than a training step's (the recipe's eval.batch_size
+    16 against its batch of 8) costs as many times more."""
+    tokens = cfg.eval_batch_size * cfg.eval_context_length
+    third = step_s / 3.0 * tokens / (cfg.train.batch_size * cfg.model.context_length)
     device = resolve_device(cfg.train.device)
     if device.type != "cpu":
         return third
