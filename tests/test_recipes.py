@@ -69,3 +69,27 @@ def test_shakespeare_char_keeps_the_standard_split(tmp_path):
     n = len(text) + 1  # one char per token, plus the document's end-of-text
     assert val.n_tokens == n - int(n * 0.9)
     assert tok.decode(ids) == text[int(n * 0.9) :]
+
+
+def test_demo_python_decays_its_matrices_to_a_tenth():
+    """Muon's matrices follow train.lr's schedule scaled to optim.muon_lr, so raising the AdamW
+    side's train.lr without min_lr would also change how far the matrices decay. The demo's
+    AdamW lr was measured with the matrices' schedule unchanged: peak muon_lr, end a tenth of
+    it (bench/RESULTS.md "Issue 12, stop 32")."""
+    import torch
+
+    from lmlab.model import build_model
+    from lmlab.train.optim import build_optimizer, lr_at, set_lr
+
+    cfg = load_config("demo-python", ["model.n_layer=1", "model.d_model=32", "model.vocab_size=64"])
+    cfg.validate()
+    opt = build_optimizer(build_model(cfg.model), cfg.optim, cfg.train.lr, torch.device("cpu"))
+    t = cfg.train
+    for step, adamw_lr, muon_lr in (
+        (t.warmup_steps, t.lr, cfg.optim.muon_lr),
+        (t.max_steps, t.min_lr, cfg.optim.muon_lr / 10),
+    ):
+        set_lr(opt, lr_at(step, t))
+        kinds = {g.get("kind", "adamw"): g["lr"] for g in opt.param_groups}
+        assert kinds["muon"] == pytest.approx(muon_lr, rel=1e-12)
+        assert kinds["adamw"] == pytest.approx(adamw_lr, rel=1e-12)
