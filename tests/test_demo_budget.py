@@ -53,23 +53,23 @@ def test_eval_and_syntax_are_sized_to_the_time_left():
     assert demo_budget.syntax_samples_for(30.0, 0.5, wanted=100) == 60
     assert demo_budget.syntax_samples_for(300.0, 0.5, wanted=100) == 100
     assert demo_budget.syntax_samples_for(-5.0, 0.5, wanted=100) == 0
-    # 40 prompts cycled: their samples decode in one batch each, an extra sample costing a quarter
-    assert demo_budget.BATCH_EXTRA == 0.25
-    assert (
-        demo_budget.syntax_samples_for(30.0, 0.5, wanted=100, prompts=40) == 100
-    )  # 20 + 60/4 * 0.5
-    assert demo_budget.syntax_samples_for(21.0, 0.5, wanted=100, prompts=40) == 48  # 20 + 8 * 0.125
-    assert demo_budget.syntax_samples_for(10.0, 0.5, wanted=100, prompts=40) == 20  # one per prompt
+    # 25 rows a batch, each row past the first costing a fifth of one: 100 = 4 x 5.8 units
+    assert demo_budget.ROW_EXTRA == 0.2
+    assert demo_budget.syntax_samples_for(11.7, 0.5, wanted=100, rows=25) == 100  # 11.6 s
+    assert demo_budget.syntax_samples_for(11.55, 0.5, wanted=100, rows=25) == 99  # 3 x 5.8 + 5.6
+    assert demo_budget.syntax_samples_for(5.75, 0.5, wanted=100, rows=25) == 49  # 5.8 + 5.6
+    assert demo_budget.syntax_samples_for(0.5, 0.5, wanted=100, rows=25) == 1
 
 
 def test_the_syntax_reserve_plans_every_wanted_completion_at_a_measured_pace():
-    """Stop 15's 2 Xeon cores decoded the demo model at 1.8 ms a token: the syntax check's
-    share of the reserve (all but the report and two samples of 160 tokens) plans all 100
-    completions of the 40 prompts, which 22 s did not (45 of 100)."""
-    token_s = 1.8e-3
+    """Stop 15's 2 Xeon cores and stop 33's Zen 4 decoded the demo model at 1.8-2 ms a token
+    one row at a time: the syntax check's share of the reserve (all but the report and two
+    samples of 160 tokens) plans all 100 completions, SYNTAX_ROWS at a time."""
+    token_s = 2.0e-3
     samples_s = 2 * 160 * token_s
     share = demo_budget.SYNTAX_RESERVE_S - demo_budget.REPORT_S - samples_s
-    assert demo_budget.syntax_samples_for(share, 256 * token_s, wanted=100, prompts=40) == 100
+    rows = demo_budget.SYNTAX_ROWS
+    assert demo_budget.syntax_samples_for(share, 256 * token_s, wanted=100, rows=rows) == 100
 
 
 def test_syntax_waves_make_up_a_pessimistic_first_plan():
@@ -80,19 +80,22 @@ def test_syntax_waves_make_up_a_pessimistic_first_plan():
 
     clock = FakeClock()
     budget = demo_budget.Budget(30.0, clock)
-    real_s = 0.25  # one completion, decoded alone; extra rows of a prompt cost BATCH_EXTRA of it
-    waves = demo_budget.SyntaxWaves(budget, 3.0, 1.0, wanted=100, prompts=40)
+    real_s = 0.25  # one completion, decoded alone; the rows of a batch cost as the plan says
+    waves = demo_budget.SyntaxWaves(budget, 3.0, 4.0, wanted=100, rows=25)
 
     def generate(batch, max_new_tokens):
-        calls = len(set(batch))
-        clock.now += real_s * (calls + demo_budget.BATCH_EXTRA * (len(batch) - calls))
+        rows = demo_budget.SYNTAX_ROWS
+        clock.now += real_s * sum(
+            1 + demo_budget.ROW_EXTRA * (len(batch[lo : lo + rows]) - 1)
+            for lo in range(0, len(batch), rows)
+        )
         return [("    return 1\n", True)] * len(batch)
 
     report = syntax_pass_rate(
         generate, [f"def f{i}():\n" for i in range(40)], n=100, batch_size=waves
     )
-    first = demo_budget.syntax_samples_for(27.0, 1.0, 100, prompts=40)
-    assert waves.waves[0] == first == 27  # alone, the first plan runs about a quarter
+    first = demo_budget.syntax_samples_for(27.0, 4.0, 100, rows=25)
+    assert waves.waves[0] == first == 25  # alone, the first plan runs a quarter
     assert report["n"] == 100 and report["not_run"] == 0 and len(waves.waves) > 1
     assert budget.left() >= 3.0  # within the time, the report's share kept
 
@@ -100,10 +103,10 @@ def test_syntax_waves_make_up_a_pessimistic_first_plan():
 def test_syntax_waves_stop_when_no_time_is_left():
     clock = FakeClock()
     budget = demo_budget.Budget(10.0, clock)
-    waves = demo_budget.SyntaxWaves(budget, 3.0, 1.0, wanted=100, prompts=10)
-    assert waves(0) == 7  # 7 prompts alone fit the 7 s
+    waves = demo_budget.SyntaxWaves(budget, 3.0, 2.0, wanted=100, rows=25)
+    assert waves(0) == 13  # 1 + 12 x 0.2 units of 2 s fit the 7 s
     clock.now += 7.0  # the wave took what was planned
-    assert waves(7) == 0 and waves.waves == [7]
+    assert waves(13) == 0 and waves.waves == [13]
 
 
 def test_training_share_is_a_hard_stop():
@@ -200,6 +203,16 @@ class SlowMachine:
             for _ in range(num_samples)
         ]
 
+    def generate_rows(self, model, tok, prompts, max_new_tokens=1, **kw):
+        """One batch of rows, whatever their prompts: each row past the first costs
+        ROW_EXTRA of one (lmlab.demo_budget), every row to the token limit."""
+        from types import SimpleNamespace
+
+        self.completions += len(prompts)
+        step = self.step_s * self.slow * self.finish_slow / 20.0  # a decode step of one row
+        self.clock.now += (1 + demo_budget.ROW_EXTRA * (len(prompts) - 1)) * max_new_tokens * step
+        return [SimpleNamespace(text="x" * max_new_tokens, finish_reason="length") for _ in prompts]
+
 
 def _demo_on(
     machine: SlowMachine, minutes: float, out: Path, monkeypatch, extra: tuple[str, ...] = ()
@@ -221,6 +234,7 @@ def _demo_on(
     monkeypatch.setattr(demo, "train", machine.train)
     monkeypatch.setattr(demo, "evaluate_path", machine.evaluate)
     monkeypatch.setattr(demo, "generate", machine.generate)
+    monkeypatch.setattr(demo, "generate_rows", machine.generate_rows)
     monkeypatch.setattr(demo, "load_model_for_inference", lambda *a, **k: (None, None, tok))
     monkeypatch.setattr(demo, "write_report", lambda run, **k: run / "report.md")
     return demo.run_demo(
@@ -414,42 +428,45 @@ def test_a_machine_too_slow_for_the_reserve_trains_one_step_and_says_a_positive_
     assert "steps in ~0.0 min" in out and "~-" not in out
 
 
-def test_the_syntax_check_stops_between_prompts_at_its_deadline(monkeypatch):
-    """make_generate_fn asks ``stop`` before each prompt's batch after the first; the prompts
-    it did not reach come back as None, which syntax_pass_rate leaves out."""
+def test_the_syntax_check_stops_between_batches_at_its_deadline(monkeypatch):
+    """make_generate_fn decodes ``rows`` completions at a time whatever their prompts, and asks
+    ``stop`` before each batch after the first; the completions it did not reach come back as
+    None, which syntax_pass_rate leaves out."""
     from types import SimpleNamespace
 
     decoded = []
 
-    def fake_generate(model, tok, prompt, num_samples=1, **kw):
-        decoded.append((prompt, num_samples))
-        return [SimpleNamespace(text=" x", finish_reason="eot")] * num_samples
+    def fake_rows(model, tok, prompts, stop_when=None, **kw):
+        decoded.append(list(prompts))
+        assert stop_when is not None and not stop_when(0, "    return 1\n")
+        assert stop_when(0, "    return 1\nx = 2")  # a top-level statement: the body ended
+        return [SimpleNamespace(text=" x", finish_reason="eot")] * len(prompts)
 
-    monkeypatch.setattr(demo, "generate", fake_generate)
+    monkeypatch.setattr(demo, "generate_rows", fake_rows)
     asked = []
-    fn = demo.make_generate_fn(None, None, stop=lambda: asked.append(1) or len(asked) >= 2)
-    out = fn(["a", "b", "a", "c", "b"], 4)
-    assert decoded == [("a", 2), ("b", 2)]  # a's and b's batches; then the deadline
-    assert out == [(" x", True), (" x", True), (" x", True), None, (" x", True)]
-    assert demo.make_generate_fn(None, None)(["a", "c"], 4) == [(" x", True)] * 2
+    fn = demo.make_generate_fn(None, None, stop=lambda: asked.append(1) or len(asked) >= 2, rows=2)
+    out = fn(["def a():\n", "def b():\n", "def a():\n", "def c():\n", "def b():\n"], 4)
+    assert decoded == [["def a():\n", "def b():\n"], ["def a():\n", "def c():\n"]]
+    assert out == [(" x", True)] * 4 + [None]  # the deadline, before the third batch
+    assert demo.make_generate_fn(None, None, rows=25)(["a", "c"], 4) == [(" x", True)] * 2
 
 
 def test_a_prompt_met_again_in_a_later_call_gets_new_samples(monkeypatch):
     """The syntax check's waves call make_generate_fn's function again on the same prompts:
-    each batch of a prompt draws with its own seed, so a wave repeats no earlier completion."""
+    each batch draws with its own seed, so a wave repeats no earlier completion."""
     from types import SimpleNamespace
 
     seeds = []
 
-    def fake_generate(model, tok, prompt, num_samples=1, seed=0, **kw):
-        seeds.append((prompt, seed))
-        return [SimpleNamespace(text=" x", finish_reason="eot")] * num_samples
+    def fake_rows(model, tok, prompts, seed=0, **kw):
+        seeds.append((list(prompts), seed))
+        return [SimpleNamespace(text=" x", finish_reason="eot")] * len(prompts)
 
-    monkeypatch.setattr(demo, "generate", fake_generate)
-    fn = demo.make_generate_fn(None, None, seed=5)
+    monkeypatch.setattr(demo, "generate_rows", fake_rows)
+    fn = demo.make_generate_fn(None, None, seed=5, rows=25)
     fn(["a", "b"], 4)
     fn(["a", "b"], 4)
-    assert seeds == [("a", 5), ("b", 6), ("a", 7), ("b", 8)]
+    assert seeds == [(["a", "b"], 5), (["a", "b"], 6)]
 
 
 @pytest.mark.parametrize("vocab,fused", [(64, False), (2048, True)])

@@ -13,7 +13,7 @@ from lmlab.errors import LmlabError
 from lmlab.eval.code import humaneval_program, mbpp_program, pass_at_k
 from lmlab.eval.passk import cut_mbpp_completion, mbpp_prompt, parse_ks
 from lmlab.eval.sandbox import SandboxConfig, run_in_sandbox
-from lmlab.sample import Sample
+from lmlab.sample_text import Sample
 from lmlab_train_fixtures import tiny_config, write_dataset
 from sandbox_fixtures import needs_sandbox
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from lmlab.eval.code import adds_code, compiles, cut_completion
-from lmlab.healing import generate_healed, healing_split
+from lmlab.healing import generate_healed, generate_healed_rows, healing_split
 from lmlab.sample import generate
 
 CORPUS = (
@@ -120,3 +120,30 @@ def test_what_is_not_healed(tmp_path):
     assert head == ids[:-1] and tail == b"\n" and ids[-1] in allowed
     assert tok.eot_id not in allowed
     assert all(tok.vocab[i].startswith(b"\n") for i in allowed)
+
+
+def test_rows_of_different_prompts_are_healed_as_each_would_be_alone(tmp_path):
+    """One batch of several prompts (left-padded in a transformer, batched by length in the
+    bigram): each row greedy-decodes what its prompt gives alone, healed."""
+    import dataclasses
+
+    from lmlab.config import ModelConfig
+    from lmlab.model import build_model
+
+    tok, bigram = _setup(tmp_path)
+    prompts = [PROMPT, "def first(a):\n", PROMPT, 'def second(b):\n    """Twice b."""\n']
+    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, d_model=16, context_length=24)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # greedy ties would differ by rounding otherwise
+    try:
+        torch.manual_seed(0)
+        llama = build_model(dataclasses.replace(cfg, position="rope")).eval()
+        for model in (bigram, llama):
+            kw = dict(max_new_tokens=30, temperature=0)  # windows slide by 1: as alone
+            rows = generate_healed_rows(model, tok, prompts, **kw)
+            for prompt, row in zip(prompts, rows):
+                alone = generate_healed(model, tok, prompt, **kw)[0]
+                assert (row.text, row.tokens) == (alone.text, alone.tokens)
+                assert tok.decode(row.prompt_tokens + row.tokens) == prompt + row.text
+    finally:
+        torch.set_default_dtype(old)

@@ -11,7 +11,7 @@ from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.model import build_model
 from lmlab.model.presets import PRESETS
-from lmlab.sample import apply_repetition_penalty, generate
+from lmlab.sample import apply_repetition_penalty, generate, generate_rows
 
 
 class ByteTok:
@@ -171,6 +171,100 @@ def test_batch_greedy_rows_match_single():
         model, tok, "xyz", max_new_tokens=8, temperature=0.0, num_samples=3, stop_at_eot=False
     )
     assert all(s.tokens == one.tokens for s in many)
+
+
+# prompts of 2, 9 and 15 bytes against a context of 16: the rows are padded by 13, 6 and 0, and
+# their windows slide at different steps
+ROW_PROMPTS = ["ab", "def f(x):", "hello, world!!!"]
+
+
+def reference_rows(model, prompts: list[list[int]], n: int, every: int) -> list[list[int]]:
+    """Uncached greedy of each row on its own, its window the batch's: the columns of the
+    left-padded batch from the start that ``every`` gives the batch's length."""
+    ctx, width = model.config.context_length, max(map(len, prompts))
+    seqs, outs = [list(p) for p in prompts], [[] for _ in prompts]
+    with torch.no_grad():
+        for step in range(n):
+            length = width + step  # the batch's columns
+            start = 0 if length <= ctx else -(-(length - ctx) // every) * every
+            for seq, out, prompt in zip(seqs, outs, prompts):
+                pad = width - len(prompt)
+                logits = model(torch.tensor([seq[max(0, start - pad) :]]))[:, -1, :]
+                logits[:, 257:] = float("-inf")
+                out.append(int(logits.argmax(-1)))
+                seq.append(out[-1])
+    return outs
+
+
+@pytest.mark.parametrize("every", [1, 4])
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize(
+    "kw", [{"preset": "llama", "n_kv_head": 2}, {"position": "none"}], ids=["llama-gqa", "nope"]
+)
+def test_rows_of_different_prompts_see_only_their_own_tokens(kw, use_cache, every):
+    """Left-padded rows see only their own tokens: within the context what they would see
+    alone; past it the batch's window, which with a slide of 1 is again each row's own."""
+    model = tiny(**kw)
+    tok = ByteTok()
+    kwargs = dict(
+        max_new_tokens=30,
+        temperature=0.0,
+        stop_at_eot=False,
+        slide_every=every,
+        use_cache=use_cache,
+    )
+    rows = generate_rows(model, tok, ROW_PROMPTS, **kwargs)
+    ids = [tok.encode(p) for p in ROW_PROMPTS]
+    assert [r.tokens for r in rows] == reference_rows(model, ids, 30, every)
+    for prompt, row in zip(ROW_PROMPTS, rows):
+        assert row.prompt_tokens == tok.encode(prompt)
+        alone = generate(model, tok, prompt, **kwargs)[0]
+        assert row.tokens[:2] == alone.tokens[:2]  # 15 + 2 tokens: no slide yet
+        if every == 1:
+            assert row.tokens == alone.tokens
+
+
+def test_padded_rows_logits_are_each_rows_own_up_to_rounding():
+    """The padded batch's next-token logits against each prompt's alone, in float64: the
+    padding shifts the rows' positions, which RoPE's scores do not depend on, so with its
+    tables in float64 too (they are float32 buffers) only the float64 sums' order differs."""
+    model = tiny("llama")
+    angles = torch.outer(torch.arange(16.0), 1.0 / 10000.0 ** (torch.arange(0, 8, 2) / 8.0))
+    assert torch.allclose(model.rotary.cos.double(), angles.cos(), atol=2**-24)  # the same tables
+    model.rotary.cos, model.rotary.sin = angles.cos(), angles.sin()
+    ids = [list(p.encode()) for p in ROW_PROMPTS]
+    width = max(map(len, ids))
+    seq = torch.tensor([[0] * (width - len(r)) + r for r in ids])
+    cache = model.new_kv_cache(len(ids), 16)
+    cache.set_padding(torch.tensor([[c < width - len(r) for c in range(width)] for r in ids]))
+    with torch.no_grad():
+        batch = model(seq, kv_cache=cache)[:, -1]
+        for i, r in enumerate(ids):
+            alone = model(torch.tensor([r]))[0, -1]
+            assert torch.allclose(batch[i], alone, rtol=0, atol=1e-12 * alone.abs().max())
+
+
+def test_rows_of_a_learned_position_model_decode_each_length_alone():
+    model = tiny("gpt2")  # positions are absolute: padding would shift them, so no padding
+    tok = ByteTok()
+    kwargs = dict(max_new_tokens=6, temperature=0.0, stop_at_eot=False)
+    rows = generate_rows(model, tok, ["ab", "xyz", "cd"], **kwargs)
+    for prompt, row in zip(["ab", "xyz", "cd"], rows):
+        assert row.tokens == generate(model, tok, prompt, **kwargs)[0].tokens
+
+
+def test_rows_stop_at_their_own_token_limits():
+    model = tiny("llama")
+    tok = ByteTok()
+    rows = generate_rows(
+        model, tok, ["ab", "xyz", "q"], max_new_tokens=[2, 7, 0], temperature=0.0, stop_at_eot=False
+    )
+    assert [len(r.tokens) for r in rows] == [2, 7, 0]
+    assert all(r.finish_reason == "length" for r in rows)
+    alone = generate(model, tok, "xyz", max_new_tokens=7, temperature=0.0, stop_at_eot=False)[0]
+    assert rows[1].tokens == alone.tokens
+    with pytest.raises(LmlabError, match="2 limits for 3 prompts"):
+        generate_rows(model, tok, ["a", "b", "c"], max_new_tokens=[1, 2])
 
 
 def test_temperature_near_zero_equals_greedy():

@@ -7,15 +7,13 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.sample import (
-    StopMatcher,
-    StreamDecoder,
     apply_repetition_penalty,
     apply_temperature,
     apply_top_k,
     apply_top_p,
     choose_next,
-    cut_at_stop,
 )
+from lmlab.sample_text import StopMatcher, StreamDecoder, cut_at_stop
 
 
 def kept(logits: torch.Tensor) -> set[int]:

@@ -39,6 +39,7 @@ from lmlab.demo_budget import (
     REPORT_S,
     SHORT_BUDGET_TOKENS,
     SYNTAX_RESERVE_S,
+    SYNTAX_ROWS,
     Budget,
     SyntaxWaves,
     eval_batches_for,
@@ -57,6 +58,7 @@ from lmlab.eval.code import (
 )
 from lmlab.eval.metrics import evaluate_path, format_metrics
 from lmlab.healing import generate_healed as generate
+from lmlab.healing import generate_healed_rows as generate_rows
 from lmlab.model import build_model
 from lmlab.outputs import check_output, write_marker
 from lmlab.pipeline import resolve_training_inputs
@@ -207,42 +209,41 @@ def make_generate_fn(
     seed: int = 0,
     stop: Callable[[], bool] | None = None,
     slide_every: int = 1,
+    rows: int = SYNTAX_ROWS,
 ) -> GenerateFn:
-    """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate; batches equal prompts.
+    """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate: up to ``rows``
+    completions at a time in one batch, whatever their prompts (lmlab.sample.generate_rows).
 
     Token healing (lmlab.healing): a prompt ends in a newline, a token the model saw only
     before column-0 code, so without it most completions start the next top-level statement.
     A sample stops once its function has ended (:func:`lmlab.eval.code.function_ended`: the
     verdict is the one the whole completion would get, and no other sample changes).
-    ``stop`` (the deadline) is asked before each prompt's batch after the first; the prompts
-    left when it says True come back as None (not run)."""
+    ``stop`` (the deadline) is asked before each batch after the first; the completions left
+    when it says True come back as None (not run)."""
 
-    batches = 0  # over all calls: a prompt met again in a later call gets a new seed
+    batches = 0  # over all calls: each batch its own seed
 
     def generate_fn(prompts: list[str], max_new_tokens: int) -> list[tuple[str, bool] | None]:
         nonlocal batches
         out: list[tuple[str, bool] | None] = [None] * len(prompts)
-        groups: dict[str, list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault(p, []).append(i)
-        for k, (prompt, where) in enumerate(groups.items()):
-            if k and stop is not None and stop():
+        for lo in range(0, len(prompts), rows):
+            if lo and stop is not None and stop():
                 break
-            samples = generate(
+            chunk = prompts[lo : lo + rows]
+            samples = generate_rows(
                 model,
                 tokenizer,
-                prompt,
+                chunk,
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
                 top_k=top_k,
-                num_samples=len(where),
                 seed=seed + batches,
-                stop_when=lambda _i, text, prompt=prompt: function_ended(prompt, text),
+                stop_when=lambda i, text, chunk=chunk: function_ended(chunk[i], text),
                 slide_every=slide_every,
             )
             batches += 1
-            for i, s in zip(where, samples):
-                out[i] = (s.text, s.finish_reason == "eot")
+            for i, s in enumerate(samples):
+                out[lo + i] = (s.text, s.finish_reason == "eot")
         return out
 
     return generate_fn
@@ -415,15 +416,11 @@ def _samples_and_syntax(
         shown.append(f"```python\n{prompt}{text}\n```")
         print(f"[sample {i + 1}]\n{prompt}{text}\n", flush=True)
     # one completion of the syntax check costs at most SYNTAX_TOKENS tokens at the speed just
-    # measured one sample at a time (the samples of one prompt decode together, one batch);
-    # later waves go at the pace the check really has
+    # measured one sample at a time (SYNTAX_ROWS of them decode together, one batch, for a
+    # little more); later waves go at the pace the check really has
     token_s = (clock() - t_gen) / n_gen
     waves = SyntaxWaves(
-        budget,
-        report_s,
-        SYNTAX_TOKENS * token_s,
-        max(1, cfg.eval.syntax_samples),
-        prompts=len(prompts),
+        budget, report_s, SYNTAX_TOKENS * token_s, max(1, cfg.eval.syntax_samples), SYNTAX_ROWS
     )
     first = waves(0)
     syntax = None

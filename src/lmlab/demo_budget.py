@@ -13,12 +13,13 @@ from lmlab.config import Config
 
 # Seconds kept back after training for the samples, the syntax check and the report; the final
 # evaluation's estimated time comes on top, and the whole reserve is at least FINISH_RESERVE_S
-# and at most FINISH_RESERVE_SHARE of the budget (so a short budget still trains). Stop 14's
-# 65 s left 15-20 s unused once the syntax check slid its window 64 tokens at a time: on 2
-# Xeon cores the whole val split then took 14 s, samples 1 s, 100 completions 13 s. But 22 s
-# planned only 45 of the 100 there (the plan is the worst case, every batch running all
-# SYNTAX_TOKENS at 1.8 ms a token); 30 s plans all 100 at that pace (bench/RESULTS.md, stop 16).
-SYNTAX_RESERVE_S = 30.0
+# and at most FINISH_RESERVE_SHARE of the budget (so a short budget still trains). The plan is
+# the worst case, every completion running all SYNTAX_TOKENS at the samples' pace (1.8-2 ms a
+# token on 2 Xeon or Zen 4 cores): 30 s planned all 100 completions when each prompt's were
+# decoded as a batch of their own (stop 16); 25 rows of any prompts at a time plan them in 11 s
+# (stop 33), so 20 s keeps the report's and the samples' share besides. The later waves go at
+# the pace the check really has (SyntaxWaves), so a slower machine's first plan is made up.
+SYNTAX_RESERVE_S = 20.0
 FINISH_RESERVE_S = 35.0
 FINISH_RESERVE_SHARE = 0.25
 # The final evaluation's estimate, with this margin for a machine's pace drifting.
@@ -28,11 +29,15 @@ EVAL_MARGIN = 1.25
 # keeping REPORT_S for the report and plot).
 EVAL_SHARE = 0.4
 REPORT_S = 3.0
-# A batch of k samples of one prompt decodes in about (1 + BATCH_EXTRA * (k - 1)) times one's.
-# Measured on 2 AMD EPYC cores (stop 16): 0.59, 0.87, 1.08 s for 1, 2, 3 rows to 256 tokens,
-# extra rows at 0.36-0.47; 100 completions of the 40 prompts took 30.1 s where this plan says
-# 32.7 (every batch to 256 tokens; most did, looping): the early stops make up the difference.
-BATCH_EXTRA = 0.25
+# The syntax check decodes SYNTAX_ROWS completions at a time in one batch, whatever their
+# prompts (left-padded: lmlab.sample.generate_rows), and a batch of r rows takes about
+# (1 + ROW_EXTRA * (r - 1)) times one row's time. On the demo's model, 2 AMD EPYC Zen 4 cores,
+# every row to 256 tokens (bench/syntax_rows.py, bench/RESULTS.md "stop 33"): batches of 5, 10,
+# 25, 50 and 100 rows took 1.69, 2.83, 5.43, 11.05 and 19.1 times one row (0.17-0.21 a row past
+# the first), and 100 completions 10-11.5 s from 25 rows on, against 52 s one at a time; 25
+# keeps the deadline's checks (between batches) a few seconds apart.
+SYNTAX_ROWS = 25
+ROW_EXTRA = 0.2
 
 
 class Budget:
@@ -68,22 +73,18 @@ def eval_batches_for(seconds: float, batch_s: float, whole: int) -> int | None:
     return None if n >= whole else n
 
 
-def _completion_units(n: int, prompts: int) -> float:
-    """What ``n`` completions of ``prompts`` cycled cost, in completions decoded alone."""
-    if not prompts:
-        return float(n)
-    calls = min(n, prompts)
-    return calls + BATCH_EXTRA * (n - calls)
+def _completion_units(n: int, rows: int) -> float:
+    """What ``n`` completions decoded ``rows`` at a time cost, in completions decoded alone."""
+    full, rest = divmod(max(0, n), max(1, rows))
+    units = full * (1 + ROW_EXTRA * (rows - 1))
+    return units + (1 + ROW_EXTRA * (rest - 1) if rest else 0.0)
 
 
-def syntax_samples_for(seconds: float, completion_s: float, wanted: int, prompts: int = 0) -> int:
-    """Completions of the syntax check that fit ``seconds``, at most ``wanted``.
-
-    ``completion_s`` is one completion decoded alone. With ``prompts`` (the distinct prompts,
-    cycled) the samples of one prompt decode in one batch, each extra one costing BATCH_EXTRA
-    of a completion; without, every completion is decoded alone."""
+def syntax_samples_for(seconds: float, completion_s: float, wanted: int, rows: int = 1) -> int:
+    """Completions of the syntax check that fit ``seconds``, at most ``wanted``, decoded ``rows``
+    at a time (``completion_s``: one completion decoded alone)."""
     n = max(0, wanted)
-    while n and _completion_units(n, prompts) * completion_s > seconds:
+    while n and _completion_units(n, rows) * completion_s > seconds:
         n -= 1
     return n
 
@@ -107,10 +108,10 @@ class SyntaxWaves:
         keep_s: float,
         completion_s: float,
         wanted: int,
-        prompts: int,
+        rows: int = SYNTAX_ROWS,
     ):
         self.budget, self.keep_s, self.completion_s = budget, keep_s, completion_s
-        self.wanted, self.prompts = wanted, prompts
+        self.wanted, self.rows = wanted, rows
         self.clock = budget.clock  # the waves' pace on the deadline's own clock
         self.waves: list[int] = []
         self._last: tuple[float, float] | None = None  # (start, cost units) of the last wave
@@ -121,9 +122,9 @@ class SyntaxWaves:
             start, units = self._last
             self.completion_s = WAVE_MARGIN * (now - start) / units
         n = syntax_samples_for(
-            self.budget.left() - self.keep_s, self.completion_s, self.wanted - done, self.prompts
+            self.budget.left() - self.keep_s, self.completion_s, self.wanted - done, self.rows
         )
-        self._last = (now, _completion_units(n, self.prompts))
+        self._last = (now, _completion_units(n, self.rows))
         if n:
             self.waves.append(n)
         return n

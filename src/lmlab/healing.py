@@ -20,14 +20,9 @@ from typing import Any
 
 import torch
 
-from lmlab.sample import (
-    Sample,
-    StopWhen,
-    StreamCallback,
-    choose_next,
-    encode_prompt,
-    generate,
-)
+from lmlab.errors import LmlabError
+from lmlab.sample import choose_next, encode_prompt, generate_rows
+from lmlab.sample_text import Sample, StopWhen, StreamCallback
 
 _UTF8 = codecs.lookup("utf-8")
 
@@ -99,65 +94,6 @@ def _healed_firsts(
     ).tolist()
 
 
-def _continue_each_first(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    head: list[int],
-    tail: bytes,
-    firsts: list[int],
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    seed: int,
-    stream_callback: StreamCallback | None,
-    stop_when: StopWhen | None = None,
-    slide_every: int = 1,
-) -> list[Sample]:
-    """The rest of each sample after its first token, one batch per distinct first token."""
-    vocab = tokenizer.vocab
-    out: list[Sample | None] = [None] * len(firsts)
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(firsts):
-        groups.setdefault(int(t), []).append(i)
-    for k, (first, where) in enumerate(sorted(groups.items())):
-        lead = vocab[first][len(tail) :].decode("utf-8")
-
-        def relay(j: int, text: str, where: list[int] = where) -> None:
-            assert stream_callback is not None
-            stream_callback(where[j], text)
-
-        def ended(j: int, text: str, where: list[int] = where, lead: str = lead) -> bool:
-            assert stop_when is not None
-            return stop_when(where[j], lead + text)  # the sample's whole text, lead included
-
-        if stream_callback is not None and lead:
-            for i in where:
-                stream_callback(i, lead)
-        rest = generate(
-            model,
-            tokenizer,
-            head + [first],
-            max_new_tokens=max_new_tokens - 1,
-            temperature=temperature,
-            top_k=top_k,
-            num_samples=len(where),
-            seed=seed + 1 + k,
-            stream_callback=relay if stream_callback is not None else None,
-            stop_when=ended if stop_when is not None else None,
-            slide_every=slide_every,
-        )
-        for i, s in zip(where, rest):
-            out[i] = Sample(
-                text=lead + s.text,
-                tokens=[first, *s.tokens],
-                prompt_tokens=head,
-                finish_reason=s.finish_reason,
-                message=s.message,
-            )
-    return [s for s in out if s is not None]
-
-
 def generate_healed(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -178,36 +114,12 @@ def generate_healed(
 
     The first token counts against ``max_new_tokens``. Same seed, same samples.
     """
-    head, tail, allowed = healing_split(tokenizer, encode_prompt(tokenizer, prompt))
-    if not allowed or max_new_tokens < 1:
-        return generate(
-            model,
-            tokenizer,
-            head,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            num_samples=num_samples,
-            seed=seed,
-            stream_callback=stream_callback,
-            stop_when=stop_when,
-            slide_every=slide_every,
-        )
-    firsts = _healed_firsts(
-        model,
-        head,
-        allowed,
-        temperature=temperature,
-        top_k=top_k,
-        num_samples=num_samples,
-        seed=seed,
-    )
-    return _continue_each_first(
+    if num_samples < 1:
+        raise LmlabError(f"num_samples: must be >= 1, got {num_samples}")
+    return generate_healed_rows(
         model,
         tokenizer,
-        head,
-        tail,
-        firsts,
+        [prompt] * num_samples,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -216,3 +128,83 @@ def generate_healed(
         stop_when=stop_when,
         slide_every=slide_every,
     )
+
+
+def generate_healed_rows(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int = 0,
+    seed: int = 0,
+    stream_callback: StreamCallback | None = None,
+    stop_when: StopWhen | None = None,
+    slide_every: int = 1,
+) -> list[Sample]:
+    """:func:`generate_healed` for one sample of each of ``prompts``, all decoded in one batch
+    (:func:`lmlab.sample.generate_rows`): each distinct prompt's first tokens are chosen
+    together (seeded ``seed`` plus its order of first appearance), then every row goes on
+    from its own first token."""
+    if max_new_tokens < 0:
+        raise LmlabError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
+    vocab = tokenizer.vocab
+    rows: list[list[int]] = [[] for _ in prompts]
+    leads = [""] * len(prompts)
+    heads: list[list[int]] = [[] for _ in prompts]
+    limits = [max_new_tokens] * len(prompts)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    for k, (prompt, where) in enumerate(groups.items()):
+        ids = encode_prompt(tokenizer, prompt)
+        head, tail, allowed = healing_split(tokenizer, ids)
+        if not allowed or max_new_tokens < 1:  # not healed: the prompt as it is
+            for i in where:
+                rows[i] = heads[i] = ids
+            continue
+        firsts = _healed_firsts(
+            model,
+            head,
+            allowed,
+            temperature=temperature,
+            top_k=top_k,
+            num_samples=len(where),
+            seed=seed + k,
+        )
+        for i, first in zip(where, firsts):
+            heads[i], rows[i] = head, head + [first]
+            leads[i] = vocab[first][len(tail) :].decode("utf-8")
+            limits[i] = max_new_tokens - 1  # the first token counts against the limit
+    if stream_callback is not None:
+        for i, lead in enumerate(leads):
+            if lead:
+                stream_callback(i, lead)
+
+    def ended(i: int, text: str) -> bool:
+        assert stop_when is not None
+        return stop_when(i, leads[i] + text)  # the sample's whole text, lead included
+
+    rest = generate_rows(
+        model,
+        tokenizer,
+        rows,
+        max_new_tokens=limits,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed + len(groups),
+        stream_callback=stream_callback,
+        stop_when=ended if stop_when is not None else None,
+        slide_every=slide_every,
+    )
+    return [
+        Sample(
+            text=leads[i] + s.text,
+            tokens=rows[i][len(heads[i]) :] + s.tokens,
+            prompt_tokens=heads[i],
+            finish_reason=s.finish_reason,
+            message=s.message,
+        )
+        for i, s in enumerate(rest)
+    ]

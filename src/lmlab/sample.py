@@ -18,11 +18,10 @@ Loading a run never runs code (safetensors weights; see ``lmlab.train.checkpoint
 
 from __future__ import annotations
 
-import codecs
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -31,22 +30,7 @@ from lmlab.config import SampleConfig
 from lmlab.device import inference_device
 from lmlab.errors import LmlabError
 from lmlab.runs import load_model_for_inference
-
-StreamCallback = Callable[[int, str], None]
-# stop_when(i, text): asked with sample i's whole text so far each time it grows; True ends it.
-StopWhen = Callable[[int, str], bool]
-
-
-@dataclass
-class Sample:
-    """One generated continuation."""
-
-    text: str  # generated text after the prompt, cut before the first stop string
-    tokens: list[int]  # generated ids (without a final eot; up to the token completing a stop)
-    prompt_tokens: list[int]
-    finish_reason: str  # "length" | "stop" | "eot" | "context"
-    message: str = ""  # why generation ended early, when it is not obvious (context)
-
+from lmlab.sample_text import RowOutputs, Sample, StopWhen, StreamCallback
 
 # --- logits processors (each takes and returns float logits of shape (B, V)) -----------------
 
@@ -117,87 +101,6 @@ def choose_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-# --- text plumbing -------------------------------------------------------------------------
-
-
-class StreamDecoder:
-    """Turns token ids into text one token at a time, emitting only complete UTF-8 characters.
-
-    A character split across tokens (byte-level BPE splits emoji and CJK) is held until its
-    last byte arrives; :meth:`flush` ends the stream, turning leftover bytes into U+FFFD, the
-    same as ``tokenizer.decode`` on the whole sequence.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tok = tokenizer
-        self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._bytes: dict[int, bytes] = {}
-
-    def _token_bytes(self, token: int) -> bytes:
-        b = self._bytes.get(token)
-        if b is None:
-            b = self._tok.decode_bytes([token])
-            self._bytes[token] = b
-        return b
-
-    def push(self, token: int) -> str:
-        return self._dec.decode(self._token_bytes(int(token)))
-
-    def flush(self) -> str:
-        return self._dec.decode(b"", final=True)
-
-
-class StopMatcher:
-    """Finds stop strings in streamed text without ever emitting a stop string's first part.
-
-    :meth:`feed` returns the text that is safe to show: everything except a tail that could
-    still grow into a stop string. Once a stop string appears, ``stopped`` is set and the text
-    before it is the last thing returned.
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        for s in stops:
-            if not s:
-                raise LmlabError("stop: empty stop string")
-        self.stops = list(stops)
-        self._held = ""
-        self.stopped = False
-
-    def _held_tail(self, text: str) -> int:
-        """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
-        best = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(text)), best, -1):
-                if text.endswith(s[:n]):
-                    best = n
-                    break
-        return best
-
-    def feed(self, piece: str) -> str:
-        if self.stopped:
-            return ""
-        text = self._held + piece
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            self._held = ""
-            return text[: min(hits)]
-        keep = self._held_tail(text)
-        self._held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep]
-
-    def finish(self) -> str:
-        """End of stream: what was held back was not a stop string after all."""
-        out, self._held = self._held, ""
-        return "" if self.stopped else out
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """``text`` up to the earliest stop string, and whether one was found."""
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
-
-
 # --- the model side ------------------------------------------------------------------------
 
 
@@ -224,15 +127,27 @@ def _supports_cache(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "supports_kv_cache", False))
 
 
+def _can_pad(model: torch.nn.Module) -> bool:
+    """Whether rows of different lengths can share a batch left-padded: a KV cache to mask the
+    padding in, and positions that are only relative (RoPE, or none)."""
+    return _supports_cache(model) and _can_slide(model)
+
+
 class _Stepper:
     """Produces next-token logits for a growing (B, L) sequence, with or without a KV cache.
 
     Both paths give identical logits (up to float noise): each step sees the last
-    ``context_length`` tokens, positions counted from the start of that window.
+    ``context_length`` tokens, positions counted from the start of that window. Rows may be
+    left-padded (``pad``: each row's padding columns), the padding masked out (cached path).
     """
 
     def __init__(
-        self, model: torch.nn.Module, batch_size: int, use_cache: bool, slide_every: int = 1
+        self,
+        model: torch.nn.Module,
+        batch_size: int,
+        use_cache: bool,
+        slide_every: int = 1,
+        pad: torch.Tensor | None = None,
     ) -> None:
         self.model = model
         self.ctx = _context_length(model)
@@ -240,26 +155,35 @@ class _Stepper:
         self.use_cache = use_cache and _supports_cache(model)
         self.batch_size = batch_size
         self.slide_every = max(1, min(slide_every, self.ctx or 1))
+        self.pad = pad if pad is not None and bool(pad.any()) else None  # (B,) long
         self.cache: Any = None
 
-    def _window(self, seq: torch.Tensor) -> torch.Tensor:
-        """The tokens a step sees: all of ``seq``, or past ``ctx`` the window's start moved on
-        by whole multiples of ``slide_every`` (the same for the cached path, which prefills
-        exactly when the start moves)."""
-        if self.ctx is None or seq.shape[1] <= self.ctx:
-            return seq
-        if not self.slide:
-            raise ContextFull
-        over, k = seq.shape[1] - self.ctx, self.slide_every
-        return seq[:, -(-over // k) * k :]
+    def _window(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The columns a step sees, and which of them are each row's padding (None: none):
+        all of ``seq``, or past ``ctx`` the window's start moved on by whole multiples of
+        ``slide_every`` (the same for the cached path, which prefills exactly when the start
+        moves). The rows' windows move together, so a batch re-prefills once per
+        ``slide_every`` tokens however its rows' lengths differ."""
+        L = seq.shape[1]
+        start = 0
+        if self.ctx is not None and L > self.ctx:
+            if not self.slide:
+                raise ContextFull
+            over, k = L - self.ctx, self.slide_every
+            start = -(-over // k) * k
+        if self.pad is None:
+            return seq[:, start:], None
+        columns = torch.arange(start, L, device=seq.device)[None, :]
+        return seq[:, start:], columns < self.pad[:, None]  # left of each row's first token
 
     def _prefill(self, seq: torch.Tensor) -> torch.Tensor:
-        window = self._window(seq)
-        if not self.use_cache:
+        window, pad = self._window(seq)
+        if not self.use_cache and pad is None:
             return self.model(window)[:, -1, :]
-        if self.cache is None:
+        if self.cache is None:  # padding needs the cache's mask even when not caching
             self.cache = self.model.new_kv_cache(self.batch_size, self.ctx)
         self.cache.reset()
+        self.cache.set_padding(pad)
         return self.model(window, kv_cache=self.cache)[:, -1, :]
 
     def first(self, seq: torch.Tensor) -> torch.Tensor:
@@ -328,83 +252,10 @@ def _check_prompt(model: torch.nn.Module, prompt_ids: list[int], vocab: int) -> 
         )
 
 
-class _Outputs:
-    """Each sample's text as it becomes final: decoding, stop strings, finish reasons."""
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        stop: list[str],
-        batch: int,
-        callback: StreamCallback | None,
-        stop_when: StopWhen | None = None,
-    ) -> None:
-        self.decoders = [StreamDecoder(tokenizer) for _ in range(batch)]
-        self.matchers = [StopMatcher(stop) for _ in range(batch)]
-        self.pieces: list[list[str]] = [[] for _ in range(batch)]
-        self.tokens: list[list[int]] = [[] for _ in range(batch)]
-        self.finish = ["length"] * batch
-        self.done = [False] * batch
-        self.message = ""
-        self.callback = callback
-        self.stop_when = stop_when
-
-    def emit(self, i: int, text: str) -> None:
-        if text:
-            self.pieces[i].append(text)
-            if self.callback is not None:
-                self.callback(i, text)
-            if self.stop_when is not None and not self.done[i]:
-                if self.stop_when(i, "".join(self.pieces[i])):
-                    self.done[i], self.finish[i] = True, "stop"
-
-    def take(self, nxt: list[int], eot: int | None) -> None:
-        """Append one chosen token to each sample still running."""
-        for i, t in enumerate(nxt):
-            if self.done[i]:
-                continue
-            if eot is not None and t == eot:
-                self.done[i], self.finish[i] = True, "eot"
-                continue
-            self.tokens[i].append(t)
-            self.emit(i, self.matchers[i].feed(self.decoders[i].push(t)))
-            if self.matchers[i].stopped:
-                self.done[i], self.finish[i] = True, "stop"
-
-    def stop_at_context(self, ctx: int | None) -> None:
-        self.message = (
-            f"stopped at the context length {ctx}: this model has learned positions, "
-            "which cannot slide past it"
-        )
-        for i in range(len(self.done)):
-            if not self.done[i]:
-                self.done[i], self.finish[i] = True, "context"
-
-    def samples(self, prompt_ids: list[int]) -> list[Sample]:
-        """Flush what each decoder and matcher still holds and build the samples."""
-        samples = []
-        for i in range(len(self.done)):
-            if self.finish[i] != "stop":
-                self.emit(i, self.matchers[i].feed(self.decoders[i].flush()))
-                self.emit(i, self.matchers[i].finish())
-                if self.matchers[i].stopped:
-                    self.finish[i] = "stop"
-            samples.append(
-                Sample(
-                    text="".join(self.pieces[i]),
-                    tokens=self.tokens[i],
-                    prompt_tokens=list(prompt_ids),
-                    finish_reason=self.finish[i],
-                    message=self.message if self.finish[i] == "context" else "",
-                )
-            )
-        return samples
-
-
 def _decode_loop(
     model: torch.nn.Module,
     seq: torch.Tensor,
-    out: _Outputs,
+    out: RowOutputs,
     *,
     max_new_tokens: int,
     choose: Callable[[torch.Tensor], torch.Tensor],
@@ -414,13 +265,14 @@ def _decode_loop(
     eot: int | None,
     use_cache: bool,
     slide_every: int = 1,
+    pad: torch.Tensor | None = None,
 ) -> None:
     """Run the model step by step, feeding each chosen token to ``out``, until every sample is
     done, the token limit, or (learned positions) the context length."""
     B = seq.shape[0]
-    stepper = _Stepper(model, B, use_cache, slide_every)
-    logits = stepper.first(seq) if max_new_tokens > 0 else None
-    for step in range(max_new_tokens):
+    stepper = _Stepper(model, B, use_cache, slide_every, pad)
+    logits = stepper.first(seq) if max_new_tokens > 0 and not all(out.done) else None
+    for step in range(max_new_tokens if logits is not None else 0):
         assert logits is not None
         if tok_vocab and logits.shape[-1] > tok_vocab:
             # Padded embedding rows have no text: never pick them.
@@ -472,28 +324,83 @@ def generate(
     the window moves at a time (the module's docstring).
     """
     _check_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_samples)
+    return generate_rows(
+        model,
+        tokenizer,
+        [prompt] * num_samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        stop=stop,
+        seed=seed,
+        stream_callback=stream_callback,
+        use_cache=use_cache,
+        stop_at_eot=stop_at_eot,
+        stop_when=stop_when,
+        slide_every=slide_every,
+    )
+
+
+def generate_rows(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str | Sequence[int]],
+    *,
+    max_new_tokens: int | Sequence[int] = SampleConfig.max_new_tokens,
+    temperature: float = SampleConfig.temperature,
+    top_k: int = SampleConfig.top_k,
+    top_p: float = SampleConfig.top_p,
+    repetition_penalty: float = SampleConfig.repetition_penalty,
+    stop: Sequence[str] = (),
+    seed: int = SampleConfig.seed,
+    stream_callback: StreamCallback | None = None,
+    use_cache: bool = True,
+    stop_at_eot: bool = True,
+    stop_when: StopWhen | None = None,
+    slide_every: int = 1,
+) -> list[Sample]:
+    """One continuation of each of ``prompts`` (text or ids; repeat one for several samples of
+    it), decoded together: :func:`generate`'s arguments, with ``i`` in the callbacks the row.
+
+    Rows of different lengths are left-padded into one batch and their padding masked (RoPE and
+    no-position models with a KV cache): within the context each row sees what it would alone,
+    so its logits differ from a batch of its own only by rounding. Past the context the
+    window is the batch's (its columns, sliding ``slide_every`` at a time): with 1 each row
+    still sees exactly its last ``context_length`` tokens; with k a row sees at least
+    ``context_length - k + 1`` of them, as alone, though its window may start up to k - 1
+    tokens elsewhere. Other models decode each length's rows as a batch of their own (seeded
+    ``seed``, ``seed + 1``, ... in order of first appearance). ``max_new_tokens`` may be one
+    limit per row.
+    """
+    limits = _row_limits(max_new_tokens, len(prompts))
+    _check_args(min(limits, default=0), temperature, top_k, top_p, repetition_penalty, len(prompts))
     if slide_every < 1:
         raise LmlabError(f"slide_every: must be >= 1, got {slide_every}")
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    device = next(model.parameters()).device
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
     vocab = int(getattr(_model_config(model), "vocab_size", 0) or 0)
+    for row in dict.fromkeys(tuple(r) for r in ids):
+        _check_prompt(model, list(row), vocab)
+    if len({len(r) for r in ids}) > 1 and not _can_pad(model):
+        same = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop=stop)
+        same.update(repetition_penalty=repetition_penalty, use_cache=use_cache)
+        same.update(stop_at_eot=stop_at_eot, slide_every=slide_every)
+        return _generate_by_length(
+            model, tokenizer, ids, limits, seed, stream_callback, stop_when, same
+        )
+    device = next(model.parameters()).device
     tok_vocab = int(getattr(tokenizer, "vocab_size", 0) or 0)
-    _check_prompt(model, prompt_ids, vocab)
     eot = getattr(tokenizer, "eot_id", None) if stop_at_eot else None
-
-    B = num_samples
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    seq = torch.tensor([prompt_ids] * B, dtype=torch.long, device=device)  # (B, L)
-    seen: torch.Tensor | None = None
-    if repetition_penalty != 1.0:
-        seen = torch.zeros(B, vocab or tok_vocab, dtype=torch.bool, device=device)
-        seen[:, torch.tensor(prompt_ids, device=device)] = True
+    seq, pad = _left_padded(ids, device)
+    seen = None if repetition_penalty == 1.0 else _seen_tokens(ids, vocab or tok_vocab, device)
 
     def choose(logits: torch.Tensor) -> torch.Tensor:
         return choose_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
 
-    out = _Outputs(tokenizer, list(stop), B, stream_callback, stop_when)
+    out = RowOutputs(tokenizer, list(stop), len(ids), stream_callback, stop_when, limits)
     was_training = model.training
     model.eval()
     try:
@@ -502,7 +409,7 @@ def generate(
                 model,
                 seq,
                 out,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max(limits, default=0),
                 choose=choose,
                 seen=seen,
                 repetition_penalty=repetition_penalty,
@@ -510,10 +417,78 @@ def generate(
                 eot=eot,
                 use_cache=use_cache,
                 slide_every=slide_every,
+                pad=pad,
             )
     finally:
         model.train(was_training)
-    return out.samples(prompt_ids)
+    return out.samples(ids)
+
+
+def _row_limits(max_new_tokens: int | Sequence[int], rows: int) -> list[int]:
+    """Each row's token limit: one for all, or one per row."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * rows
+    limits = [int(n) for n in max_new_tokens]
+    if len(limits) != rows:
+        raise LmlabError(f"max_new_tokens: {len(limits)} limits for {rows} prompts")
+    return limits
+
+
+def _seen_tokens(ids: list[list[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """(B, vocab) bool: the tokens of each row's prompt (the repetition penalty's start)."""
+    seen = torch.zeros(len(ids), vocab, dtype=torch.bool, device=device)
+    for i, r in enumerate(ids):
+        seen[i, torch.tensor(r, device=device)] = True
+    return seen
+
+
+def _left_padded(ids: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, longest) ids, each row right-aligned after its padding (any id, here 0: no query
+    sees those columns), and each row's padding columns (B,)."""
+    width = max(map(len, ids))
+    seq = torch.tensor([[0] * (width - len(r)) + r for r in ids], dtype=torch.long, device=device)
+    pad = torch.tensor([width - len(r) for r in ids], dtype=torch.long, device=device)
+    return seq, pad
+
+
+def _generate_by_length(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    ids: list[list[int]],
+    limits: list[int],
+    seed: int,
+    stream_callback: StreamCallback | None,
+    stop_when: StopWhen | None,
+    kwargs: dict[str, Any],
+) -> list[Sample]:
+    """:func:`generate_rows` for a model that cannot pad: each prompt length's rows as a batch."""
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(ids):
+        groups.setdefault(len(r), []).append(i)
+    out: list[Sample | None] = [None] * len(ids)
+    for k, where in enumerate(groups.values()):
+
+        def relay(j: int, text: str, where: list[int] = where) -> None:
+            assert stream_callback is not None
+            stream_callback(where[j], text)
+
+        def ended(j: int, text: str, where: list[int] = where) -> bool:
+            assert stop_when is not None
+            return stop_when(where[j], text)
+
+        samples = generate_rows(
+            model,
+            tokenizer,
+            [ids[i] for i in where],
+            max_new_tokens=[limits[i] for i in where],
+            seed=seed + k,
+            stream_callback=relay if stream_callback is not None else None,
+            stop_when=ended if stop_when is not None else None,
+            **kwargs,
+        )
+        for i, sample in zip(where, samples):
+            out[i] = sample
+    return [s for s in out if s is not None]
 
 
 # --- command line --------------------------------------------------------------------------

@@ -60,6 +60,11 @@ Incremental decoding::
     logits = model(next_tok[:, None], kv_cache=cache)   # then one token per step
     cache.pos                                     # tokens held so far
 
+Rows of different lengths decode in one batch left-padded: ``cache.set_padding(pad)`` before
+the prefill marks the padding columns, which no query then sees (with RoPE, or no positions,
+a row's scores depend only on its tokens' relative positions, so padding changes nothing but
+rounding; learned positions would shift, and are not padded).
+
 The cache holds keys/values after RoPE. A full cache (or, with learned positions, a position
 >= context_length) raises LmlabError. For a sliding window with ``rope`` or ``none``
 positions, rebuild it: ``cache.reset()`` then prefill the last ``context_length - 1`` tokens
@@ -163,6 +168,9 @@ class KVCache:
     k: torch.Tensor
     v: torch.Tensor
     pos: int = 0
+    # (B, max_len) bool, True at a left-padding position (rows of different prompt lengths in
+    # one batch), or None: nothing padded
+    pad: torch.Tensor | None = None
 
     @property
     def max_len(self) -> int:
@@ -175,6 +183,32 @@ class KVCache:
     def reset(self) -> None:
         """Forget everything (the tensors are reused); the next call is a fresh prefill."""
         self.pos = 0
+        self.pad = None
+
+    def set_padding(self, pad: torch.Tensor | None) -> None:
+        """Mark the next prefill's left padding: ``pad`` (B, T) is True where a row's column
+        holds no token (no query ever sees it); None, or all False, pads nothing."""
+        if pad is None or not bool(pad.any()):
+            self.pad = None
+            return
+        full = torch.zeros(self.batch_size, self.max_len, dtype=torch.bool, device=pad.device)
+        full[:, self.pos : self.pos + pad.shape[1]] = pad
+        self.pad = full
+
+    def attention_mask(self, start: int, length: int) -> torch.Tensor | None:
+        """(B, 1, length, start + length) bool, True where a query (positions start ..
+        start + length - 1) may see a key: the causal keys that are not padding, and always
+        itself, so a padding column's query (never seen by a real one) has something to
+        attend to instead of a row of -inf. None when nothing is padded."""
+        if self.pad is None:
+            return None
+        end = start + length
+        device = self.pad.device
+        q_pos = torch.arange(start, end, device=device)[:, None]
+        k_pos = torch.arange(end, device=device)[None, :]
+        causal = k_pos <= q_pos  # (length, end)
+        seen = causal & ~self.pad[:, None, :end]  # (B, length, end)
+        return (seen | (k_pos == q_pos))[:, None]  # (B, 1, length, end)
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -237,7 +271,10 @@ class CausalSelfAttention(nn.Module):
             start = cache.pos
             k, v = cache.update(layer, k, v)  # (B, KV, start + T, hd)
             k, v = k.to(q.dtype), v.to(q.dtype)  # a float32 cache under autocast: match q
-            if start > 0:
+            mask = cache.attention_mask(start, T)  # rows left-padded: a mask per row
+            if mask is not None:
+                causal = False
+            elif start > 0:
                 causal = False
                 if T > 1:  # a chunk after earlier tokens: query i sees keys 0 .. start + i
                     q_pos = torch.arange(start, start + T, device=x.device)[:, None]
