@@ -37,6 +37,7 @@ from lmlab.demo_budget import (
     EVAL_MARGIN,
     EVAL_SHARE,
     REPORT_S,
+    SHORT_BUDGET_LR_STEPS,
     SHORT_BUDGET_TOKENS,
     SYNTAX_RESERVE_S,
     SYNTAX_ROWS,
@@ -45,6 +46,7 @@ from lmlab.demo_budget import (
     eval_batches_for,
     finish_reserve,
     fit_steps,
+    lr_for_budget,
     narrow_pays,
     width_for_budget,
 )
@@ -531,8 +533,17 @@ def run_demo(
 
     # 3) train for the time that is left
     whole = val_batches(cfg, meta)
-    own_model = any(o.lstrip("-").startswith("model.") for o in overrides or [])
+    keys = {o.lstrip("-").split("=")[0] for o in overrides or []}
+    own_model = any(k.startswith("model.") for k in keys)
     step_s, eval_batch_s = _size_training(cfg, budget, minutes, whole, choose_width=not own_model)
+    short = None if keys & {"train.lr", "train.min_lr"} else lr_for_budget(cfg)
+    if short is not None:
+        print(
+            f"[train] {cfg.train.max_steps} steps (< {SHORT_BUDGET_LR_STEPS}): the embedding and "
+            f"norm gains at lr {short[0]:g} (the recipe's {cfg.train.lr:g} is for longer budgets)",
+            flush=True,
+        )
+        cfg.train.lr, cfg.train.min_lr = short
     result = train(
         cfg, resume=False, force=True
     )  # the demo's own run folder: a rerun starts it over

@@ -15,11 +15,13 @@ from lmlab.config import Config
 # evaluation's estimated time comes on top, and the whole reserve is at least FINISH_RESERVE_S
 # and at most FINISH_RESERVE_SHARE of the budget (so a short budget still trains). The plan is
 # the worst case, every completion running all SYNTAX_TOKENS at the samples' pace (1.8-2 ms a
-# token on 2 Xeon or Zen 4 cores): 30 s planned all 100 completions when each prompt's were
-# decoded as a batch of their own (stop 16); 25 rows of any prompts at a time plan them in 11 s
-# (stop 33), so 20 s keeps the report's and the samples' share besides. The later waves go at
-# the pace the check really has (SyntaxWaves), so a slower machine's first plan is made up.
-SYNTAX_RESERVE_S = 20.0
+# token one row at a time on 2 Xeon cores, 2.4 at width 128 and 3.2 at width 192 on 2 Zen 4
+# cores): 30 s planned all 100 completions when each prompt's were decoded as a batch of their
+# own (stop 16); 25 rows of any prompts at a time plan them in 14 s at 2.4 ms and 19 s at 3.2
+# (stop 33), and 25 s keeps the report's and the samples' share besides (20 s planned 86 at
+# 3.2). The later waves go at the pace the check really has (SyntaxWaves), so a slower
+# machine's first plan is made up.
+SYNTAX_RESERVE_S = 25.0
 FINISH_RESERVE_S = 35.0
 FINISH_RESERVE_SHARE = 0.25
 # The final evaluation's estimate, with this margin for a machine's pace drifting.
@@ -162,6 +164,32 @@ def width_for_budget(cfg: Config, steps: int) -> int | None:
     if SHORT_BUDGET_WIDTH % m.n_head or (SHORT_BUDGET_WIDTH // m.n_head) % 2:
         return None
     return SHORT_BUDGET_WIDTH
+
+
+# The AdamW side under Muon (the tied 4096-row embedding/head and the norm gains) trains at
+# SHORT_BUDGET_LR, not the recipe's train.lr, when the demo's plan fits fewer than
+# SHORT_BUDGET_LR_STEPS steps. Demos of width 128 (bench/RESULTS.md "stop 32", "stop 33"; the
+# syntax pass rate over 100-400 completions of the demo's own check, at temperature 0.2):
+# - ~600 steps: 3.2e-2 ended 0.29-0.32 lower than 2e-3 and wrote 24-38% passing completions
+#   against 3-12% (Zen 3, two seeds; Zen 4, 29.8% against 6.5%): 2e-3 has not yet learned
+#   to end a function;
+# - ~1300 steps: 2e-3 wrote 48-56% against 3.2e-2's 18-30% (Zen 4, two seeds each; 1e-3 57%,
+#   8e-3 30%), though 3.2e-2 ended 0.13-0.20 lower: at the high rate the tied embedding's
+#   rows grow to 3x the norm, the logits sharpen and low-temperature completions loop.
+# - ~880 steps: 2e-3 19.8% against 12.0% (one seed each), 3.2e-2 0.27 lower.
+# So the rate's crossover lies between 600 and 880 steps; the threshold sits between them.
+SHORT_BUDGET_LR = 3.2e-2
+SHORT_BUDGET_LR_STEPS = 750
+
+
+def lr_for_budget(cfg: Config) -> tuple[float, float] | None:
+    """(lr, min_lr) for a demo whose plan fits only ``cfg.train.max_steps`` steps: the higher
+    AdamW rate under Muon where the budget is short (min_lr a tenth of it, as the recipe's, so
+    Muon's matrices keep their schedule), or None to keep the recipe's."""
+    t = cfg.train
+    if cfg.optim.name != "muon" or t.max_steps >= SHORT_BUDGET_LR_STEPS or t.lr >= SHORT_BUDGET_LR:
+        return None
+    return SHORT_BUDGET_LR, SHORT_BUDGET_LR * t.min_lr / t.lr
 
 
 def fit_steps(cfg: Config, seconds: float, step_s: float) -> None:
