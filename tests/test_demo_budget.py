@@ -645,8 +645,10 @@ def test_the_demo_raises_the_rate_only_for_a_short_budget_the_user_left_alone(
     monkeypatch.setattr(
         machine,
         "train",
-        lambda cfg, **k: trained.append((cfg.train.max_steps, cfg.train.lr, cfg.train.min_lr))
-        or real_train(cfg, **k),
+        lambda cfg, **k: (
+            trained.append((cfg.train.max_steps, cfg.train.lr, cfg.train.min_lr))
+            or real_train(cfg, **k)
+        ),
     )
     _demo_on(machine, 5.0, out, monkeypatch, extra=tuple(overrides))
     steps, got, got_min = trained[0]
