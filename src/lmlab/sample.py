@@ -2,7 +2,8 @@
 penalty, stop strings, a token limit, streaming and seeded reproducibility.
 
 The engine prefills the prompt once (all samples share it, one batch row each), then feeds one
-token per step through the model's KV cache. Past the context length:
+token per step through the model's KV cache. Rows of different prompts decode in one batch too
+(:func:`generate_rows`): left-padded, the padding masked in the cache. Past the context length:
 
 - RoPE and no-position models slide the window: the cache is dropped and the last
   ``context_length`` tokens are prefilled again, so every step sees exactly what an uncached
