@@ -610,7 +610,7 @@ def test_the_demo_keeps_a_model_the_user_shaped(
 
 
 def test_a_short_budget_trains_the_embedding_at_the_higher_rate():
-    """Under 750 planned steps the AdamW side (tied embedding, norm gains) trains at 3.2e-2:
+    """Under 800 planned steps the AdamW side (tied embedding, norm gains) trains at 3.2e-2:
     at ~600 steps it ended 0.3 lower with 24-38% of completions compiling against 3-12%; at
     ~880 the recipe's 2e-3 wrote 20% against 12%, at ~1300 48-56% against 18-30%
     (bench/RESULTS.md "stop 33")."""
