@@ -619,6 +619,8 @@ def test_a_short_budget_trains_the_embedding_at_the_higher_rate():
     cfg = load_config("demo-python")
     assert (cfg.train.lr, cfg.train.min_lr) == (2e-3, 2e-4)
     cfg.train.max_steps = 600
+    assert demo_budget.lr_for_budget(cfg) is None  # width 192: measured only at 128
+    cfg.model.d_model = demo_budget.SHORT_BUDGET_WIDTH
     lr, min_lr = demo_budget.lr_for_budget(cfg)
     assert lr == demo_budget.SHORT_BUDGET_LR == 3.2e-2
     assert min_lr == pytest.approx(3.2e-3)  # a tenth, as the recipe's: Muon's schedule unchanged
@@ -640,6 +642,8 @@ def test_the_demo_raises_the_rate_only_for_a_short_budget_the_user_left_alone(
     out = tmp_path / "demo"
     shutil.copytree(prepared_demo, out)
     machine = SlowMachine(FakeClock(), step_s=step_s, slowdown=1.0)
+    # width 128 steps in 0.57x width 192's time, so a short budget trains it (the lr's width)
+    machine.measure, _ = _width_priced(machine.clock, {192: step_s, 128: 0.57 * step_s})
     trained: list[tuple[int, float, float]] = []
     real_train = machine.train
     monkeypatch.setattr(
