@@ -95,6 +95,23 @@ def test_auto_follows_the_measurement(dataset, tmp_path, monkeypatch, fp32, bf16
     assert result.final_val_loss is not None and not result.diverged
 
 
+@pytest.mark.parametrize(
+    ("fp32", "bf16", "clear"),
+    [(1.5, 1.0, True), (1.0, 1.5, True), (1.15, 1.0, False), (1.0, 1.02, False)],
+)
+def test_the_probe_stops_early_only_when_the_pick_is_clear(monkeypatch, fp32, bf16, clear):
+    """Best-of times that clear MIN_GAIN by CLEAR_MARGIN either way end the probe after
+    MIN_ROUNDS rounds; a near call measures on to the budget (here 10 rounds: the fake passes
+    take no time)."""
+    _fake_times(monkeypatch, fp32, bf16)
+    model = build_model(
+        ModelConfig(vocab_size=50, n_layer=1, n_head=2, d_model=16, context_length=8)
+    )
+    got = precision.measure_cpu_train_dtype(model, 2, 8, 50, fused=False, budget_s=60.0)
+    assert got["rounds"] == (precision.MIN_ROUNDS if clear else 10)
+    assert got["dtype"] == ("bfloat16" if fp32 / bf16 >= precision.MIN_GAIN else "float32")
+
+
 def test_explicit_dtype_is_not_measured(dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(
         precision, "measure_cpu_train_dtype", lambda *a, **k: pytest.fail("measured")
