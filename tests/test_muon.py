@@ -137,6 +137,32 @@ def test_one_step_matches_the_written_rule(monkeypatch, native_bf16):
             torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-6)
 
 
+def test_transposed_shapes_share_one_batched_iteration(monkeypatch):
+    """A tall matrix is orthogonalised in the batch of the wide ones it transposes to (the
+    qkv projection's 3d x d with the MLP's d x 3d at d_ff = 3d): one batch per wide shape."""
+    import lmlab.train.muon
+
+    model = build_model(
+        ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=16, d_ff=48, context_length=8)
+    )
+    opt = build_optimizer(model, OptimConfig(name="muon"), 1e-3, torch.device("cpu"))
+    shapes = {tuple(p.shape) for p in split_params(model)[0]}
+    assert {(48, 16), (16, 48)} <= shapes  # both orientations are there to merge
+    wide = {(min(s), max(s)) for s in shapes}
+    batches = []
+    real = lmlab.train.muon.newton_schulz
+    monkeypatch.setattr(
+        lmlab.train.muon,
+        "newton_schulz",
+        lambda g, *a, **k: batches.append(tuple(g.shape)) or real(g, *a, **k),
+    )
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert sorted(b[1:] for b in batches) == sorted(wide)
+    assert sum(b[0] for b in batches) == len(split_params(model)[0])
+
+
 def test_state_dict_round_trip():
     model = _model()
     opt = build_optimizer(model, OptimConfig(name="muon"), 1e-3, torch.device("cpu"))
