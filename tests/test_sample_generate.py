@@ -373,3 +373,19 @@ def test_baseline_without_cache_still_generates():
     model = tiny(arch="bigram")
     s = generate(model, ByteTok(), "ab", max_new_tokens=5, temperature=0.0, stop_at_eot=False)[0]
     assert len(s.tokens) == 5
+
+
+def test_the_prefill_computes_the_last_positions_logits_alone():
+    """The sampler's prefill asks for the last position's logits only: the head sees one
+    position per row (not the whole window), and they are the full forward's last ones
+    (float64: the same products, ~1e-15 apart)."""
+    model = tiny("llama")
+    x = torch.randint(0, 257, (3, 12), generator=torch.Generator().manual_seed(0))
+    full = model(x, kv_cache=model.new_kv_cache(3))[:, -1:]
+    last = model(x, kv_cache=model.new_kv_cache(3), last_only=True)
+    assert last.shape == (3, 1, 257)
+    torch.testing.assert_close(last, full, rtol=0, atol=1e-12)
+    head_rows = []
+    model.head.register_forward_hook(lambda m, inp, out: head_rows.append(inp[0].shape[1]))
+    generate(model, ByteTok(), "hello world", max_new_tokens=3, temperature=0.0)
+    assert head_rows == [1, 1, 1]  # the prefill's, then one per decoded token

@@ -185,7 +185,7 @@ class _Stepper:
             self.cache = self.model.new_kv_cache(self.batch_size, self.ctx)
         self.cache.reset()
         self.cache.set_padding(pad)
-        return self.model(window, kv_cache=self.cache)[:, -1, :]
+        return self.model(window, kv_cache=self.cache, last_only=True)[:, -1, :]
 
     def first(self, seq: torch.Tensor) -> torch.Tensor:
         return self._prefill(seq).float()

@@ -5,8 +5,9 @@
 (:mod:`lmlab.model.encdec`: a frozen pretrained encoder loaded from ``mcfg.encoder`` and a
 trainable decoder). Every decoder-only model is called as ``model(idx) -> logits`` with idx
 (B, T) int64 and logits (B, T, vocab_size), and has ``.config`` and ``.num_params()``. Models
-with ``supports_kv_cache`` also take ``model(idx, kv_cache=model.new_kv_cache(...))``. The
-encoder-decoder is called as ``model(idx, enc_ids, enc_mask)``.
+with ``supports_kv_cache`` also take ``model(idx, kv_cache=model.new_kv_cache(...))`` and
+``last_only=True`` (the last position's logits alone). The encoder-decoder is called as
+``model(idx, enc_ids, enc_mask)``.
 """
 
 from __future__ import annotations

@@ -467,12 +467,15 @@ class Transformer(nn.Module):
         idx: torch.Tensor,
         kv_cache: KVCache | None = None,
         targets: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for idx (B, T); with a cache, idx continues the cached tokens.
 
         With ``targets`` (B, T) it returns the summed cross-entropy instead (-100 ignored),
         computed with the head in chunks (:func:`lmlab.model.loss.linear_cross_entropy`)
-        without materialising the logits.
+        without materialising the logits. ``last_only``: the last position's logits alone,
+        (B, 1, vocab_size), what a sampler's prefill needs (the head is the largest matmul of
+        a small model's prefill).
         """
         cfg = self.config
         B, T = idx.shape
@@ -510,4 +513,4 @@ class Transformer(nn.Module):
             return linear_cross_entropy(
                 x.flatten(0, 1), self.head.weight, targets.flatten()
             )  # () summed
-        return self.head(x)  # (B, T, vocab_size)
+        return self.head(x[:, -1:] if last_only else x)  # (B, T or 1, vocab_size)
