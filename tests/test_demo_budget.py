@@ -234,7 +234,7 @@ def _demo_on(
     monkeypatch.setattr(demo, "train", machine.train)
     monkeypatch.setattr(demo, "evaluate_path", machine.evaluate)
     monkeypatch.setattr(demo, "generate", machine.generate)
-    monkeypatch.setattr(demo, "generate_rows", machine.generate_rows)
+    monkeypatch.setattr(demo, "generate_healed_rows", machine.generate_rows)
     monkeypatch.setattr(demo, "load_model_for_inference", lambda *a, **k: (None, None, tok))
     monkeypatch.setattr(demo, "write_report", lambda run, **k: run / "report.md")
     return demo.run_demo(
@@ -442,7 +442,7 @@ def test_the_syntax_check_stops_between_batches_at_its_deadline(monkeypatch):
         assert stop_when(0, "    return 1\nx = 2")  # a top-level statement: the body ended
         return [SimpleNamespace(text=" x", finish_reason="eot")] * len(prompts)
 
-    monkeypatch.setattr(demo, "generate_rows", fake_rows)
+    monkeypatch.setattr(demo, "generate_healed_rows", fake_rows)
     asked = []
     fn = demo.make_generate_fn(None, None, stop=lambda: asked.append(1) or len(asked) >= 2, rows=2)
     out = fn(["def a():\n", "def b():\n", "def a():\n", "def c():\n", "def b():\n"], 4)
@@ -462,7 +462,7 @@ def test_a_prompt_met_again_in_a_later_call_gets_new_samples(monkeypatch):
         seeds.append((list(prompts), seed))
         return [SimpleNamespace(text=" x", finish_reason="eot")] * len(prompts)
 
-    monkeypatch.setattr(demo, "generate_rows", fake_rows)
+    monkeypatch.setattr(demo, "generate_healed_rows", fake_rows)
     fn = demo.make_generate_fn(None, None, seed=5, rows=25)
     fn(["a", "b"], 4)
     fn(["a", "b"], 4)

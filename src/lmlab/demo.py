@@ -60,7 +60,7 @@ from lmlab.eval.code import (
 )
 from lmlab.eval.metrics import evaluate_path, format_metrics
 from lmlab.healing import generate_healed as generate
-from lmlab.healing import generate_healed_rows as generate_rows
+from lmlab.healing import generate_healed_rows
 from lmlab.model import build_model
 from lmlab.outputs import check_output, write_marker
 from lmlab.pipeline import resolve_training_inputs
@@ -214,7 +214,8 @@ def make_generate_fn(
     rows: int = SYNTAX_ROWS,
 ) -> GenerateFn:
     """A ``generate_fn(prompts, max_new_tokens)`` for the syntax pass rate: up to ``rows``
-    completions at a time in one batch, whatever their prompts (lmlab.sample.generate_rows).
+    completions at a time in one batch, whatever their prompts
+    (:func:`lmlab.healing.generate_healed_rows`).
 
     Token healing (lmlab.healing): a prompt ends in a newline, a token the model saw only
     before column-0 code, so without it most completions start the next top-level statement.
@@ -232,7 +233,7 @@ def make_generate_fn(
             if lo and stop is not None and stop():
                 break
             chunk = prompts[lo : lo + rows]
-            samples = generate_rows(
+            samples = generate_healed_rows(
                 model,
                 tokenizer,
                 chunk,
