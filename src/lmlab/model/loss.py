@@ -54,10 +54,12 @@ def _chunk_loss_and_grad(
     dtype (float32, or float64 for a float64 model) in ``work`` itself, which may be ``out``
     (then ``low`` is too: the matmul wrote into it).
 
-    Six passes over the chunk: the row max, the shift (into ``work``, converting), exp, the row
-    sum, the division (whose divisor is inf on an ignored row, zeroing it) and the copy to
-    ``out``. ``torch.logsumexp`` then ``exp(logits - lse)`` took two exp passes and an
-    out-of-place subtraction that, on a CPU, was 70% of this loss's time (bench/RESULTS.md)."""
+    Five passes over the chunk: the row max, the shift (into ``work``, converting), exp, the row
+    sum, and the division into ``out`` (converting as it writes; its divisor is inf on an
+    ignored row, zeroing it). The one-hot's -1 is subtracted before the division, as the row's
+    sum, so no pass is left after it. ``torch.logsumexp`` then ``exp(logits - lse)`` took two
+    exp passes and an out-of-place subtraction that, on a CPU, was 70% of this loss's time
+    (bench/RESULTS.md)."""
     acc = work.dtype
     valid = targets != IGNORE_INDEX
     safe = targets.clamp(min=0)
@@ -66,10 +68,9 @@ def _chunk_loss_and_grad(
     p = torch.sub(low, top, out=work).exp_()
     total = p.sum(dim=-1, keepdim=True)
     lse = (top + total.log()).squeeze(1)
-    p.div_(torch.where(valid[:, None], total, float("inf")))
-    p[torch.arange(len(targets), device=p.device), safe] -= valid.to(acc)
-    if work is not out:
-        out.copy_(p)
+    # (e_t - sum) / sum = softmax_t - 1 at each row's target
+    p[torch.arange(len(targets), device=p.device), safe] -= total.squeeze(1) * valid
+    torch.div(p, torch.where(valid[:, None], total, float("inf")), out=out)
     return torch.where(valid, lse - target, 0.0).sum()
 
 
@@ -104,7 +105,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if dtype == acc:
                 grad_w.addmm_(gb.t(), hb)
             else:  # as autocast's backward: the matmul in the low precision, summed in float32
-                grad_w += (gb.t() @ hb).float()
+                grad_w.add_(gb.t() @ hb)  # converted inside the add: no float32 copy of it
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return total
 
