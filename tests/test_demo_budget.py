@@ -519,6 +519,18 @@ def test_width_for_budget(d_model, n_head, tokens, expected, batch):
     assert demo_budget.width_for_budget(cfg, steps) == expected
 
 
+def test_a_budget_of_2m_tokens_keeps_width_192():
+    """At ~1000 steps of 8 x 256 (what a Zen 4 with bf16 fits) width 192 wrote better code
+    than width 128 in both seeds measured (bench/RESULTS.md "stop 34"); at 350 steps of
+    16 x 256 width 128 was far ahead ("stop 29"): the limit sits between."""
+    from lmlab.config import load_config
+
+    cfg = load_config("demo-python")
+    assert (cfg.model.d_model, cfg.train.batch_size) == (192, 8)
+    assert demo_budget.width_for_budget(cfg, 960) is None
+    assert demo_budget.width_for_budget(cfg, 350 * 16 // 8) == 128
+
+
 def _width_priced(clock: FakeClock, seconds_by_width: dict[int, float]):
     """measure_step_seconds on a fake machine whose step time depends on the model's width."""
     measured: list[int] = []

@@ -136,13 +136,14 @@ class SyntaxWaves:
 # trains it at SHORT_BUDGET_WIDTH instead, when that width's step takes at most
 # SHORT_BUDGET_STEP_RATIO of the recipe's (measured on the machine at hand): more, cheaper steps
 # beat fewer wide ones that far from convergence. On 2 AVX2 cores (batches of 16 x 256) width
-# 128 steps in 0.57-0.65x width 192's time; at budgets of 190, 350 and 1000 steps of width 192
-# it drew level after 1.08x, 1.15x and 1.0x its steps (on a schedule still far from its end)
-# and ended 0.16-0.31 lower in the same time (bench/RESULTS.md "Issue 12, stop 30"), so at
-# 1.25x the steps (0.8x the step time) it is ahead with a margin. The limit is 1000 of those
-# steps' tokens, the largest budget measured; past it, or where the narrow step saves less (a
-# machine whose step is not mostly matmuls), the recipe's width is kept.
-SHORT_BUDGET_TOKENS = 1000 * 16 * 256
+# 128 steps in 0.57-0.65x width 192's time; at budgets of 190 and 350 steps of width 192
+# (0.78M and 1.43M tokens) it drew level after 1.08x and 1.15x its steps and ended 0.16-0.19
+# lower in the same time (bench/RESULTS.md "Issue 12, stops 29-30"). At ~1000 steps of 8 x 256
+# (2M tokens; a Zen 4 with bf16, where width 128 fits ~1500) width 192 wrote 58.8% and 48.8%
+# compiling completions of the demo's check (400 each, two seeds) against width 128's 46.2%
+# and 40.8%, its val loss 0.08 higher in one seed and 0.05 lower in the other ("stop 34").
+# The limit sits between the two: 750 steps of the demo's 8 x 256 (1.54M tokens).
+SHORT_BUDGET_TOKENS = 750 * 8 * 256
 SHORT_BUDGET_WIDTH = 128
 SHORT_BUDGET_STEP_RATIO = 0.8
 
