@@ -10,10 +10,18 @@ from lmlab.data.filters import (
     alnum_fraction,
     code_reject_reason,
     digest,
+    literal_fraction,
+    parse_module,
     syntax_ok,
 )
 
 GOOD = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+# A codec's map, as the standard library's encodings/cp*.py lay out 256 entries.
+CODEC_TABLE = (
+    "decoding_table = (\n"
+    + "".join(f"    '\\x{i:02x}'     #  0x{i:02X} -> CONTROL {i}\n" for i in range(40))
+    + ")\n"
+)
 
 
 def reason(text: str, **kw) -> str | None:
@@ -39,6 +47,7 @@ def test_good_code_passes():
         ("def broken(:\n    pass\n    pass\n", {}, "syntax"),
         ("x = 1\nreturn x  # compiler error\n", {}, "syntax"),
         ("x = 1\ny = 2\0\nz = 3 + 4\n", {}, "syntax"),
+        (GOOD + CODEC_TABLE, {}, "literal_data"),
     ],
 )
 def test_each_reason(text, kw, expected):
@@ -71,3 +80,38 @@ def test_alnum_fraction_matches_isalnum():
 def test_digest_is_content_only():
     assert digest(b"a") == digest(b"a") != digest(b"b")
     assert len(digest(b"")) == 16
+
+
+def test_literal_fraction_counts_the_lines_of_multiline_literals_only():
+    text = GOOD + CODEC_TABLE
+    n = len(text.splitlines())
+    # the table's 40 entry lines of 47 (the parentheses around them are not the literal's)
+    assert literal_fraction(parse_module(text, "x.py"), n) == 40 / n
+    # one-line constants (arguments, short assignments) span no line of data
+    assert literal_fraction(parse_module(GOOD + "X = (1, 2)\n", "x.py"), 6) == 0.0
+
+
+def test_docstrings_and_displays_of_names_are_code_not_data():
+    doc = '"""' + "A module's documentation.\n" * 60 + '"""\n'
+    func_doc = 'def f():\n    """' + "Details.\n" * 60 + '    """\n    return 1\n'
+    names = "handlers = {\n" + "".join(f"    'k{i}': handler_{i},\n" for i in range(60)) + "}\n"
+    for text in (doc + GOOD, GOOD + func_doc, GOOD + names):
+        assert reason(text) is None, text[:40]
+
+
+def test_a_long_string_of_data_counts_and_the_threshold_is_kept_to():
+    text = GOOD + 'TOPICS = {"assert": """' + "The assert statement.\n" * 30 + '"""}\n'
+    n = len(text.splitlines())
+    frac = literal_fraction(parse_module(text, "x.py"), n)
+    assert frac == 31 / n
+    assert reason(text, max_literal_fraction=frac) is None
+    assert reason(text, max_literal_fraction=frac - 0.01) == "literal_data"
+    assert reason(text, max_literal_fraction=1.0) is None  # 1.0 turns the check off
+
+
+def test_the_literal_check_without_the_syntax_check():
+    assert reason(GOOD + CODEC_TABLE, syntax=False) == "literal_data"
+    # what does not parse is left to the (disabled) syntax check, not guessed at
+    assert reason("def broken(:\n    pass\n    pass\n", syntax=False) is None
+    # parses but does not compile: still judged on its literals
+    assert reason("return 1\n" + CODEC_TABLE, syntax=False) == "literal_data"

@@ -93,3 +93,52 @@ def test_demo_python_decays_its_matrices_to_a_tenth():
         kinds = {g.get("kind", "adamw"): g["lr"] for g in opt.param_groups}
         assert kinds["muon"] == pytest.approx(muon_lr, rel=1e-12)
         assert kinds["adamw"] == pytest.approx(adamw_lr, rel=1e-12)
+
+
+def test_the_stages_keys_follow_the_filters(tmp_path, monkeypatch):
+    """A tokenizer trained without a filter stays up to date (its key is the one lmlab wrote
+    before tokenizer.filter existed); turning the filter on retrains it, and data filtered under
+    other code-filter thresholds (an older lmlab's) is prepared again."""
+    import dataclasses
+
+    from lmlab.data import filters
+    from lmlab.pipeline import stages
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"m{i}.py").write_text(f"def f{i}(a, b):\n    return a * {i} + b\n")
+    base = [
+        f"tokenizer.input={src}",
+        f"tokenizer.out={tmp_path / 'tok'}",
+        "tokenizer.vocab_size=300",
+        f"prepare.input={src}",
+        f"prepare.out={tmp_path / 'data'}",
+        "prepare.filter=code",
+        "prepare.workers=1",
+        "log.progress=false",
+    ]
+    logs: list[str] = []
+    cfg = load_config("demo-python", [*base, "tokenizer.filter=none"])
+    tok = stages.ensure_tokenizer(cfg, log=logs.append)
+    t = cfg.tokenizer
+    old = {k: v for k, v in dataclasses.asdict(t).items() if k not in ("out", "path", "filter")}
+    assert stages.is_up_to_date(tok, stages.stage_key(old, t.input))
+    stages.ensure_dataset(cfg, tok, log=logs.append)
+    stages.ensure_dataset(cfg, tok, log=logs.append)
+    assert logs[0].startswith("[tokenizer] training") and logs[1].startswith("[data] preparing")
+    assert logs[-1].startswith("[data] up to date") and len(logs) == 4  # the third: its report
+
+    @dataclasses.dataclass(frozen=True)
+    class Stricter(filters.CodeFilter):
+        max_literal_fraction: float = 0.25
+
+    monkeypatch.setattr(stages, "CodeFilter", Stricter)
+    logs.clear()
+    stages.ensure_dataset(cfg, tok, log=logs.append)
+    assert logs[0].startswith("[data] preparing")
+
+    cfg = load_config("demo-python", [*base, "tokenizer.filter=code"])
+    logs.clear()
+    stages.ensure_tokenizer(cfg, log=logs.append)
+    assert logs[0].startswith("[tokenizer] training")

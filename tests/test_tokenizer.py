@@ -498,3 +498,42 @@ def test_exclude_leaves_files_out_of_the_tokenizer(tmp_path):
     assert [Path(i["path"]).name for i in tok.meta["inputs"]] == ["a.py"]
     everything = train_tokenizer([str(src)], vocab_size=50, out=tmp_path / "all", kind="char")
     assert {"x", "y", "z"} <= set(everything.chars)
+
+
+def test_the_code_filter_leaves_data_files_and_duplicates_out_of_the_tokenizer(tmp_path):
+    """tokenizer.filter = "code" / --filter code: the tokenizer trains on the files `lmlab data
+    prepare --filter code` keeps; meta.json lists the kept files and counts the rest by reason."""
+    src = tmp_path / "src"
+    src.mkdir()
+    code = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+    (src / "a.py").write_text(code)
+    (src / "b.py").write_text(code)  # an exact copy of a.py
+    table = "MAP = (\n" + "".join(f"    'quux{i}'  # QUUX NUMBER {i}\n" for i in range(30)) + ")\n"
+    (src / "table.py").write_text(table)  # data: 30 of its 32 lines one literal
+    (src / "broken.py").write_text("def f(:\n    return zzz_value\n")
+    tok = train_tokenizer(
+        [str(src)], vocab_size=50, out=tmp_path / "tok", kind="char", filter="code"
+    )
+    assert "q" not in tok.chars and "z" not in tok.chars
+    assert [Path(i["path"]).name for i in tok.meta["inputs"]] == ["a.py"]
+    assert tok.meta["filter"]["dropped"] == {"literal_data": 1, "syntax": 1, "duplicate": 1}
+    unfiltered = train_tokenizer([str(src)], vocab_size=50, out=tmp_path / "all", kind="char")
+    assert {"q", "z"} <= set(unfiltered.chars) and "filter" not in unfiltered.meta
+    with pytest.raises(LmlabError, match="filter 'stack'"):
+        train_tokenizer([str(src)], vocab_size=50, out=tmp_path / "x", kind="char", filter="stack")
+
+
+def test_a_corpus_the_filter_empties_says_what_it_left_out(tmp_path):
+    (tmp_path / "t.py").write_text("MAP = (\n" + "    'quux'  # QUUX\n" * 30 + ")\n")
+    with pytest.raises(DataError, match="the filter left out 1 literal_data"):
+        train_tokenizer([str(tmp_path)], vocab_size=300, out=tmp_path / "tok", filter="code")
+
+
+def test_cli_tokenizer_train_takes_the_filter(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("def add(a, b):\n    return a + b\n")
+    (src / "t.py").write_text("MAP = (\n" + "    'quux'  # QUUX\n" * 30 + ")\n")
+    args = ["tokenizer", "train", "--input", str(src), "--vocab-size", "50", "--kind", "char"]
+    assert main([*args, "--filter", "code", "--out", str(tmp_path / "tok")]) == 0
+    assert "q" not in load_tokenizer(tmp_path / "tok").chars

@@ -95,6 +95,7 @@ def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
         kind=args.kind,
         special_tokens=args.special_token or [],
         exclude=args.exclude,
+        filter=args.filter,
     )
     print(f"tokenizer: {args.kind}, vocab {len(tok.vocab)} -> {args.out}")
     return 0

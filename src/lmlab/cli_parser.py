@@ -196,6 +196,12 @@ def add_tokenizer_train(tsub: Any) -> argparse.ArgumentParser:
         metavar="GLOB",
         help="leave out files whose path below the input folder matches, e.g. '*/tests/*'",
     )
+    tt.add_argument(
+        "--filter",
+        choices=("none", "code"),
+        default="none",
+        help="train only on the files this quality filter keeps (as data prepare --filter)",
+    )
     tt.add_argument("--out", required=True, help="tokenizer folder to write")
     return tt
 

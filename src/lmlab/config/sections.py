@@ -256,6 +256,11 @@ class TokenizerConfig:
     exclude: list[str] = opt(
         [], "leave out input files matching one of these globs (as prepare.exclude)"
     )
+    filter: str = opt(
+        "none",
+        "quality filter for the training files (as prepare.filter: code trains on the files it keeps)",
+        choices=("none", "code"),
+    )
     vocab_size: int = opt(8192, "target vocabulary size", minimum=1)
     special_tokens: list[str] = opt(["<|endoftext|>"], "special tokens, never split or merged")
     out: str = opt("", "tokenizer folder; empty skips this stage")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import Config
+from lmlab.data.filters import CodeFilter
 from lmlab.data.prepare import format_report, prepare_dataset
 from lmlab.data.streams import HF_PREFIX, local_path
 from lmlab.errors import ConfigError
@@ -62,6 +63,12 @@ def mark_done(out: Path, key: str, stage: str) -> None:
     atomic_write_text(Path(out) / STAGE_FILE, json.dumps({"stage": stage, "key": key}) + "\n")
 
 
+def _filter_thresholds(name: str) -> dict[str, Any]:
+    """The quality filter's thresholds, for a stage key: a stage filtered under other thresholds
+    (an older lmlab's) is out of date."""
+    return {"code_filter": CodeFilter().to_dict()} if name == "code" else {}
+
+
 def ensure_tokenizer(cfg: Config, force: bool = False, log=print) -> Path:
     """The tokenizer folder for this recipe, training it first when needed."""
     t = cfg.tokenizer
@@ -75,7 +82,9 @@ def ensure_tokenizer(cfg: Config, force: bool = False, log=print) -> Path:
         )
     out = Path(t.out)
     settings = {k: v for k, v in dataclasses.asdict(t).items() if k not in ("out", "path")}
-    key = stage_key(settings, t.input)
+    if t.filter == "none":
+        del settings["filter"]  # tokenizers trained before the option existed stay up to date
+    key = stage_key(settings, t.input, _filter_thresholds(t.filter))
     if not force and is_up_to_date(out, key):
         log(f"[tokenizer] up to date: {out}")
         return out
@@ -88,6 +97,7 @@ def ensure_tokenizer(cfg: Config, force: bool = False, log=print) -> Path:
         kind=t.kind,
         special_tokens=t.special_tokens,
         exclude=t.exclude,
+        filter=t.filter,
     )
     mark_done(out, key, "tokenizer")
     return out
@@ -106,7 +116,7 @@ def ensure_dataset(cfg: Config, tokenizer_dir: Path, force: bool = False, log=pr
 
     fingerprint = load_tokenizer(tokenizer_dir).fingerprint()
     settings = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("out", "workers")}
-    key = stage_key(settings, p.input, {"tokenizer": fingerprint})
+    key = stage_key(settings, p.input, {"tokenizer": fingerprint, **_filter_thresholds(p.filter)})
     if not force and is_up_to_date(out, key):
         log(f"[data] up to date: {out}")
         return out
