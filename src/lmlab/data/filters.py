@@ -6,16 +6,18 @@ removed by the caller (`lmlab.data.prepare`), which sees documents in input orde
 content digest from :func:`digest`; a duplicate is only counted as such when it passed every
 other check.
 
-The syntax check parses the source and compiles the tree to bytecode, never executing it. It
-catches what the compiler alone finds (``return`` outside a function, bad ``nonlocal``), besides
-parse errors. The literal-data check reads the same tree: a module whose lines are mostly
-multi-line literal displays (a codec's 256-entry map, an entity table, docs generated into one
-dict) is data kept in a ``.py`` file, and a model trained on it learns to write long lists.
+The syntax check compiles the source with ``compile(src, path, "exec", dont_inherit=True)``:
+the code is parsed and compiled to bytecode, never executed. It catches what the compiler
+alone finds (``return`` outside a function, bad ``nonlocal``), besides parse errors.
+
+The literal-data check reads lines, not a syntax tree (a parse would cost as much again as the
+syntax check): a module most of whose lines hold nothing but literals (a codec's 256-entry map,
+an entity table, docs generated into one dict of strings) is data kept in a ``.py`` file, and a
+model trained on it learns to write long lists.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import re
 import warnings
@@ -32,8 +34,8 @@ REASONS = (
     "long_line",
     "long_mean_line",
     "low_alnum",
-    "syntax",
     "literal_data",
+    "syntax",
     "duplicate",
 )
 
@@ -47,11 +49,11 @@ class CodeFilter:
     max_line_length: longest line (minified code, embedded data).
     max_mean_line_length: average line length (the same, spread over a file).
     min_alnum_fraction: share of letters and digits among all characters (data tables, art).
+    max_literal_fraction: share of lines holding only literals (:func:`literal_line_fraction`)
+        above which a file is data, not code. The standard library's codec tables (83-92%),
+        HTML entities and generated pydoc topics (~100%) are over 0.5; its code modules are not
+        (bench/RESULTS.md "Issue 12, stop 35"). 1.0 turns the check off.
     syntax: require ``compile(src, path, "exec")`` to succeed.
-    max_literal_fraction: share of lines inside multi-line literals (dicts, lists, tuples, sets
-        and strings of constants only; docstrings aside), above which a file is data, not code.
-        The standard library's codec tables (~83%), HTML entity table and generated pydoc topics
-        (~100%) are over 0.5, its code modules are not (bench/RESULTS.md "Issue 12, stop 35").
     dedup: drop exact duplicates after the first occurrence (hash of the content).
     """
 
@@ -62,8 +64,8 @@ class CodeFilter:
     max_line_length: int = 1000
     max_mean_line_length: float = 100.0
     min_alnum_fraction: float = 0.25
-    syntax: bool = True
     max_literal_fraction: float = 0.5
+    syntax: bool = True
     dedup: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,80 +90,35 @@ def alnum_fraction(text: str, data: bytes) -> float:
     return len(_NON_ALNUM.sub("", text)) / len(text)
 
 
-_COMPILE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError, SystemError)
-# ValueError: null bytes (3.11); RecursionError/MemoryError: pathological nesting.
-
-
-def parse_module(source: str, path: str, compile_tree: bool = True) -> ast.Module | None:
-    """``source``'s syntax tree, or None when it does not parse or (``compile_tree``) does not
-    compile to bytecode. The code is never executed."""
+def syntax_ok(source: str, path: str) -> bool:
+    """True when ``source`` compiles as a Python module. The code is never executed."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SyntaxWarning / DeprecationWarning from old code
-            tree = ast.parse(source, path)
-            if compile_tree:
-                compile(tree, path, "exec", dont_inherit=True)
-    except _COMPILE_ERRORS:
-        return None
-    return tree
+            compile(source, path, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError, SystemError):
+        # ValueError: null bytes (3.11); RecursionError/MemoryError: pathological nesting.
+        return False
+    return True
 
 
-def syntax_ok(source: str, path: str) -> bool:
-    """True when ``source`` compiles as a Python module. The code is never executed."""
-    return parse_module(source, path) is not None
+# A line of literals only: strings (one-line; no f-strings), numbers, True/False/None, joined by
+# commas, colons, brackets, + or spaces, with at most a trailing comment. Possessive and atomic
+# groups keep a failing line linear (no backtracking into the alternatives).
+_STRING = r"""[bBuUrR]{0,2}(?:'(?:[^'\\\n]|\\.)*+'|"(?:[^"\\\n]|\\.)*+")"""
+_NUMBER = (
+    r"[-+]?(?:0[xXoObB][0-9a-fA-F_]++|[0-9][0-9_]*+\.?[0-9_]*+(?:[eE][-+]?[0-9]++)?j?|\.[0-9]++)"
+)
+_ATOM = rf"(?:{_STRING}|{_NUMBER}|True|False|None)"
+_JOINERS = r"[ \t\r,:()\[\]{}+]"
+_LITERAL_LINE = re.compile(rf"^(?>{_JOINERS}*+{_ATOM})++{_JOINERS}*+(?:#[^\n]*+)?$", re.M)
 
 
-def _is_literal(node: ast.AST) -> bool:
-    """True for a constant, or a display / arithmetic of constants only (no names, no calls)."""
-    if isinstance(node, ast.Constant):
-        return True
-    if isinstance(node, ast.List | ast.Tuple | ast.Set):
-        return all(_is_literal(e) for e in node.elts)
-    if isinstance(node, ast.Dict):
-        return all(k is not None and _is_literal(k) for k in node.keys) and all(
-            _is_literal(v) for v in node.values
-        )
-    if isinstance(node, ast.BinOp):
-        return _is_literal(node.left) and _is_literal(node.right)
-    if isinstance(node, ast.UnaryOp):
-        return _is_literal(node.operand)
-    return False
-
-
-def _docstring(node: ast.AST) -> ast.AST | None:
-    """The docstring constant of a module, class or function, if it has one."""
-    body = getattr(node, "body", None)
-    first = body[0] if isinstance(body, list) and body else None
-    if (
-        isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-        and isinstance(first, ast.Expr)
-        and isinstance(first.value, ast.Constant)
-        and isinstance(first.value.value, str)
-    ):
-        return first.value
-    return None
-
-
-def literal_fraction(tree: ast.Module, n_lines: int) -> float:
-    """Share of a module's ``n_lines`` lines spanned by multi-line literals other than docstrings
-    (a one-line constant, as in ``f(1, "a")``, spans none: only data laid out over lines counts)."""
-    lines: set[int] = set()
-    docs: set[int] = set()
-    stack: list[ast.AST] = [tree]
-    while stack:
-        node = stack.pop()
-        start = getattr(node, "lineno", None)
-        end = getattr(node, "end_lineno", None)
-        if start is not None and (end is None or end <= start):
-            continue  # one line holds no multi-line literal: most of a module is skipped here
-        doc = _docstring(node)
-        if doc is not None:
-            docs.add(id(doc))
-        if isinstance(node, ast.expr) and id(node) not in docs and _is_literal(node):
-            lines.update(range(start, end + 1))  # type: ignore[arg-type]
-            continue
-        stack.extend(ast.iter_child_nodes(node))
-    return len(lines) / max(n_lines, 1)
+def literal_line_fraction(text: str, n_lines: int) -> float:
+    """Share of ``text``'s ``n_lines`` lines that hold only literals, such as ``'\\x00'  # 0x00``
+    or ``'AElig': '\\xc6',``. Code lines name things and call them; a one-line docstring counts,
+    the lines of a multi-line (triple-quoted) string do not."""
+    return len(_LITERAL_LINE.findall(text)) / max(n_lines, 1)
 
 
 def code_reject_reason(text: str, data: bytes, path: str, cfg: CodeFilter) -> str | None:
@@ -186,15 +143,11 @@ def code_reject_reason(text: str, data: bytes, path: str, cfg: CodeFilter) -> st
         return "long_mean_line"
     if alnum_fraction(text, data) < cfg.min_alnum_fraction:
         return "low_alnum"
-    tree = parse_module(text, path) if cfg.syntax else None
-    if cfg.syntax and tree is None:
+    if (
+        cfg.max_literal_fraction < 1.0
+        and literal_line_fraction(text, len(lines)) > cfg.max_literal_fraction
+    ):
+        return "literal_data"
+    if cfg.syntax and not syntax_ok(text, path):
         return "syntax"
-    if cfg.max_literal_fraction < 1.0:
-        if tree is None:  # the syntax check is off: judge what parses, leave the rest
-            tree = parse_module(text, path, compile_tree=False)
-        try:
-            if tree is not None and literal_fraction(tree, len(lines)) > cfg.max_literal_fraction:
-                return "literal_data"
-        except RecursionError:  # literals nested past the interpreter's stack: data
-            return "literal_data"
     return None
