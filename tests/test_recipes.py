@@ -142,3 +142,4 @@ def test_the_stages_keys_follow_the_filters(tmp_path, monkeypatch):
     logs.clear()
     stages.ensure_tokenizer(cfg, log=logs.append)
     assert logs[0].startswith("[tokenizer] training")
+    assert logs[1] == "[tokenizer] code filter: kept 6 files, left out nothing"

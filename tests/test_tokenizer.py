@@ -529,7 +529,7 @@ def test_a_corpus_the_filter_empties_says_what_it_left_out(tmp_path):
         train_tokenizer([str(tmp_path)], vocab_size=300, out=tmp_path / "tok", filter="code")
 
 
-def test_cli_tokenizer_train_takes_the_filter(tmp_path):
+def test_cli_tokenizer_train_takes_the_filter(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.py").write_text("def add(a, b):\n    return a + b\n")
@@ -537,3 +537,5 @@ def test_cli_tokenizer_train_takes_the_filter(tmp_path):
     args = ["tokenizer", "train", "--input", str(src), "--vocab-size", "50", "--kind", "char"]
     assert main([*args, "--filter", "code", "--out", str(tmp_path / "tok")]) == 0
     assert "q" not in load_tokenizer(tmp_path / "tok").chars
+    out = capsys.readouterr().out
+    assert "tokenizer: code filter: kept 1 files, left out literal_data 1" in out

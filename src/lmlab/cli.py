@@ -87,6 +87,7 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmlab.tokenizer import train_tokenizer
+    from lmlab.tokenizer.train import filter_summary
 
     tok = train_tokenizer(
         inputs=args.input,
@@ -98,6 +99,8 @@ def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
         filter=args.filter,
     )
     print(f"tokenizer: {args.kind}, vocab {len(tok.vocab)} -> {args.out}")
+    if summary := filter_summary(tok):
+        print(f"tokenizer: {summary}")
     return 0
 
 

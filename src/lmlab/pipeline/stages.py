@@ -21,6 +21,7 @@ from lmlab.data.streams import HF_PREFIX, local_path
 from lmlab.errors import ConfigError
 from lmlab.io import atomic_write_text, expand_inputs
 from lmlab.tokenizer import load_tokenizer, train_tokenizer
+from lmlab.tokenizer.train import filter_summary
 
 STAGE_FILE = "stage.json"
 
@@ -90,7 +91,7 @@ def ensure_tokenizer(cfg: Config, force: bool = False, log=print) -> Path:
         return out
 
     log(f"[tokenizer] training {t.kind} tokenizer, vocab {t.vocab_size} -> {out}")
-    train_tokenizer(
+    tok = train_tokenizer(
         inputs=t.input,
         vocab_size=t.vocab_size,
         out=out,
@@ -99,6 +100,8 @@ def ensure_tokenizer(cfg: Config, force: bool = False, log=print) -> Path:
         exclude=t.exclude,
         filter=t.filter,
     )
+    if summary := filter_summary(tok):
+        log(f"[tokenizer] {summary}")
     mark_done(out, key, "tokenizer")
     return out
 

@@ -145,6 +145,15 @@ def _filter_report(name: str, cf: CodeFilter, corpus: Corpus) -> dict[str, Any]:
     return {"name": name, "thresholds": cf.to_dict(), "dropped": dict(corpus.filtered)}
 
 
+def filter_summary(tok: Tokenizer) -> str:
+    """One line on what the tokenizer's filter left out ("" when it trained unfiltered)."""
+    f = getattr(tok, "meta", {}).get("filter")
+    if not f:
+        return ""
+    dropped = ", ".join(f"{r} {n}" for r, n in sorted(f["dropped"].items())) or "nothing"
+    return f"{f['name']} filter: kept {len(tok.meta['inputs'])} files, left out {dropped}"
+
+
 def _check_nonempty(corpus: Corpus, inputs: object) -> None:
     if corpus.total_bytes == 0:
         why = f" ({len(corpus.skipped)} file(s) skipped as not UTF-8)" if corpus.skipped else ""
