@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmlab.config import PrepareConfig, SampleConfig
+from lmlab.data.filters import FILTERS
 
 EXAMPLES = {
     "demo": "lmlab demo --minutes 3 --out runs/demo",
@@ -198,7 +199,7 @@ def add_tokenizer_train(tsub: Any) -> argparse.ArgumentParser:
     )
     tt.add_argument(
         "--filter",
-        choices=("none", "code"),
+        choices=FILTERS,
         default="none",
         help="train only on the files this quality filter keeps (as data prepare --filter)",
     )

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmlab.data.filters import FILTERS
 from lmlab.errors import ConfigError
 
 
@@ -259,7 +260,7 @@ class TokenizerConfig:
     filter: str = opt(
         "none",
         "quality filter for the training files (as prepare.filter: code trains on the files it keeps)",
-        choices=("none", "code"),
+        choices=FILTERS,
     )
     vocab_size: int = opt(8192, "target vocabulary size", minimum=1)
     special_tokens: list[str] = opt(["<|endoftext|>"], "special tokens, never split or merged")
@@ -278,7 +279,7 @@ class PrepareConfig:
         "files, folders or globs (@stdlib: this Python's standard library), or datasets streamed: hf:NAME[:CONFIG][#SPLIT], a save_to_disk folder",
     )
     out: str = opt("", "dataset folder; empty skips this stage")
-    filter: str = opt("none", "quality filter", choices=("none", "code"))
+    filter: str = opt("none", "quality filter", choices=FILTERS)
     format: str = opt("auto", "input format", choices=("auto", "text", "jsonl", "parquet"))
     text_field: str = opt("text", "JSONL/parquet field or dataset column holding the document")
     separator: str = opt(
@@ -401,7 +402,7 @@ class PhaseConfig:
         "what is done to the input before tokenizing",
         choices=("none", "scramble", "instructions"),
     )
-    filter: str = opt("none", "quality filter for the prepared data", choices=("none", "code"))
+    filter: str = opt("none", "quality filter for the prepared data", choices=FILTERS)
     out: str = opt("", "folder for the phase's prepared dataset; empty: TRAIN_OUT/data/phase_N")
     max_steps: int = opt(-1, "optimizer steps of this phase; -1 takes train.max_steps", minimum=-1)
     lr: float = opt(-1.0, "peak learning rate; -1 takes train.lr", minimum=-1.0)

@@ -24,6 +24,9 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# The quality filters a tokenizer or a dataset can be given (tokenizer.filter, prepare.filter).
+FILTERS = ("none", "code")
+
 # Reasons a document is dropped, in the order they are checked.
 REASONS = (
     "empty",

@@ -59,10 +59,11 @@ class Corpus:
                 self.filtered[why] += 1
                 continue
             sha = hashlib.sha256(data).hexdigest()
-            if self.dedup and sha in seen:
-                self.filtered["duplicate"] += 1
-                continue
-            seen.add(sha)
+            if self.dedup:
+                if sha in seen:
+                    self.filtered["duplicate"] += 1
+                    continue
+                seen.add(sha)
             self.inputs.append({"path": str(path.resolve()), "bytes": len(data), "sha256": sha})
             if text:
                 yield text

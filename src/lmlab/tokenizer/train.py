@@ -10,7 +10,7 @@ from typing import Any
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from lmlab.data.filters import CodeFilter, code_reject_reason
+from lmlab.data.filters import FILTERS, CodeFilter, code_reject_reason
 from lmlab.errors import DataError, LmlabError
 from lmlab.io import expand_inputs
 from lmlab.outputs import check_output
@@ -21,7 +21,6 @@ from lmlab.tokenizer.corpus import Corpus
 from lmlab.tokenizer.symbolic import check_symbolic_vocab_size, train_symbolic
 
 KINDS = ("bpe", "char", "symbolic")
-FILTERS = ("none", "code")  # as prepare.filter
 
 
 def train_bpe_hf(texts: Iterable[str], vocab_size: int, special_tokens: list[str]) -> str:
